@@ -1,0 +1,716 @@
+//! Collective communication (MPI-4.1 chapter 6) on Rust values.
+//!
+//! Every function here is **collective**: all ranks of the communicator call it, in the same order.
+//! Receive sizes and v-counts are computed by phalanx (`gatherv` learns each rank's count with an
+//! `MPI_Allgather` first; `scatterv` and `broadcast_vec` send the counts from the root) so the caller
+//! never supplies what the library can find out.
+//!
+//! Root-side errors in `scatter*` and `broadcast_vec` are announced to the other ranks through the
+//! count message itself, so even unchecked communicators do not hang on them.
+
+use std::ffi::c_int;
+
+use bytemuck::Pod;
+
+use super::check::Signature;
+use super::op::{with_closure, Loc, PackedLoc};
+use super::{Comm, Op};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ffi::{self, to_count};
+
+/// A root's "I failed" marker in a count message.
+const ROOT_FAILED: u64 = u64::MAX;
+
+/// Data gathered from every rank, with each rank's block boundaries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Blocks<T> {
+    /// All blocks, concatenated in rank order.
+    pub data: Vec<T>,
+    /// Elements from each rank.
+    pub counts: Vec<usize>,
+    /// Offset of each rank's block in `data`.
+    pub displs: Vec<usize>,
+}
+
+impl<T> Blocks<T> {
+    fn new(data: Vec<T>, counts: Vec<usize>) -> Self {
+        let displs = exclusive_prefix(&counts);
+        Blocks { data, counts, displs }
+    }
+
+    /// The block that came from (or goes to) `rank`.
+    ///
+    /// # Panics
+    /// If `rank` is not a rank of the communicator the blocks were gathered on.
+    pub fn block(&self, rank: usize) -> &[T] {
+        &self.data[self.displs[rank]..self.displs[rank] + self.counts[rank]]
+    }
+
+    /// Iterates over the blocks in rank order.
+    pub fn iter(&self) -> impl Iterator<Item = &[T]> + '_ {
+        (0..self.counts.len()).map(move |r| self.block(r))
+    }
+}
+
+fn exclusive_prefix(counts: &[usize]) -> Vec<usize> {
+    let mut acc = 0;
+    counts
+        .iter()
+        .map(|&c| {
+            let d = acc;
+            acc += c;
+            d
+        })
+        .collect()
+}
+
+fn elem_size<T>() -> Option<i64> {
+    Some(std::mem::size_of::<T>() as i64)
+}
+
+impl Comm {
+    /// Converts per-rank element counts to MPI counts and displacements.
+    fn mpi_counts<T: Pod>(&self, counts: &[usize], op: &'static str) -> Result<(Vec<c_int>, Vec<c_int>)> {
+        let per = ffi::layout::<T>().per_elem;
+        let mut c = Vec::with_capacity(counts.len());
+        let mut d = Vec::with_capacity(counts.len());
+        let mut acc = 0usize;
+        for &n in counts {
+            d.push(to_count(acc, per, op, self.rank)?);
+            c.push(to_count(n, per, op, self.rank)?);
+            acc += n;
+        }
+        Ok((c, d))
+    }
+
+    fn local_check(&self, cond: bool, kind: ErrorKind, op: &'static str, msg: impl FnOnce() -> String) -> Result<()> {
+        if cond {
+            Ok(())
+        } else {
+            Err(self.err(kind, op, msg()))
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Synchronisation and broadcast
+    // -----------------------------------------------------------------------------------------
+
+    /// Blocks until every rank has called it.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::CollectiveMismatch`] in checked mode if other ranks called another collective.
+    #[doc(alias = "MPI_Barrier")]
+    pub fn barrier(&self) -> Result<()> {
+        self.debug_check_thread("barrier")?;
+        self.agree("barrier", Ok(()), Signature::default())?;
+        ffi::barrier(self.raw, self.rank)
+    }
+
+    /// Returns the root's `value` on every rank.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidRoot`]; mismatches in checked mode.
+    #[doc(alias = "MPI_Bcast")]
+    pub fn broadcast<T: Pod>(&self, value: T, root: i32) -> Result<T> {
+        let mut v = value;
+        self.broadcast_slice(std::slice::from_mut(&mut v), root)?;
+        Ok(v)
+    }
+
+    /// Overwrites `buf` on every rank with the root's `buf`. Every rank must pass the same length
+    /// (checked mode verifies it: Open MPI silently accepts a shorter root buffer).
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidRoot`]; [`ErrorKind::CollectiveMismatch`] when lengths differ (checked);
+    /// [`ErrorKind::Truncated`] from MPI when the root's is longer (unchecked).
+    #[doc(alias = "MPI_Bcast")]
+    pub fn broadcast_slice<T: Pod>(&self, buf: &mut [T], root: i32) -> Result<()> {
+        const OP: &str = "broadcast";
+        self.debug_check_thread(OP)?;
+        let local = self.check_root(root, OP);
+        self.agree(
+            OP,
+            local,
+            Signature {
+                root: Some(root as i64),
+                count: Some(buf.len() as i64),
+                elem_size: elem_size::<T>(),
+                reduce_op: None,
+            },
+        )?;
+        ffi::bcast(buf, root, self.raw, OP, self.rank)
+    }
+
+    /// Broadcasts a vector whose length only the root knows: on return every rank's `data` equals the
+    /// root's. Non-root contents are discarded.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidRoot`]; [`ErrorKind::CountOverflow`] on the root for more than `i32::MAX`
+    /// items (the other ranks then get [`ErrorKind::PeerFailed`]).
+    #[doc(alias = "MPI_Bcast")]
+    pub fn broadcast_vec<T: Pod>(&self, data: &mut Vec<T>, root: i32) -> Result<()> {
+        const OP: &str = "broadcast_vec";
+        self.debug_check_thread(OP)?;
+        let local = self.check_root(root, OP);
+        self.agree(
+            OP,
+            local,
+            Signature { root: Some(root as i64), elem_size: elem_size::<T>(), ..Default::default() },
+        )?;
+        let mut len = [0u64];
+        let mut root_err = None;
+        if self.rank == root {
+            len[0] = match to_count(data.len(), ffi::layout::<T>().per_elem, OP, self.rank) {
+                Ok(_) => data.len() as u64,
+                Err(e) => {
+                    root_err = Some(e);
+                    ROOT_FAILED
+                }
+            };
+        }
+        ffi::bcast(&mut len, root, self.raw, OP, self.rank)?;
+        if let Some(e) = root_err {
+            return Err(e);
+        }
+        if len[0] == ROOT_FAILED {
+            return Err(self.peer_failed(OP, root));
+        }
+        if self.rank != root {
+            data.clear();
+            data.resize(len[0] as usize, T::zeroed());
+        }
+        ffi::bcast(data.as_mut_slice(), root, self.raw, OP, self.rank)
+    }
+
+    fn peer_failed(&self, op: &'static str, root: i32) -> Error {
+        self.err(ErrorKind::PeerFailed, op, format!("the root (rank {root}) rejected its arguments; see its error"))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Reductions
+    // -----------------------------------------------------------------------------------------
+
+    fn reduce_sig<T>(&self, root: Option<i32>, len: usize, op: Option<Op>) -> Signature {
+        Signature {
+            root: root.map(|r| r as i64),
+            count: Some(len as i64),
+            elem_size: elem_size::<T>(),
+            reduce_op: op.map(|o| o.index() as i64),
+        }
+    }
+
+    /// Combines `value` from every rank with `op`; every rank gets the result.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] if `op` does not apply to `T` (bitwise on floats, anything
+    /// predefined on structs); mismatches in checked mode.
+    #[doc(alias = "MPI_Allreduce")]
+    pub fn allreduce<T: Pod>(&self, value: T, op: Op) -> Result<T> {
+        let mut out = T::zeroed();
+        self.allreduce_into(std::slice::from_ref(&value), std::slice::from_mut(&mut out), op)?;
+        Ok(out)
+    }
+
+    /// Element-wise all-reduce of `send` into `recv` (same length).
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] for unequal lengths or an `op` that does not apply to `T`;
+    /// [`ErrorKind::CollectiveMismatch`] when ranks pass different lengths or ops (checked mode).
+    #[doc(alias = "MPI_Allreduce")]
+    pub fn allreduce_into<T: Pod>(&self, send: &[T], recv: &mut [T], op: Op) -> Result<()> {
+        const OP: &str = "allreduce";
+        self.debug_check_thread(OP)?;
+        let resolved = op.resolve::<T>(OP, self.rank);
+        let local = resolved.as_ref().map(|_| ()).map_err(Clone::clone).and_then(|_| {
+            self.local_check(send.len() == recv.len(), ErrorKind::InvalidArgument, OP, || {
+                format!("send has {} elements but recv has {}", send.len(), recv.len())
+            })
+        });
+        self.agree(OP, local, self.reduce_sig::<T>(None, send.len(), Some(op)))?;
+        let (mpi_op, dt) = resolved?;
+        ffi::allreduce_typed(send, recv, dt, mpi_op, self.raw, OP, self.rank)
+    }
+
+    /// Element-wise all-reduce returning a new vector.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// As [`allreduce_into`](Comm::allreduce_into).
+    #[doc(alias = "MPI_Allreduce")]
+    pub fn allreduce_vec<T: Pod>(&self, send: &[T], op: Op) -> Result<Vec<T>> {
+        let mut out = vec![T::zeroed(); send.len()];
+        self.allreduce_into(send, &mut out, op)?;
+        Ok(out)
+    }
+
+    /// Combines `value` from every rank with `op`; only `root` gets `Some(result)`.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidRoot`]; as [`allreduce`](Comm::allreduce).
+    #[doc(alias = "MPI_Reduce")]
+    pub fn reduce<T: Pod>(&self, value: T, op: Op, root: i32) -> Result<Option<T>> {
+        Ok(self.reduce_vec(std::slice::from_ref(&value), op, root)?.map(|v| v[0]))
+    }
+
+    /// Element-wise reduction to `root`, which gets `Some(vector)`; other ranks get `None`.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidRoot`]; as [`allreduce_into`](Comm::allreduce_into).
+    #[doc(alias = "MPI_Reduce")]
+    pub fn reduce_vec<T: Pod>(&self, send: &[T], op: Op, root: i32) -> Result<Option<Vec<T>>> {
+        const OP: &str = "reduce";
+        self.debug_check_thread(OP)?;
+        let resolved = op.resolve::<T>(OP, self.rank);
+        let local = self.check_root(root, OP).and(resolved.as_ref().map(|_| ()).map_err(Clone::clone));
+        self.agree(OP, local, self.reduce_sig::<T>(Some(root), send.len(), Some(op)))?;
+        let (mpi_op, dt) = resolved?;
+        let mut out = if self.rank == root { vec![T::zeroed(); send.len()] } else { Vec::new() };
+        ffi::reduce_typed(send, &mut out, dt, mpi_op, root, self.raw, OP, self.rank)?;
+        Ok((self.rank == root).then_some(out))
+    }
+
+    /// Element-wise all-reduce with a closure `f(left, right)`, applied in rank order (so `f` need not
+    /// be commutative, only associative). Works for any `Pod`, including structs.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// Mismatched lengths in checked mode; MPI errors.
+    #[doc(alias = "MPI_Op_create")]
+    pub fn allreduce_with<T: Pod, F: Fn(&T, &T) -> T>(&self, send: &[T], f: F) -> Result<Vec<T>> {
+        const OP: &str = "allreduce_with";
+        self.debug_check_thread(OP)?;
+        self.agree(OP, Ok(()), self.reduce_sig::<T>(None, send.len(), None))?;
+        let mut out = vec![T::zeroed(); send.len()];
+        with_closure(&f, OP, self.rank, |mpi_op, dt| {
+            ffi::allreduce_typed(send, &mut out, dt, mpi_op, self.raw, OP, self.rank)
+        })?;
+        Ok(out)
+    }
+
+    /// Reduction to `root` with a closure, as [`allreduce_with`](Comm::allreduce_with).
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidRoot`]; as [`allreduce_with`](Comm::allreduce_with).
+    #[doc(alias = "MPI_Reduce")]
+    pub fn reduce_with<T: Pod, F: Fn(&T, &T) -> T>(&self, send: &[T], root: i32, f: F) -> Result<Option<Vec<T>>> {
+        const OP: &str = "reduce_with";
+        self.debug_check_thread(OP)?;
+        let local = self.check_root(root, OP);
+        self.agree(OP, local, self.reduce_sig::<T>(Some(root), send.len(), None))?;
+        let mut out = if self.rank == root { vec![T::zeroed(); send.len()] } else { Vec::new() };
+        with_closure(&f, OP, self.rank, |mpi_op, dt| {
+            ffi::reduce_typed(send, &mut out, dt, mpi_op, root, self.raw, OP, self.rank)
+        })?;
+        Ok((self.rank == root).then_some(out))
+    }
+
+    fn extreme_loc<T: Pod + PartialOrd>(&self, value: T, want_max: bool, op: &'static str) -> Result<Loc<T>> {
+        let mine = [PackedLoc { value, rank: self.rank }];
+        let pick = |a: &PackedLoc<T>, b: &PackedLoc<T>| {
+            let (av, bv, ar, br) = (a.value, b.value, a.rank, b.rank);
+            let a_wins = if want_max { av > bv } else { av < bv };
+            if a_wins || (av == bv && ar < br) {
+                *a
+            } else {
+                *b
+            }
+        };
+        self.debug_check_thread(op)?;
+        self.agree(op, Ok(()), self.reduce_sig::<T>(None, 1, None))?;
+        let mut out = [PackedLoc { value: T::zeroed(), rank: 0 }];
+        with_closure(&pick, op, self.rank, |mpi_op, dt| {
+            ffi::allreduce_typed(&mine, &mut out, dt, mpi_op, self.raw, op, self.rank)
+        })?;
+        let PackedLoc { value, rank } = out[0];
+        Ok(Loc { value, rank })
+    }
+
+    /// The smallest `value` over all ranks and the lowest rank holding it.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// Mismatches in checked mode; MPI errors.
+    #[doc(alias = "MPI_MINLOC")]
+    pub fn allreduce_minloc<T: Pod + PartialOrd>(&self, value: T) -> Result<Loc<T>> {
+        self.extreme_loc(value, false, "allreduce_minloc")
+    }
+
+    /// The largest `value` over all ranks and the lowest rank holding it.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// Mismatches in checked mode; MPI errors.
+    #[doc(alias = "MPI_MAXLOC")]
+    pub fn allreduce_maxloc<T: Pod + PartialOrd>(&self, value: T) -> Result<Loc<T>> {
+        self.extreme_loc(value, true, "allreduce_maxloc")
+    }
+
+    /// True on every rank if `flag` is true on every rank.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// Mismatches in checked mode; MPI errors.
+    #[doc(alias = "MPI_LAND")]
+    pub fn all(&self, flag: bool) -> Result<bool> {
+        Ok(self.allreduce(flag as u8, Op::LogicalAnd)? != 0)
+    }
+
+    /// True on every rank if `flag` is true on any rank.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// Mismatches in checked mode; MPI errors.
+    #[doc(alias = "MPI_LOR")]
+    pub fn any(&self, flag: bool) -> Result<bool> {
+        Ok(self.allreduce(flag as u8, Op::LogicalOr)? != 0)
+    }
+
+    fn scan_impl<T: Pod>(&self, send: &[T], op: Op, exclusive: bool) -> Result<Vec<T>> {
+        let name = if exclusive { "exscan" } else { "scan" };
+        self.debug_check_thread(name)?;
+        let resolved = op.resolve::<T>(name, self.rank);
+        self.agree(
+            name,
+            resolved.as_ref().map(|_| ()).map_err(Clone::clone),
+            self.reduce_sig::<T>(None, send.len(), Some(op)),
+        )?;
+        let (mpi_op, dt) = resolved?;
+        let mut out = vec![T::zeroed(); send.len()];
+        ffi::scan_typed(send, &mut out, dt, mpi_op, exclusive, self.raw, self.rank)?;
+        Ok(out)
+    }
+
+    /// Inclusive prefix reduction: rank r gets `value_0 op ... op value_r`.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// As [`allreduce`](Comm::allreduce).
+    #[doc(alias = "MPI_Scan")]
+    pub fn scan<T: Pod>(&self, value: T, op: Op) -> Result<T> {
+        Ok(self.scan_impl(std::slice::from_ref(&value), op, false)?[0])
+    }
+
+    /// Element-wise inclusive prefix reduction of slices.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// As [`allreduce_into`](Comm::allreduce_into).
+    #[doc(alias = "MPI_Scan")]
+    pub fn scan_vec<T: Pod>(&self, send: &[T], op: Op) -> Result<Vec<T>> {
+        self.scan_impl(send, op, false)
+    }
+
+    /// Exclusive prefix reduction: rank r > 0 gets `Some(value_0 op ... op value_{r-1})`, rank 0 gets
+    /// `None` (MPI leaves it undefined).
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// As [`allreduce`](Comm::allreduce).
+    #[doc(alias = "MPI_Exscan")]
+    pub fn exscan<T: Pod>(&self, value: T, op: Op) -> Result<Option<T>> {
+        let v = self.scan_impl(std::slice::from_ref(&value), op, true)?;
+        Ok((self.rank > 0).then(|| v[0]))
+    }
+
+    /// Element-wise exclusive prefix reduction of slices (`None` on rank 0).
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// As [`allreduce_into`](Comm::allreduce_into).
+    #[doc(alias = "MPI_Exscan")]
+    pub fn exscan_vec<T: Pod>(&self, send: &[T], op: Op) -> Result<Option<Vec<T>>> {
+        let v = self.scan_impl(send, op, true)?;
+        Ok((self.rank > 0).then_some(v))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Gather
+    // -----------------------------------------------------------------------------------------
+
+    /// Collects one value from every rank on `root` (`Some(values)` in rank order there).
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidRoot`]; mismatches in checked mode.
+    #[doc(alias = "MPI_Gather")]
+    pub fn gather<T: Pod>(&self, value: T, root: i32) -> Result<Option<Vec<T>>> {
+        Ok(self.gatherv(std::slice::from_ref(&value), root)?.map(|b| b.data))
+    }
+
+    /// Collects a slice of any length from every rank on `root`; counts are found automatically.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidRoot`]; [`ErrorKind::CountOverflow`] on every rank if the total exceeds
+    /// MPI's count limit.
+    #[doc(alias = "MPI_Gatherv")]
+    pub fn gatherv<T: Pod>(&self, send: &[T], root: i32) -> Result<Option<Blocks<T>>> {
+        const OP: &str = "gatherv";
+        self.debug_check_thread(OP)?;
+        let local = self.check_root(root, OP);
+        self.agree(
+            OP,
+            local,
+            Signature { root: Some(root as i64), elem_size: elem_size::<T>(), ..Default::default() },
+        )?;
+        let counts = self.exchange_counts::<T>(send.len(), OP)?;
+        let (c, d) = self.mpi_counts::<T>(&counts, OP)?;
+        let total: usize = counts.iter().sum();
+        let mut data = if self.rank == root { vec![T::zeroed(); total] } else { Vec::new() };
+        ffi::gatherv(send, &mut data, &c, &d, root, self.raw, OP, self.rank)?;
+        Ok((self.rank == root).then(|| Blocks::new(data, counts)))
+    }
+
+    /// Every rank's count, known on every rank (one `MPI_Allgather`). Also validates that the total
+    /// fits MPI's counts, identically on all ranks.
+    fn exchange_counts<T: Pod>(&self, mine: usize, op: &'static str) -> Result<Vec<usize>> {
+        let mut all = vec![0u64; self.size as usize];
+        ffi::allgather(&[mine as u64], &mut all, self.raw, op, self.rank)?;
+        let counts: Vec<usize> = all.into_iter().map(|c| c as usize).collect();
+        to_count(counts.iter().sum(), ffi::layout::<T>().per_elem, op, self.rank)?;
+        Ok(counts)
+    }
+
+    /// Every rank gets every rank's `value`, in rank order.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// Mismatches in checked mode; MPI errors.
+    #[doc(alias = "MPI_Allgather")]
+    pub fn allgather<T: Pod>(&self, value: T) -> Result<Vec<T>> {
+        const OP: &str = "allgather";
+        self.debug_check_thread(OP)?;
+        self.agree(OP, Ok(()), Signature { count: Some(1), elem_size: elem_size::<T>(), ..Default::default() })?;
+        let mut out = vec![T::zeroed(); self.size as usize];
+        ffi::allgather(std::slice::from_ref(&value), &mut out, self.raw, OP, self.rank)?;
+        Ok(out)
+    }
+
+    /// Every rank gets every rank's slice (of any length); counts are found automatically.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::CountOverflow`] on every rank if the total exceeds MPI's count limit.
+    #[doc(alias = "MPI_Allgatherv")]
+    pub fn allgatherv<T: Pod>(&self, send: &[T]) -> Result<Blocks<T>> {
+        const OP: &str = "allgatherv";
+        self.debug_check_thread(OP)?;
+        self.agree(OP, Ok(()), Signature { elem_size: elem_size::<T>(), ..Default::default() })?;
+        let counts = self.exchange_counts::<T>(send.len(), OP)?;
+        let (c, d) = self.mpi_counts::<T>(&counts, OP)?;
+        let mut data = vec![T::zeroed(); counts.iter().sum()];
+        ffi::allgatherv(send, &mut data, &c, &d, self.raw, OP, self.rank)?;
+        Ok(Blocks::new(data, counts))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Scatter
+    // -----------------------------------------------------------------------------------------
+
+    /// Splits the root's `data` into `size` equal parts; rank r gets part r. Non-root ranks pass `None`.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// On the root: [`ErrorKind::InvalidArgument`] if `data` is `None` or its length is not a multiple
+    /// of the size; the other ranks then get [`ErrorKind::PeerFailed`]. [`ErrorKind::InvalidRoot`].
+    #[doc(alias = "MPI_Scatter")]
+    pub fn scatter<T: Pod>(&self, data: Option<&[T]>, root: i32) -> Result<Vec<T>> {
+        const OP: &str = "scatter";
+        let size = self.size as usize;
+        let counts = match data {
+            Some(d) if self.rank == root && d.len() % size != 0 => Err(self.err(
+                ErrorKind::InvalidArgument,
+                OP,
+                format!("{} elements cannot be split into {size} equal parts; use scatterv", d.len()),
+            )),
+            Some(d) => Ok(vec![d.len() / size; size]),
+            None => Ok(Vec::new()),
+        };
+        self.scatter_impl(data, counts, root, OP)
+    }
+
+    /// Sends `counts[r]` consecutive elements of the root's `data` to rank r. Non-root ranks pass
+    /// `None`; each learns its count from the root.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// On the root: [`ErrorKind::InvalidArgument`] if `data` is `None`, `counts` has the wrong length
+    /// or its sum exceeds `data.len()`; the other ranks then get [`ErrorKind::PeerFailed`].
+    #[doc(alias = "MPI_Scatterv")]
+    pub fn scatterv<T: Pod>(&self, data: Option<(&[T], &[usize])>, root: i32) -> Result<Vec<T>> {
+        const OP: &str = "scatterv";
+        let counts = match data {
+            Some((d, c)) if self.rank == root => {
+                let sum: usize = c.iter().sum();
+                if c.len() != self.size as usize {
+                    Err(self.err(
+                        ErrorKind::InvalidArgument,
+                        OP,
+                        format!("{} counts given for a communicator of size {}", c.len(), self.size),
+                    ))
+                } else if sum > d.len() {
+                    Err(self.err(
+                        ErrorKind::InvalidArgument,
+                        OP,
+                        format!("counts sum to {sum} but data has {} elements", d.len()),
+                    ))
+                } else {
+                    Ok(c.to_vec())
+                }
+            }
+            _ => Ok(Vec::new()),
+        };
+        self.scatter_impl(data.map(|(d, _)| d), counts, root, OP)
+    }
+
+    fn scatter_impl<T: Pod>(
+        &self,
+        data: Option<&[T]>,
+        counts: Result<Vec<usize>>,
+        root: i32,
+        op: &'static str,
+    ) -> Result<Vec<T>> {
+        self.debug_check_thread(op)?;
+        let is_root = self.rank == root;
+        // The root's own argument problems. Checked communicators agree on them up front; unchecked
+        // ones announce them through the count message, so receivers never wait for data.
+        let root_state = self.check_root(root, op).and_then(|_| match (is_root, data, counts) {
+            (false, _, _) => Ok(((Vec::new(), Vec::new()), Vec::new())),
+            (true, None, _) => Err(self.err(ErrorKind::InvalidArgument, op, "the root passed no data")),
+            (true, _, Err(e)) => Err(e),
+            (true, Some(_), Ok(c)) => self.mpi_counts::<T>(&c, op).map(|m| (m, c)),
+        });
+        let pre = if self.is_checked() { root_state.as_ref().map(|_| ()).map_err(Clone::clone) } else { Ok(()) };
+        self.agree(op, pre, Signature { root: Some(root as i64), elem_size: elem_size::<T>(), ..Default::default() })?;
+        self.check_root(root, op)?;
+        let size = self.size as usize;
+        let wire: Vec<u64> = match (&root_state, is_root) {
+            (Ok((_, c)), true) => c.iter().map(|&x| x as u64).collect(),
+            (Err(_), true) => vec![ROOT_FAILED; size],
+            _ => Vec::new(),
+        };
+        let (ones, displs) = if is_root { (vec![1; size], (0..self.size).collect()) } else { (Vec::new(), Vec::new()) };
+        let mut mine = [0u64];
+        ffi::scatterv(&wire, &ones, &displs, &mut mine, root, self.raw, op, self.rank)?;
+        let ((mc, md), _) = root_state?;
+        if mine[0] == ROOT_FAILED {
+            return Err(self.peer_failed(op, root));
+        }
+        let mut out = vec![T::zeroed(); mine[0] as usize];
+        ffi::scatterv(data.unwrap_or(&[]), &mc, &md, &mut out, root, self.raw, op, self.rank)?;
+        Ok(out)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // All-to-all
+    // -----------------------------------------------------------------------------------------
+
+    /// Personalised exchange of equal blocks: `send` holds `size` blocks of `send.len() / size`
+    /// elements; block r goes to rank r, and block r of the result came from rank r.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] if `send.len()` is not a multiple of the size;
+    /// [`ErrorKind::CollectiveMismatch`] if ranks use different block lengths (checked mode).
+    #[doc(alias = "MPI_Alltoall")]
+    pub fn alltoall<T: Pod>(&self, send: &[T]) -> Result<Vec<T>> {
+        const OP: &str = "alltoall";
+        self.debug_check_thread(OP)?;
+        let size = self.size as usize;
+        let local = self.local_check(send.len() % size == 0, ErrorKind::InvalidArgument, OP, || {
+            format!("{} elements are not {size} equal blocks", send.len())
+        });
+        let per = send.len() / size;
+        self.agree(
+            OP,
+            local,
+            Signature { count: Some(per as i64), elem_size: elem_size::<T>(), ..Default::default() },
+        )?;
+        let mut out = vec![T::zeroed(); send.len()];
+        ffi::alltoall(send, &mut out, per, self.raw, OP, self.rank)?;
+        Ok(out)
+    }
+
+    /// Personalised exchange of blocks of any length: `counts[r]` consecutive elements of `send` go
+    /// to rank r. What each rank receives from each other is found automatically.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] if `counts` has the wrong length or sums past `send.len()`;
+    /// [`ErrorKind::CountOverflow`] beyond MPI's count limit.
+    #[doc(alias = "MPI_Alltoallv")]
+    pub fn alltoallv<T: Pod>(&self, send: &[T], counts: &[usize]) -> Result<Blocks<T>> {
+        const OP: &str = "alltoallv";
+        self.debug_check_thread(OP)?;
+        let size = self.size as usize;
+        let sum: usize = counts.iter().sum();
+        let local = if counts.len() != size {
+            Err(self.err(
+                ErrorKind::InvalidArgument,
+                OP,
+                format!("{} counts given for a communicator of size {size}", counts.len()),
+            ))
+        } else if sum > send.len() {
+            Err(self.err(
+                ErrorKind::InvalidArgument,
+                OP,
+                format!("counts sum to {sum} but send has {} elements", send.len()),
+            ))
+        } else {
+            Ok(())
+        };
+        let send_mpi = local.and_then(|_| self.mpi_counts::<T>(counts, OP));
+        self.agree(
+            OP,
+            send_mpi.as_ref().map(|_| ()).map_err(Clone::clone),
+            Signature { elem_size: elem_size::<T>(), ..Default::default() },
+        )?;
+        let (sc, sd) = send_mpi?;
+        let wire: Vec<u64> = counts.iter().map(|&c| c as u64).collect();
+        let mut rwire = vec![0u64; size];
+        ffi::alltoall(&wire, &mut rwire, 1, self.raw, OP, self.rank)?;
+        let rcounts: Vec<usize> = rwire.iter().map(|&c| c as usize).collect();
+        let recv_mpi = self.mpi_counts::<T>(&rcounts, OP);
+        self.agree(OP, recv_mpi.as_ref().map(|_| ()).map_err(Clone::clone), Signature::default())?;
+        let (rc, rd) = recv_mpi?;
+        let mut data = vec![T::zeroed(); rcounts.iter().sum()];
+        ffi::alltoallv(send, &sc, &sd, &mut data, &rc, &rd, self.raw, OP, self.rank)?;
+        Ok(Blocks::new(data, rcounts))
+    }
+}

@@ -1,0 +1,307 @@
+//! The communicator handle (MPI-4.1 chapter 7: groups, contexts, communicators).
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::ffi::{self, MPI_Comm};
+use crate::runtime::{Runtime, ThreadLevel};
+
+/// A communicator: a group of ranks with its own message space.
+///
+/// `Comm` is neither `Send` nor `Sync`. Under [`ThreadLevel::Funneled`] (the default) only the main
+/// thread may call MPI, and the type system enforces it: a rayon closure cannot capture a `Comm`.
+/// Compute in parallel between communication calls:
+///
+/// ```no_run
+/// use rayon::prelude::*;
+/// let rt = phalanx::init()?;
+/// let world = rt.world();
+/// let mut local = vec![1.0_f64; 1 << 20];
+/// local.par_iter_mut().for_each(|x| *x *= 2.0);        // threads compute...
+/// let sum: f64 = local.par_iter().sum();
+/// let total = world.allreduce(sum, phalanx::comm::Op::Sum)?; // ...the main thread communicates
+/// # Ok::<(), phalanx::Error>(())
+/// ```
+///
+/// With [`ThreadLevel::Multiple`], [`Comm::into_shared`] gives a [`SharedComm`] that may be used from
+/// any thread.
+///
+/// Communicators created by [`dup`](Comm::dup) and [`split`](Comm::split) are freed on drop.
+#[derive(Debug)]
+pub struct Comm {
+    pub(crate) raw: MPI_Comm,
+    pub(crate) rank: i32,
+    pub(crate) size: i32,
+    pub(crate) tag_ub: i32,
+    owned: bool,
+    checked: AtomicBool,
+    level: ThreadLevel,
+    _not_send: PhantomData<*const ()>,
+}
+
+/// A communicator that may be used from several threads at once (requires [`ThreadLevel::Multiple`]).
+///
+/// Dereferences to [`Comm`] for every operation.
+#[derive(Debug)]
+pub struct SharedComm(Comm);
+
+// SAFETY: a SharedComm is only created when MPI provides MPI_THREAD_MULTIPLE, under which MPI calls on
+// one communicator from several threads are allowed (MPI-4.1 section 11.6.2). Its fields are immutable
+// after construction except `checked`, an atomic.
+unsafe impl Send for SharedComm {}
+// SAFETY: as for Send; `&SharedComm` only gives `&Comm`, whose methods take `&self`.
+unsafe impl Sync for SharedComm {}
+
+impl std::ops::Deref for SharedComm {
+    type Target = Comm;
+    fn deref(&self) -> &Comm {
+        &self.0
+    }
+}
+
+/// The result of [`Comm::split_node`]: the ranks that share this node's memory.
+#[derive(Debug)]
+pub struct NodeSplit {
+    /// The node-local communicator (ranks sharing memory), ordered by rank in the parent.
+    pub local: Comm,
+    /// This node's index, `0..nodes`, ordered by the lowest parent rank on each node.
+    pub node: i32,
+    /// The number of nodes spanned by the parent communicator.
+    pub nodes: i32,
+}
+
+fn default_checked() -> bool {
+    match std::env::var("PHALANX_CHECK").as_deref() {
+        Ok("0") | Ok("off") | Ok("false") => false,
+        Ok(_) => true,
+        Err(_) => cfg!(debug_assertions),
+    }
+}
+
+impl Runtime {
+    /// The communicator of every process in the job (`MPI_COMM_WORLD`).
+    ///
+    /// Local. Cheap: it wraps the predefined handle, which is never freed.
+    #[doc(alias = "MPI_COMM_WORLD")]
+    pub fn world(&self) -> Comm {
+        Comm::wrap(ffi::comm_world(), false, self.thread_level())
+    }
+}
+
+impl Comm {
+    fn wrap(raw: MPI_Comm, owned: bool, level: ThreadLevel) -> Comm {
+        ffi::set_errors_return(raw);
+        Comm {
+            raw,
+            rank: ffi::comm_rank(raw),
+            size: ffi::comm_size(raw),
+            tag_ub: ffi::tag_ub(raw),
+            owned,
+            checked: AtomicBool::new(default_checked()),
+            level,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// This process's rank, `0..size()`.
+    #[doc(alias = "MPI_Comm_rank")]
+    #[inline]
+    pub fn rank(&self) -> i32 {
+        self.rank
+    }
+
+    /// The number of ranks.
+    #[doc(alias = "MPI_Comm_size")]
+    #[inline]
+    pub fn size(&self) -> i32 {
+        self.size
+    }
+
+    /// The thread level of the runtime this communicator came from.
+    pub fn thread_level(&self) -> ThreadLevel {
+        self.level
+    }
+
+    /// The largest usable tag (`MPI_TAG_UB`).
+    #[doc(alias = "MPI_TAG_UB")]
+    pub fn tag_ub(&self) -> i32 {
+        self.tag_ub
+    }
+
+    /// Whether collectives on this communicator verify their arguments across ranks (see the
+    /// [module docs](crate::comm)).
+    pub fn is_checked(&self) -> bool {
+        self.checked.load(Ordering::Relaxed)
+    }
+
+    /// Turns cross-rank argument checking of collectives on or off for this communicator.
+    ///
+    /// Collective in effect: every rank must make the same choice, or checked and unchecked ranks
+    /// will disagree on the number of messages.
+    pub fn set_checked(&self, on: bool) {
+        self.checked.store(on, Ordering::Relaxed);
+    }
+
+    /// The raw MPI handle, for calling MPI functions phalanx does not wrap. The handle stays owned by
+    /// this `Comm`; do not free it.
+    pub fn as_raw(&self) -> MPI_Comm {
+        self.raw
+    }
+
+    /// A new communicator with the same group and a separate message space (libraries use one so
+    /// their messages never match the application's).
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Mpi`] if MPI cannot create the communicator.
+    #[doc(alias = "MPI_Comm_dup")]
+    pub fn dup(&self) -> Result<Comm> {
+        let raw = ffi::comm_dup(self.raw, self.rank)?;
+        let c = Comm::wrap(raw, true, self.level);
+        c.set_checked(self.is_checked());
+        Ok(c)
+    }
+
+    /// Splits into sub-communicators: ranks with the same `color` end up together, ordered by `key`
+    /// (ties by rank). A `None` color leaves this rank out (`MPI_UNDEFINED`) and returns `Ok(None)`.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] for a negative color (MPI reserves them);
+    /// [`ErrorKind::Mpi`] if MPI fails.
+    #[doc(alias = "MPI_Comm_split")]
+    pub fn split(&self, color: Option<i32>, key: i32) -> Result<Option<Comm>> {
+        let c = match color {
+            Some(c) if c < 0 => {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "split",
+                    Some(self.rank),
+                    format!("color {c} is negative; use None to leave a rank out"),
+                ))
+            }
+            Some(c) => c,
+            None => ffi::undefined(),
+        };
+        let mut raw = ffi::comm_split(self.raw, c, key, self.rank)?;
+        if raw == ffi::comm_null() {
+            return Ok(None);
+        }
+        if color.is_none() {
+            ffi::comm_free(&mut raw);
+            return Ok(None);
+        }
+        let comm = Comm::wrap(raw, true, self.level);
+        comm.set_checked(self.is_checked());
+        Ok(Some(comm))
+    }
+
+    /// Splits by node: the ranks that share memory with this one, plus the node index and count.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Mpi`] if MPI fails.
+    #[doc(alias = "MPI_Comm_split_type")]
+    #[doc(alias = "MPI_COMM_TYPE_SHARED")]
+    pub fn split_node(&self) -> Result<NodeSplit> {
+        let raw = ffi::comm_split_shared(self.raw, self.rank, self.rank)?;
+        let local = Comm::wrap(raw, true, self.level);
+        local.set_checked(self.is_checked());
+        // Leaders (local rank 0) number the nodes; everyone learns its node from its leader.
+        let leaders = self.split((local.rank() == 0).then_some(0), self.rank)?;
+        let (mut node, mut nodes) = (0_i32, 0_i32);
+        if let Some(l) = &leaders {
+            node = l.rank();
+            nodes = l.size();
+        }
+        let mut info = [node, nodes];
+        local.broadcast_slice(&mut info, 0)?;
+        Ok(NodeSplit { local, node: info[0], nodes: info[1] })
+    }
+
+    /// Converts into a communicator usable from several threads at once.
+    ///
+    /// Local.
+    ///
+    /// # Errors
+    /// [`ErrorKind::ThreadLevel`] unless the runtime was initialised with [`ThreadLevel::Multiple`].
+    pub fn into_shared(self) -> Result<SharedComm> {
+        if self.level < ThreadLevel::Multiple {
+            return Err(Error::new(
+                ErrorKind::ThreadLevel,
+                "into_shared",
+                Some(self.rank),
+                format!(
+                    "sharing a communicator between threads needs ThreadLevel::Multiple, but the runtime has {:?}",
+                    self.level
+                ),
+            ));
+        }
+        Ok(SharedComm(self))
+    }
+
+    pub(crate) fn err(&self, kind: ErrorKind, op: &'static str, msg: impl Into<String>) -> Error {
+        Error::new(kind, op, Some(self.rank), msg)
+    }
+
+    /// Validates a peer rank (`MPI_PROC_NULL` is not accepted here: phalanx uses `Option`).
+    pub(crate) fn check_peer(&self, peer: i32, what: &str, op: &'static str) -> Result<()> {
+        if peer < 0 || peer >= self.size {
+            return Err(self.err(
+                ErrorKind::InvalidRank,
+                op,
+                format!("{what} rank {peer} is outside 0..{} (communicator size {})", self.size, self.size),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_root(&self, root: i32, op: &'static str) -> Result<()> {
+        if root < 0 || root >= self.size {
+            return Err(self.err(
+                ErrorKind::InvalidRoot,
+                op,
+                format!("root {root} is outside 0..{} (communicator size {})", self.size, self.size),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_tag(&self, tag: i32, op: &'static str) -> Result<()> {
+        if tag < 0 || tag > self.tag_ub {
+            return Err(self.err(
+                ErrorKind::InvalidTag,
+                op,
+                format!("tag {tag} is outside 0..={} (MPI_TAG_UB)", self.tag_ub),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Under Funneled/Single, MPI calls must come from the thread that initialised MPI. The types
+    /// already prevent moving a `Comm` to another thread; this catches the remaining hole (a `Comm`
+    /// created on a non-main thread through raw handles) cheaply in debug builds.
+    #[inline]
+    pub(crate) fn debug_check_thread(&self, op: &'static str) -> Result<()> {
+        if cfg!(debug_assertions) && self.level <= ThreadLevel::Funneled && !ffi::is_thread_main() {
+            return Err(self.err(
+                ErrorKind::ThreadLevel,
+                op,
+                format!("called from a thread other than the main thread under {:?}", self.level),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Comm {
+    fn drop(&mut self) {
+        if self.owned && !ffi::finalized() {
+            ffi::comm_free(&mut self.raw);
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! The communication layer: communicators, typed point-to-point and collectives.
+//!
+//! Everything here takes and returns Rust values of any [`bytemuck::Pod`] element type (all
+//! primitive numbers, and `#[derive(Pod, Zeroable)]` `#[repr(C)]` structs without padding). Primitive
+//! numbers travel as their MPI datatype (`MPI_DOUBLE`, `MPI_INT32_T`, ...), other `Pod` types as
+//! `size_of::<T>()` bytes per element, so a struct is never sent with padding and a received struct
+//! is never an invalid bit pattern.
+//!
+//! # Errors are values
+//! Communicators carry `MPI_ERRORS_RETURN`, and phalanx validates what MPI does not (Open MPI 4.1
+//! silently accepts a broadcast whose root count is smaller than the receivers', and mismatched
+//! element types). Every failure is an [`Error`](crate::Error) naming the operation, the rank and the
+//! numbers.
+//!
+//! # Checked collectives
+//! An argument error seen on only some ranks of a collective would leave the others waiting forever.
+//! In *checked* mode (on in debug builds and whenever `PHALANX_CHECK=1`; off in release builds or
+//! with `PHALANX_CHECK=0`) each collective first agrees on a small signature (operation, root, counts,
+//! element size, local errors) with one `MPI_Allreduce`; if anything disagrees, **every** rank returns
+//! an error and none enters the real collective. The cost is one small all-reduce per collective.
+//! Unchecked, phalanx still validates each rank's own arguments, but a rank that returns early
+//! leaves its peers blocked.
+
+mod check;
+mod collective;
+mod communicator;
+mod op;
+mod p2p;
+mod request;
+
+pub use collective::Blocks;
+pub use communicator::{Comm, NodeSplit, SharedComm};
+pub use op::{Loc, Op};
+pub use p2p::{Source, Status, Tag, ANY_TAG};
+pub use request::{AllreduceRequest, RecvRequest, SendRequest};

@@ -1,0 +1,190 @@
+//! Reduction operations (MPI-4.1 section 6.9): the predefined ones, and user closures on `Pod` types.
+//!
+//! # User closures
+//! `MPI_Op_create` takes a bare C function without a context pointer. phalanx passes the closure
+//! through a thread-local slot that is set for the duration of one *blocking* reduction: MPI calls
+//! the user function from inside that call, on the calling thread (Open MPI and MPICH both do, and
+//! the standard gives a blocking reduction no other thread to run it on). Closures are therefore
+//! offered for blocking reductions only, never for `MPI_Iallreduce`.
+
+use std::cell::Cell;
+use std::ffi::{c_int, c_void};
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{ErrorKind, Result};
+use crate::ffi::{self, MPI_Datatype, Primitive};
+
+/// A predefined reduction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Sum (`MPI_SUM`), numbers only.
+    #[doc(alias = "MPI_SUM")]
+    Sum,
+    /// Product (`MPI_PROD`), numbers only.
+    #[doc(alias = "MPI_PROD")]
+    Prod,
+    /// Minimum (`MPI_MIN`), numbers only.
+    #[doc(alias = "MPI_MIN")]
+    Min,
+    /// Maximum (`MPI_MAX`), numbers only.
+    #[doc(alias = "MPI_MAX")]
+    Max,
+    /// Logical and (`MPI_LAND`) of integers read as booleans (nonzero is true); result 0 or 1.
+    #[doc(alias = "MPI_LAND")]
+    LogicalAnd,
+    /// Logical or (`MPI_LOR`), integers only.
+    #[doc(alias = "MPI_LOR")]
+    LogicalOr,
+    /// Logical exclusive or (`MPI_LXOR`), integers only.
+    #[doc(alias = "MPI_LXOR")]
+    LogicalXor,
+    /// Bitwise and (`MPI_BAND`), integers only.
+    #[doc(alias = "MPI_BAND")]
+    BitAnd,
+    /// Bitwise or (`MPI_BOR`), integers only.
+    #[doc(alias = "MPI_BOR")]
+    BitOr,
+    /// Bitwise exclusive or (`MPI_BXOR`), integers only.
+    #[doc(alias = "MPI_BXOR")]
+    BitXor,
+}
+
+const ALL: [Op; 10] = [
+    Op::Sum,
+    Op::Prod,
+    Op::Min,
+    Op::Max,
+    Op::LogicalAnd,
+    Op::LogicalOr,
+    Op::LogicalXor,
+    Op::BitAnd,
+    Op::BitOr,
+    Op::BitXor,
+];
+
+impl Op {
+    pub(crate) fn index(self) -> usize {
+        ALL.iter().position(|&o| o == self).unwrap_or(0)
+    }
+
+    pub(crate) fn name_of(index: i64) -> String {
+        usize::try_from(index).ok().and_then(|i| ALL.get(i)).map_or_else(|| format!("#{index}"), |o| format!("{o:?}"))
+    }
+
+    /// The MPI handle and datatype for reducing `T` with this operation, or an error naming why the
+    /// operation does not apply to `T`.
+    pub(crate) fn resolve<T: Pod>(self, op: &'static str, rank: i32) -> Result<(ffi::MPI_Op, MPI_Datatype)> {
+        let p = Primitive::of::<T>();
+        let ok = match self {
+            Op::Sum | Op::Prod | Op::Min | Op::Max => p.is_numeric(),
+            _ => p.is_integer(),
+        };
+        if !ok {
+            let need = if p.is_numeric() { "an integer type" } else { "a primitive number type" };
+            return Err(crate::Error::new(
+                ErrorKind::InvalidArgument,
+                op,
+                Some(rank),
+                format!(
+                    "Op::{self:?} does not apply to {} (it needs {need}); use a closure reduction for structs",
+                    std::any::type_name::<T>()
+                ),
+            ));
+        }
+        Ok((ffi::builtin_op(self.index()), ffi::layout::<T>().datatype))
+    }
+}
+
+/// A value together with the rank that holds it: the result of min/max-with-location reductions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[doc(alias = "MPI_MINLOC")]
+#[doc(alias = "MPI_MAXLOC")]
+pub struct Loc<T> {
+    /// The extreme value.
+    pub value: T,
+    /// The lowest rank holding it.
+    pub rank: i32,
+}
+
+/// The wire form of [`Loc`]: packed, so it has no padding whatever `T` is.
+#[derive(Clone, Copy)]
+#[repr(C, packed)]
+pub(crate) struct PackedLoc<T: Pod> {
+    pub(crate) value: T,
+    pub(crate) rank: i32,
+}
+
+// SAFETY: `repr(C, packed)` leaves no padding between or after the fields; both fields are `Pod`, so
+// every bit pattern of the struct is valid and all-zero is valid.
+unsafe impl<T: Pod> Zeroable for PackedLoc<T> {}
+// SAFETY: as above; `T: Pod` implies `T: Copy + 'static`, so the struct is `Copy + 'static`.
+unsafe impl<T: Pod> Pod for PackedLoc<T> {}
+
+// ---------------------------------------------------------------------------------------------
+// Closure trampoline
+// ---------------------------------------------------------------------------------------------
+
+/// The erased closure currently lent to MPI: a pointer to the closure and the monomorphised function
+/// that knows its type and the element type.
+type Erased = (*const (), unsafe fn(*const (), *const u8, *mut u8, usize));
+
+thread_local! {
+    static CURRENT: Cell<Option<Erased>> = const { Cell::new(None) };
+}
+
+/// Applies `f` element-wise: `inout[i] = f(in[i], inout[i])` (the MPI order: `in` is the left operand).
+///
+/// # Safety
+/// `f` must point at a live `F`; `inv` and `inout` must hold `len` (possibly unaligned) `T`s, and
+/// `inout` must be writable.
+unsafe fn apply<T: Pod, F: Fn(&T, &T) -> T>(f: *const (), inv: *const u8, inout: *mut u8, len: usize) {
+    // SAFETY: the caller guarantees `f` points at a live `F` for this call.
+    let f = unsafe { &*(f as *const F) };
+    let size = std::mem::size_of::<T>();
+    for i in 0..len {
+        // SAFETY: both buffers hold `len` elements of `size` bytes; MPI's temporary buffers need not
+        // be aligned for `T`, so reads and writes are unaligned. `T: Pod` accepts any bytes.
+        unsafe {
+            let a: T = std::ptr::read_unaligned(inv.add(i * size) as *const T);
+            let b: T = std::ptr::read_unaligned(inout.add(i * size) as *const T);
+            std::ptr::write_unaligned(inout.add(i * size) as *mut T, f(&a, &b));
+        }
+    }
+}
+
+unsafe extern "C" fn trampoline(inv: *mut c_void, inout: *mut c_void, len: *mut c_int, _dt: *mut MPI_Datatype) {
+    let Some((f, call)) = CURRENT.with(Cell::get) else {
+        // Unreachable while phalanx sets the slot around every reduction that uses this op.
+        crate::runtime::abort_job(70);
+    };
+    // SAFETY: `len` points at MPI's element count for this call; `CURRENT` was set by `with_closure`
+    // on this thread for the duration of the blocking reduction that invoked us, so `f` is live and
+    // `call` matches its type; MPI hands us `len` elements in each buffer.
+    unsafe { call(f, inv as *const u8, inout as *mut u8, (*len).max(0) as usize) };
+}
+
+/// Runs `body` with an `MPI_Op` and datatype that apply `f` to `T` elements.
+pub(crate) fn with_closure<T: Pod, F: Fn(&T, &T) -> T, R>(
+    f: &F,
+    op: &'static str,
+    rank: i32,
+    body: impl FnOnce(ffi::MPI_Op, MPI_Datatype) -> Result<R>,
+) -> Result<R> {
+    // Primitive types reduce in their own datatype; anything else as one contiguous block of bytes.
+    let owned_dt;
+    let dt = match Primitive::of::<T>() {
+        Primitive::Bytes => {
+            owned_dt = ffi::OwnedDatatype::contiguous_bytes(std::mem::size_of::<T>(), op, rank)?;
+            owned_dt.0
+        }
+        _ => ffi::layout::<T>().datatype,
+    };
+    // Non-commutative: MPI then combines in rank order, so results do not depend on the algorithm.
+    let mpi_op = ffi::OwnedOp::new(trampoline, false, op, rank)?;
+    let erased: Erased = (f as *const F as *const (), apply::<T, F>);
+    let previous = CURRENT.with(|c| c.replace(Some(erased)));
+    let out = body(mpi_op.0, dt);
+    CURRENT.with(|c| c.set(previous));
+    out
+}

@@ -1,0 +1,247 @@
+//! Nonblocking operations whose buffers cannot be freed or reused while MPI owns them.
+//!
+//! Each request **owns** its buffer (a `Vec<T>`) and gives it back when it completes. That makes the
+//! classic use-after-free impossible in safe code:
+//! - while the request exists, nobody else can touch the buffer;
+//! - dropping an unfinished request waits for it (sends, collectives) or cancels and waits
+//!   (receives) before the buffer is freed;
+//! - leaking a request (`mem::forget`) leaks the buffer too, so MPI never writes to freed memory.
+//!
+//! Requests are `#[must_use]`: call `wait` (or poll with `test`) and take the buffer back.
+
+use std::marker::PhantomData;
+
+use bytemuck::Pod;
+
+use super::check::Signature;
+use super::p2p::{Source, Status, Tag};
+use super::{Comm, Op};
+use crate::error::Result;
+use crate::ffi::{self, MPI_Request};
+
+/// An in-flight nonblocking send; owns the data until it completes.
+#[must_use = "a send request must be waited for (dropping it blocks until the send completes)"]
+#[derive(Debug)]
+pub struct SendRequest<T: Pod> {
+    req: MPI_Request,
+    buf: Vec<T>,
+    rank: i32,
+    _not_send: PhantomData<*const ()>,
+}
+
+/// An in-flight nonblocking receive; owns the receive buffer until it completes.
+#[must_use = "a receive request must be waited for (dropping it cancels the receive)"]
+pub struct RecvRequest<'c, T: Pod> {
+    req: MPI_Request,
+    buf: Vec<T>,
+    comm: &'c Comm,
+    completed: Option<(Result<()>, ffi::MPI_Status)>,
+    _not_send: PhantomData<*const ()>,
+}
+
+/// An in-flight nonblocking all-reduce; owns both buffers until it completes.
+#[must_use = "a collective request must be waited for (dropping it blocks until it completes)"]
+#[derive(Debug)]
+pub struct AllreduceRequest<T: Pod> {
+    req: MPI_Request,
+    send: Vec<T>,
+    recv: Vec<T>,
+    rank: i32,
+    _not_send: PhantomData<*const ()>,
+}
+
+fn done(req: MPI_Request) -> bool {
+    req == ffi::request_null()
+}
+
+impl<T: Pod> SendRequest<T> {
+    /// Blocks until the send completes and returns the buffer for reuse.
+    ///
+    /// # Errors
+    /// An MPI error reported at completion.
+    #[doc(alias = "MPI_Wait")]
+    pub fn wait(mut self) -> Result<Vec<T>> {
+        let (res, _) = ffi::wait(&mut self.req, "isend.wait", self.rank);
+        res?;
+        Ok(std::mem::take(&mut self.buf))
+    }
+
+    /// Returns `true` once the send has completed (then `wait` returns at once).
+    ///
+    /// # Errors
+    /// An MPI error reported at completion.
+    #[doc(alias = "MPI_Test")]
+    pub fn test(&mut self) -> Result<bool> {
+        if done(self.req) {
+            return Ok(true);
+        }
+        ffi::test(&mut self.req, "isend.test", self.rank).0
+    }
+}
+
+impl<T: Pod> Drop for SendRequest<T> {
+    fn drop(&mut self) {
+        if !done(self.req) && !ffi::finalized() {
+            // The buffer must outlive the send: block here rather than free it under MPI.
+            let _ = ffi::wait(&mut self.req, "isend.drop", self.rank);
+        }
+    }
+}
+
+impl<T: Pod> RecvRequest<'_, T> {
+    /// Blocks until the message has arrived; returns the buffer cut to the received length, and the
+    /// status.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Truncated`](crate::ErrorKind::Truncated) if the message was longer than the
+    /// capacity; [`ErrorKind::TypeMismatch`](crate::ErrorKind::TypeMismatch).
+    #[doc(alias = "MPI_Wait")]
+    pub fn wait(mut self) -> Result<(Vec<T>, Status)> {
+        let (res, st) = match self.completed.take() {
+            Some(done) => done,
+            None => ffi::wait(&mut self.req, "irecv.wait", self.comm.rank),
+        };
+        let status = self.comm.finish_recv::<T>(res, &st, self.buf.len(), "irecv")?;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.truncate(status.count);
+        Ok((buf, status))
+    }
+
+    /// Returns `true` once the message has arrived (then `wait` returns at once).
+    ///
+    /// # Errors
+    /// None here: completion errors are reported by `wait`.
+    #[doc(alias = "MPI_Test")]
+    pub fn test(&mut self) -> Result<bool> {
+        if self.completed.is_some() {
+            return Ok(true);
+        }
+        let (res, st) = ffi::test(&mut self.req, "irecv.test", self.comm.rank);
+        match res {
+            Ok(false) => Ok(false),
+            Ok(true) => {
+                self.completed = Some((Ok(()), st));
+                Ok(true)
+            }
+            Err(e) => {
+                self.completed = Some((Err(e), st));
+                Ok(true)
+            }
+        }
+    }
+}
+
+impl<T: Pod> Drop for RecvRequest<'_, T> {
+    fn drop(&mut self) {
+        if !done(self.req) && !ffi::finalized() {
+            // Nobody wants the message any more: cancel, then wait so MPI is done with the buffer.
+            ffi::cancel(&mut self.req);
+            let _ = ffi::wait(&mut self.req, "irecv.drop", self.comm.rank);
+        }
+    }
+}
+
+impl<T: Pod> AllreduceRequest<T> {
+    /// Blocks until the reduction completes and returns the result.
+    ///
+    /// # Errors
+    /// An MPI error reported at completion.
+    #[doc(alias = "MPI_Wait")]
+    pub fn wait(mut self) -> Result<Vec<T>> {
+        let (res, _) = ffi::wait(&mut self.req, "iallreduce.wait", self.rank);
+        res?;
+        Ok(std::mem::take(&mut self.recv))
+    }
+
+    /// Drives progress and returns `true` once the reduction has completed. Open MPI without an
+    /// asynchronous progress thread moves a nonblocking collective forward only inside MPI calls, so
+    /// call this now and then during long computations.
+    ///
+    /// # Errors
+    /// An MPI error reported at completion.
+    #[doc(alias = "MPI_Test")]
+    pub fn test(&mut self) -> Result<bool> {
+        if done(self.req) {
+            return Ok(true);
+        }
+        ffi::test(&mut self.req, "iallreduce.test", self.rank).0
+    }
+}
+
+impl<T: Pod> Drop for AllreduceRequest<T> {
+    fn drop(&mut self) {
+        if !done(self.req) && !ffi::finalized() {
+            // Collectives cannot be cancelled; the buffers must outlive the operation.
+            let _ = ffi::wait(&mut self.req, "iallreduce.drop", self.rank);
+        }
+        // `send` is only read by MPI; keep it alive until here.
+        let _ = &self.send;
+    }
+}
+
+impl Comm {
+    /// Starts sending `data` to `dest`; the request owns `data` until it completes.
+    ///
+    /// Point-to-point.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidRank`](crate::ErrorKind::InvalidRank),
+    /// [`ErrorKind::InvalidTag`](crate::ErrorKind::InvalidTag), count overflow, MPI errors.
+    #[doc(alias = "MPI_Isend")]
+    pub fn isend<T: Pod>(&self, data: Vec<T>, dest: i32, tag: Tag) -> Result<SendRequest<T>> {
+        self.debug_check_thread("isend")?;
+        self.check_peer(dest, "destination", "isend")?;
+        self.check_tag(tag, "isend")?;
+        // SAFETY: the heap buffer of `data` is moved into the returned request, which neither reads
+        // nor writes it until MPI_Wait/MPI_Test report completion, waits in Drop, and leaks it with
+        // the request if the request is leaked; moving a Vec does not move its heap allocation.
+        let req = unsafe { ffi::isend(data.as_ptr(), data.len(), dest, tag, self.raw, "isend", self.rank)? };
+        Ok(SendRequest { req, buf: data, rank: self.rank, _not_send: PhantomData })
+    }
+
+    /// Starts receiving at most `capacity` elements; `wait` returns them.
+    ///
+    /// Point-to-point. `tag` may be [`ANY_TAG`](crate::comm::ANY_TAG).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidRank`](crate::ErrorKind::InvalidRank),
+    /// [`ErrorKind::InvalidTag`](crate::ErrorKind::InvalidTag), count overflow, MPI errors.
+    #[doc(alias = "MPI_Irecv")]
+    pub fn irecv<T: Pod>(&self, capacity: usize, source: impl Into<Source>, tag: Tag) -> Result<RecvRequest<'_, T>> {
+        let (src, tag) = self.recv_args(source.into(), tag, "irecv")?;
+        let mut buf = vec![T::zeroed(); capacity];
+        // SAFETY: `buf` is moved into the returned request and not touched until completion; Drop
+        // cancels and waits before freeing it, and leaking the request leaks the buffer.
+        let req = unsafe { ffi::irecv(buf.as_mut_ptr(), buf.len(), src, tag, self.raw, "irecv", self.rank)? };
+        Ok(RecvRequest { req, buf, comm: self, completed: None, _not_send: PhantomData })
+    }
+
+    /// Starts an element-wise all-reduce of `data`; `wait` returns the result. Compute while it is in
+    /// flight, calling [`AllreduceRequest::test`] now and then to drive progress.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// As [`allreduce_into`](Comm::allreduce_into).
+    #[doc(alias = "MPI_Iallreduce")]
+    pub fn iallreduce<T: Pod>(&self, data: Vec<T>, op: Op) -> Result<AllreduceRequest<T>> {
+        const OP: &str = "iallreduce";
+        self.debug_check_thread(OP)?;
+        let resolved = op.resolve::<T>(OP, self.rank);
+        let sig = Signature {
+            count: Some(data.len() as i64),
+            elem_size: Some(std::mem::size_of::<T>() as i64),
+            reduce_op: Some(op.index() as i64),
+            root: None,
+        };
+        self.agree(OP, resolved.as_ref().map(|_| ()).map_err(Clone::clone), sig)?;
+        let (mpi_op, dt) = resolved?;
+        let mut recv = vec![T::zeroed(); data.len()];
+        // SAFETY: both heap buffers move into the returned request and are not touched until
+        // completion; Drop waits before freeing them; leaking the request leaks them.
+        let req = unsafe {
+            ffi::iallreduce_typed(data.as_ptr(), recv.as_mut_ptr(), data.len(), dt, mpi_op, self.raw, OP, self.rank)?
+        };
+        Ok(AllreduceRequest { req, send: data, recv, rank: self.rank, _not_send: PhantomData })
+    }
+}

@@ -1,0 +1,894 @@
+//! Every call into the MPI C library lives here.
+//!
+//! The wrappers take Rust slices of `bytemuck::Pod` elements and do the pointer/count/datatype
+//! translation once, so the rest of the crate is safe code. Blocking wrappers are safe functions: the
+//! borrow of the slice outlives the call, and MPI does not retain the pointer afterwards. Nonblocking
+//! wrappers are `unsafe fn`: their callers must keep the buffer alive and untouched until the request
+//! completes, and say how in a `// SAFETY:` comment.
+//!
+//! Every communicator phalanx hands out has `MPI_ERRORS_RETURN` set, so each return code is checked
+//! here and turned into an [`Error`] naming the operation and rank.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::mem::MaybeUninit;
+
+use bytemuck::Pod;
+use mpi::ffi as sys;
+
+pub(crate) use sys::{MPI_Comm, MPI_Datatype, MPI_Message, MPI_Op, MPI_Request, MPI_Status};
+
+use crate::error::{Error, ErrorKind, Result};
+
+// ---------------------------------------------------------------------------------------------
+// Handles and constants
+// ---------------------------------------------------------------------------------------------
+
+macro_rules! rsmpi_const {
+    ($(#[$m:meta])* $name:ident: $ty:ty = $sym:ident) => {
+        $(#[$m])*
+        #[inline]
+        pub(crate) fn $name() -> $ty {
+            // SAFETY: rsmpi.c defines these as `const` globals initialised from the MPI header's
+            // predefined handles; they are never written, so reading them from any thread is sound.
+            unsafe { sys::$sym }
+        }
+    };
+}
+
+rsmpi_const!(comm_world: MPI_Comm = RSMPI_COMM_WORLD);
+rsmpi_const!(comm_null: MPI_Comm = RSMPI_COMM_NULL);
+rsmpi_const!(request_null: MPI_Request = RSMPI_REQUEST_NULL);
+rsmpi_const!(any_source: c_int = RSMPI_ANY_SOURCE);
+rsmpi_const!(any_tag: c_int = RSMPI_ANY_TAG);
+rsmpi_const!(undefined: c_int = RSMPI_UNDEFINED);
+rsmpi_const!(byte_type: MPI_Datatype = RSMPI_UINT8_T);
+rsmpi_const!(comm_type_shared: c_int = RSMPI_COMM_TYPE_SHARED);
+
+/// The MPI thread levels as the C library numbers them.
+pub(crate) fn thread_level_constants() -> [c_int; 4] {
+    // SAFETY: const globals defined by rsmpi.c, never written (see `rsmpi_const!`).
+    unsafe {
+        [sys::RSMPI_THREAD_SINGLE, sys::RSMPI_THREAD_FUNNELED, sys::RSMPI_THREAD_SERIALIZED, sys::RSMPI_THREAD_MULTIPLE]
+    }
+}
+
+/// The predefined reduction operations, by phalanx's own numbering (see `comm::op`).
+pub(crate) fn builtin_op(index: usize) -> MPI_Op {
+    // SAFETY: const globals defined by rsmpi.c, never written (see `rsmpi_const!`).
+    unsafe {
+        [
+            sys::RSMPI_SUM,
+            sys::RSMPI_PROD,
+            sys::RSMPI_MIN,
+            sys::RSMPI_MAX,
+            sys::RSMPI_LAND,
+            sys::RSMPI_LOR,
+            sys::RSMPI_LXOR,
+            sys::RSMPI_BAND,
+            sys::RSMPI_BOR,
+            sys::RSMPI_BXOR,
+        ][index]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element types
+// ---------------------------------------------------------------------------------------------
+
+/// What an element type looks like to MPI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Primitive {
+    I8,
+    I16,
+    I32,
+    I64,
+    U8,
+    U16,
+    U32,
+    U64,
+    F32,
+    F64,
+    /// Anything else `Pod`: moved as `size_of::<T>()` bytes per element.
+    Bytes,
+}
+
+impl Primitive {
+    pub(crate) fn of<T: Pod>() -> Primitive {
+        use std::any::TypeId;
+        let t = TypeId::of::<T>();
+        // `isize`/`usize` are the same width as i64/u64 on every target MPI clusters run; mapping
+        // them lets users reduce indices and counts without casts.
+        let table: [(TypeId, Primitive); 12] = [
+            (TypeId::of::<i8>(), Primitive::I8),
+            (TypeId::of::<i16>(), Primitive::I16),
+            (TypeId::of::<i32>(), Primitive::I32),
+            (TypeId::of::<i64>(), Primitive::I64),
+            (TypeId::of::<u8>(), Primitive::U8),
+            (TypeId::of::<u16>(), Primitive::U16),
+            (TypeId::of::<u32>(), Primitive::U32),
+            (TypeId::of::<u64>(), Primitive::U64),
+            (TypeId::of::<f32>(), Primitive::F32),
+            (TypeId::of::<f64>(), Primitive::F64),
+            (TypeId::of::<isize>(), if cfg!(target_pointer_width = "64") { Primitive::I64 } else { Primitive::I32 }),
+            (TypeId::of::<usize>(), if cfg!(target_pointer_width = "64") { Primitive::U64 } else { Primitive::U32 }),
+        ];
+        table.iter().find(|(id, _)| *id == t).map_or(Primitive::Bytes, |(_, p)| *p)
+    }
+
+    pub(crate) fn is_integer(self) -> bool {
+        !matches!(self, Primitive::F32 | Primitive::F64 | Primitive::Bytes)
+    }
+
+    pub(crate) fn is_numeric(self) -> bool {
+        self != Primitive::Bytes
+    }
+
+    fn datatype(self) -> MPI_Datatype {
+        // SAFETY: const globals defined by rsmpi.c, never written (see `rsmpi_const!`).
+        unsafe {
+            match self {
+                Primitive::I8 => sys::RSMPI_INT8_T,
+                Primitive::I16 => sys::RSMPI_INT16_T,
+                Primitive::I32 => sys::RSMPI_INT32_T,
+                Primitive::I64 => sys::RSMPI_INT64_T,
+                Primitive::U8 | Primitive::Bytes => sys::RSMPI_UINT8_T,
+                Primitive::U16 => sys::RSMPI_UINT16_T,
+                Primitive::U32 => sys::RSMPI_UINT32_T,
+                Primitive::U64 => sys::RSMPI_UINT64_T,
+                Primitive::F32 => sys::RSMPI_FLOAT,
+                Primitive::F64 => sys::RSMPI_DOUBLE,
+            }
+        }
+    }
+}
+
+/// The MPI datatype for `T` and how many MPI items make one `T`.
+#[derive(Clone, Copy)]
+pub(crate) struct Layout {
+    pub(crate) datatype: MPI_Datatype,
+    pub(crate) per_elem: usize,
+}
+
+pub(crate) fn layout<T: Pod>() -> Layout {
+    match Primitive::of::<T>() {
+        Primitive::Bytes => Layout { datatype: byte_type(), per_elem: std::mem::size_of::<T>() },
+        p => Layout { datatype: p.datatype(), per_elem: 1 },
+    }
+}
+
+/// Converts an element count to MPI's `int`, or says which operation overflowed it.
+pub(crate) fn to_count(elems: usize, per_elem: usize, op: &'static str, rank: i32) -> Result<c_int> {
+    elems.checked_mul(per_elem).and_then(|n| c_int::try_from(n).ok()).ok_or_else(|| {
+        Error::new(
+            ErrorKind::CountOverflow,
+            op,
+            Some(rank),
+            format!(
+                "{elems} elements ({per_elem} MPI items each) exceed MPI's count limit of {} items; split the data",
+                c_int::MAX
+            ),
+        )
+    })
+}
+
+fn ptr<T>(s: &[T]) -> *mut c_void {
+    s.as_ptr() as *mut c_void
+}
+
+fn mut_ptr<T>(s: &mut [T]) -> *mut c_void {
+    s.as_mut_ptr() as *mut c_void
+}
+
+// ---------------------------------------------------------------------------------------------
+// Error translation
+// ---------------------------------------------------------------------------------------------
+
+/// Turns an MPI return code into a `Result`.
+#[inline]
+pub(crate) fn check(code: c_int, op: &'static str, rank: i32) -> Result<()> {
+    if code == sys::MPI_SUCCESS as c_int {
+        Ok(())
+    } else {
+        Err(mpi_error(code, op, rank))
+    }
+}
+
+#[cold]
+fn mpi_error(code: c_int, op: &'static str, rank: i32) -> Error {
+    let mut class: c_int = 0;
+    // SAFETY: `class` is a valid out-pointer for the duration of the call.
+    unsafe { sys::MPI_Error_class(code, &mut class) };
+    let mut buf = [0 as c_char; sys::MPI_MAX_ERROR_STRING as usize + 1];
+    let mut len: c_int = 0;
+    // SAFETY: `buf` has MPI_MAX_ERROR_STRING + 1 bytes as the standard requires; `len` is a valid
+    // out-pointer. MPI writes a NUL-terminated string.
+    unsafe { sys::MPI_Error_string(code, buf.as_mut_ptr(), &mut len) };
+    // SAFETY: the buffer was zeroed and MPI writes at most MPI_MAX_ERROR_STRING bytes, so a NUL exists.
+    let text = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned();
+    let kind = match class as u32 {
+        sys::MPI_ERR_TRUNCATE => ErrorKind::Truncated,
+        sys::MPI_ERR_RANK => ErrorKind::InvalidRank,
+        sys::MPI_ERR_ROOT => ErrorKind::InvalidRoot,
+        sys::MPI_ERR_TAG => ErrorKind::InvalidTag,
+        sys::MPI_ERR_COUNT | sys::MPI_ERR_ARG | sys::MPI_ERR_BUFFER | sys::MPI_ERR_OP | sys::MPI_ERR_TYPE => {
+            ErrorKind::InvalidArgument
+        }
+        _ => ErrorKind::Mpi,
+    };
+    Error::new(kind, op, Some(rank), format!("MPI reported: {text} (error class {class})")).with_mpi_class(class)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Environment
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) fn initialized() -> bool {
+    let mut flag: c_int = 0;
+    // SAFETY: may be called at any time, even before MPI_Init; `flag` is a valid out-pointer.
+    unsafe { sys::MPI_Initialized(&mut flag) };
+    flag != 0
+}
+
+pub(crate) fn finalized() -> bool {
+    let mut flag: c_int = 0;
+    // SAFETY: may be called at any time, even after MPI_Finalize; `flag` is a valid out-pointer.
+    unsafe { sys::MPI_Finalized(&mut flag) };
+    flag != 0
+}
+
+/// `MPI_Init_thread` with no command-line arguments; returns the provided level.
+pub(crate) fn init_thread(required: c_int) -> Result<c_int> {
+    let mut provided: c_int = 0;
+    // SAFETY: null argc/argv are allowed by MPI-2 and later; `provided` is a valid out-pointer. The
+    // caller guarantees MPI is neither initialised nor finalised.
+    let code = unsafe { sys::MPI_Init_thread(std::ptr::null_mut(), std::ptr::null_mut(), required, &mut provided) };
+    if code != 0 {
+        return Err(Error::new(ErrorKind::Runtime, "init", None, format!("MPI_Init_thread failed with code {code}")));
+    }
+    Ok(provided)
+}
+
+pub(crate) fn finalize() {
+    // SAFETY: called once, by the runtime that initialised MPI, after all its communicators are done.
+    unsafe { sys::MPI_Finalize() };
+}
+
+/// Ends every process of the job. Never returns.
+pub(crate) fn abort(code: c_int) -> ! {
+    if initialized() && !finalized() {
+        // SAFETY: MPI is initialised and not finalised; MPI_Abort on MPI_COMM_WORLD may be called from
+        // any thread and does not return.
+        unsafe { sys::MPI_Abort(comm_world(), code) };
+    }
+    std::process::abort()
+}
+
+pub(crate) fn is_thread_main() -> bool {
+    let mut flag: c_int = 0;
+    // SAFETY: MPI is initialised; `flag` is a valid out-pointer.
+    unsafe { sys::MPI_Is_thread_main(&mut flag) };
+    flag != 0
+}
+
+pub(crate) fn wtime() -> f64 {
+    // SAFETY: MPI_Wtime has no preconditions beyond an initialised MPI.
+    unsafe { sys::RSMPI_Wtime() }
+}
+
+pub(crate) fn processor_name() -> String {
+    let mut buf = [0 as c_char; sys::MPI_MAX_PROCESSOR_NAME as usize + 1];
+    let mut len: c_int = 0;
+    // SAFETY: `buf` has MPI_MAX_PROCESSOR_NAME + 1 bytes; MPI writes at most MPI_MAX_PROCESSOR_NAME
+    // bytes and a NUL; `len` is a valid out-pointer.
+    unsafe { sys::MPI_Get_processor_name(buf.as_mut_ptr(), &mut len) };
+    let bytes: Vec<u8> = buf[..len.max(0) as usize].iter().map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Communicators
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) fn comm_rank(comm: MPI_Comm) -> c_int {
+    let mut r: c_int = 0;
+    // SAFETY: `comm` is a valid communicator held by the caller; `r` is a valid out-pointer.
+    unsafe { sys::MPI_Comm_rank(comm, &mut r) };
+    r
+}
+
+pub(crate) fn comm_size(comm: MPI_Comm) -> c_int {
+    let mut s: c_int = 0;
+    // SAFETY: `comm` is a valid communicator held by the caller; `s` is a valid out-pointer.
+    unsafe { sys::MPI_Comm_size(comm, &mut s) };
+    s
+}
+
+pub(crate) fn set_errors_return(comm: MPI_Comm) {
+    // SAFETY: `comm` is valid; MPI_ERRORS_RETURN is a predefined handle.
+    unsafe { sys::MPI_Comm_set_errhandler(comm, sys::RSMPI_ERRORS_RETURN) };
+}
+
+pub(crate) fn comm_dup(comm: MPI_Comm, rank: i32) -> Result<MPI_Comm> {
+    let mut out = MaybeUninit::<MPI_Comm>::uninit();
+    // SAFETY: `comm` is valid; `out` is written by MPI before we read it (checked by the return code).
+    let code = unsafe { sys::MPI_Comm_dup(comm, out.as_mut_ptr()) };
+    check(code, "dup", rank)?;
+    // SAFETY: MPI_SUCCESS means `out` was written.
+    Ok(unsafe { out.assume_init() })
+}
+
+pub(crate) fn comm_split(comm: MPI_Comm, color: c_int, key: c_int, rank: i32) -> Result<MPI_Comm> {
+    let mut out = MaybeUninit::<MPI_Comm>::uninit();
+    // SAFETY: `comm` is valid; `out` is written on success.
+    let code = unsafe { sys::MPI_Comm_split(comm, color, key, out.as_mut_ptr()) };
+    check(code, "split", rank)?;
+    // SAFETY: MPI_SUCCESS means `out` was written.
+    Ok(unsafe { out.assume_init() })
+}
+
+pub(crate) fn comm_split_shared(comm: MPI_Comm, key: c_int, rank: i32) -> Result<MPI_Comm> {
+    let mut out = MaybeUninit::<MPI_Comm>::uninit();
+    // SAFETY: `comm` is valid; MPI_INFO_NULL is predefined; `out` is written on success.
+    let code =
+        unsafe { sys::MPI_Comm_split_type(comm, comm_type_shared(), key, sys::RSMPI_INFO_NULL, out.as_mut_ptr()) };
+    check(code, "split_shared", rank)?;
+    // SAFETY: MPI_SUCCESS means `out` was written.
+    Ok(unsafe { out.assume_init() })
+}
+
+pub(crate) fn comm_free(comm: &mut MPI_Comm) {
+    // SAFETY: `comm` was created by dup/split, is owned by exactly one phalanx handle, and MPI is not
+    // finalised (the caller checks). MPI_Comm_free sets it to MPI_COMM_NULL.
+    unsafe { sys::MPI_Comm_free(comm) };
+}
+
+/// The largest tag this MPI accepts (`MPI_TAG_UB`, at least 32767 by the standard).
+pub(crate) fn tag_ub(comm: MPI_Comm) -> c_int {
+    let mut val: *mut c_int = std::ptr::null_mut();
+    let mut flag: c_int = 0;
+    // SAFETY: for MPI_TAG_UB the attribute value is a pointer to an int owned by MPI, written into
+    // `val`; `flag` is a valid out-pointer.
+    unsafe {
+        sys::MPI_Comm_get_attr(comm, sys::MPI_TAG_UB as c_int, &mut val as *mut *mut c_int as *mut c_void, &mut flag)
+    };
+    if flag == 0 || val.is_null() {
+        32767
+    } else {
+        // SAFETY: flag != 0 means `val` points at MPI's int for the attribute, valid while MPI is.
+        unsafe { *val }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Point-to-point
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) fn new_status() -> MPI_Status {
+    // SAFETY: MPI_Status is a plain C struct of integers; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Number of `T` elements described by `status`, or `None` if the byte count is not a whole number
+/// of elements (MPI_UNDEFINED).
+pub(crate) fn status_count<T: Pod>(status: &MPI_Status) -> Option<usize> {
+    let l = layout::<T>();
+    let mut count: c_int = 0;
+    // SAFETY: `status` was filled by a completed receive or probe; `count` is a valid out-pointer.
+    unsafe { sys::MPI_Get_count(status, l.datatype, &mut count) };
+    if count == undefined() || count < 0 {
+        return None;
+    }
+    let count = count as usize;
+    if l.per_elem > 1 && count % l.per_elem != 0 {
+        return None;
+    }
+    Some(if l.per_elem == 0 { 0 } else { count / l.per_elem.max(1) })
+}
+
+/// Number of bytes described by `status`.
+pub(crate) fn status_bytes(status: &MPI_Status) -> usize {
+    let mut count: c_int = 0;
+    // SAFETY: as in `status_count`; counting in bytes is always defined.
+    unsafe { sys::MPI_Get_count(status, byte_type(), &mut count) };
+    count.max(0) as usize
+}
+
+pub(crate) fn send<T: Pod>(
+    buf: &[T],
+    dest: c_int,
+    tag: c_int,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<()> {
+    let l = layout::<T>();
+    let n = to_count(buf.len(), l.per_elem, op, rank)?;
+    // SAFETY: `buf` is valid for reads of `n` items of `l.datatype` for the whole blocking call.
+    check(unsafe { sys::MPI_Send(ptr(buf), n, l.datatype, dest, tag, comm) }, op, rank)
+}
+
+pub(crate) fn ssend<T: Pod>(
+    buf: &[T],
+    dest: c_int,
+    tag: c_int,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<()> {
+    let l = layout::<T>();
+    let n = to_count(buf.len(), l.per_elem, op, rank)?;
+    // SAFETY: as in `send`.
+    check(unsafe { sys::MPI_Ssend(ptr(buf), n, l.datatype, dest, tag, comm) }, op, rank)
+}
+
+pub(crate) fn recv<T: Pod>(
+    buf: &mut [T],
+    source: c_int,
+    tag: c_int,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> (Result<()>, MPI_Status) {
+    let l = layout::<T>();
+    let mut status = new_status();
+    let n = match to_count(buf.len(), l.per_elem, op, rank) {
+        Ok(n) => n,
+        Err(e) => return (Err(e), status),
+    };
+    // SAFETY: `buf` is valid for writes of `n` items for the whole blocking call; any bit pattern is a
+    // valid `T` because `T: Pod`; `status` is a valid out-pointer.
+    let code = unsafe { sys::MPI_Recv(mut_ptr(buf), n, l.datatype, source, tag, comm, &mut status) };
+    (check(code, op, rank), status)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sendrecv<S: Pod, R: Pod>(
+    sbuf: &[S],
+    dest: c_int,
+    stag: c_int,
+    rbuf: &mut [R],
+    source: c_int,
+    rtag: c_int,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> (Result<()>, MPI_Status) {
+    let (sl, rl) = (layout::<S>(), layout::<R>());
+    let mut status = new_status();
+    let counts =
+        to_count(sbuf.len(), sl.per_elem, op, rank).and_then(|s| Ok((s, to_count(rbuf.len(), rl.per_elem, op, rank)?)));
+    let (sn, rn) = match counts {
+        Ok(c) => c,
+        Err(e) => return (Err(e), status),
+    };
+    // SAFETY: both buffers are valid (read / write) for the blocking call and do not overlap (one is
+    // borrowed shared, the other exclusively); `R: Pod` accepts any bytes.
+    let code = unsafe {
+        sys::MPI_Sendrecv(
+            ptr(sbuf),
+            sn,
+            sl.datatype,
+            dest,
+            stag,
+            mut_ptr(rbuf),
+            rn,
+            rl.datatype,
+            source,
+            rtag,
+            comm,
+            &mut status,
+        )
+    };
+    (check(code, op, rank), status)
+}
+
+/// Nonblocking send of `n` items starting at `p`.
+///
+/// # Safety
+/// `p..p+len` must stay valid for reads and must not be written until the request completes.
+pub(crate) unsafe fn isend<T: Pod>(
+    p: *const T,
+    len: usize,
+    dest: c_int,
+    tag: c_int,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<MPI_Request> {
+    let l = layout::<T>();
+    let n = to_count(len, l.per_elem, op, rank)?;
+    let mut req = request_null();
+    // SAFETY: the caller keeps the buffer alive and unmodified until completion; `req` is valid.
+    let code = unsafe { sys::MPI_Isend(p as *mut c_void, n, l.datatype, dest, tag, comm, &mut req) };
+    check(code, op, rank)?;
+    Ok(req)
+}
+
+/// Nonblocking receive into `len` elements at `p`.
+///
+/// # Safety
+/// `p..p+len` must stay valid for writes and must not be read or written by anyone else until the
+/// request completes.
+pub(crate) unsafe fn irecv<T: Pod>(
+    p: *mut T,
+    len: usize,
+    source: c_int,
+    tag: c_int,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<MPI_Request> {
+    let l = layout::<T>();
+    let n = to_count(len, l.per_elem, op, rank)?;
+    let mut req = request_null();
+    // SAFETY: the caller keeps the buffer alive and exclusively lent to MPI until completion.
+    let code = unsafe { sys::MPI_Irecv(p as *mut c_void, n, l.datatype, source, tag, comm, &mut req) };
+    check(code, op, rank)?;
+    Ok(req)
+}
+
+/// Matched probe: blocks until a message from `source`/`tag` arrives and removes it from matching.
+pub(crate) fn mprobe(
+    source: c_int,
+    tag: c_int,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<(MPI_Message, MPI_Status)> {
+    let mut msg = MaybeUninit::<MPI_Message>::uninit();
+    let mut status = new_status();
+    // SAFETY: `msg` and `status` are valid out-pointers; `comm` is valid.
+    let code = unsafe { sys::MPI_Mprobe(source, tag, comm, msg.as_mut_ptr(), &mut status) };
+    check(code, op, rank)?;
+    // SAFETY: success means MPI wrote the message handle.
+    Ok((unsafe { msg.assume_init() }, status))
+}
+
+/// Receives a message matched by `mprobe` into `buf`.
+pub(crate) fn mrecv<T: Pod>(
+    buf: &mut [T],
+    msg: &mut MPI_Message,
+    op: &'static str,
+    rank: i32,
+) -> (Result<()>, MPI_Status) {
+    let l = layout::<T>();
+    let mut status = new_status();
+    let n = match to_count(buf.len(), l.per_elem, op, rank) {
+        Ok(n) => n,
+        Err(e) => return (Err(e), status),
+    };
+    // SAFETY: `buf` is valid for writes of `n` items for the blocking call; `msg` came from mprobe and
+    // is consumed here (MPI sets it to MPI_MESSAGE_NULL).
+    let code = unsafe { sys::MPI_Mrecv(mut_ptr(buf), n, l.datatype, msg, &mut status) };
+    (check(code, op, rank), status)
+}
+
+/// Non-blocking probe: `Some(status)` if a matching message is waiting.
+pub(crate) fn iprobe(
+    source: c_int,
+    tag: c_int,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<Option<MPI_Status>> {
+    let mut flag: c_int = 0;
+    let mut status = new_status();
+    // SAFETY: out-pointers are valid; `comm` is valid.
+    check(unsafe { sys::MPI_Iprobe(source, tag, comm, &mut flag, &mut status) }, op, rank)?;
+    Ok((flag != 0).then_some(status))
+}
+
+pub(crate) fn wait(req: &mut MPI_Request, op: &'static str, rank: i32) -> (Result<()>, MPI_Status) {
+    let mut status = new_status();
+    // SAFETY: `req` is a request handle owned by the caller (or MPI_REQUEST_NULL, which returns at
+    // once); MPI sets it to MPI_REQUEST_NULL on completion.
+    let code = unsafe { sys::MPI_Wait(req, &mut status) };
+    (check(code, op, rank), status)
+}
+
+pub(crate) fn test(req: &mut MPI_Request, op: &'static str, rank: i32) -> (Result<bool>, MPI_Status) {
+    let mut flag: c_int = 0;
+    let mut status = new_status();
+    // SAFETY: as in `wait`; `flag` is a valid out-pointer.
+    let code = unsafe { sys::MPI_Test(req, &mut flag, &mut status) };
+    (check(code, op, rank).map(|_| flag != 0), status)
+}
+
+pub(crate) fn cancel(req: &mut MPI_Request) {
+    // SAFETY: `req` is an active request owned by the caller; it must still be completed by a wait.
+    unsafe { sys::MPI_Cancel(req) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Collectives
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) fn barrier(comm: MPI_Comm, rank: i32) -> Result<()> {
+    // SAFETY: `comm` is valid.
+    check(unsafe { sys::MPI_Barrier(comm) }, "barrier", rank)
+}
+
+pub(crate) fn bcast<T: Pod>(buf: &mut [T], root: c_int, comm: MPI_Comm, op: &'static str, rank: i32) -> Result<()> {
+    let l = layout::<T>();
+    let n = to_count(buf.len(), l.per_elem, op, rank)?;
+    // SAFETY: `buf` is valid for reads (root) or writes (others) of `n` items during the call.
+    check(unsafe { sys::MPI_Bcast(mut_ptr(buf), n, l.datatype, root, comm) }, op, rank)
+}
+
+/// `MPI_Allreduce` with a typed datatype (`dt`, whose extent is `size_of::<T>()`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn allreduce_typed<T: Pod>(
+    send: &[T],
+    recv: &mut [T],
+    dt: MPI_Datatype,
+    mpi_op: MPI_Op,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<()> {
+    debug_assert_eq!(send.len(), recv.len());
+    let n = to_count(send.len(), 1, op, rank)?;
+    // SAFETY: send/recv are distinct buffers of `n` elements of `dt`, valid for the blocking call.
+    check(unsafe { sys::MPI_Allreduce(ptr(send), mut_ptr(recv), n, dt, mpi_op, comm) }, op, rank)
+}
+
+/// `MPI_Reduce`; `recv` is only written on `root` and may be empty elsewhere.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn reduce_typed<T: Pod>(
+    send: &[T],
+    recv: &mut [T],
+    dt: MPI_Datatype,
+    mpi_op: MPI_Op,
+    root: c_int,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<()> {
+    let n = to_count(send.len(), 1, op, rank)?;
+    // SAFETY: `send` holds `n` elements; on the root `recv` holds `n` elements (checked by caller),
+    // elsewhere it is not accessed.
+    check(unsafe { sys::MPI_Reduce(ptr(send), mut_ptr(recv), n, dt, mpi_op, root, comm) }, op, rank)
+}
+
+pub(crate) fn scan_typed<T: Pod>(
+    send: &[T],
+    recv: &mut [T],
+    dt: MPI_Datatype,
+    mpi_op: MPI_Op,
+    exclusive: bool,
+    comm: MPI_Comm,
+    rank: i32,
+) -> Result<()> {
+    let op = if exclusive { "exscan" } else { "scan" };
+    let n = to_count(send.len(), 1, op, rank)?;
+    // SAFETY: distinct buffers of `n` elements, valid for the blocking call.
+    let code = unsafe {
+        if exclusive {
+            sys::MPI_Exscan(ptr(send), mut_ptr(recv), n, dt, mpi_op, comm)
+        } else {
+            sys::MPI_Scan(ptr(send), mut_ptr(recv), n, dt, mpi_op, comm)
+        }
+    };
+    check(code, op, rank)
+}
+
+/// Nonblocking all-reduce.
+///
+/// # Safety
+/// `send` and `recv` (each `len` elements of `dt`) must stay valid, `recv` untouched and `send`
+/// unmodified, until the request completes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn iallreduce_typed<T: Pod>(
+    send: *const T,
+    recv: *mut T,
+    len: usize,
+    dt: MPI_Datatype,
+    mpi_op: MPI_Op,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<MPI_Request> {
+    let n = to_count(len, 1, op, rank)?;
+    let mut req = request_null();
+    // SAFETY: the caller keeps both buffers alive and exclusively lent to MPI until completion.
+    let code =
+        unsafe { sys::MPI_Iallreduce(send as *const c_void, recv as *mut c_void, n, dt, mpi_op, comm, &mut req) };
+    check(code, op, rank)?;
+    Ok(req)
+}
+
+/// `MPI_Gatherv` (also used for regular gather). `recv`, `counts` and `displs` matter on the root only;
+/// counts and displacements are in MPI items of `layout::<T>()`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gatherv<T: Pod>(
+    send: &[T],
+    recv: &mut [T],
+    counts: &[c_int],
+    displs: &[c_int],
+    root: c_int,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<()> {
+    let l = layout::<T>();
+    let n = to_count(send.len(), l.per_elem, op, rank)?;
+    // SAFETY: `send` holds `n` items; on the root the caller sized `recv` to hold every block at its
+    // displacement and `counts`/`displs` have one entry per rank; elsewhere they are not read.
+    let code = unsafe {
+        sys::MPI_Gatherv(
+            ptr(send),
+            n,
+            l.datatype,
+            mut_ptr(recv),
+            counts.as_ptr(),
+            displs.as_ptr(),
+            l.datatype,
+            root,
+            comm,
+        )
+    };
+    check(code, op, rank)
+}
+
+/// `MPI_Allgatherv`; `counts`/`displs` in MPI items, one per rank, valid on every rank.
+pub(crate) fn allgatherv<T: Pod>(
+    send: &[T],
+    recv: &mut [T],
+    counts: &[c_int],
+    displs: &[c_int],
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<()> {
+    let l = layout::<T>();
+    let n = to_count(send.len(), l.per_elem, op, rank)?;
+    // SAFETY: the caller sized `recv` to hold every rank's block at its displacement.
+    let code = unsafe {
+        sys::MPI_Allgatherv(ptr(send), n, l.datatype, mut_ptr(recv), counts.as_ptr(), displs.as_ptr(), l.datatype, comm)
+    };
+    check(code, op, rank)
+}
+
+/// `MPI_Allgather` of a fixed number of items per rank.
+pub(crate) fn allgather<T: Pod>(send: &[T], recv: &mut [T], comm: MPI_Comm, op: &'static str, rank: i32) -> Result<()> {
+    let l = layout::<T>();
+    let n = to_count(send.len(), l.per_elem, op, rank)?;
+    // SAFETY: the caller sized `recv` to `size * send.len()` elements.
+    let code = unsafe { sys::MPI_Allgather(ptr(send), n, l.datatype, mut_ptr(recv), n, l.datatype, comm) };
+    check(code, op, rank)
+}
+
+/// `MPI_Scatterv`; `send`, `counts` and `displs` matter on the root only.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scatterv<T: Pod>(
+    send: &[T],
+    counts: &[c_int],
+    displs: &[c_int],
+    recv: &mut [T],
+    root: c_int,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<()> {
+    let l = layout::<T>();
+    let n = to_count(recv.len(), l.per_elem, op, rank)?;
+    // SAFETY: on the root the caller checked that every block lies inside `send`; `recv` holds `n`
+    // items on every rank.
+    let code = unsafe {
+        sys::MPI_Scatterv(
+            ptr(send),
+            counts.as_ptr(),
+            displs.as_ptr(),
+            l.datatype,
+            mut_ptr(recv),
+            n,
+            l.datatype,
+            root,
+            comm,
+        )
+    };
+    check(code, op, rank)
+}
+
+/// `MPI_Alltoallv`; all four arrays have one entry per rank, in MPI items.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn alltoallv<T: Pod>(
+    send: &[T],
+    scounts: &[c_int],
+    sdispls: &[c_int],
+    recv: &mut [T],
+    rcounts: &[c_int],
+    rdispls: &[c_int],
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<()> {
+    let l = layout::<T>();
+    // SAFETY: the caller checked that every block lies inside its buffer.
+    let code = unsafe {
+        sys::MPI_Alltoallv(
+            ptr(send),
+            scounts.as_ptr(),
+            sdispls.as_ptr(),
+            l.datatype,
+            mut_ptr(recv),
+            rcounts.as_ptr(),
+            rdispls.as_ptr(),
+            l.datatype,
+            comm,
+        )
+    };
+    check(code, op, rank)
+}
+
+/// `MPI_Alltoall` with `per_rank` elements to and from each rank.
+pub(crate) fn alltoall<T: Pod>(
+    send: &[T],
+    recv: &mut [T],
+    per_rank: usize,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<()> {
+    let l = layout::<T>();
+    let n = to_count(per_rank, l.per_elem, op, rank)?;
+    // SAFETY: the caller sized both buffers to `size * per_rank` elements.
+    let code = unsafe { sys::MPI_Alltoall(ptr(send), n, l.datatype, mut_ptr(recv), n, l.datatype, comm) };
+    check(code, op, rank)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Derived datatypes and user operations
+// ---------------------------------------------------------------------------------------------
+
+/// A committed contiguous datatype of `bytes` bytes, freed on drop.
+pub(crate) struct OwnedDatatype(pub(crate) MPI_Datatype);
+
+impl OwnedDatatype {
+    pub(crate) fn contiguous_bytes(bytes: usize, op: &'static str, rank: i32) -> Result<Self> {
+        let n = to_count(bytes, 1, op, rank)?;
+        let mut dt = MaybeUninit::<MPI_Datatype>::uninit();
+        // SAFETY: `dt` is a valid out-pointer; the base type is predefined.
+        check(unsafe { sys::MPI_Type_contiguous(n, byte_type(), dt.as_mut_ptr()) }, op, rank)?;
+        // SAFETY: success means `dt` was written.
+        let mut dt = unsafe { dt.assume_init() };
+        // SAFETY: `dt` is a freshly created, uncommitted datatype.
+        check(unsafe { sys::MPI_Type_commit(&mut dt) }, op, rank)?;
+        Ok(OwnedDatatype(dt))
+    }
+}
+
+impl Drop for OwnedDatatype {
+    fn drop(&mut self) {
+        if !finalized() {
+            // SAFETY: the datatype was created by this handle and is freed once; pending operations
+            // that use it keep their own reference as MPI specifies.
+            unsafe { sys::MPI_Type_free(&mut self.0) };
+        }
+    }
+}
+
+/// The C signature of an MPI user reduction.
+pub(crate) type UserFunction = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_int, *mut MPI_Datatype);
+
+/// A user-defined `MPI_Op`, freed on drop.
+pub(crate) struct OwnedOp(pub(crate) MPI_Op);
+
+impl OwnedOp {
+    pub(crate) fn new(f: UserFunction, commutative: bool, op: &'static str, rank: i32) -> Result<Self> {
+        let mut h = MaybeUninit::<MPI_Op>::uninit();
+        // SAFETY: `f` has the C signature MPI expects; `h` is a valid out-pointer.
+        check(unsafe { sys::MPI_Op_create(Some(f), commutative as c_int, h.as_mut_ptr()) }, op, rank)?;
+        // SAFETY: success means `h` was written.
+        Ok(OwnedOp(unsafe { h.assume_init() }))
+    }
+}
+
+impl Drop for OwnedOp {
+    fn drop(&mut self) {
+        if !finalized() {
+            // SAFETY: created by this handle, freed once.
+            unsafe { sys::MPI_Op_free(&mut self.0) };
+        }
+    }
+}

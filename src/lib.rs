@@ -1,0 +1,37 @@
+//! # phalanx
+//!
+//! Typed MPI communication, domain decomposition and hybrid MPI + threads parallelism for
+//! simulations that run on clusters.
+//!
+//! The crate is layered, and lower layers never use upper ones:
+//!
+//! | layer | module | what it holds |
+//! |---|---|---|
+//! | runtime | [`runtime`] | MPI initialisation, thread level, abort-on-panic |
+//! | communication | [`comm`] | communicators, typed point-to-point and collectives |
+//!
+//! ```no_run
+//! use phalanx::prelude::*;
+//!
+//! fn main() -> phalanx::Result<()> {
+//!     let rt = phalanx::init()?;              // MPI_Init_thread(FUNNELED); finalised on drop
+//!     let world = rt.world();
+//!     let local = (world.rank() + 1) as f64;
+//!     let total = world.allreduce(local, Op::Sum)?;
+//!     if world.rank() == 0 {
+//!         println!("sum over {} ranks = {total}", world.size());
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! A panic on any rank aborts the whole job (see [`runtime`]); errors are values ([`Error`]).
+
+pub mod comm;
+mod error;
+mod ffi;
+pub mod prelude;
+pub mod runtime;
+
+pub use error::{Error, ErrorKind, Result};
+pub use runtime::{init, Runtime, RuntimeBuilder, ThreadLevel};

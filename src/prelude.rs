@@ -1,0 +1,5 @@
+//! The names a simulation needs in scope: `use phalanx::prelude::*;`.
+
+pub use crate::comm::{Comm, Op, Source, ANY_TAG};
+pub use crate::error::{Error, ErrorKind, Result};
+pub use crate::runtime::{Runtime, ThreadLevel};

@@ -1,0 +1,343 @@
+//! The multi-rank test harness, shared by every MPI test program (`tests/mpi_*.rs`, each built with
+//! `harness = false`).
+//!
+//! Run by plain `cargo test`, a test program is the **launcher**: for each rank count its cases
+//! declare, it starts itself under `mpirun -n N` (oversubscribed, so 4 ranks run on 2 cores), as a
+//! new process group under a hard timeout. On timeout every process of the job is killed (the whole
+//! process tree below `mpirun`, found through /proc) and the job is reported as failed. Started by
+//! `mpirun`, the same program is a **child**: it initialises phalanx and runs the cases named in
+//! `PHALANX_HARNESS_CASES` in order, with a barrier between them.
+//!
+//! A case declares the rank counts it runs at. A child whose communicator size is not one of them
+//! fails: a test that finds too few ranks never passes silently.
+//!
+//! The settings that let Open MPI run as root (`OMPI_ALLOW_RUN_AS_ROOT*`) are applied here, in the
+//! launcher's child environment, and nowhere in the library.
+//!
+//! Environment: `PHALANX_TEST_TIMEOUT` (seconds per job, default 180), `MPIRUN` (launcher command,
+//! default `mpirun`), `PHALANX_TEST_FILTER` or the first free command-line argument (run only cases
+//! whose name contains it).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use phalanx::comm::Comm;
+
+/// What a case expects from its job.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Expect {
+    /// Every rank returns normally; the job exits 0.
+    Pass,
+    /// The job ends with a non-zero exit within the given time (for abort tests). It runs alone.
+    AbortWithin(Duration),
+    /// The job is still running after the given time and must be killed by the harness and
+    /// reported as a failure (for the harness's own timeout test). It runs alone.
+    KilledAfter(Duration),
+    /// The job must fail (non-zero exit) at the rank counts given; used to prove that a case run at
+    /// the wrong rank count fails. It runs alone, at `ranks`, while declaring `declared`.
+    FailsWhenRunAt(&'static [usize]),
+}
+
+/// One MPI test case.
+pub(crate) struct Case {
+    /// Unique name.
+    pub(crate) name: &'static str,
+    /// The rank counts to run it at.
+    pub(crate) ranks: &'static [usize],
+    /// The body, called on every rank. Panicking fails the job (the runtime aborts every rank).
+    pub(crate) run: fn(&Comm),
+    /// What the launcher expects.
+    pub(crate) expect: Expect,
+}
+
+impl Case {
+    /// A case that must pass at every rank count in `ranks`.
+    pub(crate) const fn new(name: &'static str, ranks: &'static [usize], run: fn(&Comm)) -> Case {
+        Case { name, ranks, run, expect: Expect::Pass }
+    }
+
+    /// The same case with another expectation.
+    pub(crate) const fn expect(mut self, expect: Expect) -> Case {
+        self.expect = expect;
+        self
+    }
+}
+
+/// The rank counts most cases run at.
+pub(crate) const RANKS_1_TO_4: &[usize] = &[1, 2, 3, 4];
+
+const CASES_VAR: &str = "PHALANX_HARNESS_CASES";
+const TOKEN_VAR: &str = "PHALANX_HARNESS_TOKEN";
+
+/// The entry point of a test program: child or launcher, depending on the environment.
+pub(crate) fn main(program: &str, cases: &[Case]) {
+    if let Ok(names) = std::env::var(CASES_VAR) {
+        run_child(cases, &names);
+    } else {
+        let code = run_launcher(program, cases);
+        std::process::exit(code);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child: inside the MPI job
+// ---------------------------------------------------------------------------------------------
+
+fn run_child(cases: &[Case], names: &str) {
+    let rt = phalanx::init().expect("phalanx::init");
+    let world = rt.world();
+    let size = world.size() as usize;
+    for name in names.split(',').filter(|n| !n.is_empty()) {
+        let case = cases.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("unknown case {name}"));
+        assert!(
+            case.ranks.contains(&size),
+            "case {name} is declared for ranks {:?} but runs on {size}: refusing to pass with the wrong rank count",
+            case.ranks
+        );
+        let t = Instant::now();
+        (case.run)(&world);
+        world.barrier().expect("barrier after case");
+        if world.rank() == 0 {
+            println!("    ok  {name} ({size} ranks, {:.2} s)", t.elapsed().as_secs_f64());
+        }
+    }
+    drop(world);
+    drop(rt);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launcher: outside the MPI job
+// ---------------------------------------------------------------------------------------------
+
+/// How a job ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The launcher exited with this status after this long.
+    Exited(ExitStatus, Duration),
+    /// The harness killed it at the timeout.
+    TimedOut(Duration),
+}
+
+/// A finished job: its outcome and everything it printed.
+pub(crate) struct JobResult {
+    pub(crate) outcome: Outcome,
+    pub(crate) output: String,
+    /// Processes of the job still alive after the harness finished with it (must be empty).
+    pub(crate) survivors: Vec<i32>,
+}
+
+fn filter() -> Option<String> {
+    if let Ok(f) = std::env::var("PHALANX_TEST_FILTER") {
+        return Some(f);
+    }
+    // `cargo test -- NAME` passes NAME (and flags such as --nocapture, which we ignore).
+    std::env::args().skip(1).find(|a| !a.starts_with('-'))
+}
+
+fn job_timeout() -> Duration {
+    let secs = std::env::var("PHALANX_TEST_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(180);
+    Duration::from_secs(secs)
+}
+
+fn run_launcher(program: &str, cases: &[Case]) -> i32 {
+    let filter = filter();
+    let selected: Vec<&Case> = cases.iter().filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f))).collect();
+    let exe = std::env::current_exe().expect("current_exe");
+    let (mut passed, mut failed) = (0usize, 0usize);
+    println!("\n{program}: {} MPI test cases", selected.len());
+
+    // Cases that pass are batched: one job per rank count.
+    let counts: BTreeSet<usize> =
+        selected.iter().filter(|c| c.expect == Expect::Pass).flat_map(|c| c.ranks.iter().copied()).collect();
+    for n in counts {
+        let batch: Vec<&str> =
+            selected.iter().filter(|c| c.expect == Expect::Pass && c.ranks.contains(&n)).map(|c| c.name).collect();
+        let r = launch(&exe, n, &batch, job_timeout());
+        let ok = matches!(r.outcome, Outcome::Exited(s, _) if s.success()) && r.survivors.is_empty();
+        report(program, &format!("{} cases", batch.len()), n, &r, ok, "");
+        if ok {
+            passed += batch.len();
+        } else {
+            failed += batch.len();
+        }
+    }
+
+    // Cases with other expectations run alone.
+    for case in selected.iter().filter(|c| c.expect != Expect::Pass) {
+        let (ranks, timeout): (&[usize], Duration) = match case.expect {
+            Expect::FailsWhenRunAt(r) => (r, job_timeout()),
+            Expect::AbortWithin(d) => (case.ranks, d + Duration::from_secs(60)),
+            Expect::KilledAfter(d) => (case.ranks, d),
+            Expect::Pass => unreachable!(),
+        };
+        for &n in ranks {
+            let r = launch(&exe, n, &[case.name], timeout);
+            let (ok, why) = judge(case.expect, &r);
+            report(program, case.name, n, &r, ok, &why);
+            if ok {
+                passed += 1;
+            } else {
+                failed += 1;
+            }
+        }
+    }
+    println!("{program}: {passed} passed, {failed} failed");
+    i32::from(failed > 0)
+}
+
+fn judge(expect: Expect, r: &JobResult) -> (bool, String) {
+    if !r.survivors.is_empty() {
+        return (false, format!("processes left running: {:?}", r.survivors));
+    }
+    match (expect, &r.outcome) {
+        (Expect::AbortWithin(limit), Outcome::Exited(s, t)) => {
+            let ok = !s.success() && *t <= limit && r.output.contains("aborting every rank");
+            (ok, format!("expected a non-zero exit within {limit:?}: {s} after {t:.1?}"))
+        }
+        (Expect::KilledAfter(_), Outcome::TimedOut(t)) => {
+            (true, format!("expected: the hung job was killed at the timeout ({t:.1?}) and reported as failed"))
+        }
+        (Expect::FailsWhenRunAt(_), Outcome::Exited(s, _)) => (!s.success(), format!("expected a failing job: {s}")),
+        (e, o) => (false, format!("expected {e:?}, got {o:?}")),
+    }
+}
+
+fn report(program: &str, what: &str, n: usize, r: &JobResult, ok: bool, why: &str) {
+    let how = match &r.outcome {
+        Outcome::Exited(s, t) => format!("{s}, {:.1} s", t.as_secs_f64()),
+        Outcome::TimedOut(t) => format!("killed by the harness timeout after {:.1} s", t.as_secs_f64()),
+    };
+    let verdict = if ok { "ok" } else { "FAILED" };
+    println!(
+        "{program}: {what} at {n} ranks ... {verdict} ({how}){}",
+        if why.is_empty() { String::new() } else { format!(" [{why}]") }
+    );
+    if !ok || std::env::var_os("PHALANX_TEST_VERBOSE").is_some() {
+        for line in r.output.lines() {
+            println!("    | {line}");
+        }
+    } else {
+        for line in r.output.lines().filter(|l| l.starts_with("    ok")) {
+            println!("{line}");
+        }
+    }
+}
+
+/// Runs `exe` under mpirun at `n` ranks with the given cases; kills the whole job at `timeout`.
+pub(crate) fn launch(exe: &std::path::Path, n: usize, cases: &[&str], timeout: Duration) -> JobResult {
+    let token = format!("{}-{}-{}", std::process::id(), n, cases.join("+"));
+    let mpirun = std::env::var("MPIRUN").unwrap_or_else(|_| "mpirun".into());
+    let mut cmd = Command::new(mpirun);
+    cmd.args(["-n", &n.to_string(), "--oversubscribe", "--bind-to", "none"])
+        .args(["-x", CASES_VAR, "-x", TOKEN_VAR, "-x", "RUST_BACKTRACE", "-x", "PHALANX_CHECK"])
+        .arg(exe)
+        .env(CASES_VAR, cases.join(","))
+        .env(TOKEN_VAR, &token)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // Open MPI's shared-memory transport wants /dev/shm space; the vader BTL with "self" and
+        // "tcp" covers single-node runs without InfiniBand probing noise.
+        .env("OMPI_MCA_btl", "self,vader,tcp")
+        .env("OMPI_MCA_btl_tcp_if_include", "lo")
+        .env("OMPI_MCA_oob_tcp_if_include", "lo")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("cannot start mpirun: is an MPI installed (run ci/setup)?");
+    let pid = child.id() as i32;
+    let out = child.stdout.take().map(reader);
+    let err = child.stderr.take().map(reader);
+    let outcome = loop {
+        if let Some(status) = child.try_wait().expect("wait for mpirun") {
+            break Outcome::Exited(status, start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            kill_tree(pid);
+            let _ = child.wait();
+            break Outcome::TimedOut(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Anything of this job still alive now is a leak: kill it and report it.
+    std::thread::sleep(Duration::from_millis(100));
+    let survivors = processes_with_token(&token);
+    for &p in &survivors {
+        // SAFETY: plain kill(2) on a pid we found carrying our token; no memory is involved.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    let mut output = String::new();
+    for h in [out, err].into_iter().flatten() {
+        output.push_str(&h.join().unwrap_or_default());
+    }
+    JobResult { outcome, output, survivors }
+}
+
+fn reader<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+/// Kills `root` and every process below it (mpirun may start ranks in their own process groups,
+/// so the group alone is not enough).
+fn kill_tree(root: i32) {
+    let mut victims = descendants(root);
+    victims.push(root);
+    for p in victims.iter().rev() {
+        // SAFETY: kill(2) with a pid read from /proc; no memory is involved.
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    // SAFETY: kill(2) on the job's process group (created with process_group(0)).
+    unsafe { libc::kill(-root, libc::SIGKILL) };
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces; fields after the last ')' are fixed.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn descendants(root: i32) -> Vec<i32> {
+    let pids = all_pids();
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for &c in &pids {
+            if parent_of(c) == Some(p) && !out.contains(&c) {
+                out.push(c);
+                frontier.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Processes whose environment carries `token` (the ranks of one job).
+pub(crate) fn processes_with_token(token: &str) -> Vec<i32> {
+    let needle = format!("{TOKEN_VAR}={token}");
+    all_pids()
+        .into_iter()
+        .filter(|&p| p != std::process::id() as i32)
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/environ"))
+                .map(|env| env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
