@@ -171,12 +171,26 @@ pub(crate) fn to_count(elems: usize, per_elem: usize, op: &'static str, rank: i3
     })
 }
 
+// Empty slices all share one dangling address, and Open MPI rejects a collective whose send and
+// receive buffers are equal (MPI_ERR_ARG) even when both counts are zero. Zero-length buffers
+// therefore get the addresses of two distinct statics; MPI never dereferences a zero-count buffer.
+static EMPTY_SEND: u64 = 0;
+static EMPTY_RECV: u64 = 0;
+
 fn ptr<T>(s: &[T]) -> *mut c_void {
-    s.as_ptr() as *mut c_void
+    if s.is_empty() {
+        &EMPTY_SEND as *const u64 as *mut c_void
+    } else {
+        s.as_ptr() as *mut c_void
+    }
 }
 
 fn mut_ptr<T>(s: &mut [T]) -> *mut c_void {
-    s.as_mut_ptr() as *mut c_void
+    if s.is_empty() {
+        &EMPTY_RECV as *const u64 as *mut c_void
+    } else {
+        s.as_mut_ptr() as *mut c_void
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -68,6 +68,29 @@ impl Comm {
         self.check_tag(tag, op)
     }
 
+    fn truncated(
+        &self,
+        source: i32,
+        tag: Tag,
+        capacity: usize,
+        size: usize,
+        op: &'static str,
+        class: Option<i32>,
+    ) -> crate::Error {
+        let e = self.err(
+            ErrorKind::Truncated,
+            op,
+            format!(
+                "message from rank {source} (tag {tag}) is longer than the receive buffer of {capacity} elements ({} bytes)",
+                capacity * size
+            ),
+        );
+        match class {
+            Some(c) => e.with_mpi_class(c),
+            None => e,
+        }
+    }
+
     /// Turns a receive's outcome into a [`Status`], with precise truncation and type errors.
     pub(crate) fn finish_recv<T: Pod>(
         &self,
@@ -79,16 +102,7 @@ impl Comm {
         let size = std::mem::size_of::<T>();
         if let Err(e) = res {
             if e.kind() == ErrorKind::Truncated {
-                return Err(self.err(
-                    ErrorKind::Truncated,
-                    op,
-                    format!(
-                        "message from rank {} (tag {}) is longer than the receive buffer of {capacity} elements ({} bytes)",
-                        st.MPI_SOURCE,
-                        st.MPI_TAG,
-                        capacity * size
-                    ),
-                ));
+                return Err(self.truncated(st.MPI_SOURCE, st.MPI_TAG, capacity, size, op, e.mpi_class()));
             }
             return Err(e);
         }
@@ -147,7 +161,9 @@ impl Comm {
 
     /// Receives into `buf`, which may be longer than the message; returns what arrived.
     ///
-    /// Point-to-point. `tag` may be [`ANY_TAG`].
+    /// Point-to-point. `tag` may be [`ANY_TAG`]. Receives that may match a message from this rank
+    /// itself (`source` is this rank or [`Source::Any`]) go through a matched probe, because Open MPI
+    /// 4.1 does not report truncation of self-messages.
     ///
     /// # Errors
     /// [`ErrorKind::Truncated`] if the message is longer than `buf`; [`ErrorKind::TypeMismatch`] if
@@ -155,8 +171,31 @@ impl Comm {
     /// [`ErrorKind::InvalidTag`].
     #[doc(alias = "MPI_Recv")]
     pub fn recv_into<T: Pod>(&self, buf: &mut [T], source: impl Into<Source>, tag: Tag) -> Result<Status> {
-        let (src, tag) = self.recv_args(source.into(), tag, "recv")?;
-        let (res, st) = ffi::recv(buf, src, tag, self.raw, "recv", self.rank);
+        let source = source.into();
+        let (src, mpi_tag) = self.recv_args(source, tag, "recv")?;
+        if source == Source::Rank(self.rank) || source == Source::Any {
+            return self.recv_probed(buf, src, mpi_tag);
+        }
+        let (res, st) = ffi::recv(buf, src, mpi_tag, self.raw, "recv", self.rank);
+        self.finish_recv::<T>(res, &st, buf.len(), "recv")
+    }
+
+    /// Receive through a matched probe, so the message size is known before any byte moves.
+    ///
+    /// Open MPI 4.1 silently truncates a message a rank sends to itself (MPI_Recv returns success
+    /// with the count cut to the buffer), so receives that may match a message from this rank take
+    /// this path. A message too long for `buf` is consumed (so it cannot match a later receive) and
+    /// reported as [`ErrorKind::Truncated`].
+    fn recv_probed<T: Pod>(&self, buf: &mut [T], src: i32, tag: i32) -> Result<Status> {
+        let (mut msg, st) = ffi::mprobe(src, tag, self.raw, "recv", self.rank)?;
+        let bytes = ffi::status_bytes(&st);
+        if bytes > std::mem::size_of_val(buf) {
+            let mut drain = vec![0u8; bytes];
+            let (res, _) = ffi::mrecv(&mut drain, &mut msg, "recv", self.rank);
+            res?;
+            return Err(self.truncated(st.MPI_SOURCE, st.MPI_TAG, buf.len(), std::mem::size_of::<T>(), "recv", None));
+        }
+        let (res, st) = ffi::mrecv(buf, &mut msg, "recv", self.rank);
         self.finish_recv::<T>(res, &st, buf.len(), "recv")
     }
 
@@ -248,7 +287,23 @@ impl Comm {
         recv_tag: Tag,
     ) -> Result<Status> {
         self.send_args(dest, send_tag, "sendrecv")?;
-        let (src, rtag) = self.recv_args(source.into(), recv_tag, "sendrecv")?;
+        let source = source.into();
+        let (src, rtag) = self.recv_args(source, recv_tag, "sendrecv")?;
+        // A swap with itself (one rank, periodic): the message size is known here, and Open MPI 4.1
+        // would truncate it silently, so check before anything moves.
+        if dest == self.rank && source == Source::Rank(self.rank) && send_tag == recv_tag {
+            let (sb, rb) = (std::mem::size_of_val(send), std::mem::size_of_val(recv));
+            if sb > rb {
+                return Err(self.truncated(
+                    self.rank,
+                    send_tag,
+                    recv.len(),
+                    std::mem::size_of::<R>(),
+                    "sendrecv",
+                    None,
+                ));
+            }
+        }
         let (res, st) = ffi::sendrecv(send, dest, send_tag, recv, src, rtag, self.raw, "sendrecv", self.rank);
         self.finish_recv::<R>(res, &st, recv.len(), "sendrecv")
     }

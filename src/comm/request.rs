@@ -201,7 +201,9 @@ impl Comm {
 
     /// Starts receiving at most `capacity` elements; `wait` returns them.
     ///
-    /// Point-to-point. `tag` may be [`ANY_TAG`](crate::comm::ANY_TAG).
+    /// Point-to-point. `tag` may be [`ANY_TAG`](crate::comm::ANY_TAG). Truncation is reported by
+    /// `wait`, except for a message from this rank itself: Open MPI 4.1 truncates those silently and
+    /// a nonblocking receive cannot probe first (use [`Comm::recv_into`] or size the buffer).
     ///
     /// # Errors
     /// [`ErrorKind::InvalidRank`](crate::ErrorKind::InvalidRank),

@@ -233,9 +233,14 @@ pub(crate) fn launch(exe: &std::path::Path, n: usize, cases: &[&str], timeout: D
     let token = format!("{}-{}-{}", std::process::id(), n, cases.join("+"));
     let mpirun = std::env::var("MPIRUN").unwrap_or_else(|_| "mpirun".into());
     let mut cmd = Command::new(mpirun);
-    cmd.args(["-n", &n.to_string(), "--oversubscribe", "--bind-to", "none"])
-        .args(["-x", CASES_VAR, "-x", TOKEN_VAR, "-x", "RUST_BACKTRACE", "-x", "PHALANX_CHECK"])
-        .arg(exe)
+    cmd.args(["-n", &n.to_string(), "--oversubscribe", "--bind-to", "none"]).args(["-x", CASES_VAR, "-x", TOKEN_VAR]);
+    // Forward the settings that matter to the ranks (on remote nodes the environment is not inherited).
+    for var in ["RUST_BACKTRACE", "PHALANX_CHECK"] {
+        if std::env::var_os(var).is_some() {
+            cmd.args(["-x", var]);
+        }
+    }
+    cmd.arg(exe)
         .env(CASES_VAR, cases.join(","))
         .env(TOKEN_VAR, &token)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
