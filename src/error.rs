@@ -50,7 +50,11 @@ pub enum ErrorKind {
 /// Display prints `OPERATION on rank R: MESSAGE`, for example
 /// `recv on rank 1: message from rank 0 (tag 7) is longer than the receive buffer of 4 elements (32 bytes)`.
 #[derive(Clone, Debug)]
-pub struct Error {
+pub struct Error(Box<Inner>);
+
+// Boxed so that `Result<()>` is one pointer wide: every successful MPI call returns through it.
+#[derive(Clone, Debug)]
+struct Inner {
     kind: ErrorKind,
     op: &'static str,
     rank: Option<i32>,
@@ -63,46 +67,48 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// A new error detected by `rank` (if known) during `op`.
+    #[cold]
     pub fn new(kind: ErrorKind, op: &'static str, rank: Option<i32>, message: impl Into<String>) -> Self {
-        Self { kind, op, rank, mpi_class: None, message: message.into() }
+        Self(Box::new(Inner { kind, op, rank, mpi_class: None, message: message.into() }))
     }
 
     pub(crate) fn with_mpi_class(mut self, class: i32) -> Self {
-        self.mpi_class = Some(class);
+        self.0.mpi_class = Some(class);
         self
     }
 
     /// The coarse category of the error.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// The name of the operation that failed (`"allreduce"`, `"recv"`, `"DistArray::new"`, ...).
     pub fn operation(&self) -> &'static str {
-        self.op
+        self.0.op
     }
 
     /// The rank (in the communicator of the operation) that detected the error, if any.
     pub fn rank(&self) -> Option<i32> {
-        self.rank
+        self.0.rank
     }
 
     /// The MPI error class (`MPI_ERR_*`) when the MPI library reported the error itself.
     pub fn mpi_class(&self) -> Option<i32> {
-        self.mpi_class
+        self.0.mpi_class
     }
 
     /// The human-readable detail, without the operation and rank prefix.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.rank {
-            Some(r) => write!(f, "{} on rank {}: {}", self.op, r, self.message),
-            None => write!(f, "{}: {}", self.op, self.message),
+        let e = &self.0;
+        match e.rank {
+            Some(r) => write!(f, "{} on rank {}: {}", e.op, r, e.message),
+            None => write!(f, "{}: {}", e.op, e.message),
         }
     }
 }

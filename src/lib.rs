@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | runtime | [`runtime`] | MPI initialisation, thread level, abort-on-panic |
 //! | communication | [`comm`] | communicators, typed point-to-point and collectives |
+//! | decomposition | [`decomp`] | process grids, partitions, distributed arrays, halo exchange |
 //!
 //! ```no_run
 //! use phalanx::prelude::*;
@@ -28,6 +29,7 @@
 //! A panic on any rank aborts the whole job (see [`runtime`]); errors are values ([`Error`]).
 
 pub mod comm;
+pub mod decomp;
 mod error;
 mod ffi;
 pub mod prelude;

@@ -165,6 +165,46 @@ fn p2p_nonblocking(c: &Comm) {
     s.wait().unwrap();
 }
 
+fn p2p_scoped(c: &Comm) {
+    // One send buffer shared by a window of sends; receives into disjoint chunks of one buffer.
+    let send: Vec<f64> = (0..256).map(|i| c.rank() as f64 * 1000.0 + i as f64).collect();
+    let mut recv = vec![0.0f64; 256 * 8];
+    c.scope(|s| -> phalanx::Result<()> {
+        let mut rs = Vec::new();
+        for (k, chunk) in recv.chunks_mut(256).enumerate() {
+            rs.push(s.irecv(chunk, prev(c), 50 + k as i32)?);
+        }
+        for k in 0..8 {
+            let _ = s.isend(&send, next(c), 50 + k)?; // handle dropped: the scope waits for it
+        }
+        for r in rs {
+            assert_eq!(r.wait()?.count, 256);
+        }
+        Ok(())
+    })
+    .unwrap();
+    for chunk in recv.chunks(256) {
+        assert_eq!(chunk[7], prev(c) as f64 * 1000.0 + 7.0);
+    }
+    // A forgotten receive handle: the scope still waits, so the data is there after it.
+    let mut late = [0u32; 4];
+    c.scope(|s| {
+        let _ = s.irecv(&mut late, prev(c), 60).unwrap(); // handle discarded unwaited
+        s.isend(&[5u32, 6, 7, 8], next(c), 60).unwrap().wait().unwrap();
+    });
+    assert_eq!(late, [5, 6, 7, 8]);
+    // Truncation through a scoped receive from another rank.
+    if c.size() > 1 {
+        let mut small = [0u8; 2];
+        c.scope(|s| {
+            let r = s.irecv(&mut small, prev(c), 61).unwrap();
+            let _ = s.isend(&[1u8, 2, 3], next(c), 61).unwrap();
+            let e = r.wait().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Truncated, "{e}");
+        });
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Collectives
 // ---------------------------------------------------------------------------------------------
@@ -203,8 +243,8 @@ fn reductions_integers(c: &Comm) {
     assert_eq!(c.allreduce(i8::from(c.rank() == n as i32 - 1), Op::LogicalOr).unwrap(), 1);
     assert_eq!(c.allreduce(1u64, Op::LogicalXor).unwrap(), (n % 2) as u64);
     assert!(c.all(true).unwrap());
-    assert_eq!(c.all(c.rank() != 0).unwrap(), false);
-    assert_eq!(c.any(c.rank() == c.size() - 1).unwrap(), true);
+    assert!(!c.all(c.rank() != 0).unwrap());
+    assert!(c.any(c.rank() == c.size() - 1).unwrap());
     assert!(!c.any(false).unwrap());
     // usize and isize reduce as 64-bit integers.
     assert_eq!(c.allreduce(usize::MAX / 8, Op::Min).unwrap(), usize::MAX / 8);
@@ -685,6 +725,7 @@ fn main() {
             Case::new("p2p_empty_messages", RANKS_1_TO_4, p2p_empty_messages),
             Case::new("p2p_recv_vec_unknown_length", RANKS_1_TO_4, p2p_recv_vec_unknown_length),
             Case::new("p2p_nonblocking", RANKS_1_TO_4, p2p_nonblocking),
+            Case::new("p2p_scoped", RANKS_1_TO_4, p2p_scoped),
             Case::new("broadcasts", RANKS_1_TO_4, broadcasts),
             Case::new("reductions_integers", RANKS_1_TO_4, reductions_integers),
             Case::new("reductions_floats_and_slices", RANKS_1_TO_4, reductions_floats_and_slices),

@@ -27,9 +27,11 @@ mod communicator;
 mod op;
 mod p2p;
 mod request;
+mod scope;
 
 pub use collective::Blocks;
 pub use communicator::{Comm, NodeSplit, SharedComm};
 pub use op::{Loc, Op};
 pub use p2p::{Source, Status, Tag, ANY_TAG};
 pub use request::{AllreduceRequest, RecvRequest, SendRequest};
+pub use scope::{Scope, ScopedRecv, ScopedSend};

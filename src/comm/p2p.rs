@@ -106,7 +106,16 @@ impl Comm {
             }
             return Err(e);
         }
-        let count = ffi::status_count::<T>(st).ok_or_else(|| {
+        match ffi::status_count::<T>(st) {
+            Some(count) => Ok(Status { source: st.MPI_SOURCE, tag: st.MPI_TAG, count }),
+            None => Err(self.type_mismatch::<T>(st, op)),
+        }
+    }
+
+    #[cold]
+    fn type_mismatch<T: Pod>(&self, st: &MPI_Status, op: &'static str) -> crate::Error {
+        let size = std::mem::size_of::<T>();
+        {
             self.err(
                 ErrorKind::TypeMismatch,
                 op,
@@ -118,8 +127,7 @@ impl Comm {
                     std::any::type_name::<T>()
                 ),
             )
-        })?;
-        Ok(Status { source: st.MPI_SOURCE, tag: st.MPI_TAG, count })
+        }
     }
 
     /// Sends `data` to `dest` (standard mode: may return before the receiver has it).

@@ -172,6 +172,12 @@ impl Drop for Runtime {
     }
 }
 
+/// Wall-clock seconds since an arbitrary point in the past (`MPI_Wtime`); MPI must be initialised.
+#[doc(alias = "MPI_Wtime")]
+pub fn wtime() -> f64 {
+    ffi::wtime()
+}
+
 /// The `MPI_COMM_WORLD` rank of this process once MPI is initialised by phalanx, else `None`.
 pub fn world_rank() -> Option<i32> {
     let r = WORLD_RANK.load(Ordering::Relaxed);

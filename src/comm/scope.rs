@@ -1,0 +1,200 @@
+//! Nonblocking operations on *borrowed* buffers, inside a scope that waits for all of them.
+//!
+//! Owning requests ([`Comm::isend`]) are the simplest safe API but force one buffer per message in
+//! flight. A [`Scope`] works like `std::thread::scope`: requests borrow their buffers for the scope's
+//! lifetime, and the scope itself keeps every `MPI_Request`, so when the closure returns it waits for
+//! whatever is still in flight. Forgetting or leaking a handle therefore cannot let a buffer be freed
+//! or reused while MPI still owns it: the borrow checker keeps the buffer borrowed until the scope
+//! ends, and the scope does not end before MPI is done.
+//!
+//! Several sends may borrow the same buffer (shared borrows, allowed by MPI-3 and later); a receive
+//! borrows its buffer exclusively.
+
+use std::cell::RefCell;
+use std::marker::PhantomData;
+
+use bytemuck::Pod;
+
+use super::p2p::{Source, Status, Tag};
+use super::Comm;
+use crate::error::Result;
+use crate::ffi::{self, MPI_Request, MPI_Status};
+
+/// A region in which nonblocking operations may borrow buffers; see [`Comm::scope`].
+///
+/// A buffer lent to a scoped receive cannot be read before the scope ends:
+///
+/// ```compile_fail
+/// # let rt = phalanx::init().unwrap(); let world = rt.world();
+/// let mut buf = [0u8; 4];
+/// world.scope(|s| {
+///     let _r = s.irecv(&mut buf, 0, 0).unwrap();
+///     println!("{}", buf[0]); // error: `buf` is mutably borrowed by the receive
+/// });
+/// ```
+///
+/// and a scoped send's buffer cannot be modified while the send may be in flight:
+///
+/// ```compile_fail
+/// # let rt = phalanx::init().unwrap(); let world = rt.world();
+/// let mut buf = vec![0u8; 4];
+/// world.scope(|s| {
+///     let _ = s.isend(&buf, 0, 0).unwrap();
+///     buf[0] = 1; // error: `buf` is borrowed by the send
+/// });
+/// ```
+pub struct Scope<'scope, 'env: 'scope> {
+    comm: &'env Comm,
+    reqs: RefCell<Vec<MPI_Request>>,
+    _scope: PhantomData<&'scope mut &'scope ()>,
+    _env: PhantomData<&'env mut &'env ()>,
+}
+
+/// A send started in a [`Scope`]. Waiting is optional: the scope waits at its end.
+#[must_use = "wait for the send, or let the scope wait for it at its end"]
+pub struct ScopedSend<'scope> {
+    idx: usize,
+    reqs: &'scope RefCell<Vec<MPI_Request>>,
+    rank: i32,
+}
+
+/// A receive started in a [`Scope`]; `wait` returns its status.
+#[must_use = "a receive's status (and errors such as truncation) is only seen through wait"]
+pub struct ScopedRecv<'scope, T> {
+    idx: usize,
+    reqs: &'scope RefCell<Vec<MPI_Request>>,
+    comm: &'scope Comm,
+    capacity: usize,
+    _elem: PhantomData<T>,
+}
+
+impl Comm {
+    /// Runs `f` with a [`Scope`] in which nonblocking sends and receives may borrow buffers; waits
+    /// for every operation still in flight before returning.
+    ///
+    /// Local (the operations started inside are point-to-point).
+    ///
+    /// ```no_run
+    /// # let rt = phalanx::init()?; let world = rt.world();
+    /// let (left, right) = ((world.rank() + world.size() - 1) % world.size(), (world.rank() + 1) % world.size());
+    /// let send = vec![world.rank() as f64; 1024];
+    /// let mut from_left = vec![0.0; 1024];
+    /// world.scope(|s| -> phalanx::Result<()> {
+    ///     let r = s.irecv(&mut from_left, left, 0)?;
+    ///     s.isend(&send, right, 0)?;          // no need to keep the handle
+    ///     // ... compute on data that is not in flight ...
+    ///     r.wait()?;
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), phalanx::Error>(())
+    /// ```
+    pub fn scope<'env, R>(&'env self, f: impl for<'scope> FnOnce(&'scope Scope<'scope, 'env>) -> R) -> R {
+        let scope = Scope { comm: self, reqs: RefCell::new(Vec::new()), _scope: PhantomData, _env: PhantomData };
+        let out = f(&scope);
+        scope.wait_all_inner();
+        out
+    }
+}
+
+impl<'scope, 'env> Scope<'scope, 'env> {
+    fn push(&'scope self, req: MPI_Request) -> usize {
+        let mut r = self.reqs.borrow_mut();
+        r.push(req);
+        r.len() - 1
+    }
+
+    /// The communicator the scope was opened on.
+    pub fn comm(&self) -> &'env Comm {
+        self.comm
+    }
+
+    /// Starts sending `data` (borrowed until the scope ends) to `dest`.
+    ///
+    /// Point-to-point.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidRank`](crate::ErrorKind::InvalidRank),
+    /// [`ErrorKind::InvalidTag`](crate::ErrorKind::InvalidTag), count overflow, MPI errors.
+    #[doc(alias = "MPI_Isend")]
+    pub fn isend<T: Pod>(&'scope self, data: &'scope [T], dest: i32, tag: Tag) -> Result<ScopedSend<'scope>> {
+        let c = self.comm;
+        c.debug_check_thread("isend")?;
+        c.check_peer(dest, "destination", "isend")?;
+        c.check_tag(tag, "isend")?;
+        // SAFETY: `data` is borrowed for 'scope, and `Comm::scope` waits for this request (kept in
+        // `self.reqs`) before 'scope ends, whatever happens to the returned handle. Shared borrows
+        // only allow reads, which concurrent sends may do.
+        let req = unsafe { ffi::isend(data.as_ptr(), data.len(), dest, tag, c.raw, "isend", c.rank)? };
+        Ok(ScopedSend { idx: self.push(req), reqs: &self.reqs, rank: c.rank })
+    }
+
+    /// Starts receiving into `buf` (borrowed exclusively until the scope ends).
+    ///
+    /// Point-to-point. Truncation is reported by [`ScopedRecv::wait`] (not for messages from this
+    /// rank itself: see [`Comm::irecv`]).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidRank`](crate::ErrorKind::InvalidRank),
+    /// [`ErrorKind::InvalidTag`](crate::ErrorKind::InvalidTag), count overflow, MPI errors.
+    #[doc(alias = "MPI_Irecv")]
+    pub fn irecv<T: Pod>(
+        &'scope self,
+        buf: &'scope mut [T],
+        source: impl Into<Source>,
+        tag: Tag,
+    ) -> Result<ScopedRecv<'scope, T>> {
+        let c = self.comm;
+        let (src, tag) = c.recv_args(source.into(), tag, "irecv")?;
+        let capacity = buf.len();
+        // SAFETY: `buf` is borrowed exclusively for 'scope and the scope waits for this request
+        // before 'scope ends, so MPI is the only writer until completion and the memory stays valid.
+        let req = unsafe { ffi::irecv(buf.as_mut_ptr(), capacity, src, tag, c.raw, "irecv", c.rank)? };
+        Ok(ScopedRecv { idx: self.push(req), reqs: &self.reqs, comm: c, capacity, _elem: PhantomData })
+    }
+
+    /// Waits for every operation started so far in this scope.
+    ///
+    /// # Errors
+    /// The first MPI error reported by any of them.
+    #[doc(alias = "MPI_Waitall")]
+    pub fn wait_all(&self) -> Result<()> {
+        let mut reqs = self.reqs.borrow_mut();
+        let mut st = vec![ffi::new_status(); reqs.len()];
+        ffi::waitall(&mut reqs, &mut st, "waitall", self.comm.rank)
+    }
+
+    fn wait_all_inner(&self) {
+        // Errors here would already have been reported to anyone who waited; the point is only that
+        // MPI is done with every borrowed buffer.
+        let _ = self.wait_all();
+    }
+}
+
+fn wait_one(reqs: &RefCell<Vec<MPI_Request>>, idx: usize, op: &'static str, rank: i32) -> (Result<()>, MPI_Status) {
+    let mut r = reqs.borrow_mut();
+    ffi::wait(&mut r[idx], op, rank)
+}
+
+impl ScopedSend<'_> {
+    /// Blocks until the send has completed.
+    ///
+    /// # Errors
+    /// An MPI error reported at completion.
+    #[doc(alias = "MPI_Wait")]
+    pub fn wait(self) -> Result<()> {
+        wait_one(self.reqs, self.idx, "isend.wait", self.rank).0
+    }
+}
+
+impl<T: Pod> ScopedRecv<'_, T> {
+    /// Blocks until the message has arrived and returns its status.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Truncated`](crate::ErrorKind::Truncated),
+    /// [`ErrorKind::TypeMismatch`](crate::ErrorKind::TypeMismatch), MPI errors.
+    #[doc(alias = "MPI_Wait")]
+    pub fn wait(self) -> Result<Status> {
+        let (res, st) = wait_one(self.reqs, self.idx, "irecv.wait", self.comm.rank);
+        self.comm.finish_recv::<T>(res, &st, self.capacity, "irecv")
+    }
+}

@@ -1,0 +1,440 @@
+//! Distributed arrays: the owned block of a global array plus ghost layers, on an `ndarray`.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytemuck::Pod;
+use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, IntoDimension, Slice};
+
+use super::halo::{pack, pad3, unpack, HaloExchange, HaloPlan, Region};
+use super::layout::{Decomposition, GhostedBox, OwnedBox};
+use crate::comm::{Comm, Op};
+use crate::error::{Error, ErrorKind, Result};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A distributed array over a [`Decomposition`]: this rank's owned block plus ghost layers, stored
+/// as one row-major `ndarray` of the ghosted shape. Element type: any `Pod` (numbers, or a
+/// `#[repr(C)]` struct of several fields per cell). `D` is `ndarray::Ix1`, `Ix2` or `Ix3`.
+///
+/// See the [module documentation](crate::decomp) for a picture and a complete example.
+#[derive(Debug)]
+pub struct DistArray<T: Pod, D: Dimension> {
+    decomp: Rc<Decomposition>,
+    data: Array<T, D>,
+    halo: HaloPlan<T>,
+}
+
+impl<T: Pod, D: Dimension> DistArray<T, D> {
+    /// A new array with every cell (owned and ghost) set to `value`.
+    ///
+    /// Collective in effect: create arrays on a decomposition in the same order on every rank (their
+    /// halo tags are numbered in creation order).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Decomposition`] if `D` has a different number of dimensions than the
+    /// decomposition.
+    pub fn new(decomp: &Rc<Decomposition>, value: T) -> Result<Self> {
+        let nd = decomp.ndim();
+        if D::NDIM.is_some_and(|n| n != nd) {
+            return Err(Error::new(
+                ErrorKind::Decomposition,
+                "DistArray::new",
+                Some(decomp.comm().rank()),
+                format!("a {}-dimensional array type on a {nd}-dimensional decomposition", D::NDIM.unwrap_or(0)),
+            ));
+        }
+        let mut dim = D::zeros(nd);
+        dim.slice_mut().copy_from_slice(decomp.ghosted_box().len());
+        let data = Array::from_elem(dim, value);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        Ok(DistArray { halo: HaloPlan::new(decomp, id), decomp: Rc::clone(decomp), data })
+    }
+
+    /// A new array whose owned cells are `f(global index)`; ghosts are zero.
+    ///
+    /// Collective in effect, as [`new`](DistArray::new).
+    ///
+    /// # Errors
+    /// As [`new`](DistArray::new).
+    pub fn from_fn(decomp: &Rc<Decomposition>, f: impl Fn(&[usize]) -> T) -> Result<Self> {
+        let mut a = Self::new(decomp, T::zeroed())?;
+        a.fill_owned_with(f);
+        Ok(a)
+    }
+
+    /// Sets every owned cell to `f(global index)`.
+    ///
+    /// Local.
+    pub fn fill_owned_with(&mut self, f: impl Fn(&[usize]) -> T) {
+        let start = self.decomp.owned_box().start().to_vec();
+        let mut g = vec![0; start.len()];
+        for (idx, v) in self.owned_mut().indexed_iter_mut() {
+            for (d, (&i, &s)) in idx.into_dimension().slice().iter().zip(&start).enumerate() {
+                g[d] = i + s;
+            }
+            *v = f(&g);
+        }
+    }
+
+    /// The decomposition.
+    pub fn decomposition(&self) -> &Rc<Decomposition> {
+        &self.decomp
+    }
+
+    /// The communicator the array lives on.
+    pub fn comm(&self) -> &Comm {
+        self.decomp.comm()
+    }
+
+    /// The owned cells in global indices.
+    pub fn owned_box(&self) -> &OwnedBox {
+        self.decomp.owned_box()
+    }
+
+    /// The stored cells (owned plus ghosts) in global indices.
+    pub fn ghosted_box(&self) -> &GhostedBox {
+        self.decomp.ghosted_box()
+    }
+
+    /// A view of the owned block (index 0 is the first owned cell).
+    pub fn owned(&self) -> ArrayView<'_, T, D> {
+        let (g, n) = (self.decomp.ghost_width(), self.decomp.owned_box().len());
+        self.data.slice_each_axis(|ax| {
+            let d = ax.axis.index();
+            Slice::from(g[d]..g[d] + n[d])
+        })
+    }
+
+    /// A mutable view of the owned block.
+    pub fn owned_mut(&mut self) -> ArrayViewMut<'_, T, D> {
+        let g = self.decomp.ghost_width().to_vec();
+        let n = self.decomp.owned_box().len().to_vec();
+        self.data.slice_each_axis_mut(|ax| {
+            let d = ax.axis.index();
+            Slice::from(g[d]..g[d] + n[d])
+        })
+    }
+
+    /// A view of everything stored (index 0 is the first ghost cell).
+    pub fn ghosted(&self) -> ArrayView<'_, T, D> {
+        self.data.view()
+    }
+
+    /// A mutable view of everything stored.
+    pub fn ghosted_mut(&mut self) -> ArrayViewMut<'_, T, D> {
+        self.data.view_mut()
+    }
+
+    /// The ghosted storage as one contiguous row-major slice (for hand-written kernels).
+    pub fn as_slice(&self) -> &[T] {
+        self.data.as_slice().unwrap_or(&[])
+    }
+
+    /// The ghosted storage as one contiguous mutable row-major slice.
+    pub fn as_slice_mut(&mut self) -> &mut [T] {
+        self.data.as_slice_mut().unwrap_or(&mut [])
+    }
+
+    /// The index into [`ghosted`](DistArray::ghosted) of global index `global`, if this rank stores
+    /// it (owned, or in its ghost layer without wrapping).
+    pub fn global_to_local(&self, global: &[usize]) -> Option<Vec<usize>> {
+        let gb = self.decomp.ghosted_box();
+        global
+            .iter()
+            .enumerate()
+            .map(|(d, &x)| {
+                let l = x as isize - gb.start()[d];
+                (0..gb.len()[d] as isize).contains(&l).then_some(l as usize)
+            })
+            .collect()
+    }
+
+    /// The global index of ghosted-view index `local`; components may be negative or past the
+    /// domain for ghosts at a boundary (periodic images are not wrapped).
+    pub fn local_to_global(&self, local: &[usize]) -> Vec<isize> {
+        let gb = self.decomp.ghosted_box();
+        local.iter().enumerate().map(|(d, &l)| gb.start()[d] + l as isize).collect()
+    }
+
+    /// Elements sent and received by one halo exchange on this rank, and the number of messages.
+    pub fn halo_volume(&self) -> (usize, usize, usize) {
+        let (s, r) = self.halo.volume();
+        (s, r, self.halo.messages())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Halo exchange
+    // -----------------------------------------------------------------------------------------
+
+    /// Updates every ghost cell of the stencil from its owner (blocking).
+    ///
+    /// Neighbour-wise collective.
+    ///
+    /// # Errors
+    /// An MPI error; [`ErrorKind::InvalidArgument`] if an exchange is already in flight.
+    #[doc(alias = "DMGlobalToLocal")]
+    pub fn exchange(&mut self) -> Result<()> {
+        let ex = self.exchange_begin()?;
+        self.exchange_finish(ex)
+    }
+
+    /// Starts a halo exchange: packs the owned boundary cells and posts all messages. Compute on the
+    /// interior meanwhile (calling [`HaloExchange::progress`] now and then), then
+    /// [`exchange_finish`](DistArray::exchange_finish).
+    ///
+    /// Neighbour-wise collective.
+    ///
+    /// # Errors
+    /// An MPI error; [`ErrorKind::InvalidArgument`] if an exchange is already in flight.
+    #[doc(alias = "DMGlobalToLocalBegin")]
+    pub fn exchange_begin(&mut self) -> Result<HaloExchange<T>> {
+        let data = self.data.as_slice().unwrap_or(&[]);
+        self.halo.begin(data, &self.decomp.comm)
+    }
+
+    /// Completes an exchange started by [`exchange_begin`](DistArray::exchange_begin) on this array
+    /// and writes the ghost cells.
+    ///
+    /// Neighbour-wise collective.
+    ///
+    /// # Errors
+    /// An MPI error; [`ErrorKind::InvalidArgument`] if `ex` belongs to another array.
+    #[doc(alias = "DMGlobalToLocalEnd")]
+    pub fn exchange_finish(&mut self, ex: HaloExchange<T>) -> Result<()> {
+        let data = self.data.as_slice_mut().unwrap_or(&mut []);
+        self.halo.finish(ex, data)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Physical boundaries
+    // -----------------------------------------------------------------------------------------
+
+    fn boundary_slabs(&self) -> Vec<(usize, bool, Region)> {
+        let dc = &self.decomp;
+        let nd = dc.ndim();
+        let shape = pad3(dc.ghosted_box().len(), 1);
+        let g = pad3(dc.ghost_width(), 0);
+        let n = pad3(dc.owned_box().len(), 1);
+        let mut out = Vec::new();
+        for d in 0..nd {
+            if dc.periodic()[d] {
+                continue;
+            }
+            let p = d + 3 - nd;
+            for high in [false, true] {
+                if g[p] == 0 || !dc.at_boundary(d, high) {
+                    continue;
+                }
+                let mut r = Region { lo: [0; 3], hi: shape };
+                (r.lo[p], r.hi[p]) = if high { (g[p] + n[p], shape[p]) } else { (0, g[p]) };
+                out.push((p, high, r));
+            }
+        }
+        out
+    }
+
+    /// Sets the ghost cells beyond the open (non-periodic) boundaries of the global domain to
+    /// `value` (a fixed-value, Dirichlet boundary). Ghosts between ranks are left alone.
+    ///
+    /// Local.
+    pub fn set_boundary_ghosts(&mut self, value: T) {
+        let shape = pad3(self.decomp.ghosted_box().len(), 1);
+        let slabs = self.boundary_slabs();
+        let data = self.data.as_slice_mut().unwrap_or(&mut []);
+        for (_, _, r) in slabs {
+            let fill = vec![value; r.count()];
+            unpack(data, shape, &r, &fill);
+        }
+    }
+
+    /// Mirrors the owned cells next to each open boundary into the ghosts beyond it (ghost `k`
+    /// outside takes the value of owned cell `k` inside: a zero-gradient, Neumann boundary).
+    ///
+    /// Local.
+    pub fn mirror_boundary_ghosts(&mut self) {
+        let shape = pad3(self.decomp.ghosted_box().len(), 1);
+        let g = pad3(self.decomp.ghost_width(), 0);
+        let n = pad3(self.decomp.owned_box().len(), 1);
+        let slabs = self.boundary_slabs();
+        let data = self.data.as_slice_mut().unwrap_or(&mut []);
+        let mut buf = Vec::new();
+        for (p, high, slab) in slabs {
+            for k in 0..g[p] {
+                let (src, dst) = if high { (g[p] + n[p] - 1 - k, g[p] + n[p] + k) } else { (g[p] + k, g[p] - 1 - k) };
+                let (mut s, mut t) = (slab, slab);
+                (s.lo[p], s.hi[p]) = (src, src + 1);
+                (t.lo[p], t.hi[p]) = (dst, dst + 1);
+                buf.resize(s.count(), data[0]);
+                pack(data, shape, &s, &mut buf);
+                unpack(data, shape, &t, &buf);
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Global operations
+    // -----------------------------------------------------------------------------------------
+
+    /// The owned block, packed row-major.
+    pub(crate) fn owned_packed(&self) -> Vec<T> {
+        self.owned().iter().copied().collect()
+    }
+
+    /// The whole global array on `root` (`Some` there, `None` elsewhere).
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidRoot`]; [`ErrorKind::CountOverflow`] beyond MPI's count limit.
+    #[doc(alias = "DMDAGlobalToNaturalAllCreate")]
+    pub fn gather(&self, root: i32) -> Result<Option<Array<T, D>>> {
+        let dc = &self.decomp;
+        let blocks = dc.comm().gatherv(&self.owned_packed(), root)?;
+        let Some(blocks) = blocks else { return Ok(None) };
+        let mut dim = D::zeros(dc.ndim());
+        dim.slice_mut().copy_from_slice(dc.shape());
+        let mut global = Array::from_elem(dim, T::zeroed());
+        let shape = pad3(dc.shape(), 1);
+        let out = global.as_slice_mut().unwrap_or(&mut []);
+        for r in 0..dc.comm().size() as usize {
+            let b = dc.owned_box_of(r);
+            let (s, l) = (pad3(b.start(), 0), pad3(b.len(), 1));
+            let region = Region { lo: s, hi: [s[0] + l[0], s[1] + l[1], s[2] + l[2]] };
+            unpack(out, shape, &region, blocks.block(r));
+        }
+        Ok(Some(global))
+    }
+
+    /// Distributes `global` (given on `root`, `None` elsewhere) into the owned blocks.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] on the root if `global` is missing or has the wrong shape (the
+    /// other ranks get [`ErrorKind::PeerFailed`]); [`ErrorKind::InvalidRoot`].
+    pub fn scatter(&mut self, global: Option<&Array<T, D>>, root: i32) -> Result<()> {
+        let dc = Rc::clone(&self.decomp);
+        let comm = dc.comm();
+        let size = comm.size() as usize;
+        let mut packed = Vec::new();
+        let mut counts = Vec::new();
+        let mut bad = None;
+        if comm.rank() == root {
+            match global.and_then(|g| g.as_slice().map(|s| (g.shape(), s))) {
+                Some((shape, data)) if shape == dc.shape() => {
+                    let gshape = pad3(dc.shape(), 1);
+                    for r in 0..size {
+                        let b = dc.owned_box_of(r);
+                        let (s, l) = (pad3(b.start(), 0), pad3(b.len(), 1));
+                        let region = Region { lo: s, hi: [s[0] + l[0], s[1] + l[1], s[2] + l[2]] };
+                        let at = packed.len();
+                        packed.resize(at + region.count(), T::zeroed());
+                        pack(data, gshape, &region, &mut packed[at..]);
+                        counts.push(region.count());
+                    }
+                }
+                other => {
+                    bad = Some(format!(
+                        "the root's global array has shape {:?}, the decomposition {:?}",
+                        other.map(|(s, _)| s.to_vec()),
+                        dc.shape()
+                    ))
+                }
+            }
+        }
+        let arg = match (&bad, comm.rank() == root) {
+            (None, true) => Some((&packed[..], &counts[..])),
+            _ => None,
+        };
+        let mine = comm.scatterv(arg, root).map_err(|e| match &bad {
+            Some(msg) => Error::new(ErrorKind::InvalidArgument, "DistArray::scatter", Some(comm.rank()), msg.clone()),
+            None => e,
+        })?;
+        let shape = pad3(dc.ghosted_box().len(), 1);
+        let g = pad3(dc.ghost_width(), 0);
+        let n = pad3(dc.owned_box().len(), 1);
+        let region = Region { lo: g, hi: [g[0] + n[0], g[1] + n[1], g[2] + n[2]] };
+        unpack(self.data.as_slice_mut().unwrap_or(&mut []), shape, &region, &mine);
+        Ok(())
+    }
+
+    /// A hash of the global field that does not depend on the decomposition: the wrapping sum over
+    /// all cells of `xxh3_64(bytes of the cell, seed = global row-major index)`, in two independent
+    /// 64-bit lanes. Two runs on any rank counts and grids give the same hash exactly when every cell
+    /// has the same bytes (up to 128-bit hash collisions).
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// MPI errors.
+    pub fn field_hash(&self) -> Result<u128> {
+        use xxhash_rust::xxh3::xxh3_64_with_seed;
+        let dc = &self.decomp;
+        let shape = dc.shape();
+        let start = dc.owned_box().start();
+        let mut lanes = [0u64; 2];
+        for (idx, v) in self.owned().indexed_iter() {
+            let linear = idx
+                .into_dimension()
+                .slice()
+                .iter()
+                .zip(start)
+                .zip(shape)
+                .fold(0u64, |acc, ((&i, &s), &n)| acc * n as u64 + (i + s) as u64);
+            let bytes = bytemuck::bytes_of(v);
+            lanes[0] = lanes[0].wrapping_add(xxh3_64_with_seed(bytes, linear));
+            lanes[1] = lanes[1].wrapping_add(xxh3_64_with_seed(bytes, linear ^ 0x9e37_79b9_7f4a_7c15));
+        }
+        let total = dc.comm().allreduce_vec(&lanes, Op::Sum)?;
+        Ok((total[0] as u128) << 64 | total[1] as u128)
+    }
+}
+
+impl<T: Pod + Into<f64>, D: Dimension> DistArray<T, D> {
+    fn reduce_owned(&self, init: f64, f: impl Fn(f64, f64) -> f64, op: Op) -> Result<f64> {
+        let local = self.owned().iter().fold(init, |acc, &v| f(acc, v.into()));
+        self.comm().allreduce(local, op)
+    }
+
+    /// The sum of all owned cells over all ranks (in `f64`; the summation order, and so the last
+    /// bits, depend on the decomposition: use [`field_hash`](DistArray::field_hash) to compare runs).
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// MPI errors.
+    pub fn sum(&self) -> Result<f64> {
+        self.reduce_owned(0.0, |a, b| a + b, Op::Sum)
+    }
+
+    /// The largest cell value.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// MPI errors.
+    pub fn max(&self) -> Result<f64> {
+        self.reduce_owned(f64::NEG_INFINITY, f64::max, Op::Max)
+    }
+
+    /// The smallest cell value.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// MPI errors.
+    pub fn min(&self) -> Result<f64> {
+        self.reduce_owned(f64::INFINITY, f64::min, Op::Min)
+    }
+
+    /// The 2-norm, `sqrt(sum of squares)`, over all cells.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// MPI errors.
+    pub fn norm2(&self) -> Result<f64> {
+        Ok(self.reduce_owned(0.0, |a, b| a + b * b, Op::Sum)?.sqrt())
+    }
+}

@@ -1,0 +1,337 @@
+//! Halo exchange: the plan (built once) and the split-phase exchange in flight.
+//!
+//! The plan lists one message per neighbour direction (faces for [`Stencil::Star`], faces, edges and
+//! corners for [`Stencil::Box`]) with the region sent and the region received, and owns the packing
+//! buffers and request array, so an exchange allocates nothing. Messages are packed into the plan's
+//! buffers: MPI never touches the array itself, so while an exchange is in flight the caller may
+//! read *and* write the owned cells (the interior computation of a stencil sweep).
+//!
+//! Tags encode the direction (`base + index(offset)`; a rank receives from its neighbour at offset
+//! `o` the message that neighbour sent towards `-o`), so the plain point-to-point path stays correct
+//! when a periodic dimension has one or two ranks and several directions lead to the same peer.
+//!
+//! Open MPI 4.1 has no asynchronous progress: messages above the eager limit move only inside MPI
+//! calls. Call [`HaloExchange::progress`] now and then during the interior computation.
+
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use bytemuck::Pod;
+
+use super::layout::{Decomposition, Stencil};
+use crate::comm::Comm;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ffi::{self, MPI_Request};
+
+/// A box of local (ghosted-array) indices, padded to 3 dimensions (leading dimensions of extent 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Region {
+    pub(crate) lo: [usize; 3],
+    pub(crate) hi: [usize; 3],
+}
+
+impl Region {
+    pub(crate) fn count(&self) -> usize {
+        (0..3).map(|d| self.hi[d] - self.lo[d]).product()
+    }
+}
+
+/// Pads an `nd`-dimensional extent to 3 (leading 1s).
+pub(crate) fn pad3(v: &[usize], fill: usize) -> [usize; 3] {
+    let mut out = [fill; 3];
+    out[3 - v.len()..].copy_from_slice(v);
+    out
+}
+
+/// Copies region `r` of a row-major array of `shape` into `out` (row-major within the region).
+pub(crate) fn pack<T: Copy>(data: &[T], shape: [usize; 3], r: &Region, out: &mut [T]) {
+    let w = r.hi[2] - r.lo[2];
+    let mut k = 0;
+    for z in r.lo[0]..r.hi[0] {
+        for y in r.lo[1]..r.hi[1] {
+            let base = (z * shape[1] + y) * shape[2];
+            out[k..k + w].copy_from_slice(&data[base + r.lo[2]..base + r.hi[2]]);
+            k += w;
+        }
+    }
+}
+
+/// Copies `inp` (row-major within the region) into region `r` of a row-major array of `shape`.
+pub(crate) fn unpack<T: Copy>(data: &mut [T], shape: [usize; 3], r: &Region, inp: &[T]) {
+    let w = r.hi[2] - r.lo[2];
+    let mut k = 0;
+    for z in r.lo[0]..r.hi[0] {
+        for y in r.lo[1]..r.hi[1] {
+            let base = (z * shape[1] + y) * shape[2];
+            data[base + r.lo[2]..base + r.hi[2]].copy_from_slice(&inp[k..k + w]);
+            k += w;
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Msg {
+    peer: i32,
+    send_tag: i32,
+    recv_tag: i32,
+    send: Region,
+    recv: Region,
+    send_off: usize,
+    recv_off: usize,
+}
+
+/// The precomputed exchange of one array.
+#[derive(Debug)]
+pub(crate) struct HaloPlan<T> {
+    msgs: Vec<Msg>,
+    shape: [usize; 3],
+    send_buf: Vec<T>,
+    recv_buf: Vec<T>,
+    reqs: Vec<MPI_Request>,
+    statuses: Vec<ffi::MPI_Status>,
+    send_total: usize,
+    recv_total: usize,
+    busy: Rc<Cell<bool>>,
+    array_id: u64,
+}
+
+fn direction_index(o: [i32; 3]) -> i32 {
+    (o[0] + 1) * 9 + (o[1] + 1) * 3 + (o[2] + 1)
+}
+
+impl<T: Pod> HaloPlan<T> {
+    pub(crate) fn new(dc: &Decomposition, array_id: u64) -> HaloPlan<T> {
+        let nd = dc.ndim();
+        let g = pad3(dc.ghost_width(), 0);
+        let n = pad3(dc.owned_box().len(), 1);
+        let shape = pad3(dc.ghosted_box().len(), 1);
+        let base = dc.next_tag_base();
+        let rank = dc.comm.rank() as usize;
+        let mut msgs = Vec::new();
+        let (mut so, mut ro) = (0, 0);
+        for idx in 0..27 {
+            let o = [idx / 9 - 1, (idx / 3) % 3 - 1, idx % 3 - 1];
+            let nonzero = o.iter().filter(|&&x| x != 0).count();
+            // Padded leading dimensions never have neighbours.
+            if nonzero == 0 || o[..3 - nd].iter().any(|&x| x != 0) {
+                continue;
+            }
+            if dc.stencil() == Stencil::Star && nonzero > 1 {
+                continue;
+            }
+            let Some(peer) = dc.grid().neighbour(rank, &o[3 - nd..]) else { continue };
+            let mut send = Region { lo: [0; 3], hi: [1; 3] };
+            let mut recv = send;
+            for d in 0..3 {
+                let (s, r) = match o[d] {
+                    -1 => ((g[d], 2 * g[d]), (0, g[d])),
+                    1 => ((n[d], n[d] + g[d]), (n[d] + g[d], n[d] + 2 * g[d])),
+                    _ => ((g[d], g[d] + n[d]), (g[d], g[d] + n[d])),
+                };
+                (send.lo[d], send.hi[d]) = s;
+                (recv.lo[d], recv.hi[d]) = r;
+            }
+            let back = [-o[0], -o[1], -o[2]];
+            msgs.push(Msg {
+                peer: peer as i32,
+                send_tag: base + direction_index(o),
+                recv_tag: base + direction_index(back),
+                send,
+                recv,
+                send_off: so,
+                recv_off: ro,
+            });
+            so += send.count();
+            ro += recv.count();
+        }
+        HaloPlan {
+            reqs: Vec::with_capacity(2 * msgs.len()),
+            statuses: vec![ffi::new_status(); 2 * msgs.len()],
+            msgs,
+            shape,
+            send_buf: vec![T::zeroed(); so],
+            recv_buf: vec![T::zeroed(); ro],
+            send_total: so,
+            recv_total: ro,
+            busy: Rc::new(Cell::new(false)),
+            array_id,
+        }
+    }
+
+    /// Elements sent and received by one exchange.
+    pub(crate) fn volume(&self) -> (usize, usize) {
+        (self.send_total, self.recv_total)
+    }
+
+    /// Number of neighbour messages sent per exchange.
+    pub(crate) fn messages(&self) -> usize {
+        self.msgs.len()
+    }
+
+    /// Packs the owned boundary cells of `data` and starts every receive and send.
+    pub(crate) fn begin(&mut self, data: &[T], comm: &Comm) -> Result<HaloExchange<T>> {
+        const OP: &str = "halo exchange_begin";
+        if self.busy.get() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                OP,
+                Some(comm.rank()),
+                "an exchange of this array is already in flight; finish it first",
+            ));
+        }
+        // After a handle was dropped unfinished the buffers went with it: make new ones.
+        let mut send_buf = std::mem::take(&mut self.send_buf);
+        let mut recv_buf = std::mem::take(&mut self.recv_buf);
+        send_buf.resize(self.send_total, T::zeroed());
+        recv_buf.resize(self.recv_total, T::zeroed());
+        for m in &self.msgs {
+            let c = m.send.count();
+            pack(data, self.shape, &m.send, &mut send_buf[m.send_off..m.send_off + c]);
+        }
+        let mut ex = HaloExchange {
+            send_buf,
+            recv_buf,
+            reqs: std::mem::take(&mut self.reqs),
+            nrecv: 0,
+            busy: Rc::clone(&self.busy),
+            array_id: self.array_id,
+            rank: comm.rank(),
+            done: false,
+            _not_send: PhantomData,
+        };
+        ex.reqs.clear();
+        self.busy.set(true);
+        let raw = comm.as_raw();
+        for m in &self.msgs {
+            let c = m.recv.count();
+            // SAFETY: the receive buffer is owned by `ex`, which waits for (after cancelling) every
+            // posted request in `finish` or Drop before the buffer can be freed; leaking `ex` leaks
+            // the buffer. Segments of different messages do not overlap (offsets are disjoint).
+            let req = unsafe {
+                ffi::irecv(ex.recv_buf.as_mut_ptr().add(m.recv_off), c, m.peer, m.recv_tag, raw, OP, ex.rank)?
+            };
+            ex.reqs.push(req);
+            ex.nrecv += 1;
+        }
+        for m in &self.msgs {
+            let c = m.send.count();
+            // SAFETY: as above for the send buffer, which nobody writes while `ex` holds it.
+            let req =
+                unsafe { ffi::isend(ex.send_buf.as_ptr().add(m.send_off), c, m.peer, m.send_tag, raw, OP, ex.rank)? };
+            ex.reqs.push(req);
+        }
+        Ok(ex)
+    }
+
+    /// Waits for `ex`, copies the received ghosts into `data` and takes the buffers back.
+    pub(crate) fn finish(&mut self, mut ex: HaloExchange<T>, data: &mut [T]) -> Result<()> {
+        const OP: &str = "halo exchange_finish";
+        if ex.array_id != self.array_id {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                OP,
+                Some(ex.rank),
+                "this exchange was started on a different array",
+            ));
+        }
+        // The status array is the plan's own: finishing an exchange allocates nothing.
+        self.statuses.resize(ex.reqs.len(), ffi::new_status());
+        ffi::waitall(&mut ex.reqs, &mut self.statuses, OP, ex.rank)?;
+        ex.done = true;
+        for m in &self.msgs {
+            let c = m.recv.count();
+            unpack(data, self.shape, &m.recv, &ex.recv_buf[m.recv_off..m.recv_off + c]);
+        }
+        self.send_buf = std::mem::take(&mut ex.send_buf);
+        self.recv_buf = std::mem::take(&mut ex.recv_buf);
+        self.reqs = std::mem::take(&mut ex.reqs);
+        self.busy.set(false);
+        Ok(())
+    }
+}
+
+/// A halo exchange in flight, returned by
+/// [`DistArray::exchange_begin`](super::DistArray::exchange_begin). It owns the message buffers, not
+/// the array: compute on the array meanwhile, then pass the handle to
+/// [`DistArray::exchange_finish`](super::DistArray::exchange_finish).
+///
+/// Dropping it unfinished cancels the receives and waits for the sends (the ghosts are then not
+/// updated); leaking it leaks its buffers, never leaving MPI with freed memory.
+#[must_use = "a halo exchange must be finished with DistArray::exchange_finish"]
+#[derive(Debug)]
+pub struct HaloExchange<T: Pod> {
+    send_buf: Vec<T>,
+    recv_buf: Vec<T>,
+    reqs: Vec<MPI_Request>,
+    nrecv: usize,
+    busy: Rc<Cell<bool>>,
+    array_id: u64,
+    rank: i32,
+    done: bool,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<T: Pod> HaloExchange<T> {
+    /// Drives the exchange forward (`MPI_Testall`); returns `true` once every message has moved.
+    /// Call it between chunks of interior work: without asynchronous progress, large messages move
+    /// only inside MPI calls.
+    ///
+    /// Local.
+    ///
+    /// # Errors
+    /// An MPI error reported by a completed request.
+    #[doc(alias = "MPI_Testall")]
+    pub fn progress(&mut self) -> Result<bool> {
+        ffi::testall(&mut self.reqs, "halo progress", self.rank)
+    }
+}
+
+impl<T: Pod> Drop for HaloExchange<T> {
+    fn drop(&mut self) {
+        if self.done || ffi::finalized() {
+            return;
+        }
+        for r in &mut self.reqs[..self.nrecv] {
+            if *r != ffi::request_null() {
+                ffi::cancel(r);
+            }
+        }
+        let mut st = vec![ffi::new_status(); self.reqs.len()];
+        let _ = ffi::waitall(&mut self.reqs, &mut st, "halo drop", self.rank);
+        self.busy.set(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_then_unpack_roundtrips_a_region() {
+        let shape = [2, 3, 4];
+        let data: Vec<u32> = (0..24).collect();
+        let r = Region { lo: [0, 1, 1], hi: [2, 3, 3] };
+        let mut buf = vec![0; r.count()];
+        pack(&data, shape, &r, &mut buf);
+        assert_eq!(buf, vec![5, 6, 9, 10, 17, 18, 21, 22]);
+        let mut back = vec![0u32; 24];
+        unpack(&mut back, shape, &r, &buf);
+        assert_eq!(back[5], 5);
+        assert_eq!(back[22], 22);
+        assert_eq!(back[0], 0);
+    }
+
+    #[test]
+    fn directions_are_numbered_uniquely() {
+        let mut seen = std::collections::HashSet::new();
+        for a in -1..=1 {
+            for b in -1..=1 {
+                for c in -1..=1 {
+                    assert!(seen.insert(direction_index([a, b, c])));
+                }
+            }
+        }
+        assert_eq!(direction_index([0, 0, 0]), 13);
+    }
+}

@@ -1,0 +1,408 @@
+//! The decomposition of a global Cartesian domain over a communicator (PETSc's DMDA without the
+//! vectors): process grid, per-dimension partitions, owned and ghosted boxes, stencil.
+
+use std::cell::Cell;
+use std::ops::Range;
+use std::rc::Rc;
+
+use super::grid::{ProcessGrid, MAX_DIMS};
+use super::partition::Partition;
+use crate::comm::{Comm, Op};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Which neighbours a stencil reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[doc(alias = "DMDA_STENCIL_STAR")]
+#[doc(alias = "DMDA_STENCIL_BOX")]
+pub enum Stencil {
+    /// Faces only (5-point in 2-D, 7-point in 3-D): corner and edge ghosts are never written.
+    Star,
+    /// Faces, edges and corners (9-point in 2-D, 27-point in 3-D).
+    Box,
+}
+
+/// The cells a rank owns, in global indices. Distinct from [`GhostedBox`] so the two cannot be
+/// confused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedBox {
+    start: Vec<usize>,
+    len: Vec<usize>,
+}
+
+/// The cells a rank stores: the owned box grown by the ghost width on every side, in global indices
+/// (negative or past the end at a boundary).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GhostedBox {
+    start: Vec<isize>,
+    len: Vec<usize>,
+}
+
+impl OwnedBox {
+    /// First owned global index per dimension (PETSc's `xs`).
+    pub fn start(&self) -> &[usize] {
+        &self.start
+    }
+    /// Owned cells per dimension (PETSc's `xm`).
+    pub fn len(&self) -> &[usize] {
+        &self.len
+    }
+    /// Owned global range in dimension `d`.
+    pub fn range(&self, d: usize) -> Range<usize> {
+        self.start[d]..self.start[d] + self.len[d]
+    }
+    /// Number of owned cells.
+    pub fn cells(&self) -> usize {
+        self.len.iter().product()
+    }
+    /// Whether no cell is owned (never true in a valid decomposition).
+    pub fn is_empty(&self) -> bool {
+        self.cells() == 0
+    }
+    /// Whether global index `g` is owned here.
+    pub fn contains(&self, g: &[usize]) -> bool {
+        g.iter().enumerate().all(|(d, &x)| self.range(d).contains(&x))
+    }
+}
+
+impl GhostedBox {
+    /// First stored global index per dimension (PETSc's `Xs`); may be negative.
+    pub fn start(&self) -> &[isize] {
+        &self.start
+    }
+    /// Stored cells per dimension (PETSc's `Xm`).
+    pub fn len(&self) -> &[usize] {
+        &self.len
+    }
+    /// Stored global range in dimension `d` (may extend past the domain).
+    pub fn range(&self, d: usize) -> Range<isize> {
+        self.start[d]..self.start[d] + self.len[d] as isize
+    }
+    /// Number of stored cells.
+    pub fn cells(&self) -> usize {
+        self.len.iter().product()
+    }
+    /// Whether nothing is stored (never true in a valid decomposition).
+    pub fn is_empty(&self) -> bool {
+        self.cells() == 0
+    }
+}
+
+/// A decomposition shared by all arrays with the same layout. Build it with
+/// [`Decomposition::builder`].
+#[derive(Debug)]
+pub struct Decomposition {
+    pub(crate) comm: Comm,
+    grid: ProcessGrid,
+    parts: Vec<Partition>,
+    shape: Vec<usize>,
+    ghost: Vec<usize>,
+    stencil: Stencil,
+    coords: Vec<usize>,
+    owned: OwnedBox,
+    ghosted: GhostedBox,
+    arrays: Cell<i32>,
+}
+
+/// Options for a [`Decomposition`].
+#[derive(Debug)]
+pub struct DecompositionBuilder<'c> {
+    comm: &'c Comm,
+    shape: Vec<usize>,
+    ghost: Vec<usize>,
+    periodic: Vec<bool>,
+    stencil: Stencil,
+    dims: Option<Vec<usize>>,
+    sizes: Vec<Option<Vec<usize>>>,
+}
+
+impl Decomposition {
+    /// Starts describing a decomposition of a global domain of `shape` cells (row-major: the last
+    /// dimension is contiguous in memory). Defaults: ghost width 1, [`Stencil::Star`], open
+    /// (non-periodic) boundaries, process grid chosen by [`ProcessGrid::auto_for_width`] (smallest
+    /// halo surface among grids whose blocks are at least the ghost width).
+    pub fn builder<'c>(comm: &'c Comm, shape: &[usize]) -> DecompositionBuilder<'c> {
+        let nd = shape.len();
+        DecompositionBuilder {
+            comm,
+            shape: shape.to_vec(),
+            ghost: vec![1; nd],
+            periodic: vec![false; nd],
+            stencil: Stencil::Star,
+            dims: None,
+            sizes: vec![None; nd],
+        }
+    }
+
+    /// The communicator (a duplicate of the one given, so halo traffic never matches user messages).
+    pub fn comm(&self) -> &Comm {
+        &self.comm
+    }
+    /// The process grid.
+    pub fn grid(&self) -> &ProcessGrid {
+        &self.grid
+    }
+    /// The partition of dimension `d`.
+    pub fn partition(&self, d: usize) -> &Partition {
+        &self.parts[d]
+    }
+    /// Number of dimensions.
+    pub fn ndim(&self) -> usize {
+        self.shape.len()
+    }
+    /// The global shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// Ghost width per dimension.
+    pub fn ghost_width(&self) -> &[usize] {
+        &self.ghost
+    }
+    /// The stencil type.
+    pub fn stencil(&self) -> Stencil {
+        self.stencil
+    }
+    /// Periodicity per dimension.
+    pub fn periodic(&self) -> &[bool] {
+        self.grid.periodic()
+    }
+    /// This rank's coordinates in the process grid.
+    pub fn coords(&self) -> &[usize] {
+        &self.coords
+    }
+    /// This rank's owned box.
+    pub fn owned_box(&self) -> &OwnedBox {
+        &self.owned
+    }
+    /// This rank's ghosted box.
+    pub fn ghosted_box(&self) -> &GhostedBox {
+        &self.ghosted
+    }
+
+    /// The owned box of any rank (pure arithmetic; used by gather and scatter).
+    pub fn owned_box_of(&self, rank: usize) -> OwnedBox {
+        let c = self.grid.coords(rank);
+        OwnedBox {
+            start: (0..self.ndim()).map(|d| self.parts[d].range(c[d]).start).collect(),
+            len: (0..self.ndim()).map(|d| self.parts[d].size(c[d])).collect(),
+        }
+    }
+
+    /// Whether this rank's owned box touches the low (`high == false`) or high end of the global
+    /// domain in dimension `d`.
+    pub fn at_boundary(&self, d: usize, high: bool) -> bool {
+        if high {
+            self.coords[d] + 1 == self.grid.dims()[d]
+        } else {
+            self.coords[d] == 0
+        }
+    }
+
+    /// A tag base unique to each array created on this decomposition, so that exchanges of several
+    /// arrays in flight at once never match each other's messages. Arrays are created collectively
+    /// in the same order on every rank, so the bases agree.
+    pub(crate) fn next_tag_base(&self) -> i32 {
+        let n = self.arrays.get();
+        self.arrays.set(n + 1);
+        let slots = (self.comm.tag_ub().min(1 << 20) / 27).max(1);
+        (n % slots) * 27
+    }
+}
+
+impl DecompositionBuilder<'_> {
+    /// The same ghost width in every dimension.
+    pub fn ghost_width(mut self, w: usize) -> Self {
+        self.ghost = vec![w; self.shape.len()];
+        self
+    }
+    /// A ghost width per dimension.
+    pub fn ghost_widths(mut self, w: &[usize]) -> Self {
+        self.ghost = w.to_vec();
+        self
+    }
+    /// The stencil type (default [`Stencil::Star`]).
+    pub fn stencil(mut self, s: Stencil) -> Self {
+        self.stencil = s;
+        self
+    }
+    /// Periodicity per dimension (default: none).
+    pub fn periodic(mut self, p: &[bool]) -> Self {
+        self.periodic = p.to_vec();
+        self
+    }
+    /// The process grid, ranks per dimension (default: chosen to minimise the halo surface).
+    pub fn dims(mut self, dims: &[usize]) -> Self {
+        self.dims = Some(dims.to_vec());
+        self
+    }
+    /// Explicit block sizes along dimension `d` (PETSc's `lx`/`ly`/`lz`); their number sets the
+    /// grid's extent in `d`. Out-of-range `d` is reported by [`build`](Self::build).
+    pub fn block_sizes(mut self, d: usize, sizes: &[usize]) -> Self {
+        if d >= self.sizes.len() {
+            self.sizes.resize(d + 1, None);
+        }
+        self.sizes[d] = Some(sizes.to_vec());
+        self
+    }
+
+    /// Validates the description on every rank and creates the decomposition.
+    ///
+    /// Collective (duplicates the communicator and checks that every rank passed the same
+    /// description).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Decomposition`] with the numbers: unsupported dimension count, mismatched
+    /// global shapes or options across ranks, a grid whose dims do not multiply to the communicator
+    /// size, more ranks than cells in a dimension, explicit block sizes that do not sum to the
+    /// global extent, or a local extent smaller than the ghost width.
+    pub fn build(self) -> Result<Rc<Decomposition>> {
+        const OP: &str = "Decomposition::build";
+        let comm = self.comm;
+        let rank = comm.rank();
+        let fail = |msg: String| Error::new(ErrorKind::Decomposition, OP, Some(rank), msg);
+        let nd = self.shape.len();
+
+        // 1. Every rank must describe the same decomposition: compare a fixed-length signature.
+        let mut sig = [-1i64; 1 + 4 * MAX_DIMS + 1];
+        sig[0] = nd as i64;
+        for d in 0..nd.min(MAX_DIMS) {
+            sig[1 + d] = self.shape[d] as i64;
+            sig[1 + MAX_DIMS + d] = self.ghost.get(d).map_or(-2, |&g| g as i64);
+            sig[1 + 2 * MAX_DIMS + d] = self.periodic.get(d).map_or(-2, |&p| p as i64);
+            sig[1 + 3 * MAX_DIMS + d] = self.dims.as_ref().and_then(|v| v.get(d)).map_or(-2, |&p| p as i64);
+        }
+        sig[4 * MAX_DIMS + 1] = self.stencil as i64;
+        let both: Vec<i64> = sig.iter().copied().chain(sig.iter().map(|x| -x)).collect();
+        let agreed = comm.allreduce_vec(&both, Op::Max)?;
+        let (max, neg_min) = agreed.split_at(sig.len());
+        if max.iter().zip(neg_min).any(|(a, b)| *a != -*b) {
+            let what = ["dimension count", "global shape", "ghost width", "periodicity", "process grid", "stencil"];
+            let first = max.iter().zip(neg_min).position(|(a, b)| *a != -*b).unwrap_or(0);
+            let field = match first {
+                0 => what[0],
+                i if i <= MAX_DIMS => what[1],
+                i if i <= 2 * MAX_DIMS => what[2],
+                i if i <= 3 * MAX_DIMS => what[3],
+                i if i <= 4 * MAX_DIMS => what[4],
+                _ => what[5],
+            };
+            return Err(fail(format!(
+                "ranks passed different decompositions: the {field} differs (this rank: shape {:?}, ghost {:?}, periodic {:?})",
+                self.shape, self.ghost, self.periodic
+            )));
+        }
+
+        // 2. The description itself (identical on every rank now, so every rank reaches the same verdict).
+        if nd == 0 || nd > MAX_DIMS {
+            return Err(fail(format!("{nd} dimensions requested; 1 to {MAX_DIMS} are supported")));
+        }
+        if self.ghost.len() != nd || self.periodic.len() != nd || self.sizes.len() != nd {
+            return Err(fail(format!(
+                "a {nd}-dimensional domain needs {nd} ghost widths and periodicity flags (got {} and {}; block sizes for {} dimensions)",
+                self.ghost.len(),
+                self.periodic.len(),
+                self.sizes.len()
+            )));
+        }
+        if let Some(d) = self.shape.iter().position(|&n| n == 0) {
+            return Err(fail(format!("global extent of dimension {d} is 0")));
+        }
+        let size = comm.size() as usize;
+        let mut dims = self.dims.clone();
+        if dims.is_none() && self.sizes.iter().any(Option::is_some) {
+            // Dimensions with explicit blocks fix their extent; the rest share what remains.
+            let fixed: usize = self.sizes.iter().flatten().map(Vec::len).product();
+            if fixed == 0 || size % fixed != 0 {
+                return Err(fail(format!(
+                    "explicit block counts multiply to {fixed}, which does not divide {size} ranks"
+                )));
+            }
+            let free: Vec<usize> = (0..nd).filter(|&d| self.sizes[d].is_none()).collect();
+            let sub_shape: Vec<usize> = free.iter().map(|&d| self.shape[d]).collect();
+            let sub_periodic: Vec<bool> = free.iter().map(|&d| self.periodic[d]).collect();
+            let sub_ghost: Vec<usize> = free.iter().map(|&d| self.ghost[d]).collect();
+            let sub = if free.is_empty() {
+                None
+            } else {
+                Some(
+                    ProcessGrid::auto_for_width(size / fixed, &sub_shape, &sub_periodic, &sub_ghost)
+                        .map_err(|e| fail(e.message().to_string()))?,
+                )
+            };
+            let mut k = 0;
+            dims = Some(
+                (0..nd)
+                    .map(|d| match &self.sizes[d] {
+                        Some(s) => s.len(),
+                        None => {
+                            k += 1;
+                            sub.as_ref().map_or(1, |g| g.dims()[k - 1])
+                        }
+                    })
+                    .collect(),
+            );
+        }
+        let grid = match dims {
+            Some(d) => ProcessGrid::new(size, &d, &self.periodic),
+            None => ProcessGrid::auto_for_width(size, &self.shape, &self.periodic, &self.ghost),
+        }
+        .map_err(|e| fail(e.message().to_string()))?;
+
+        let mut parts = Vec::with_capacity(nd);
+        for d in 0..nd {
+            let p = match &self.sizes[d] {
+                Some(s) => {
+                    if s.len() != grid.dims()[d] {
+                        return Err(fail(format!(
+                            "dimension {d}: {} block sizes for {} ranks in that dimension",
+                            s.len(),
+                            grid.dims()[d]
+                        )));
+                    }
+                    let sum: usize = s.iter().sum();
+                    if sum != self.shape[d] {
+                        return Err(fail(format!(
+                            "dimension {d}: block sizes {s:?} sum to {sum}, not the global extent {}",
+                            self.shape[d]
+                        )));
+                    }
+                    Partition::from_sizes(s)
+                }
+                None => Partition::balanced(self.shape[d], grid.dims()[d]),
+            }
+            .map_err(|e| fail(format!("dimension {d}: {}", e.message())))?;
+            let exchanges = grid.dims()[d] > 1 || self.periodic[d];
+            if exchanges && p.min_size() < self.ghost[d] {
+                return Err(fail(format!(
+                    "local extent {} in dimension {d} is smaller than the ghost width {} ({} cells over {} ranks); use fewer ranks in that dimension or a narrower stencil",
+                    p.min_size(),
+                    self.ghost[d],
+                    self.shape[d],
+                    grid.dims()[d]
+                )));
+            }
+            parts.push(p);
+        }
+
+        let coords = grid.coords(rank as usize);
+        let owned = OwnedBox {
+            start: (0..nd).map(|d| parts[d].range(coords[d]).start).collect(),
+            len: (0..nd).map(|d| parts[d].size(coords[d])).collect(),
+        };
+        let ghosted = GhostedBox {
+            start: (0..nd).map(|d| owned.start[d] as isize - self.ghost[d] as isize).collect(),
+            len: (0..nd).map(|d| owned.len[d] + 2 * self.ghost[d]).collect(),
+        };
+        Ok(Rc::new(Decomposition {
+            comm: comm.dup()?,
+            grid,
+            parts,
+            shape: self.shape,
+            ghost: self.ghost,
+            stencil: self.stencil,
+            coords,
+            owned,
+            ghosted,
+            arrays: Cell::new(0),
+        }))
+    }
+}

@@ -1,0 +1,327 @@
+//! MPI tests of the decomposition layer: every halo exchange compared with a serial reference for
+//! 1-D, 2-D and 3-D x ranks {1, 2, 3, 4, 6} x all periodic combinations x widths {1, 2} x STAR/BOX,
+//! on sizes not divisible by the grid; ghosts outside the stencil must stay untouched.
+
+mod harness;
+
+use std::rc::Rc;
+
+use harness::Case;
+use ndarray::{Array, Dimension, IntoDimension, Ix1, Ix2, Ix3, IxDyn};
+use phalanx::comm::Comm;
+use phalanx::decomp::{Decomposition, DistArray, Stencil};
+use phalanx::ErrorKind;
+
+const RANKS: &[usize] = &[1, 2, 3, 4, 6];
+const SENTINEL: u64 = u64::MAX;
+
+fn linear(g: &[usize], shape: &[usize]) -> u64 {
+    g.iter().zip(shape).fold(0u64, |acc, (&i, &n)| acc * n as u64 + i as u64)
+}
+
+/// The value every stored cell must hold after an exchange (the serial reference).
+fn expected(u_local: &[usize], dc: &Decomposition, scale: u64) -> u64 {
+    let nd = dc.ndim();
+    let (g, n, shape) = (dc.ghost_width(), dc.owned_box().len(), dc.shape());
+    let mut in_ghost = 0;
+    let mut global = vec![0usize; nd];
+    for d in 0..nd {
+        let l = u_local[d];
+        if l < g[d] || l >= g[d] + n[d] {
+            in_ghost += 1;
+        }
+        let x = dc.ghosted_box().start()[d] + l as isize;
+        global[d] = if (0..shape[d] as isize).contains(&x) {
+            x as usize
+        } else if dc.periodic()[d] {
+            x.rem_euclid(shape[d] as isize) as usize
+        } else {
+            return SENTINEL; // beyond an open boundary: left to the program
+        };
+    }
+    if in_ghost > 1 && dc.stencil() == Stencil::Star {
+        return SENTINEL; // edges and corners are not part of a star stencil
+    }
+    (linear(&global, shape) + 1) * scale
+}
+
+fn check_exchange<D: Dimension>(comm: &Comm, shape: &[usize], periodic: &[bool], w: usize, stencil: Stencil) {
+    let dc = Decomposition::builder(comm, shape).ghost_width(w).periodic(periodic).stencil(stencil).build().unwrap();
+    let mut u = DistArray::<u64, D>::new(&dc, SENTINEL).unwrap();
+    u.fill_owned_with(|g| linear(g, shape) + 1);
+    u.exchange().unwrap();
+    verify(&u, &dc, 1, shape, periodic, w, stencil);
+    // The plan is reused: change the values and exchange again, split-phase with progress polling.
+    u.fill_owned_with(|g| (linear(g, shape) + 1) * 3);
+    let mut ex = u.exchange_begin().unwrap();
+    let mut polls = 0u64;
+    while !ex.progress().unwrap() {
+        polls += 1;
+        assert!(polls < 1_000_000_000);
+    }
+    u.exchange_finish(ex).unwrap();
+    verify(&u, &dc, 3, shape, periodic, w, stencil);
+}
+
+fn verify<D: Dimension>(
+    u: &DistArray<u64, D>,
+    dc: &Rc<Decomposition>,
+    scale: u64,
+    shape: &[usize],
+    periodic: &[bool],
+    w: usize,
+    stencil: Stencil,
+) {
+    for (idx, &v) in u.ghosted().indexed_iter() {
+        let local = idx.into_dimension();
+        let want = expected(local.slice(), dc, scale);
+        assert_eq!(
+            v,
+            want,
+            "rank {} shape {shape:?} periodic {periodic:?} width {w} {stencil:?} grid {:?}: local {:?} (global {:?})",
+            dc.comm().rank(),
+            dc.grid().dims(),
+            local.slice(),
+            u.local_to_global(local.slice())
+        );
+    }
+}
+
+fn periodic_combinations(nd: usize) -> Vec<Vec<bool>> {
+    (0..1 << nd).map(|m| (0..nd).map(|d| m >> d & 1 == 1).collect()).collect()
+}
+
+fn exchange_matrix(c: &Comm) {
+    for stencil in [Stencil::Star, Stencil::Box] {
+        for w in [1, 2] {
+            for p in periodic_combinations(1) {
+                check_exchange::<Ix1>(c, &[23], &p, w, stencil);
+            }
+            for p in periodic_combinations(2) {
+                check_exchange::<Ix2>(c, &[13, 11], &p, w, stencil);
+            }
+            for p in periodic_combinations(3) {
+                check_exchange::<Ix3>(c, &[7, 9, 5], &p, w, stencil);
+            }
+        }
+    }
+}
+
+fn exchange_on_chosen_grids(c: &Comm) {
+    // Explicit grids that put one or two ranks in periodic dimensions, and dynamic dimensionality.
+    let size = c.size() as usize;
+    for dims in [[size, 1], [1, size]] {
+        for stencil in [Stencil::Star, Stencil::Box] {
+            let shape = [4 * size + 3, 4 * size + 1];
+            let dc = Decomposition::builder(c, &shape)
+                .dims(&dims)
+                .periodic(&[true, true])
+                .ghost_width(2)
+                .stencil(stencil)
+                .build()
+                .unwrap();
+            assert_eq!(dc.grid().dims(), &dims);
+            let mut u = DistArray::<u64, IxDyn>::new(&dc, SENTINEL).unwrap();
+            u.fill_owned_with(|g| linear(g, &shape) + 1);
+            u.exchange().unwrap();
+            verify(&u, &dc, 1, &shape, &[true, true], 2, stencil);
+        }
+    }
+}
+
+fn uneven_explicit_blocks(c: &Comm) {
+    // PETSc-style lx: the last rank gets most of the cells.
+    let size = c.size() as usize;
+    let mut sizes = vec![2usize; size];
+    sizes[size - 1] = 17;
+    let n: usize = sizes.iter().sum();
+    let dc = Decomposition::builder(c, &[n, 6])
+        .block_sizes(0, &sizes)
+        .periodic(&[true, false])
+        .ghost_width(2)
+        .stencil(Stencil::Box)
+        .build()
+        .unwrap();
+    assert_eq!(dc.owned_box().len()[0], sizes[c.rank() as usize]);
+    assert_eq!(dc.grid().dims(), &[size, 1]);
+    let mut u = DistArray::<u64, Ix2>::new(&dc, SENTINEL).unwrap();
+    u.fill_owned_with(|g| linear(g, &[n, 6]) + 1);
+    u.exchange().unwrap();
+    verify(&u, &dc, 1, &[n, 6], &[true, false], 2, Stencil::Box);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct Cell {
+    rho: f64,
+    vel: [f32; 2],
+}
+
+fn struct_elements_and_several_arrays_in_flight(c: &Comm) {
+    let shape = [10, 12];
+    let dc = Decomposition::builder(c, &shape).periodic(&[true, true]).stencil(Stencil::Box).build().unwrap();
+    let f = |g: &[usize]| Cell { rho: linear(g, &shape) as f64, vel: [g[0] as f32, g[1] as f32] };
+    let mut a = DistArray::<Cell, Ix2>::from_fn(&dc, f).unwrap();
+    let mut b = DistArray::<f32, Ix2>::from_fn(&dc, |g| -(linear(g, &shape) as f32)).unwrap();
+    // Both in flight at once: their tags differ, so nothing crosses over.
+    let ea = a.exchange_begin().unwrap();
+    let eb = b.exchange_begin().unwrap();
+    b.exchange_finish(eb).unwrap();
+    a.exchange_finish(ea).unwrap();
+    for (idx, v) in a.ghosted().indexed_iter() {
+        let gl = a.local_to_global(&[idx.0, idx.1]);
+        let g: Vec<usize> = gl.iter().zip(&shape).map(|(&x, &n)| x.rem_euclid(n as isize) as usize).collect();
+        assert_eq!(*v, f(&g));
+        assert_eq!(b.ghosted()[idx], -(linear(&g, &shape) as f32));
+    }
+    // A second begin while one is in flight is refused; a handle cannot finish another array (of
+    // another element type it does not even compile).
+    let mut a2 = DistArray::<Cell, Ix2>::from_fn(&dc, f).unwrap();
+    let ea = a.exchange_begin().unwrap();
+    assert_eq!(a.exchange_begin().unwrap_err().kind(), ErrorKind::InvalidArgument);
+    let ea2 = a2.exchange_begin().unwrap();
+    let e = a.exchange_finish(ea2).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.to_string().contains("different array"), "{e}");
+    a.exchange_finish(ea).unwrap();
+    // The handle passed to the wrong array was dropped unfinished: a2 is free for the next exchange.
+    a2.exchange().unwrap();
+}
+
+fn boundary_helpers(c: &Comm) {
+    let shape = [9, 7];
+    let dc = Decomposition::builder(c, &shape).ghost_width(2).build().unwrap();
+    let mut u = DistArray::<f64, Ix2>::from_fn(&dc, |g| (g[0] * 10 + g[1]) as f64).unwrap();
+    u.set_boundary_ghosts(-1.0);
+    u.exchange().unwrap();
+    let gb = dc.ghosted_box().clone();
+    for ((i, j), &v) in u.ghosted().indexed_iter() {
+        let (gi, gj) = (gb.start()[0] + i as isize, gb.start()[1] + j as isize);
+        let outside = !(0..9).contains(&gi) || !(0..7).contains(&gj);
+        let corner_or_edge = (i < 2 || i >= u.ghosted().dim().0 - 2) && (j < 2 || j >= u.ghosted().dim().1 - 2);
+        if outside {
+            assert_eq!(v, -1.0, "boundary ghost ({gi}, {gj})");
+        } else if !corner_or_edge {
+            assert_eq!(v, (gi * 10 + gj) as f64);
+        }
+    }
+    // Mirror: ghost k outside equals owned cell k inside.
+    u.mirror_boundary_ghosts();
+    let a = u.ghosted();
+    let (ni, nj) = (a.dim().0, a.dim().1);
+    for j in 2..nj - 2 {
+        if dc.at_boundary(0, false) {
+            assert_eq!(a[[1, j]], a[[2, j]]);
+            assert_eq!(a[[0, j]], a[[3, j]]);
+        }
+        if dc.at_boundary(0, true) {
+            assert_eq!(a[[ni - 2, j]], a[[ni - 3, j]]);
+            assert_eq!(a[[ni - 1, j]], a[[ni - 4, j]]);
+        }
+    }
+}
+
+fn global_operations(c: &Comm) {
+    let shape = [11, 6, 5];
+    let dc = Decomposition::builder(c, &shape).build().unwrap();
+    let f = |g: &[usize]| (linear(g, &shape) as f64).sin();
+    let u = DistArray::<f64, Ix3>::from_fn(&dc, f).unwrap();
+    let serial = Array::from_shape_fn((11, 6, 5), |(i, j, k)| f(&[i, j, k]));
+    for root in 0..c.size() {
+        let g = u.gather(root).unwrap();
+        assert_eq!(g.is_some(), c.rank() == root);
+        if let Some(g) = g {
+            assert_eq!(g, serial);
+        }
+    }
+    // Scatter a different field from the last rank and gather it back.
+    let root = c.size() - 1;
+    let field = serial.mapv(|x| x * 2.0);
+    let mut v = DistArray::<f64, Ix3>::new(&dc, 0.0).unwrap();
+    v.scatter((c.rank() == root).then_some(&field), root).unwrap();
+    assert!(v.gather(0).unwrap().is_none_or(|g| g == field));
+    // A wrong shape on the root is an error everywhere.
+    let wrong = Array::zeros((3, 3, 3));
+    let e = v.scatter((c.rank() == 0).then_some(&wrong), 0).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::InvalidArgument | ErrorKind::PeerFailed), "{e}");
+    // Reductions.
+    let sum: f64 = serial.sum();
+    assert!((u.sum().unwrap() - sum).abs() < 1e-9);
+    assert_eq!(u.max().unwrap(), serial.iter().cloned().fold(f64::MIN, f64::max));
+    assert_eq!(u.min().unwrap(), serial.iter().cloned().fold(f64::MAX, f64::min));
+    let n2 = serial.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((u.norm2().unwrap() - n2).abs() < 1e-9);
+    // The field hash does not depend on the decomposition: compare with a one-rank decomposition
+    // of the same field on each process alone.
+    let alone = c.split(Some(c.rank()), 0).unwrap().unwrap();
+    let dc1 = Decomposition::builder(&alone, &shape).build().unwrap();
+    let u1 = DistArray::<f64, Ix3>::from_fn(&dc1, f).unwrap();
+    assert_eq!(u.field_hash().unwrap(), u1.field_hash().unwrap());
+    let mut changed = DistArray::<f64, Ix3>::from_fn(&dc1, f).unwrap();
+    changed.owned_mut()[[0, 0, 0]] += 1e-15;
+    assert_ne!(changed.field_hash().unwrap(), u1.field_hash().unwrap());
+}
+
+#[track_caller]
+fn expect_decomp_err(r: phalanx::Result<Rc<Decomposition>>, words: &[&str]) {
+    let e = r.expect_err("expected a decomposition error");
+    assert_eq!(e.kind(), ErrorKind::Decomposition, "{e}");
+    for w in words {
+        assert!(e.to_string().contains(w), "{e:?} should mention {w:?}");
+    }
+}
+
+fn construction_errors(c: &Comm) {
+    let size = c.size() as usize;
+    // Ghost wider than the local block: 2 cells per rank, width 3.
+    expect_decomp_err(
+        Decomposition::builder(c, &[2 * size, 8]).dims(&[size, 1]).ghost_width(3).build(),
+        &[&format!(
+            "local extent 2 in dimension 0 is smaller than the ghost width 3 ({} cells over {size} ranks)",
+            2 * size
+        )],
+    );
+    // More ranks than cells.
+    expect_decomp_err(
+        Decomposition::builder(c, &[size - 1, 1000]).dims(&[size, 1]).build(),
+        &[&format!("{} cells among {size} ranks", size - 1)],
+    );
+    // A grid that does not multiply to the communicator size.
+    expect_decomp_err(
+        Decomposition::builder(c, &[20, 20]).dims(&[size + 1, 1]).build(),
+        &[&format!("has {} ranks but the communicator has {size}", size + 1)],
+    );
+    // Ranks that disagree on the global shape.
+    let n = if c.rank() == 0 { 30 } else { 31 };
+    expect_decomp_err(Decomposition::builder(c, &[n, 10]).build(), &["global shape differs"]);
+    // Explicit block sizes that do not add up.
+    expect_decomp_err(
+        Decomposition::builder(c, &[50, 3]).block_sizes(0, &vec![3; size]).build(),
+        &["sum to", "global extent 50"],
+    );
+    // Four dimensions.
+    expect_decomp_err(Decomposition::builder(c, &[2, 2, 2, 2]).build(), &["4 dimensions"]);
+    // An array type of the wrong dimensionality.
+    let dc = Decomposition::builder(c, &[8 * size, 8]).build().unwrap();
+    let e = DistArray::<f64, Ix3>::new(&dc, 0.0).unwrap_err();
+    assert!(e.to_string().contains("3-dimensional array type on a 2-dimensional decomposition"), "{e}");
+}
+
+fn main() {
+    harness::main(
+        "mpi_decomp",
+        &[
+            Case::new("exchange_matrix", RANKS, exchange_matrix),
+            Case::new("exchange_on_chosen_grids", RANKS, exchange_on_chosen_grids),
+            Case::new("uneven_explicit_blocks", RANKS, uneven_explicit_blocks),
+            Case::new(
+                "struct_elements_and_several_arrays_in_flight",
+                RANKS,
+                struct_elements_and_several_arrays_in_flight,
+            ),
+            Case::new("boundary_helpers", RANKS, boundary_helpers),
+            Case::new("global_operations", RANKS, global_operations),
+            Case::new("construction_errors", &[2, 3, 4, 6], construction_errors),
+        ],
+    );
+}
