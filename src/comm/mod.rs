@@ -24,6 +24,7 @@
 mod check;
 mod collective;
 mod communicator;
+mod hybrid;
 mod op;
 mod p2p;
 mod request;
@@ -31,6 +32,7 @@ mod scope;
 
 pub use collective::Blocks;
 pub use communicator::{Comm, NodeSplit, SharedComm};
+pub use hybrid::{BindingReport, BindingRow, ThreadConfig, Threads};
 pub use op::{Loc, Op};
 pub use p2p::{Source, Status, Tag, ANY_TAG};
 pub use request::{AllreduceRequest, RecvRequest, SendRequest};

@@ -13,19 +13,37 @@ use crate::error::{Error, ErrorKind, Result};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Storage for `shape` cells set to `value`, first touched by the threads of the current rayon pool:
+/// the allocation comes from `calloc` (the kernel maps zero pages lazily), and each worker writes a
+/// contiguous block of outer rows, so on a NUMA node the pages land next to the thread that
+/// computes on them when kernels split the outer dimension the same way (`par_chunks` over rows).
+fn first_touch<T: Pod + Send + Sync>(shape: &[usize], value: T) -> Vec<T> {
+    use rayon::prelude::*;
+    let total: usize = shape.iter().product();
+    let mut v: Vec<T> = bytemuck::zeroed_vec(total);
+    let rows = shape.first().copied().unwrap_or(1).max(1);
+    let row = total / rows;
+    let per = rows.div_ceil(rayon::current_num_threads()).max(1) * row;
+    if per > 0 {
+        v.par_chunks_mut(per).for_each(|c| c.fill(value));
+    }
+    v
+}
+
 /// A distributed array over a [`Decomposition`]: this rank's owned block plus ghost layers, stored
 /// as one row-major `ndarray` of the ghosted shape. Element type: any `Pod` (numbers, or a
-/// `#[repr(C)]` struct of several fields per cell). `D` is `ndarray::Ix1`, `Ix2` or `Ix3`.
+/// `#[repr(C)]` struct of several fields per cell; `Send + Sync` so threads can fill and compute on
+/// it). `D` is `ndarray::Ix1`, `Ix2` or `Ix3` (or `IxDyn`).
 ///
 /// See the [module documentation](crate::decomp) for a picture and a complete example.
 #[derive(Debug)]
-pub struct DistArray<T: Pod, D: Dimension> {
+pub struct DistArray<T: Pod + Send + Sync, D: Dimension> {
     decomp: Rc<Decomposition>,
     data: Array<T, D>,
     halo: HaloPlan<T>,
 }
 
-impl<T: Pod, D: Dimension> DistArray<T, D> {
+impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
     /// A new array with every cell (owned and ghost) set to `value`.
     ///
     /// Collective in effect: create arrays on a decomposition in the same order on every rank (their
@@ -35,6 +53,23 @@ impl<T: Pod, D: Dimension> DistArray<T, D> {
     /// [`ErrorKind::Decomposition`] if `D` has a different number of dimensions than the
     /// decomposition.
     pub fn new(decomp: &Rc<Decomposition>, value: T) -> Result<Self> {
+        Self::build(decomp, value, None)
+    }
+
+    /// As [`new`](DistArray::new), with the storage first touched by the workers of `pool` (use
+    /// [`Threads::pool`](crate::comm::Threads::pool)): each worker writes the block of outer rows a
+    /// `par_chunks` split of the same pool will give it, so on NUMA nodes the pages are placed next
+    /// to the threads that compute on them.
+    ///
+    /// Collective in effect, as [`new`](DistArray::new).
+    ///
+    /// # Errors
+    /// As [`new`](DistArray::new).
+    pub fn new_in(decomp: &Rc<Decomposition>, value: T, pool: &rayon::ThreadPool) -> Result<Self> {
+        Self::build(decomp, value, Some(pool))
+    }
+
+    fn build(decomp: &Rc<Decomposition>, value: T, pool: Option<&rayon::ThreadPool>) -> Result<Self> {
         let nd = decomp.ndim();
         if D::NDIM.is_some_and(|n| n != nd) {
             return Err(Error::new(
@@ -46,7 +81,14 @@ impl<T: Pod, D: Dimension> DistArray<T, D> {
         }
         let mut dim = D::zeros(nd);
         dim.slice_mut().copy_from_slice(decomp.ghosted_box().len());
-        let data = Array::from_elem(dim, value);
+        let shape = decomp.ghosted_box().len();
+        let storage = match pool {
+            Some(p) => p.install(|| first_touch(shape, value)),
+            None => first_touch(shape, value),
+        };
+        let data = Array::from_shape_vec(dim, storage).map_err(|e| {
+            Error::new(ErrorKind::Decomposition, "DistArray::new", Some(decomp.comm().rank()), e.to_string())
+        })?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         Ok(DistArray { halo: HaloPlan::new(decomp, id), decomp: Rc::clone(decomp), data })
     }
@@ -391,7 +433,7 @@ impl<T: Pod, D: Dimension> DistArray<T, D> {
     }
 }
 
-impl<T: Pod + Into<f64>, D: Dimension> DistArray<T, D> {
+impl<T: Pod + Send + Sync + Into<f64>, D: Dimension> DistArray<T, D> {
     fn reduce_owned(&self, init: f64, f: impl Fn(f64, f64) -> f64, op: Op) -> Result<f64> {
         let local = self.owned().iter().fold(init, |acc, &v| f(acc, v.into()));
         self.comm().allreduce(local, op)

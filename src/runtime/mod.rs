@@ -11,12 +11,18 @@
 //! Errors that are *values* ([`crate::Error`]) do not abort: the caller decides.
 
 mod level;
+pub mod pin;
+mod threads;
+mod topology;
 
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Once;
 
 pub use level::ThreadLevel;
+pub use pin::{PinPlan, PinPolicy};
+pub use threads::{build_pool, resolve_threads, ThreadSource};
+pub use topology::{Core, Topology};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::ffi;

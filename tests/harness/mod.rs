@@ -41,6 +41,8 @@ pub(crate) enum Expect {
     /// The job must fail (non-zero exit) at the rank counts given; used to prove that a case run at
     /// the wrong rank count fails. It runs alone, at `ranks`, while declaring `declared`.
     FailsWhenRunAt(&'static [usize]),
+    /// The job passes and its output contains the string exactly this many times. It runs alone.
+    PassPrinting(&'static str, usize),
 }
 
 /// One MPI test case.
@@ -53,12 +55,29 @@ pub(crate) struct Case {
     pub(crate) run: fn(&Comm),
     /// What the launcher expects.
     pub(crate) expect: Expect,
+    /// Run in a job of its own (for cases that change process state such as CPU affinity).
+    pub(crate) alone: bool,
+    /// A command that wraps `mpirun` (for example `taskset -c 1`); implies `alone`.
+    pub(crate) prefix: &'static [&'static str],
 }
 
 impl Case {
     /// A case that must pass at every rank count in `ranks`.
     pub(crate) const fn new(name: &'static str, ranks: &'static [usize], run: fn(&Comm)) -> Case {
-        Case { name, ranks, run, expect: Expect::Pass }
+        Case { name, ranks, run, expect: Expect::Pass, alone: false, prefix: &[] }
+    }
+
+    /// The same case, run in a job of its own.
+    pub(crate) const fn alone(mut self) -> Case {
+        self.alone = true;
+        self
+    }
+
+    /// The same case, launched as `PREFIX... mpirun ...` in a job of its own.
+    pub(crate) const fn under(mut self, prefix: &'static [&'static str]) -> Case {
+        self.prefix = prefix;
+        self.alone = true;
+        self
     }
 
     /// The same case with another expectation.
@@ -152,12 +171,12 @@ fn run_launcher(program: &str, cases: &[Case]) -> i32 {
     println!("\n{program}: {} MPI test cases", selected.len());
 
     // Cases that pass are batched: one job per rank count.
-    let counts: BTreeSet<usize> =
-        selected.iter().filter(|c| c.expect == Expect::Pass).flat_map(|c| c.ranks.iter().copied()).collect();
+    let batched = |c: &&&Case| c.expect == Expect::Pass && !c.alone;
+    let counts: BTreeSet<usize> = selected.iter().filter(batched).flat_map(|c| c.ranks.iter().copied()).collect();
     for n in counts {
         let batch: Vec<&str> =
-            selected.iter().filter(|c| c.expect == Expect::Pass && c.ranks.contains(&n)).map(|c| c.name).collect();
-        let r = launch(&exe, n, &batch, job_timeout());
+            selected.iter().filter(batched).filter(|c| c.ranks.contains(&n)).map(|c| c.name).collect();
+        let r = launch(&exe, n, &batch, job_timeout(), &[]);
         let ok = matches!(r.outcome, Outcome::Exited(s, _) if s.success()) && r.survivors.is_empty();
         report(program, &format!("{} cases", batch.len()), n, &r, ok, "");
         if ok {
@@ -167,16 +186,16 @@ fn run_launcher(program: &str, cases: &[Case]) -> i32 {
         }
     }
 
-    // Cases with other expectations run alone.
-    for case in selected.iter().filter(|c| c.expect != Expect::Pass) {
+    // Everything else runs alone.
+    for case in selected.iter().filter(|c| !batched(c)) {
         let (ranks, timeout): (&[usize], Duration) = match case.expect {
             Expect::FailsWhenRunAt(r) => (r, job_timeout()),
             Expect::AbortWithin(d) => (case.ranks, d + Duration::from_secs(60)),
             Expect::KilledAfter(d) => (case.ranks, d),
-            Expect::Pass => unreachable!(),
+            Expect::Pass | Expect::PassPrinting(..) => (case.ranks, job_timeout()),
         };
         for &n in ranks {
-            let r = launch(&exe, n, &[case.name], timeout);
+            let r = launch(&exe, n, &[case.name], timeout, case.prefix);
             let (ok, why) = judge(case.expect, &r);
             report(program, case.name, n, &r, ok, &why);
             if ok {
@@ -203,6 +222,11 @@ fn judge(expect: Expect, r: &JobResult) -> (bool, String) {
             (true, format!("expected: the hung job was killed at the timeout ({t:.1?}) and reported as failed"))
         }
         (Expect::FailsWhenRunAt(_), Outcome::Exited(s, _)) => (!s.success(), format!("expected a failing job: {s}")),
+        (Expect::Pass, Outcome::Exited(s, _)) => (s.success(), String::new()),
+        (Expect::PassPrinting(text, n), Outcome::Exited(s, _)) => {
+            let seen = r.output.matches(text).count();
+            (s.success() && seen == n, format!("expected {text:?} {n} time(s) in the output, saw it {seen} time(s)"))
+        }
         (e, o) => (false, format!("expected {e:?}, got {o:?}")),
     }
 }
@@ -229,10 +253,17 @@ fn report(program: &str, what: &str, n: usize, r: &JobResult, ok: bool, why: &st
 }
 
 /// Runs `exe` under mpirun at `n` ranks with the given cases; kills the whole job at `timeout`.
-pub(crate) fn launch(exe: &std::path::Path, n: usize, cases: &[&str], timeout: Duration) -> JobResult {
+pub(crate) fn launch(exe: &std::path::Path, n: usize, cases: &[&str], timeout: Duration, prefix: &[&str]) -> JobResult {
     let token = format!("{}-{}-{}", std::process::id(), n, cases.join("+"));
     let mpirun = std::env::var("MPIRUN").unwrap_or_else(|_| "mpirun".into());
-    let mut cmd = Command::new(mpirun);
+    let mut cmd = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(&mpirun);
+            c
+        }
+        None => Command::new(&mpirun),
+    };
     cmd.args(["-n", &n.to_string(), "--oversubscribe", "--bind-to", "none"]).args(["-x", CASES_VAR, "-x", TOKEN_VAR]);
     // Forward the settings that matter to the ranks (on remote nodes the environment is not inherited).
     for var in ["RUST_BACKTRACE", "PHALANX_CHECK"] {
