@@ -10,6 +10,7 @@
 //! | runtime | [`runtime`] | MPI initialisation, thread level, abort-on-panic |
 //! | communication | [`comm`] | communicators, typed point-to-point and collectives |
 //! | decomposition | [`decomp`] | process grids, partitions, distributed arrays, halo exchange |
+//! | kernels | [`kernels`] | the simulation kernels the examples and benchmarks run |
 //!
 //! ```no_run
 //! use phalanx::prelude::*;
@@ -32,6 +33,7 @@ pub mod comm;
 pub mod decomp;
 mod error;
 mod ffi;
+pub mod kernels;
 pub mod prelude;
 pub mod runtime;
 

@@ -13,6 +13,25 @@ use crate::error::{Error, ErrorKind, Result};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+fn hash_cell<T: Pod>(lanes: &mut [u64; 2], linear: u64, v: &T) {
+    use xxhash_rust::xxh3::xxh3_64_with_seed;
+    let bytes = bytemuck::bytes_of(v);
+    lanes[0] = lanes[0].wrapping_add(xxh3_64_with_seed(bytes, linear));
+    lanes[1] = lanes[1].wrapping_add(xxh3_64_with_seed(bytes, linear ^ 0x9e37_79b9_7f4a_7c15));
+}
+
+/// The [`DistArray::field_hash`] of a whole global field given in row-major order on one process
+/// (to compare a distributed run with a serial one).
+///
+/// Local.
+pub fn field_hash_of<T: Pod>(global_row_major: &[T]) -> u128 {
+    let mut lanes = [0u64; 2];
+    for (i, v) in global_row_major.iter().enumerate() {
+        hash_cell(&mut lanes, i as u64, v);
+    }
+    (lanes[0] as u128) << 64 | lanes[1] as u128
+}
+
 /// Storage for `shape` cells set to `value`, first touched by the threads of the current rayon pool:
 /// the allocation comes from `calloc` (the kernel maps zero pages lazily), and each worker writes a
 /// contiguous block of outer rows, so on a NUMA node the pages land next to the thread that
@@ -287,6 +306,23 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
         for (_, _, r) in slabs {
             let fill = vec![value; r.count()];
             unpack(data, shape, &r, &fill);
+        }
+    }
+
+    /// Sets the ghost cells beyond one face of the global domain, the low (`high == false`) or high
+    /// end of dimension `d`, to `value`, if this rank touches that face and the dimension is open.
+    /// Different values per face give the usual fixed-temperature boundaries.
+    ///
+    /// Local.
+    pub fn set_boundary_face(&mut self, d: usize, high: bool, value: T) {
+        let shape = pad3(self.decomp.ghosted_box().len(), 1);
+        let p = d + 3 - self.decomp.ndim();
+        let slabs = self.boundary_slabs();
+        let data = self.data.as_slice_mut().unwrap_or(&mut []);
+        for (q, h, r) in slabs {
+            if q == p && h == high {
+                unpack(data, shape, &r, &vec![value; r.count()]);
+            }
         }
     }
 

@@ -54,7 +54,7 @@ mod halo;
 mod layout;
 mod partition;
 
-pub use dist_array::DistArray;
+pub use dist_array::{field_hash_of, DistArray};
 pub use grid::{ProcessGrid, MAX_DIMS};
 pub use halo::HaloExchange;
 pub use layout::{Decomposition, DecompositionBuilder, GhostedBox, OwnedBox, Stencil};

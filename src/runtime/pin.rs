@@ -117,9 +117,7 @@ pub fn plan(topo: &Topology, policy: PinPolicy, index: usize, ranks: usize, thre
     }
     if need > cores || threads == 0 {
         return PinPlan::Unpinned {
-            reason: format!(
-                "{ranks} ranks x {threads} threads need {need} cores but {cores} are available to them; not pinning"
-            ),
+            reason: format!("{ranks} ranks x {threads} threads need {need} cores but {cores} are available to them"),
         };
     }
     let mut numas: Vec<usize> = topo.cores.iter().map(|c| c.numa).collect();

@@ -1,0 +1,298 @@
+//! The explicit heat equation (Jacobi sweep) on 2-D (5-point) and 3-D (7-point) grids.
+//!
+//! `u_new = u + r * (sum of the face neighbours - 2d * u)` with fixed boundary values: the low face
+//! of dimension 0 is held at 1, every other face at 0, the interior starts at 0. Each cell's update
+//! is written once ([`update2`], [`update3`]) with a fixed operand order, so the distributed solver
+//! and the serial reference agree bit for bit whatever the decomposition, thread count or overlap.
+//!
+//! # Overlap without asynchronous progress
+//! A step starts the halo exchange, computes the interior (the cells whose stencil touches no ghost)
+//! in `chunks` blocks of rows on the thread pool, and polls MPI between blocks (Open MPI 4.1 moves
+//! messages above its eager limit only inside MPI calls), then finishes the exchange and computes the
+//! boundary shell. The main thread never spins: it waits in the pool while a block runs.
+
+use std::rc::Rc;
+
+use ndarray::IxDyn;
+use rayon::prelude::*;
+
+use crate::comm::Comm;
+use crate::decomp::{Decomposition, DistArray, Stencil};
+use crate::error::{Error, ErrorKind, Result};
+
+/// The diffusion number used for `dims` dimensions (stable: below 1 / (2 dims)).
+pub fn default_r(dims: usize) -> f64 {
+    if dims == 2 {
+        0.2
+    } else {
+        0.15
+    }
+}
+
+/// One 5-point update.
+#[inline(always)]
+pub fn update2(r: f64, c: f64, n: f64, s: f64, w: f64, e: f64) -> f64 {
+    c + r * (n + s + w + e - 4.0 * c)
+}
+
+/// One 7-point update.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // the stencil's operands by name: reads like the maths
+pub fn update3(r: f64, c: f64, n: f64, s: f64, w: f64, e: f64, b: f64, t: f64) -> f64 {
+    c + r * (n + s + w + e + b + t - 6.0 * c)
+}
+
+/// A box of ghosted-array indices, padded to 3-D.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Box3 {
+    lo: [usize; 3],
+    hi: [usize; 3],
+}
+
+impl Box3 {
+    fn is_empty(&self) -> bool {
+        (0..3).any(|d| self.lo[d] >= self.hi[d])
+    }
+}
+
+/// Updates one row segment `x in lo..hi` of row `(z, y)`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // hot inner function: plain arguments keep it transparent to LLVM
+fn row(u: &[f64], out: &mut [f64], shape: [usize; 3], three_d: bool, r: f64, z: usize, y: usize, lo: usize, hi: usize) {
+    let w = shape[2];
+    let plane = shape[1] * w;
+    let at = z * plane + y * w;
+    let c = &u[at + lo..at + hi];
+    let west = &u[at + lo - 1..at + hi - 1];
+    let east = &u[at + lo + 1..at + hi + 1];
+    let north = &u[at - w + lo..at - w + hi];
+    let south = &u[at + w + lo..at + w + hi];
+    let o = &mut out[lo..hi];
+    if three_d {
+        let below = &u[at - plane + lo..at - plane + hi];
+        let above = &u[at + plane + lo..at + plane + hi];
+        for i in 0..o.len() {
+            o[i] = update3(r, c[i], north[i], south[i], west[i], east[i], below[i], above[i]);
+        }
+    } else {
+        for i in 0..o.len() {
+            o[i] = update2(r, c[i], north[i], south[i], west[i], east[i]);
+        }
+    }
+}
+
+/// Sweeps box `b`, in parallel over the outermost active dimension.
+fn sweep(u: &[f64], out: &mut [f64], shape: [usize; 3], three_d: bool, r: f64, b: Box3) {
+    if b.is_empty() {
+        return;
+    }
+    let w = shape[2];
+    if three_d {
+        let plane = shape[1] * w;
+        out.par_chunks_mut(plane).enumerate().skip(b.lo[0]).take(b.hi[0] - b.lo[0]).for_each(|(z, p)| {
+            for y in b.lo[1]..b.hi[1] {
+                row(u, &mut p[y * w..(y + 1) * w], shape, true, r, z, y, b.lo[2], b.hi[2]);
+            }
+        });
+    } else {
+        out.par_chunks_mut(w).enumerate().skip(b.lo[1]).take(b.hi[1] - b.lo[1]).for_each(|(y, line)| {
+            row(u, line, shape, false, r, 0, y, b.lo[2], b.hi[2]);
+        });
+    }
+}
+
+/// The distributed solver: two arrays (current and next), the interior and the boundary shell.
+#[derive(Debug)]
+pub struct HeatSolver {
+    u: DistArray<f64, IxDyn>,
+    next: DistArray<f64, IxDyn>,
+    r: f64,
+    dims: usize,
+    shape: [usize; 3],
+    owned: Box3,
+    interior: Box3,
+    shell: Vec<Box3>,
+    steps: usize,
+}
+
+impl HeatSolver {
+    /// A solver on `comm` for an `n`^`dims` grid; storage first touched by `pool`'s workers.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] for dims other than 2 or 3; decomposition errors (for example
+    /// more ranks than rows).
+    pub fn new(comm: &Comm, dims: usize, n: usize, pool: &rayon::ThreadPool) -> Result<HeatSolver> {
+        if dims != 2 && dims != 3 {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "HeatSolver::new",
+                Some(comm.rank()),
+                format!("dims must be 2 or 3, not {dims}"),
+            ));
+        }
+        let dc: Rc<Decomposition> =
+            Decomposition::builder(comm, &vec![n; dims]).ghost_width(1).stencil(Stencil::Star).build()?;
+        let mut u = DistArray::<f64, IxDyn>::new_in(&dc, 0.0, pool)?;
+        let mut next = DistArray::<f64, IxDyn>::new_in(&dc, 0.0, pool)?;
+        for a in [&mut u, &mut next] {
+            a.set_boundary_ghosts(0.0);
+            a.set_boundary_face(0, false, 1.0);
+        }
+        let pad = 3 - dims;
+        let mut shape = [1; 3];
+        let mut owned = Box3 { lo: [0; 3], hi: [1; 3] };
+        for d in 0..dims {
+            shape[pad + d] = dc.ghosted_box().len()[d];
+            owned.lo[pad + d] = 1;
+            owned.hi[pad + d] = 1 + dc.owned_box().len()[d];
+        }
+        let mut interior = owned;
+        for d in pad..3 {
+            interior.lo[d] += 1;
+            interior.hi[d] = interior.hi[d].saturating_sub(1).max(interior.lo[d]);
+        }
+        // The shell: owned minus interior, as disjoint boxes (peel one dimension at a time).
+        let mut shell = Vec::new();
+        let mut rest = owned;
+        for d in pad..3 {
+            let mut low = rest;
+            low.hi[d] = interior.lo[d].min(rest.hi[d]);
+            let mut high = rest;
+            high.lo[d] = interior.hi[d].max(low.hi[d]);
+            shell.extend([low, high].into_iter().filter(|b| !b.is_empty()));
+            rest.lo[d] = low.hi[d];
+            rest.hi[d] = high.lo[d];
+        }
+        Ok(HeatSolver { u, next, r: default_r(dims), dims, shape, owned, interior, shell, steps: 0 })
+    }
+
+    /// Advances one step. With `overlap`, the interior is computed while the halo is in flight, in
+    /// `chunks` blocks with MPI progress polled between them.
+    ///
+    /// Collective (neighbour-wise).
+    ///
+    /// # Errors
+    /// MPI errors.
+    pub fn step(&mut self, pool: &rayon::ThreadPool, overlap: bool, chunks: usize) -> Result<()> {
+        let (shape, three_d, r) = (self.shape, self.dims == 3, self.r);
+        if overlap {
+            let mut ex = self.u.exchange_begin()?;
+            let outer = if three_d { 0 } else { 1 };
+            let (lo, hi) = (self.interior.lo[outer], self.interior.hi[outer]);
+            let per = (hi.saturating_sub(lo)).div_ceil(chunks.max(1)).max(1);
+            let mut at = lo;
+            while at < hi {
+                let mut b = self.interior;
+                b.lo[outer] = at;
+                b.hi[outer] = (at + per).min(hi);
+                let (u, out) = (self.u.as_slice(), self.next.as_slice_mut());
+                pool.install(|| sweep(u, out, shape, three_d, r, b));
+                ex.progress()?;
+                at = b.hi[outer];
+            }
+            self.u.exchange_finish(ex)?;
+            let (u, out, shell) = (self.u.as_slice(), self.next.as_slice_mut(), &self.shell);
+            pool.install(|| {
+                for &b in shell {
+                    sweep(u, out, shape, three_d, r, b);
+                }
+            });
+        } else {
+            self.u.exchange()?;
+            let (u, out, b) = (self.u.as_slice(), self.next.as_slice_mut(), self.owned);
+            pool.install(|| sweep(u, out, shape, three_d, r, b));
+        }
+        std::mem::swap(&mut self.u, &mut self.next);
+        self.steps += 1;
+        Ok(())
+    }
+
+    /// The current field.
+    pub fn field(&self) -> &DistArray<f64, IxDyn> {
+        &self.u
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// Cells updated per step on this rank.
+    pub fn local_cells(&self) -> usize {
+        self.u.owned_box().cells()
+    }
+}
+
+/// The same computation on one process with plain loops over the whole grid (no phalanx), for
+/// checking: returns the field after `steps` steps in row-major order.
+pub fn serial_reference(dims: usize, n: usize, steps: usize) -> Vec<f64> {
+    let r = default_r(dims);
+    let g = n + 2;
+    let cells = if dims == 2 { g * g } else { g * g * g };
+    let mut u = vec![0.0f64; cells];
+    let idx2 = |i: usize, j: usize| i * g + j;
+    let idx3 = |i: usize, j: usize, k: usize| (i * g + j) * g + k;
+    // Boundary values: low face of dimension 0 at 1, the rest 0.
+    if dims == 2 {
+        for j in 1..=n {
+            u[idx2(0, j)] = 1.0;
+        }
+    } else {
+        for j in 1..=n {
+            for k in 1..=n {
+                u[idx3(0, j, k)] = 1.0;
+            }
+        }
+    }
+    let mut v = u.clone();
+    for _ in 0..steps {
+        if dims == 2 {
+            for i in 1..=n {
+                for j in 1..=n {
+                    v[idx2(i, j)] = update2(
+                        r,
+                        u[idx2(i, j)],
+                        u[idx2(i - 1, j)],
+                        u[idx2(i + 1, j)],
+                        u[idx2(i, j - 1)],
+                        u[idx2(i, j + 1)],
+                    );
+                }
+            }
+        } else {
+            for i in 1..=n {
+                for j in 1..=n {
+                    for k in 1..=n {
+                        v[idx3(i, j, k)] = update3(
+                            r,
+                            u[idx3(i, j, k)],
+                            u[idx3(i, j - 1, k)],
+                            u[idx3(i, j + 1, k)],
+                            u[idx3(i, j, k - 1)],
+                            u[idx3(i, j, k + 1)],
+                            u[idx3(i - 1, j, k)],
+                            u[idx3(i + 1, j, k)],
+                        );
+                    }
+                }
+            }
+        }
+        std::mem::swap(&mut u, &mut v);
+    }
+    // Owned cells only, row-major.
+    let mut out = Vec::with_capacity(n.pow(dims as u32));
+    if dims == 2 {
+        for i in 1..=n {
+            out.extend_from_slice(&u[idx2(i, 1)..idx2(i, n + 1)]);
+        }
+    } else {
+        for i in 1..=n {
+            for j in 1..=n {
+                out.extend_from_slice(&u[idx3(i, j, 1)..idx3(i, j, n + 1)]);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,4 @@
+//! Simulation kernels built on the lower layers: the programs in `examples/` are thin drivers around
+//! these, and the benchmarks time them directly.
+
+pub mod heat;
