@@ -49,6 +49,10 @@ struct Args {
     /// Write a colour-mapped picture of the final field (3-D: the middle slice) to this PNG file.
     #[arg(long)]
     png: Option<std::path::PathBuf>,
+    /// Measure STREAM copy bandwidth on the same threads first (arrays as large as the field) and
+    /// report the fraction of the roofline reached: copy bandwidth / 24 bytes per update.
+    #[arg(long)]
+    roofline: bool,
     /// Print the binding report (where every thread runs) before starting.
     #[arg(long)]
     report_bindings: bool,
@@ -85,6 +89,28 @@ fn write_png(path: &std::path::Path, field: &ndarray::ArrayD<f64>, dims: usize) 
     Ok(())
 }
 
+/// STREAM copy bandwidth (16 bytes per element, as STREAM counts) of this rank's threads on two
+/// arrays of `len` elements first touched by the same static split; median of 11 repetitions, GB/s.
+fn copy_bandwidth(pool: &rayon::ThreadPool, len: usize) -> f64 {
+    use rayon::prelude::*;
+    let chunk = len.div_ceil(pool.current_num_threads()).max(1);
+    let mut a: Vec<f64> = bytemuck::zeroed_vec(len);
+    let mut b: Vec<f64> = bytemuck::zeroed_vec(len);
+    pool.install(|| {
+        a.par_chunks_mut(chunk).for_each(|c| c.fill(1.0));
+        b.par_chunks_mut(chunk).for_each(|c| c.fill(2.0));
+    });
+    let mut t = Vec::new();
+    for _ in 0..12 {
+        let s = Instant::now();
+        pool.install(|| a.par_chunks_mut(chunk).zip(b.par_chunks(chunk)).for_each(|(x, y)| x.copy_from_slice(y)));
+        t.push(s.elapsed().as_secs_f64());
+    }
+    t.remove(0);
+    t.sort_by(f64::total_cmp);
+    16.0 * len as f64 / t[t.len() / 2] / 1e9
+}
+
 fn run(args: &Args) -> phalanx::Result<i32> {
     let rt = phalanx::init()?;
     let world = rt.world();
@@ -106,6 +132,12 @@ fn run(args: &Args) -> phalanx::Result<i32> {
     let overlap = args.overlap == "on";
     let root = world.rank() == 0;
     let mut solver = HeatSolver::new(&world, dims, n, threads.pool())?;
+    let copy_gbs = if args.roofline {
+        let bw = copy_bandwidth(threads.pool(), solver.field().as_slice().len());
+        Some(world.allreduce(bw, Op::Sum)?)
+    } else {
+        None
+    };
     let tty = root && std::io::stderr().is_terminal();
     let bar = tty.then(|| {
         let b = indicatif::ProgressBar::new(args.steps as u64);
@@ -172,8 +204,16 @@ fn run(args: &Args) -> phalanx::Result<i32> {
             threads.threads(),
             args.overlap
         );
+        if let Some(bw) = copy_gbs {
+            let roof = bw * 1e9 / 24.0 / 1e6;
+            println!(
+                "roofline: copy {bw:.2} GB/s / 24 B per update = {roof:.1} M updates/s; reached {:.3}",
+                mlups / roof
+            );
+        }
         if args.json {
             let j = serde_json::json!({
+                "copy_gbs": copy_gbs, "roofline_fraction": copy_gbs.map(|bw| mlups / (bw * 1e9 / 24.0 / 1e6)),
                 "example": "heat", "ranks": world.size(), "threads": threads.threads(), "dims": dims, "n": n,
                 "steps": args.steps, "seconds": seconds, "mlups": mlups, "field_hash": format!("{hash:032x}"),
                 "overlap": overlap, "pinned": threads.is_pinned(), "check": check,

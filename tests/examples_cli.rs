@@ -89,3 +89,17 @@ fn heat_help_and_bad_arguments() {
     );
     assert_eq!(out.status.code(), Some(2), "bad arguments exit with 2");
 }
+
+#[test]
+fn nbody_json_and_check() {
+    let out = mpirun(2, &example("nbody"), &["--bodies", "150", "--steps", "3", "--threads", "1", "--check", "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "nbody failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("output")).expect("the last line is JSON");
+    for key in ["example", "ranks", "threads", "bodies", "steps", "seconds", "interactions_per_s", "energy_drift"] {
+        assert!(!j[key].is_null(), "missing {key}");
+    }
+    assert_eq!(j["check"]["passed"], true);
+    assert!(j["energy_drift"].as_f64().unwrap() < 1e-8);
+}

@@ -7,6 +7,7 @@ use harness::{Case, RANKS_1_TO_4};
 use phalanx::comm::{Comm, ThreadConfig};
 use phalanx::decomp::field_hash_of;
 use phalanx::kernels::heat::{serial_reference, HeatSolver};
+use phalanx::kernels::nbody::{self, NBody};
 use phalanx::runtime::PinPolicy;
 
 fn heat_hash_matches_serial(world: &Comm) {
@@ -43,12 +44,37 @@ fn heat_rejects_bad_input(world: &Comm) {
     }
 }
 
+fn nbody_matches_serial(world: &Comm) {
+    let (n, eps, dt, steps) = (203, 1e-2, 1e-3, 4);
+    let r = nbody::serial_reference(n, eps, dt, steps);
+    for threads in [1, 2] {
+        let t = world.start_threads(ThreadConfig::new().threads(threads).pin(PinPolicy::None)).unwrap();
+        let mut sim = NBody::new(world, n, eps).unwrap();
+        sim.compute_forces(world, t.pool()).unwrap();
+        let e0 = sim.energy(world).unwrap();
+        for _ in 0..steps {
+            sim.step(world, t.pool(), dt).unwrap();
+        }
+        let all = sim.gather_all(world).unwrap();
+        for (a, b) in
+            [(&all.x, &r.x), (&all.y, &r.y), (&all.z, &r.z), (&all.vx, &r.vx), (&all.vy, &r.vy), (&all.vz, &r.vz)]
+        {
+            let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let err = a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs())) / scale;
+            assert!(err <= 1e-12, "relative error {err:e} at {} ranks x {threads} threads", world.size());
+        }
+        let drift = ((sim.energy(world).unwrap() - e0) / e0).abs();
+        assert!(drift < 1e-8, "energy drift {drift:e}");
+    }
+}
+
 fn main() {
     harness::main(
         "mpi_sim",
         &[
             Case::new("heat_hash_matches_serial", RANKS_1_TO_4, heat_hash_matches_serial),
             Case::new("heat_rejects_bad_input", RANKS_1_TO_4, heat_rejects_bad_input),
+            Case::new("nbody_matches_serial", RANKS_1_TO_4, nbody_matches_serial),
         ],
     );
 }

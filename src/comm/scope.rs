@@ -46,6 +46,8 @@ use crate::ffi::{self, MPI_Request, MPI_Status};
 pub struct Scope<'scope, 'env: 'scope> {
     comm: &'env Comm,
     reqs: RefCell<Vec<MPI_Request>>,
+    // Statuses of requests that `progress` found complete, kept for their handles' `wait`.
+    done: RefCell<Vec<Option<MPI_Status>>>,
     _scope: PhantomData<&'scope mut &'scope ()>,
     _env: PhantomData<&'env mut &'env ()>,
 }
@@ -55,6 +57,7 @@ pub struct Scope<'scope, 'env: 'scope> {
 pub struct ScopedSend<'scope> {
     idx: usize,
     reqs: &'scope RefCell<Vec<MPI_Request>>,
+    done: &'scope RefCell<Vec<Option<MPI_Status>>>,
     rank: i32,
 }
 
@@ -63,6 +66,7 @@ pub struct ScopedSend<'scope> {
 pub struct ScopedRecv<'scope, T> {
     idx: usize,
     reqs: &'scope RefCell<Vec<MPI_Request>>,
+    done: &'scope RefCell<Vec<Option<MPI_Status>>>,
     comm: &'scope Comm,
     capacity: usize,
     _elem: PhantomData<T>,
@@ -89,7 +93,13 @@ impl Comm {
     /// # Ok::<(), phalanx::Error>(())
     /// ```
     pub fn scope<'env, R>(&'env self, f: impl for<'scope> FnOnce(&'scope Scope<'scope, 'env>) -> R) -> R {
-        let scope = Scope { comm: self, reqs: RefCell::new(Vec::new()), _scope: PhantomData, _env: PhantomData };
+        let scope = Scope {
+            comm: self,
+            reqs: RefCell::new(Vec::new()),
+            done: RefCell::new(Vec::new()),
+            _scope: PhantomData,
+            _env: PhantomData,
+        };
         let out = f(&scope);
         scope.wait_all_inner();
         out
@@ -100,7 +110,36 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     fn push(&'scope self, req: MPI_Request) -> usize {
         let mut r = self.reqs.borrow_mut();
         r.push(req);
+        self.done.borrow_mut().push(None);
         r.len() - 1
+    }
+
+    /// Drives every operation of the scope forward (`MPI_Test` on each); returns `true` when all have
+    /// completed. Call it between chunks of computation: without asynchronous progress, large
+    /// messages move only inside MPI calls. Handles of completed operations still report their
+    /// status through `wait`.
+    ///
+    /// Local.
+    ///
+    /// # Errors
+    /// An MPI error reported by a completed operation.
+    #[doc(alias = "MPI_Test")]
+    pub fn progress(&self) -> Result<bool> {
+        let mut reqs = self.reqs.borrow_mut();
+        let mut done = self.done.borrow_mut();
+        let mut all = true;
+        for (r, d) in reqs.iter_mut().zip(done.iter_mut()) {
+            if *r == ffi::request_null() {
+                continue;
+            }
+            let (res, st) = ffi::test(r, "scope progress", self.comm.rank);
+            if res? {
+                *d = Some(st);
+            } else {
+                all = false;
+            }
+        }
+        Ok(all)
     }
 
     /// The communicator the scope was opened on.
@@ -125,7 +164,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         // `self.reqs`) before 'scope ends, whatever happens to the returned handle. Shared borrows
         // only allow reads, which concurrent sends may do.
         let req = unsafe { ffi::isend(data.as_ptr(), data.len(), dest, tag, c.raw, "isend", c.rank)? };
-        Ok(ScopedSend { idx: self.push(req), reqs: &self.reqs, rank: c.rank })
+        Ok(ScopedSend { idx: self.push(req), reqs: &self.reqs, done: &self.done, rank: c.rank })
     }
 
     /// Starts receiving into `buf` (borrowed exclusively until the scope ends).
@@ -149,7 +188,14 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         // SAFETY: `buf` is borrowed exclusively for 'scope and the scope waits for this request
         // before 'scope ends, so MPI is the only writer until completion and the memory stays valid.
         let req = unsafe { ffi::irecv(buf.as_mut_ptr(), capacity, src, tag, c.raw, "irecv", c.rank)? };
-        Ok(ScopedRecv { idx: self.push(req), reqs: &self.reqs, comm: c, capacity, _elem: PhantomData })
+        Ok(ScopedRecv {
+            idx: self.push(req),
+            reqs: &self.reqs,
+            done: &self.done,
+            comm: c,
+            capacity,
+            _elem: PhantomData,
+        })
     }
 
     /// Waits for every operation started so far in this scope.
@@ -170,7 +216,16 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     }
 }
 
-fn wait_one(reqs: &RefCell<Vec<MPI_Request>>, idx: usize, op: &'static str, rank: i32) -> (Result<()>, MPI_Status) {
+fn wait_one(
+    reqs: &RefCell<Vec<MPI_Request>>,
+    done: &RefCell<Vec<Option<MPI_Status>>>,
+    idx: usize,
+    op: &'static str,
+    rank: i32,
+) -> (Result<()>, MPI_Status) {
+    if let Some(st) = done.borrow_mut()[idx].take() {
+        return (Ok(()), st);
+    }
     let mut r = reqs.borrow_mut();
     ffi::wait(&mut r[idx], op, rank)
 }
@@ -182,7 +237,7 @@ impl ScopedSend<'_> {
     /// An MPI error reported at completion.
     #[doc(alias = "MPI_Wait")]
     pub fn wait(self) -> Result<()> {
-        wait_one(self.reqs, self.idx, "isend.wait", self.rank).0
+        wait_one(self.reqs, self.done, self.idx, "isend.wait", self.rank).0
     }
 }
 
@@ -194,7 +249,7 @@ impl<T: Pod> ScopedRecv<'_, T> {
     /// [`ErrorKind::TypeMismatch`](crate::ErrorKind::TypeMismatch), MPI errors.
     #[doc(alias = "MPI_Wait")]
     pub fn wait(self) -> Result<Status> {
-        let (res, st) = wait_one(self.reqs, self.idx, "irecv.wait", self.comm.rank);
+        let (res, st) = wait_one(self.reqs, self.done, self.idx, "irecv.wait", self.comm.rank);
         self.comm.finish_recv::<T>(res, &st, self.capacity, "irecv")
     }
 }

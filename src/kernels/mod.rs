@@ -2,3 +2,4 @@
 //! these, and the benchmarks time them directly.
 
 pub mod heat;
+pub mod nbody;
