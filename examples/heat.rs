@@ -116,14 +116,7 @@ fn run(args: &Args) -> phalanx::Result<i32> {
     let world = rt.world();
     let dims = args.dims as usize;
     let n = args.n.unwrap_or(if dims == 2 { 2048 } else { 160 });
-    let mut cfg = ThreadConfig::new();
-    if let Some(t) = args.threads {
-        cfg = cfg.threads(t);
-    }
-    if let Some(p) = args.pin {
-        cfg = cfg.pin(p);
-    }
-    let threads = world.start_threads(cfg)?;
+    let threads = world.start_threads(ThreadConfig::from_options(args.threads, args.pin))?;
     if args.report_bindings {
         if let Some(r) = threads.report(&world)? {
             eprintln!("{r}");

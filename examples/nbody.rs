@@ -54,14 +54,7 @@ fn max_rel(a: &[f64], b: &[f64]) -> f64 {
 fn run(args: &Args) -> phalanx::Result<i32> {
     let rt = phalanx::init()?;
     let world = rt.world();
-    let mut cfg = ThreadConfig::new();
-    if let Some(t) = args.threads {
-        cfg = cfg.threads(t);
-    }
-    if let Some(p) = args.pin {
-        cfg = cfg.pin(p);
-    }
-    let threads = world.start_threads(cfg)?;
+    let threads = world.start_threads(ThreadConfig::from_options(args.threads, args.pin))?;
     let pool = threads.pool();
     let mut sim = NBody::new(&world, args.bodies, args.eps)?;
     sim.compute_forces(&world, pool)?;

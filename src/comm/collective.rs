@@ -83,6 +83,14 @@ impl Comm {
         Ok((c, d))
     }
 
+    /// The prologue of a rooted collective whose counts differ per rank: a valid root, and (checked)
+    /// the same root, element size and operation everywhere.
+    fn agree_on_root<T>(&self, op: &'static str, root: i32) -> Result<()> {
+        self.debug_check_thread(op)?;
+        let local = self.check_root(root, op);
+        self.agree(op, local, Signature { root: Some(root as i64), elem_size: elem_size::<T>(), ..Default::default() })
+    }
+
     fn local_check(&self, cond: bool, kind: ErrorKind, op: &'static str, msg: impl FnOnce() -> String) -> Result<()> {
         if cond {
             Ok(())
@@ -158,13 +166,7 @@ impl Comm {
     #[doc(alias = "MPI_Bcast")]
     pub fn broadcast_vec<T: Pod>(&self, data: &mut Vec<T>, root: i32) -> Result<()> {
         const OP: &str = "broadcast_vec";
-        self.debug_check_thread(OP)?;
-        let local = self.check_root(root, OP);
-        self.agree(
-            OP,
-            local,
-            Signature { root: Some(root as i64), elem_size: elem_size::<T>(), ..Default::default() },
-        )?;
+        self.agree_on_root::<T>(OP, root)?;
         let mut len = [0u64];
         let mut root_err = None;
         if self.rank == root {
@@ -476,13 +478,7 @@ impl Comm {
     #[doc(alias = "MPI_Gatherv")]
     pub fn gatherv<T: Pod>(&self, send: &[T], root: i32) -> Result<Option<Blocks<T>>> {
         const OP: &str = "gatherv";
-        self.debug_check_thread(OP)?;
-        let local = self.check_root(root, OP);
-        self.agree(
-            OP,
-            local,
-            Signature { root: Some(root as i64), elem_size: elem_size::<T>(), ..Default::default() },
-        )?;
+        self.agree_on_root::<T>(OP, root)?;
         let counts = self.exchange_counts::<T>(send.len(), OP)?;
         let (c, d) = self.mpi_counts::<T>(&counts, OP)?;
         let total: usize = counts.iter().sum();

@@ -40,6 +40,11 @@ impl ThreadConfig {
     pub fn new() -> Self {
         Self::default()
     }
+    /// The settings a program's command line gave, each `None` when not given (then the
+    /// environment or the default applies).
+    pub fn from_options(threads: Option<usize>, pin: Option<PinPolicy>) -> Self {
+        Self { threads: threads.filter(|&n| n > 0), pin }
+    }
     /// Threads per rank.
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = (n > 0).then_some(n);
