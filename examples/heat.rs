@@ -17,6 +17,7 @@ use clap::Parser;
 use phalanx::comm::{Op, ThreadConfig};
 use phalanx::kernels::heat::{serial_reference, HeatSolver};
 use phalanx::runtime::PinPolicy;
+use phalanx::services::metrics::{Metrics, MetricsReport};
 
 #[derive(Parser, Debug)]
 #[command(about = "Explicit heat equation (Jacobi sweep) on a distributed grid")]
@@ -53,6 +54,21 @@ struct Args {
     /// report the fraction of the roofline reached: copy bandwidth / 24 bytes per update.
     #[arg(long)]
     roofline: bool,
+    /// Write the per-phase metrics (min/mean/max over ranks, load imbalance, slowest rank) as JSON.
+    #[arg(long)]
+    metrics: Option<std::path::PathBuf>,
+    /// Keep a Prometheus textfile (node-exporter textfile collector) up to date with the metrics.
+    #[arg(long)]
+    prometheus: Option<std::path::PathBuf>,
+    /// Aggregate the metrics every this many steps (for --prometheus).
+    #[arg(long, default_value_t = 100)]
+    metrics_every: usize,
+    /// Per-rank phase timers (always cheap; `off` only to measure their cost).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    timers: String,
+    /// Write a Chrome trace-event file (open in Perfetto): one track per rank and thread.
+    #[arg(long)]
+    trace: Option<std::path::PathBuf>,
     /// Print the binding report (where every thread runs) before starting.
     #[arg(long)]
     report_bindings: bool,
@@ -140,11 +156,28 @@ fn run(args: &Args) -> phalanx::Result<i32> {
         );
         b
     });
+    let run_id = std::env::var("SLURM_JOB_ID")
+        .unwrap_or_else(|_| world.broadcast(std::process::id(), 0).unwrap_or(0).to_string());
+    let labels = [("job", "heat"), ("run", run_id.as_str())];
+    let publish = |r: &MetricsReport, step: usize, mlups: f64| -> phalanx::Result<()> {
+        if let Some(p) = &args.prometheus {
+            r.write_prometheus_with(p, &labels, &[("step", step as f64), ("mlups", mlups)])?;
+        }
+        Ok(())
+    };
     world.barrier()?;
+    let mut metrics = Metrics::new(args.trace.is_some());
     let start = Instant::now();
     let mut last = Instant::now();
     for s in 0..args.steps {
-        solver.step(threads.pool(), overlap, args.chunks)?;
+        let timers = (args.timers == "on").then_some(&mut metrics);
+        solver.step_timed(threads.pool(), overlap, args.chunks, timers)?;
+        if args.prometheus.is_some() && args.metrics_every > 0 && (s + 1) % args.metrics_every == 0 {
+            let rate = (n as f64).powi(dims as i32) * (s + 1) as f64 / start.elapsed().as_secs_f64() / 1e6;
+            if let Some(r) = metrics.report(&world)? {
+                publish(&r, s + 1, rate)?;
+            }
+        }
         if let Some(b) = &bar {
             b.inc(1);
         } else if root && last.elapsed() > Duration::from_secs(5) {
@@ -160,6 +193,16 @@ fn run(args: &Args) -> phalanx::Result<i32> {
     let cells = (n as f64).powi(dims as i32);
     let mlups = cells * args.steps as f64 / seconds / 1e6;
     let hash = solver.field().field_hash()?;
+    let report = metrics.report(&world)?;
+    if let Some(r) = &report {
+        publish(r, args.steps, mlups)?;
+        if let Some(p) = &args.metrics {
+            r.write_json(p)?;
+        }
+    }
+    if let Some(p) = &args.trace {
+        metrics.write_trace(&world, p)?;
+    }
     let need_global = args.check || args.png.is_some();
     let global = if need_global { solver.field().gather(0)? } else { None };
     let mut code = 0;
@@ -197,6 +240,9 @@ fn run(args: &Args) -> phalanx::Result<i32> {
             threads.threads(),
             args.overlap
         );
+        if let Some(r) = &report {
+            println!("{r}");
+        }
         if let Some(bw) = copy_gbs {
             let roof = bw * 1e9 / 24.0 / 1e6;
             println!(
@@ -210,6 +256,7 @@ fn run(args: &Args) -> phalanx::Result<i32> {
                 "example": "heat", "ranks": world.size(), "threads": threads.threads(), "dims": dims, "n": n,
                 "steps": args.steps, "seconds": seconds, "mlups": mlups, "field_hash": format!("{hash:032x}"),
                 "overlap": overlap, "pinned": threads.is_pinned(), "check": check,
+                "imbalance": report.as_ref().map(|r| r.imbalance), "slowest_rank": report.as_ref().map(|r| r.slowest_rank),
             });
             println!("{j}");
         }

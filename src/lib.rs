@@ -10,6 +10,7 @@
 //! | runtime | [`runtime`] | MPI initialisation, thread level, abort-on-panic |
 //! | communication | [`comm`] | communicators, typed point-to-point and collectives |
 //! | decomposition | [`decomp`] | process grids, partitions, distributed arrays, halo exchange |
+//! | services | [`services`] | run-time metrics (and later checkpoints) |
 //! | kernels | [`kernels`] | the simulation kernels the examples and benchmarks run |
 //!
 //! ```no_run
@@ -36,6 +37,7 @@ mod ffi;
 pub mod kernels;
 pub mod prelude;
 pub mod runtime;
+pub mod services;
 
 pub use error::{Error, ErrorKind, Result};
 pub use runtime::{init, Runtime, RuntimeBuilder, ThreadLevel};

@@ -16,9 +16,12 @@ use std::rc::Rc;
 use ndarray::IxDyn;
 use rayon::prelude::*;
 
+use std::time::Instant;
+
 use crate::comm::Comm;
 use crate::decomp::{Decomposition, DistArray, Stencil};
 use crate::error::{Error, ErrorKind, Result};
+use crate::services::metrics::{Metrics, Phase};
 
 /// The diffusion number used for `dims` dimensions (stable: below 1 / (2 dims)).
 pub fn default_r(dims: usize) -> f64 {
@@ -81,24 +84,34 @@ fn row(u: &[f64], out: &mut [f64], shape: [usize; 3], three_d: bool, r: f64, z: 
     }
 }
 
-/// Sweeps box `b`, in parallel over the outermost active dimension.
-fn sweep(u: &[f64], out: &mut [f64], shape: [usize; 3], three_d: bool, r: f64, b: Box3) {
+/// Sweeps box `b`, in parallel over blocks of the outermost active dimension (about four blocks per
+/// thread); with tracing metrics, each block is one event on its worker's track.
+fn sweep(u: &[f64], out: &mut [f64], shape: [usize; 3], three_d: bool, r: f64, b: Box3, m: Option<&Metrics>) {
     if b.is_empty() {
         return;
     }
     let w = shape[2];
-    if three_d {
-        let plane = shape[1] * w;
-        out.par_chunks_mut(plane).enumerate().skip(b.lo[0]).take(b.hi[0] - b.lo[0]).for_each(|(z, p)| {
-            for y in b.lo[1]..b.hi[1] {
-                row(u, &mut p[y * w..(y + 1) * w], shape, true, r, z, y, b.lo[2], b.hi[2]);
+    let (outer, stride) = if three_d { (0, shape[1] * w) } else { (1, w) };
+    let (lo, hi) = (b.lo[outer], b.hi[outer]);
+    let per = (hi - lo).div_ceil(4 * rayon::current_num_threads()).max(1);
+    let region = &mut out[lo * stride..hi * stride];
+    region.par_chunks_mut(per * stride).enumerate().for_each(|(k, block)| {
+        let t0 = m.filter(|m| m.tracing()).map(|_| Instant::now());
+        let first = lo + k * per;
+        for (q, slab) in block.chunks_mut(stride).enumerate() {
+            let o = first + q;
+            if three_d {
+                for y in b.lo[1]..b.hi[1] {
+                    row(u, &mut slab[y * w..(y + 1) * w], shape, true, r, o, y, b.lo[2], b.hi[2]);
+                }
+            } else {
+                row(u, slab, shape, false, r, 0, o, b.lo[2], b.hi[2]);
             }
-        });
-    } else {
-        out.par_chunks_mut(w).enumerate().skip(b.lo[1]).take(b.hi[1] - b.lo[1]).for_each(|(y, line)| {
-            row(u, line, shape, false, r, 0, y, b.lo[2], b.hi[2]);
-        });
-    }
+        }
+        if let (Some(m), Some(t0)) = (m, t0) {
+            m.worker_event(Phase::Compute, rayon::current_thread_index().unwrap_or(0), t0, Instant::now());
+        }
+    });
 }
 
 /// The distributed solver: two arrays (current and next), the interior and the boundary shell.
@@ -176,9 +189,35 @@ impl HeatSolver {
     /// # Errors
     /// MPI errors.
     pub fn step(&mut self, pool: &rayon::ThreadPool, overlap: bool, chunks: usize) -> Result<()> {
+        self.step_timed(pool, overlap, chunks, None)
+    }
+
+    /// As [`step`](HeatSolver::step), recording compute, halo post and halo wait (with the bytes the
+    /// halo plan moves) in `metrics`.
+    ///
+    /// Collective (neighbour-wise).
+    ///
+    /// # Errors
+    /// MPI errors.
+    pub fn step_timed(
+        &mut self,
+        pool: &rayon::ThreadPool,
+        overlap: bool,
+        chunks: usize,
+        mut metrics: Option<&mut Metrics>,
+    ) -> Result<()> {
         let (shape, three_d, r) = (self.shape, self.dims == 3, self.r);
+        let (sent, received, _) = self.u.halo_volume();
+        let (sent, received) = ((sent * 8) as u64, (received * 8) as u64);
+        let mark = |m: &mut Option<&mut Metrics>, phase: Phase, t0: Instant, bytes: u64| {
+            if let Some(m) = m.as_deref_mut() {
+                m.add(phase, t0, Instant::now(), bytes);
+            }
+        };
+        let t0 = Instant::now();
+        let mut ex = self.u.exchange_begin()?;
+        mark(&mut metrics, Phase::HaloPost, t0, sent);
         if overlap {
-            let mut ex = self.u.exchange_begin()?;
             let outer = if three_d { 0 } else { 1 };
             let (lo, hi) = (self.interior.lo[outer], self.interior.hi[outer]);
             let per = (hi.saturating_sub(lo)).div_ceil(chunks.max(1)).max(1);
@@ -188,22 +227,29 @@ impl HeatSolver {
                 b.lo[outer] = at;
                 b.hi[outer] = (at + per).min(hi);
                 let (u, out) = (self.u.as_slice(), self.next.as_slice_mut());
-                pool.install(|| sweep(u, out, shape, three_d, r, b));
+                let t0 = Instant::now();
+                let m = metrics.as_deref();
+                pool.install(|| sweep(u, out, shape, three_d, r, b, m));
+                mark(&mut metrics, Phase::Compute, t0, 0);
+                let t0 = Instant::now();
                 ex.progress()?;
+                mark(&mut metrics, Phase::HaloWait, t0, 0);
                 at = b.hi[outer];
             }
-            self.u.exchange_finish(ex)?;
-            let (u, out, shell) = (self.u.as_slice(), self.next.as_slice_mut(), &self.shell);
-            pool.install(|| {
-                for &b in shell {
-                    sweep(u, out, shape, three_d, r, b);
-                }
-            });
-        } else {
-            self.u.exchange()?;
-            let (u, out, b) = (self.u.as_slice(), self.next.as_slice_mut(), self.owned);
-            pool.install(|| sweep(u, out, shape, three_d, r, b));
         }
+        let t0 = Instant::now();
+        self.u.exchange_finish(ex)?;
+        mark(&mut metrics, Phase::HaloWait, t0, received);
+        let boxes: &[Box3] = if overlap { &self.shell } else { std::slice::from_ref(&self.owned) };
+        let (u, out) = (self.u.as_slice(), self.next.as_slice_mut());
+        let t0 = Instant::now();
+        let m = metrics.as_deref();
+        pool.install(|| {
+            for &b in boxes {
+                sweep(u, out, shape, three_d, r, b, m);
+            }
+        });
+        mark(&mut metrics, Phase::Compute, t0, 0);
         std::mem::swap(&mut self.u, &mut self.next);
         self.steps += 1;
         Ok(())

@@ -1,0 +1,498 @@
+//! Run-time metrics: per-rank timers for compute, halo exchange (post, wait), collectives and I/O,
+//! with counts and bytes moved; aggregation across ranks (min, mean, max, load imbalance, slowest
+//! rank); output as JSON, as a Prometheus textfile, and as a Chrome trace for Perfetto.
+//!
+//! Timing a region costs two `Instant::now()` calls (a vDSO clock read each, tens of nanoseconds)
+//! and an addition; nothing is allocated unless tracing is on. Aggregation is collective and is done
+//! when the program asks (every so often, and at the end).
+//!
+//! ```no_run
+//! use phalanx::services::metrics::{Metrics, Phase};
+//! let rt = phalanx::init()?;
+//! let world = rt.world();
+//! let mut m = Metrics::new(false);
+//! m.time(Phase::Compute, 0, || { /* work */ });
+//! let report = m.report(&world)?;                 // collective
+//! if let Some(r) = report {
+//!     println!("{r}");
+//!     r.write_prometheus("/var/lib/node_exporter/heat.prom".as_ref(), &[("job", "heat")])?;
+//! }
+//! # Ok::<(), phalanx::Error>(())
+//! ```
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::comm::{Comm, Op};
+use crate::error::{Error, ErrorKind, Result};
+
+/// What a rank is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Computation.
+    Compute,
+    /// Starting a halo exchange (packing, posting messages).
+    HaloPost,
+    /// Waiting for a halo exchange to finish (and unpacking).
+    HaloWait,
+    /// Collective operations (reductions, gathers, barriers).
+    Collective,
+    /// Reading and writing files.
+    Io,
+}
+
+/// Every phase, in report order.
+pub const PHASES: [Phase; 5] = [Phase::Compute, Phase::HaloPost, Phase::HaloWait, Phase::Collective, Phase::Io];
+
+impl Phase {
+    /// The name used in reports, metrics and traces.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Compute => "compute",
+            Phase::HaloPost => "halo_post",
+            Phase::HaloWait => "halo_wait",
+            Phase::Collective => "collective",
+            Phase::Io => "io",
+        }
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Totals of one phase on one rank.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PhaseTotals {
+    /// Seconds spent.
+    pub seconds: f64,
+    /// Number of timed regions.
+    pub count: u64,
+    /// Bytes moved (sent plus received for communication phases).
+    pub bytes: u64,
+}
+
+/// One trace event: a region on a thread of a rank.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Event {
+    phase: Phase,
+    thread: u32,
+    start_us: f64,
+    dur_us: f64,
+}
+
+/// At most this many trace events are kept per rank (the oldest are kept, later ones counted).
+const MAX_EVENTS: usize = 200_000;
+
+/// A rank's timers.
+#[derive(Debug)]
+pub struct Metrics {
+    start: Instant,
+    totals: [PhaseTotals; 5],
+    trace: Option<Mutex<Vec<Event>>>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Metrics {
+    /// New timers, started now; with `trace`, every timed region is also recorded as a trace event.
+    pub fn new(trace: bool) -> Metrics {
+        Metrics {
+            start: Instant::now(),
+            totals: [PhaseTotals::default(); 5],
+            trace: trace.then(|| Mutex::new(Vec::new())),
+            dropped: Default::default(),
+        }
+    }
+
+    /// Whether trace events are recorded.
+    pub fn tracing(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    /// Runs `f`, adding its duration and `bytes` to `phase` (main thread, track 0).
+    #[inline]
+    pub fn time<R>(&mut self, phase: Phase, bytes: u64, f: impl FnOnce() -> R) -> R {
+        let t0 = Instant::now();
+        let out = f();
+        let t1 = Instant::now();
+        self.add(phase, t0, t1, bytes);
+        out
+    }
+
+    /// Adds a region that ran from `t0` to `t1` on the main thread.
+    #[inline]
+    pub fn add(&mut self, phase: Phase, t0: Instant, t1: Instant, bytes: u64) {
+        let t = &mut self.totals[phase.index()];
+        t.seconds += (t1 - t0).as_secs_f64();
+        t.count += 1;
+        t.bytes += bytes;
+        self.event(phase, 0, t0, t1);
+    }
+
+    /// Records a trace event for a region on worker thread `worker` (track `worker + 1`); does not
+    /// add to the totals (the main thread's region that spawned the work does). Callable from any
+    /// thread.
+    #[inline]
+    pub fn worker_event(&self, phase: Phase, worker: usize, t0: Instant, t1: Instant) {
+        self.event(phase, worker as u32 + 1, t0, t1);
+    }
+
+    fn event(&self, phase: Phase, thread: u32, t0: Instant, t1: Instant) {
+        if let Some(tr) = &self.trace {
+            let e = Event {
+                phase,
+                thread,
+                start_us: (t0 - self.start).as_secs_f64() * 1e6,
+                dur_us: (t1 - t0).as_secs_f64() * 1e6,
+            };
+            match tr.lock() {
+                Ok(mut v) if v.len() < MAX_EVENTS => v.push(e),
+                _ => {
+                    self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// This rank's totals per phase.
+    pub fn totals(&self, phase: Phase) -> PhaseTotals {
+        self.totals[phase.index()]
+    }
+
+    /// Seconds since the timers started.
+    pub fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Aggregates every rank's timers on rank 0 (`Some` there, `None` elsewhere).
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// MPI errors.
+    pub fn report(&self, comm: &Comm) -> Result<Option<MetricsReport>> {
+        let mut mine = vec![self.elapsed()];
+        for t in &self.totals {
+            mine.extend([t.seconds, t.count as f64, t.bytes as f64]);
+        }
+        let all = comm.gather(mine_array(&mine), 0)?;
+        let Some(all) = all else { return Ok(None) };
+        let ranks = all.len();
+        let per_rank: Vec<RankTotals> = all
+            .iter()
+            .map(|v| RankTotals {
+                wall: v[0],
+                phases: std::array::from_fn(|i| PhaseTotals {
+                    seconds: v[1 + 3 * i],
+                    count: v[2 + 3 * i] as u64,
+                    bytes: v[3 + 3 * i] as u64,
+                }),
+            })
+            .collect();
+        let phases = PHASES.map(|p| {
+            let xs: Vec<f64> = per_rank.iter().map(|r| r.phases[p.index()].seconds).collect();
+            PhaseSummary::of(
+                p,
+                &xs,
+                per_rank.iter().map(|r| r.phases[p.index()].bytes).sum(),
+                per_rank.iter().map(|r| r.phases[p.index()].count).sum(),
+            )
+        });
+        let busy: Vec<f64> = per_rank.iter().map(|r| r.phases.iter().map(|p| p.seconds).sum()).collect();
+        let compute = &phases[Phase::Compute.index()];
+        Ok(Some(MetricsReport {
+            ranks,
+            wall: per_rank.iter().map(|r| r.wall).fold(0.0, f64::max),
+            imbalance: if compute.mean > 0.0 { compute.max / compute.mean } else { 1.0 },
+            slowest_rank: compute.max_rank,
+            busiest_rank: busy.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(r, _)| r),
+            phases,
+            per_rank,
+        }))
+    }
+
+    /// Gathers every rank's trace events on rank 0 and writes them to `path` as Chrome trace-event
+    /// JSON (one process per rank, one thread track per thread; open it in Perfetto or
+    /// chrome://tracing). Ranks' clocks are aligned by a barrier taken just before.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] if tracing is off; I/O errors on rank 0; MPI errors.
+    pub fn write_trace(&self, comm: &Comm, path: &Path) -> Result<()> {
+        let Some(tr) = &self.trace else {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "write_trace",
+                Some(comm.rank()),
+                "tracing was not enabled (Metrics::new(true))",
+            ));
+        };
+        let events = tr.lock().map(|v| v.clone()).unwrap_or_default();
+        // Each rank's events as (phase, thread, start, duration), relative to its own start; the
+        // offsets between ranks' starts are measured against a common barrier.
+        comm.barrier()?;
+        let offset = self.start.elapsed().as_secs_f64() * 1e6;
+        let flat: Vec<f64> = std::iter::once(offset)
+            .chain(events.iter().flat_map(|e| [e.phase.index() as f64, e.thread as f64, e.start_us, e.dur_us]))
+            .collect();
+        let Some(all) = comm.gatherv(&flat, 0)? else { return Ok(()) };
+        let mut out = Vec::new();
+        for (rank, blk) in all.iter().enumerate() {
+            out.push(json!({"name": "process_name", "ph": "M", "pid": rank, "args": {"name": format!("rank {rank}")}}));
+            let shift = -blk[0];
+            let mut threads = std::collections::BTreeSet::new();
+            for e in blk[1..].chunks_exact(4) {
+                threads.insert(e[1] as u32);
+                out.push(json!({"name": PHASES[e[0] as usize].name(), "ph": "X", "pid": rank, "tid": e[1] as u32,
+                                "ts": e[2] + shift, "dur": e[3]}));
+            }
+            for t in threads {
+                let name = if t == 0 { "main".to_string() } else { format!("worker {}", t - 1) };
+                out.push(json!({"name": "thread_name", "ph": "M", "pid": rank, "tid": t, "args": {"name": name}}));
+            }
+        }
+        let doc = json!({"traceEvents": out, "displayTimeUnit": "ms"});
+        write_atomically(path, serde_json::to_vec(&doc).unwrap_or_default().as_slice())
+            .map_err(|e| io_error("write_trace", path, e))
+    }
+}
+
+fn mine_array(v: &[f64]) -> [f64; 16] {
+    let mut a = [0.0; 16];
+    a[..v.len()].copy_from_slice(v);
+    a
+}
+
+fn io_error(op: &'static str, path: &Path, e: std::io::Error) -> Error {
+    Error::new(ErrorKind::Io, op, crate::runtime::world_rank(), format!("{}: {e}", path.display()))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, then a rename (so
+/// a reader such as node-exporter never sees half a file).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// One rank's totals as gathered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RankTotals {
+    /// Seconds since this rank's timers started.
+    pub wall: f64,
+    /// Per phase, in [`PHASES`] order.
+    pub phases: [PhaseTotals; 5],
+}
+
+/// One phase across ranks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhaseSummary {
+    /// The phase.
+    pub phase: Phase,
+    /// Smallest time of any rank, seconds.
+    pub min: f64,
+    /// Mean time over ranks, seconds.
+    pub mean: f64,
+    /// Largest time of any rank, seconds.
+    pub max: f64,
+    /// The rank with the largest time.
+    pub max_rank: usize,
+    /// Bytes moved, summed over ranks.
+    pub bytes: u64,
+    /// Timed regions, summed over ranks.
+    pub count: u64,
+}
+
+impl PhaseSummary {
+    fn of(phase: Phase, xs: &[f64], bytes: u64, count: u64) -> PhaseSummary {
+        let (max_rank, max) = xs.iter().copied().enumerate().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or((0, 0.0));
+        PhaseSummary {
+            phase,
+            min: xs.iter().copied().fold(f64::INFINITY, f64::min).min(max),
+            mean: xs.iter().sum::<f64>() / xs.len().max(1) as f64,
+            max,
+            max_rank,
+            bytes,
+            count,
+        }
+    }
+}
+
+/// Every rank's timers aggregated on rank 0.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsReport {
+    /// Number of ranks.
+    pub ranks: usize,
+    /// The longest wall time of any rank, seconds.
+    pub wall: f64,
+    /// Per phase.
+    pub phases: [PhaseSummary; 5],
+    /// Load imbalance of the computation: max / mean of the ranks' compute times (1 is perfect).
+    pub imbalance: f64,
+    /// The rank with the most compute time.
+    pub slowest_rank: usize,
+    /// The rank with the most time in all timed phases together.
+    pub busiest_rank: usize,
+    /// Every rank's totals.
+    pub per_rank: Vec<RankTotals>,
+}
+
+impl MetricsReport {
+    /// The report as JSON.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "ranks": self.ranks,
+            "wall_seconds": self.wall,
+            "imbalance": self.imbalance,
+            "slowest_rank": self.slowest_rank,
+            "busiest_rank": self.busiest_rank,
+            "phases": self.phases.iter().map(|p| (p.phase.name().to_string(), json!({
+                "min_seconds": p.min, "mean_seconds": p.mean, "max_seconds": p.max, "max_rank": p.max_rank,
+                "bytes": p.bytes, "count": p.count,
+            }))).collect::<serde_json::Map<String, Value>>(),
+            "per_rank": self.per_rank.iter().map(|r| json!({
+                "wall_seconds": r.wall,
+                "phases": PHASES.iter().map(|p| (p.name().to_string(), json!({
+                    "seconds": r.phases[p.index()].seconds, "count": r.phases[p.index()].count, "bytes": r.phases[p.index()].bytes,
+                }))).collect::<serde_json::Map<String, Value>>(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Writes [`to_json`](MetricsReport::to_json) to `path` (atomically).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_vec_pretty(&self.to_json()).unwrap_or_default();
+        write_atomically(path, &text).map_err(|e| io_error("write_json", path, e))
+    }
+
+    /// The report in the Prometheus text exposition format, every sample labelled with `labels`
+    /// (for example `job`, `run`).
+    pub fn to_prometheus(&self, labels: &[(&str, &str)], extra: &[(&str, f64)]) -> String {
+        let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        let base: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", esc(v))).collect();
+        let with = |more: &[(&str, &str)]| {
+            let mut l = base.clone();
+            l.extend(more.iter().map(|(k, v)| format!("{k}=\"{}\"", esc(v))));
+            format!("{{{}}}", l.join(","))
+        };
+        let mut s = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (l, v) in samples {
+                s.push_str(&format!("{name}{l} {v}\n"));
+            }
+        };
+        metric("phalanx_ranks", "gauge", "Ranks in the job.", vec![(with(&[]), self.ranks as f64)]);
+        metric(
+            "phalanx_wall_seconds",
+            "gauge",
+            "Wall time since the timers started, slowest rank.",
+            vec![(with(&[]), self.wall)],
+        );
+        let mut secs = Vec::new();
+        for p in &self.phases {
+            for (stat, v) in [("min", p.min), ("mean", p.mean), ("max", p.max)] {
+                secs.push((with(&[("phase", p.phase.name()), ("stat", stat)]), v));
+            }
+        }
+        metric("phalanx_phase_seconds", "gauge", "Seconds per phase across ranks (min, mean, max).", secs);
+        metric(
+            "phalanx_phase_bytes_total",
+            "counter",
+            "Bytes moved per phase, all ranks.",
+            self.phases.iter().map(|p| (with(&[("phase", p.phase.name())]), p.bytes as f64)).collect(),
+        );
+        metric(
+            "phalanx_phase_regions_total",
+            "counter",
+            "Timed regions per phase, all ranks.",
+            self.phases.iter().map(|p| (with(&[("phase", p.phase.name())]), p.count as f64)).collect(),
+        );
+        metric(
+            "phalanx_load_imbalance",
+            "gauge",
+            "Compute time max / mean over ranks.",
+            vec![(with(&[]), self.imbalance)],
+        );
+        metric(
+            "phalanx_slowest_rank",
+            "gauge",
+            "Rank with the most compute time.",
+            vec![(with(&[]), self.slowest_rank as f64)],
+        );
+        for (name, v) in extra {
+            metric(
+                &format!("phalanx_{name}"),
+                "gauge",
+                &format!("Program-defined value {name}."),
+                vec![(with(&[]), *v)],
+            );
+        }
+        s
+    }
+
+    /// Writes [`to_prometheus`](MetricsReport::to_prometheus) to `path` the way node-exporter's
+    /// textfile collector expects: a temporary file, then a rename.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn write_prometheus(&self, path: &Path, labels: &[(&str, &str)]) -> Result<()> {
+        self.write_prometheus_with(path, labels, &[])
+    }
+
+    /// As [`write_prometheus`](MetricsReport::write_prometheus), with extra program gauges (for
+    /// example `("step", 1200.0)`).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn write_prometheus_with(&self, path: &Path, labels: &[(&str, &str)], extra: &[(&str, f64)]) -> Result<()> {
+        write_atomically(path, self.to_prometheus(labels, extra).as_bytes())
+            .map_err(|e| io_error("write_prometheus", path, e))
+    }
+}
+
+impl fmt::Display for MetricsReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<12} {:>10} {:>10} {:>10} {:>9} {:>14}",
+            "phase", "min s", "mean s", "max s", "max rank", "bytes"
+        )?;
+        for p in &self.phases {
+            writeln!(
+                f,
+                "{:<12} {:>10.4} {:>10.4} {:>10.4} {:>9} {:>14}",
+                p.phase.name(),
+                p.min,
+                p.mean,
+                p.max,
+                p.max_rank,
+                p.bytes
+            )?;
+        }
+        write!(
+            f,
+            "load imbalance (compute max/mean) {:.3}, slowest rank {}, wall {:.3} s",
+            self.imbalance, self.slowest_rank, self.wall
+        )
+    }
+}
+
+/// Reduces a value over ranks while timing it as a collective.
+///
+/// Collective.
+///
+/// # Errors
+/// MPI errors.
+pub fn timed_allreduce(m: &mut Metrics, comm: &Comm, v: f64, op: Op) -> Result<f64> {
+    m.time(Phase::Collective, 16, || comm.allreduce(v, op))
+}
