@@ -58,10 +58,34 @@ impl Box3 {
     }
 }
 
-/// Updates one row segment `x in lo..hi` of row `(z, y)`.
+/// Updates one row segment, with 256-bit vectors when the CPU has AVX2 (chosen at run time; no FMA,
+/// so the results are the same bits as the baseline build's).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // hot inner function: plain arguments keep it transparent to LLVM
 fn row(u: &[f64], out: &mut [f64], shape: [usize; 3], three_d: bool, r: f64, z: usize, y: usize, lo: usize, hi: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above), the only requirement of a
+            // `#[target_feature(enable = "avx2")]` function.
+            unsafe { row_avx2(u, out, shape, three_d, r, z, y, lo, hi) };
+            return;
+        }
+    }
+    row_generic(u, out, shape, three_d, r, z, y, lo, hi);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+fn row_avx2(u: &[f64], out: &mut [f64], shape: [usize; 3], three_d: bool, r: f64, z: usize, y: usize, lo: usize, hi: usize) {
+    row_generic(u, out, shape, three_d, r, z, y, lo, hi);
+}
+
+/// Updates one row segment `x in lo..hi` of row `(z, y)`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // hot inner function: plain arguments keep it transparent to LLVM
+fn row_generic(u: &[f64], out: &mut [f64], shape: [usize; 3], three_d: bool, r: f64, z: usize, y: usize, lo: usize, hi: usize) {
     let w = shape[2];
     let plane = shape[1] * w;
     let at = z * plane + y * w;
