@@ -16,8 +16,9 @@ fn heat_hash_matches_serial(world: &Comm) {
         let t = world.start_threads(ThreadConfig::new().threads(threads).pin(PinPolicy::None)).unwrap();
         for (dims, n, steps) in [(2, 37, 25), (3, 13, 12)] {
             let want = field_hash_of(&serial_reference(dims, n, steps));
-            for (overlap, chunks) in [(true, 3), (false, 1), (true, 1)] {
+            for (overlap, chunks, stream) in [(true, 3, false), (false, 1, false), (true, 1, true), (false, 2, true)] {
                 let mut s = HeatSolver::new(world, dims, n, t.pool()).unwrap();
+                s.set_streaming_stores(stream);
                 for _ in 0..steps {
                     s.step(t.pool(), overlap, chunks).unwrap();
                 }
@@ -25,7 +26,7 @@ fn heat_hash_matches_serial(world: &Comm) {
                 assert_eq!(
                     got,
                     want,
-                    "{dims}-D n={n} on {} ranks x {threads} threads, overlap {overlap} (chunks {chunks})",
+                    "{dims}-D n={n} on {} ranks x {threads} threads, overlap {overlap} (chunks {chunks}), streaming stores {stream}",
                     world.size()
                 );
             }

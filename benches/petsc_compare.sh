@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Compares phalanx's heat example with the same problem written with PETSc's DMDA
+# (benches/petsc/heat_dmda.c), alternately (A B A B ...), at the same grid and rank count.
+# Needs PETSc (Debian: apt-get install petsc-dev); not part of ci/test.
+#
+#   benches/petsc_compare.sh [RANKS=1] [N=4000] [STEPS=100] [PAIRS=5]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ranks=${1:-1}; n=${2:-4000}; steps=${3:-100}; pairs=${4:-5}
+if ! pkg-config --exists PETSc; then
+  echo "PETSc not found (pkg-config PETSc): apt-get install petsc-dev, or load your site's PETSc module" >&2
+  exit 1
+fi
+if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+cargo build --release --example heat -q
+ref=target/release/heat_dmda
+# shellcheck disable=SC2046
+mpicc -O3 -march=native -o "$ref" benches/petsc/heat_dmda.c $(pkg-config --cflags --libs PETSc)
+out=$(mktemp)
+for _ in $(seq "$pairs"); do
+  mpirun -n "$ranks" --bind-to core "$ref" -n "$n" -steps "$steps" | tail -n 1 | sed 's/^/B /' >>"$out"
+  mpirun -n "$ranks" --bind-to none target/release/examples/heat --dims 2 --n "$n" --steps "$steps" --threads 1 --pin compact --json | tail -n 1 | sed 's/^/A /' >>"$out"
+done
+python3 - "$out" <<'PY'
+import json, statistics, sys
+rows = [l.split(" ", 1) for l in open(sys.argv[1])]
+a = [json.loads(j) for k, j in rows if k == "A"]
+b = [json.loads(j) for k, j in rows if k == "B"]
+ra, rb = [x["mlups"] for x in a], [x["mlups"] for x in b]
+print(f"ranks {a[0]['ranks']}, grid {a[0]['n']}^2, {a[0]['steps']} steps, {len(ra)} pairs")
+print(f"phalanx heat   median {statistics.median(ra):9.1f} M cell updates/s")
+print(f"PETSc DMDA     median {statistics.median(rb):9.1f} M cell updates/s")
+print(f"ratio phalanx / PETSc (median of pairs) {statistics.median([x / y for x, y in zip(ra, rb)]):.2f}")
+PY
+rm -f "$out"
