@@ -93,6 +93,39 @@ fn row(
     row_generic(u, out, shape, three_d, r, z, y, lo, hi);
 }
 
+/// The stencil's operands for a row segment: the row itself and its neighbours, all `hi - lo` long
+/// (`below`/`above` alias the row in 2-D, where they are not used).
+struct Neighbours<'a> {
+    c: &'a [f64],
+    west: &'a [f64],
+    east: &'a [f64],
+    north: &'a [f64],
+    south: &'a [f64],
+    below: &'a [f64],
+    above: &'a [f64],
+}
+
+impl<'a> Neighbours<'a> {
+    #[inline(always)]
+    fn of(u: &'a [f64], shape: [usize; 3], three_d: bool, z: usize, y: usize, lo: usize, hi: usize) -> Self {
+        let w = shape[2];
+        let plane = shape[1] * w;
+        let at = z * plane + y * w;
+        let c = &u[at + lo..at + hi];
+        let (below, above) =
+            if three_d { (&u[at - plane + lo..at - plane + hi], &u[at + plane + lo..at + plane + hi]) } else { (c, c) };
+        Neighbours {
+            c,
+            west: &u[at + lo - 1..at + hi - 1],
+            east: &u[at + lo + 1..at + hi + 1],
+            north: &u[at - w + lo..at - w + hi],
+            south: &u[at + w + lo..at + w + hi],
+            below,
+            above,
+        }
+    }
+}
+
 /// The same row update with non-temporal (streaming) stores: the output bypasses the cache, so a
 /// large sweep moves 16 bytes per update instead of 24 (no write-allocate read). The arithmetic is
 /// the same sequence of IEEE operations as [`update2`]/[`update3`], so the bits are the same.
@@ -111,19 +144,7 @@ fn row_stream_avx2(
     hi: usize,
 ) {
     use std::arch::x86_64::*;
-    let w = shape[2];
-    let plane = shape[1] * w;
-    let at = z * plane + y * w;
-    let c = &u[at + lo..at + hi];
-    let west = &u[at + lo - 1..at + hi - 1];
-    let east = &u[at + lo + 1..at + hi + 1];
-    let north = &u[at - w + lo..at - w + hi];
-    let south = &u[at + w + lo..at + w + hi];
-    let (below, above) = if three_d {
-        (&u[at - plane + lo..at - plane + hi], &u[at + plane + lo..at + plane + hi])
-    } else {
-        (c, c) // unused in 2-D
-    };
+    let Neighbours { c, west, east, north, south, below, above } = Neighbours::of(u, shape, three_d, z, y, lo, hi);
     let o = &mut out[lo..hi];
     let len = o.len();
     let scalar = |i: usize| {
@@ -201,18 +222,9 @@ fn row_generic(
     lo: usize,
     hi: usize,
 ) {
-    let w = shape[2];
-    let plane = shape[1] * w;
-    let at = z * plane + y * w;
-    let c = &u[at + lo..at + hi];
-    let west = &u[at + lo - 1..at + hi - 1];
-    let east = &u[at + lo + 1..at + hi + 1];
-    let north = &u[at - w + lo..at - w + hi];
-    let south = &u[at + w + lo..at + w + hi];
+    let Neighbours { c, west, east, north, south, below, above } = Neighbours::of(u, shape, three_d, z, y, lo, hi);
     let o = &mut out[lo..hi];
     if three_d {
-        let below = &u[at - plane + lo..at - plane + hi];
-        let above = &u[at + plane + lo..at + plane + hi];
         for i in 0..o.len() {
             o[i] = update3(r, c[i], north[i], south[i], west[i], east[i], below[i], above[i]);
         }
