@@ -1,0 +1,169 @@
+//! Multi-node runs on an emulated cluster (network namespaces, `ci/cluster`): heat and nbody at
+//! 2 nodes x 2 ranks and 4 nodes x 1 rank over TCP must give the same field hash / pass the same
+//! check as on one node, the node-local communicator must see the emulated nodes, and a run with
+//! 200 us added per link must still give the identical hash.
+//!
+//! Runs when this machine can create network namespaces (root); otherwise prints a SKIPPED line
+//! naming the missing capability. Plain `harness = false` program: it prints its own results.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join("examples").join(name);
+    if !path.exists() {
+        let ok = Command::new(env!("CARGO")).args(["build", "--example", name]).status().expect("cargo").success();
+        assert!(ok, "cargo build --example {name} failed");
+    }
+    path
+}
+
+fn run(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn cluster(args: &[&str]) -> Output {
+    let dir = std::env::temp_dir().join(format!("phalanx-cluster-test-{}", std::process::id()));
+    run(
+        Command::new(root().join("ci/cluster"))
+            .args(args)
+            .env("PHALANX_CLUSTER_DIR", &dir)
+            .env("PHALANX_CLUSTER_SLOTS", slots()),
+        Duration::from_secs(300),
+    )
+}
+
+fn slots() -> String {
+    std::env::var("PHALANX_CLUSTER_SLOTS").unwrap_or_else(|_| "2".into())
+}
+
+/// Tears the cluster down however the test ends.
+struct Down;
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = cluster(&["down"]);
+    }
+}
+
+fn json_last(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "run failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("the last line is JSON")
+}
+
+fn heat_args() -> Vec<&'static str> {
+    vec!["--n", "67", "--steps", "15", "--threads", "1", "--pin", "none", "--json", "--report-bindings"]
+}
+
+fn check_layout(nodes: usize, per_node: usize, heat_hash: &str) {
+    std::env::set_var("PHALANX_CLUSTER_SLOTS", per_node.to_string());
+    let up = cluster(&["up", &nodes.to_string()]);
+    assert!(up.status.success(), "ci/cluster up failed: {}", String::from_utf8_lossy(&up.stderr));
+    let np = (nodes * per_node).to_string();
+    let heat = example("heat");
+    let mut args = vec!["run", &np, heat.to_str().unwrap()];
+    args.extend(heat_args());
+    let out = cluster(&args);
+    let j = json_last(&out);
+    assert_eq!(j["field_hash"], heat_hash, "{nodes} nodes x {per_node}: the field hash differs from one node's");
+    // The binding report (stderr of rank 0) names every emulated node, each with local ranks 0..per_node.
+    let report = String::from_utf8_lossy(&out.stderr);
+    for n in 1..=nodes {
+        let host = format!("node{n}");
+        let local: Vec<&str> = report.lines().filter(|l| l.starts_with(&host) && l.contains("main")).collect();
+        assert_eq!(local.len(), per_node, "binding report rows for {host}:\n{report}");
+        for (k, l) in local.iter().enumerate() {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(cols[2], k.to_string(), "local rank on {host}: {l}");
+        }
+    }
+    let nbody = example("nbody");
+    let out = cluster(&[
+        "run",
+        &np,
+        nbody.to_str().unwrap(),
+        "--bodies",
+        "120",
+        "--steps",
+        "3",
+        "--threads",
+        "1",
+        "--pin",
+        "none",
+        "--check",
+        "--json",
+    ]);
+    let j = json_last(&out);
+    assert_eq!(j["check"]["passed"], true, "nbody --check on {nodes} nodes x {per_node}");
+    println!("cluster: {nodes} nodes x {per_node} ranks ... ok (heat hash {heat_hash}, nbody check passed)");
+}
+
+fn main() {
+    let check = cluster(&["check"]);
+    if !check.status.success() {
+        println!("cluster: SKIPPED: {}", String::from_utf8_lossy(&check.stdout).trim());
+        println!("cluster: 0 passed, 0 failed, 1 skipped");
+        return;
+    }
+    let _down = Down;
+    // The one-node reference.
+    let mut one = Command::new("mpirun");
+    one.args(["-n", "1"])
+        .arg(example("heat"))
+        .args(heat_args())
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    let reference = json_last(&run(&mut one, Duration::from_secs(120)))["field_hash"].as_str().unwrap().to_string();
+    let mut passed = 0;
+    check_layout(2, 2, &reference);
+    passed += 1;
+    check_layout(4, 1, &reference);
+    passed += 1;
+    // Shaped links: slower, same answer. 200 us of delay needs netem; a kernel without it says so.
+    std::env::set_var("PHALANX_CLUSTER_SLOTS", "1");
+    let heat = example("heat");
+    let mut args = vec!["run", "2", heat.to_str().unwrap()];
+    args.extend(heat_args());
+    let mut skipped = 0;
+    let delayed = cluster(&["up", "2", "200us"]);
+    if delayed.status.success() {
+        let j = json_last(&cluster(&args));
+        assert_eq!(j["field_hash"], reference.as_str(), "200 us links changed the result");
+        println!(
+            "cluster: 2 nodes with 200 us per link ... ok ({:.2} ms per step)",
+            j["seconds"].as_f64().unwrap() / 15.0 * 1e3
+        );
+        passed += 1;
+    } else {
+        println!(
+            "cluster: 2 nodes with 200 us per link ... SKIPPED: {}",
+            String::from_utf8_lossy(&delayed.stderr).trim()
+        );
+        skipped += 1;
+    }
+    assert!(cluster(&["up", "2", "", "200mbit"]).status.success(), "rate-limited links (tbf)");
+    let j = json_last(&cluster(&args));
+    assert_eq!(j["field_hash"], reference.as_str(), "rate-limited links changed the result");
+    println!(
+        "cluster: 2 nodes with 200 Mbit/s links ... ok ({:.2} ms per step)",
+        j["seconds"].as_f64().unwrap() / 15.0 * 1e3
+    );
+    passed += 1;
+    println!("cluster: {passed} passed, 0 failed, {skipped} skipped");
+}
