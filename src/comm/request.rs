@@ -44,7 +44,8 @@ pub struct RecvRequest<'c, T: Pod> {
 #[derive(Debug)]
 pub struct AllreduceRequest<T: Pod> {
     req: MPI_Request,
-    send: Vec<T>,
+    // Owned only so that it outlives the operation: MPI reads it, Rust never does.
+    _send: Vec<T>,
     recv: Vec<T>,
     rank: i32,
     _not_send: PhantomData<*const ()>,
@@ -174,8 +175,6 @@ impl<T: Pod> Drop for AllreduceRequest<T> {
             // Collectives cannot be cancelled; the buffers must outlive the operation.
             let _ = ffi::wait(&mut self.req, "iallreduce.drop", self.rank);
         }
-        // `send` is only read by MPI; keep it alive until here.
-        let _ = &self.send;
     }
 }
 
@@ -244,6 +243,6 @@ impl Comm {
         let req = unsafe {
             ffi::iallreduce_typed(data.as_ptr(), recv.as_mut_ptr(), data.len(), dt, mpi_op, self.raw, OP, self.rank)?
         };
-        Ok(AllreduceRequest { req, send: data, recv, rank: self.rank, _not_send: PhantomData })
+        Ok(AllreduceRequest { req, _send: data, recv, rank: self.rank, _not_send: PhantomData })
     }
 }
