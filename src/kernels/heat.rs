@@ -275,6 +275,31 @@ fn sweep(
     });
 }
 
+/// One Jacobi sweep of a plain `n`^`dims` grid stored with a one-cell border (row-major,
+/// `(n + 2)`^`dims` elements): every interior cell of `out` gets its update from `u`, in parallel in
+/// the current rayon pool. The kernel the distributed solver runs, without MPI (for benchmarks and
+/// single-process use).
+///
+/// Local.
+///
+/// # Panics
+/// If `dims` is not 2 or 3, or a slice is shorter than `(n + 2)`^`dims`.
+pub fn sweep_grid(u: &[f64], out: &mut [f64], dims: usize, n: usize) {
+    assert!(dims == 2 || dims == 3, "dims must be 2 or 3, not {dims}");
+    let g = n + 2;
+    let shape = if dims == 2 { [1, g, g] } else { [g, g, g] };
+    let cells: usize = shape.iter().product();
+    assert!(
+        u.len() >= cells && out.len() >= cells,
+        "grids of {} and {} elements for {cells} cells",
+        u.len(),
+        out.len()
+    );
+    let lo = if dims == 2 { [0, 1, 1] } else { [1, 1, 1] };
+    let hi = if dims == 2 { [1, n + 1, n + 1] } else { [n + 1, n + 1, n + 1] };
+    sweep(u, out, shape, dims == 3, default_r(dims), Box3 { lo, hi }, None, false);
+}
+
 /// The distributed solver: two arrays (current and next), the interior and the boundary shell.
 #[derive(Debug)]
 pub struct HeatSolver {

@@ -1,0 +1,47 @@
+// criterion_group! generates an undocumented public function; this file is a benchmark, not API.
+#![allow(missing_docs)]
+
+//! criterion benchmarks of the simulation kernels, single process, no MPI:
+//! `cargo bench --bench kernels`. Throughput is reported in cell updates (heat) and pairwise
+//! interactions (nbody) per second.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use phalanx::kernels::heat::sweep_grid;
+use phalanx::kernels::nbody::{accumulate_forces, Bodies};
+
+fn heat(c: &mut Criterion) {
+    let mut g = c.benchmark_group("heat_sweep");
+    g.sample_size(20);
+    for (dims, n) in [(2usize, 1024usize), (2, 4000), (3, 160)] {
+        let cells = (n + 2).pow(dims as u32);
+        let u: Vec<f64> = (0..cells).map(|i| (i % 97) as f64 * 0.01).collect();
+        let mut out = vec![0.0; cells];
+        g.throughput(Throughput::Elements(n.pow(dims as u32) as u64));
+        // One thread: the per-core figure docs/PERFORMANCE.md compares with the copy roofline.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+        g.bench_with_input(BenchmarkId::new(format!("{dims}d_1thread"), n), &n, |b, &n| {
+            b.iter(|| pool.install(|| sweep_grid(&u, &mut out, dims, n)))
+        });
+    }
+    g.finish();
+}
+
+fn nbody(c: &mut Criterion) {
+    let mut g = c.benchmark_group("nbody_forces");
+    for n in [1024usize, 4096] {
+        let b = Bodies::cluster(n, 0..n);
+        let mut src = Vec::with_capacity(4 * n);
+        for a in [&b.x, &b.y, &b.z, &b.m] {
+            src.extend_from_slice(a);
+        }
+        let (mut ax, mut ay, mut az) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        g.throughput(Throughput::Elements((n * n) as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |bench, _| {
+            bench.iter(|| accumulate_forces([&b.x, &b.y, &b.z], &src, 1e-4, [&mut ax, &mut ay, &mut az]))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, heat, nbody);
+criterion_main!(benches);
