@@ -6,37 +6,12 @@
 //! Runs when this machine can create network namespaces (root); otherwise prints a SKIPPED line
 //! naming the missing capability. Plain `harness = false` program: it prints its own results.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use std::process::{Command, Output};
+use std::time::Duration;
 
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join("examples").join(name);
-    if !path.exists() {
-        let ok = Command::new(env!("CARGO")).args(["build", "--example", name]).status().expect("cargo").success();
-        assert!(ok, "cargo build --example {name} failed");
-    }
-    path
-}
-
-fn run(cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let start = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
-}
+use common::{example, root, run};
 
 fn cluster(args: &[&str]) -> Output {
     let dir = std::env::temp_dir().join(format!("phalanx-cluster-test-{}", std::process::id()));

@@ -1,36 +1,18 @@
 //! The example programs as a user runs them: through mpirun, with their command-line contract
 //! (`--help`, `--json` as the last line, `--check`, `--png`, exit codes).
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-/// `target/<profile>/examples/NAME`: built by a full `cargo test`, or here when the test runs alone.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join("examples").join(name);
-    if !path.exists() {
-        let status = Command::new(env!("CARGO")).args(["build", "--example", name]).status().expect("run cargo");
-        assert!(status.success(), "cargo build --example {name} failed");
-    }
-    assert!(path.exists(), "{} is missing after building it", path.display());
-    path
-}
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::example;
 
 /// Runs a command with the Open MPI root settings (test harness only), killing it after `limit`.
 fn run(mut cmd: Command, limit: Duration) -> Output {
-    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1").stdin(Stdio::null());
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let start = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    common::run(&mut cmd, limit)
 }
 
 fn mpirun(n: usize, exe: &PathBuf, args: &[&str]) -> Output {

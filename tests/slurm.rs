@@ -4,37 +4,17 @@
 //! single-node field hash; nbody: a passed --check). Needs root to start the daemons; otherwise it
 //! prints a SKIPPED line naming why. Plain `harness = false` program.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{example, root, run};
 
 fn examples_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples");
-    for name in ["heat", "nbody"] {
-        if !dir.join(name).exists() {
-            let ok = Command::new(env!("CARGO")).args(["build", "--example", name]).status().expect("cargo").success();
-            assert!(ok, "cargo build --example {name} failed");
-        }
-    }
-    dir
-}
-
-fn run(cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let start = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("output")
+    example("nbody");
+    example("heat").parent().expect("examples dir").to_path_buf()
 }
 
 struct Daemons(PathBuf);

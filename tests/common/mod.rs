@@ -1,0 +1,39 @@
+//! Helpers for tests that run whole programs (the examples, mpirun, ci/ scripts) as a user would.
+
+#![allow(dead_code)] // each test program uses its own subset
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// `target/<profile>/examples/NAME`: built by a full `cargo test`, or here when a test runs alone.
+pub(crate) fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples");
+    let path = dir.join(name);
+    if !path.exists() {
+        let ok = Command::new(env!("CARGO")).args(["build", "--example", name]).status().expect("run cargo").success();
+        assert!(ok, "cargo build --example {name} failed");
+    }
+    assert!(path.exists(), "{} is missing after building it", path.display());
+    path
+}
+
+/// Runs `cmd` with no standard input, collecting its output; kills it and panics after `limit`.
+pub(crate) fn run(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// The repository's root.
+pub(crate) fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
