@@ -43,13 +43,22 @@ fn iters_for(size: usize, base: usize) -> (usize, usize) {
     (n / 10, n)
 }
 
+/// Runs `body` `warm` times untimed, then (after a barrier) `iters` times; returns the seconds the
+/// timed iterations took on this rank.
+fn timed(w: &Comm, warm: usize, iters: usize, mut body: impl FnMut() -> phalanx::Result<()>) -> phalanx::Result<f64> {
+    for _ in 0..warm {
+        body()?;
+    }
+    w.barrier()?;
+    let t0 = phalanx::runtime::wtime();
+    for _ in 0..iters {
+        body()?;
+    }
+    Ok(phalanx::runtime::wtime() - t0)
+}
+
 fn latency(w: &Comm, buf: &mut [u8], warm: usize, iters: usize) -> phalanx::Result<f64> {
-    let mut t0 = 0.0;
-    for i in 0..warm + iters {
-        if i == warm {
-            w.barrier()?;
-            t0 = phalanx::runtime::wtime();
-        }
+    let t = timed(w, warm, iters, || {
         match w.rank() {
             0 => {
                 w.send(buf, 1, 1)?;
@@ -61,17 +70,13 @@ fn latency(w: &Comm, buf: &mut [u8], warm: usize, iters: usize) -> phalanx::Resu
             }
             _ => {}
         }
-    }
-    Ok((phalanx::runtime::wtime() - t0) / (2 * iters) as f64 * 1e6)
+        Ok(())
+    })?;
+    Ok(t / (2 * iters) as f64 * 1e6)
 }
 
 fn bandwidth(w: &Comm, sbuf: &[u8], rbuf: &mut [u8], size: usize, warm: usize, iters: usize) -> phalanx::Result<f64> {
-    let mut t0 = 0.0;
-    for i in 0..warm + iters {
-        if i == warm {
-            w.barrier()?;
-            t0 = phalanx::runtime::wtime();
-        }
+    let t = timed(w, warm, iters, || {
         match w.rank() {
             0 => {
                 w.scope(|s| -> phalanx::Result<()> {
@@ -93,24 +98,16 @@ fn bandwidth(w: &Comm, sbuf: &[u8], rbuf: &mut [u8], size: usize, warm: usize, i
             }
             _ => {}
         }
-    }
-    let t = phalanx::runtime::wtime() - t0;
+        Ok(())
+    })?;
     Ok((size * WINDOW * iters) as f64 / t / 1e6)
 }
 
 fn allreduce(w: &Comm, count: usize, warm: usize, iters: usize) -> phalanx::Result<f64> {
     let x = vec![1.0f64; count];
     let mut y = vec![0.0f64; count];
-    let mut t0 = 0.0;
-    for i in 0..warm + iters {
-        if i == warm {
-            w.barrier()?;
-            t0 = phalanx::runtime::wtime();
-        }
-        w.allreduce_into(&x, &mut y, Op::Sum)?;
-    }
-    let mine = (phalanx::runtime::wtime() - t0) / iters as f64 * 1e6;
-    w.allreduce(mine, Op::Max)
+    let t = timed(w, warm, iters, || w.allreduce_into(&x, &mut y, Op::Sum))?;
+    w.allreduce(t / iters as f64 * 1e6, Op::Max)
 }
 
 fn sizes(max: usize) -> Vec<usize> {
