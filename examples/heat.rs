@@ -7,8 +7,15 @@
 //! mpirun -n 4 target/release/examples/heat --dims 3 --threads 1 --check --json
 //! ```
 //!
-//! The low face of dimension 0 is held at 1, the other faces at 0, the interior starts at 0. Exit
-//! codes: 0 success, 1 a failed `--check`, 2 bad arguments, 3 a runtime (MPI, I/O) error.
+//! The low face of dimension 0 is held at 1, the other faces at 0, the interior starts at 0.
+//!
+//! Checkpoints: `--checkpoint-dir DIR --checkpoint-every K` writes a generation every K steps;
+//! `--restart` continues from the newest valid one, on any number of ranks, to the same final
+//! field (same `field_hash`). With a checkpoint directory, SIGUSR1 or SIGTERM make every rank write
+//! a checkpoint at the next step and exit 0 (see `examples/slurm/heat-checkpoint.sbatch`).
+//!
+//! Exit codes: 0 success (also a clean stop on a signal), 1 a failed `--check`, 2 bad arguments,
+//! 3 a runtime (MPI, I/O, checkpoint) error, 124 ended by the watchdog.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -17,7 +24,9 @@ use clap::Parser;
 use phalanx::comm::{Op, ThreadConfig};
 use phalanx::kernels::heat::{serial_reference, HeatSolver};
 use phalanx::runtime::PinPolicy;
+use phalanx::services::checkpoint::{Checkpoint, CheckpointStore};
 use phalanx::services::metrics::{Metrics, MetricsReport};
+use phalanx::services::{fault, signals, watchdog::Watchdog};
 
 #[derive(Parser, Debug)]
 #[command(about = "Explicit heat equation (Jacobi sweep) on a distributed grid")]
@@ -75,6 +84,24 @@ struct Args {
     /// Print a JSON summary as the last line of standard output (rank 0).
     #[arg(long)]
     json: bool,
+    /// Directory for checkpoint generations (on a file system every rank can read). With it,
+    /// SIGUSR1 or SIGTERM make the run write a checkpoint and exit cleanly.
+    #[arg(long)]
+    checkpoint_dir: Option<std::path::PathBuf>,
+    /// Write a checkpoint every this many steps (0: only on a signal).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: usize,
+    /// Checkpoint generations to keep.
+    #[arg(long, default_value_t = 2)]
+    checkpoint_keep: usize,
+    /// Continue from the newest valid checkpoint in --checkpoint-dir (any rank count or grid); a
+    /// fresh start if there is none.
+    #[arg(long, requires = "checkpoint_dir")]
+    restart: bool,
+    /// End the job, naming the stuck ranks and operations, when a rank makes no progress for this
+    /// many seconds.
+    #[arg(long)]
+    watchdog: Option<f64>,
 }
 
 /// A perceptual-ish colour map (black, purple, orange, yellow) for values in 0..=1.
@@ -141,6 +168,28 @@ fn run(args: &Args) -> phalanx::Result<i32> {
     let overlap = args.overlap == "on";
     let root = world.rank() == 0;
     let mut solver = HeatSolver::new(&world, dims, n, threads.pool())?;
+    let store = args.checkpoint_dir.as_ref().map(|d| CheckpointStore::new(d, args.checkpoint_keep));
+    if store.is_some() {
+        signals::install_stop_handler()?;
+    }
+    let mut restarted_from = None;
+    if let (Some(store), true) = (&store, args.restart) {
+        if let Some(g) = store.latest(&world)? {
+            solver.restore(&g, "u")?;
+            restarted_from = Some(g.step());
+            if root {
+                println!("restart: step {} from {} (written by {} ranks)", g.step(), g.path().display(), g.ranks());
+            }
+        } else if root {
+            println!("restart: no checkpoint in {}, starting at step 0", store.dir().display());
+        }
+    }
+    let first = solver.steps();
+    let checkpoint = |solver: &HeatSolver| -> phalanx::Result<std::path::PathBuf> {
+        let mut c = Checkpoint::new(solver.steps() as u64);
+        c.array("u", solver.field()).attr("n", n).attr("dims", dims);
+        store.as_ref().expect("checkpoint dir").write(&world, &c)
+    };
     let copy_gbs = if args.roofline {
         let bw = copy_bandwidth(threads.pool(), solver.field().as_slice().len());
         Some(world.allreduce(bw, Op::Sum)?)
@@ -150,6 +199,7 @@ fn run(args: &Args) -> phalanx::Result<i32> {
     let tty = root && std::io::stderr().is_terminal();
     let bar = tty.then(|| {
         let b = indicatif::ProgressBar::new(args.steps as u64);
+        b.set_position(first as u64);
         b.set_style(
             indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps {per_sec} eta {eta}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -165,15 +215,38 @@ fn run(args: &Args) -> phalanx::Result<i32> {
         }
         Ok(())
     };
+    let dog = args.watchdog.map(|s| Watchdog::start(&world, Duration::from_secs_f64(s))).transpose()?;
     world.barrier()?;
     let mut metrics = Metrics::new(args.trace.is_some());
     let start = Instant::now();
     let mut last = Instant::now();
-    for s in 0..args.steps {
+    let mut stopped_by = None;
+    for s in first..args.steps {
+        fault::at_step(s as u64);
         let timers = (args.timers == "on").then_some(&mut metrics);
         solver.step_timed(threads.pool(), overlap, args.chunks, timers)?;
+        if store.is_some() {
+            let every = args.checkpoint_every > 0 && (s + 1) % args.checkpoint_every == 0;
+            stopped_by = signals::stop_requested(&world)?;
+            if every || stopped_by.is_some() {
+                let path = checkpoint(&solver)?;
+                if root && stopped_by.is_some() {
+                    println!("stopped: checkpoint of step {} in {}", s + 1, path.display());
+                }
+            }
+            if let Some(sig) = stopped_by {
+                if root {
+                    eprintln!(
+                        "heat: {} received: stopping after step {} (resume with --restart)",
+                        signals::signal_name(sig),
+                        s + 1
+                    );
+                }
+                break;
+            }
+        }
         if args.prometheus.is_some() && args.metrics_every > 0 && (s + 1) % args.metrics_every == 0 {
-            let rate = (n as f64).powi(dims as i32) * (s + 1) as f64 / start.elapsed().as_secs_f64() / 1e6;
+            let rate = (n as f64).powi(dims as i32) * (s + 1 - first) as f64 / start.elapsed().as_secs_f64() / 1e6;
             if let Some(r) = metrics.report(&world)? {
                 publish(&r, s + 1, rate)?;
             }
@@ -185,13 +258,17 @@ fn run(args: &Args) -> phalanx::Result<i32> {
             eprintln!("heat: step {}/{} ({:.1} s)", s + 1, args.steps, start.elapsed().as_secs_f64());
         }
     }
+    if let Some(d) = dog {
+        d.stop(&world)?;
+    }
     world.barrier()?;
     let seconds = world.allreduce(start.elapsed().as_secs_f64(), Op::Max)?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let done = solver.steps() - first;
     let cells = (n as f64).powi(dims as i32);
-    let mlups = cells * args.steps as f64 / seconds / 1e6;
+    let mlups = cells * done as f64 / seconds / 1e6;
     let hash = solver.field().field_hash()?;
     let report = metrics.report(&world)?;
     if let Some(r) = &report {
@@ -203,7 +280,7 @@ fn run(args: &Args) -> phalanx::Result<i32> {
     if let Some(p) = &args.trace {
         metrics.write_trace(&world, p)?;
     }
-    let need_global = args.check || args.png.is_some();
+    let need_global = (args.check && stopped_by.is_none()) || args.png.is_some();
     let global = if need_global { solver.field().gather(0)? } else { None };
     let mut code = 0;
     let mut check = serde_json::Value::Null;
@@ -234,8 +311,7 @@ fn run(args: &Args) -> phalanx::Result<i32> {
             phalanx::runtime::PinPlan::Unpinned { .. } => "not pinned".into(),
         };
         println!(
-            "heat {dims}-D {n}^{dims}, {} steps on {} ranks x {} threads ({pinned}), overlap {}: {seconds:.3} s, {mlups:.1} M cell updates/s, field hash {hash:032x}",
-            args.steps,
+            "heat {dims}-D {n}^{dims}, {done} steps on {} ranks x {} threads ({pinned}), overlap {}: {seconds:.3} s, {mlups:.1} M cell updates/s, field hash {hash:032x}",
             world.size(),
             threads.threads(),
             args.overlap
@@ -254,7 +330,8 @@ fn run(args: &Args) -> phalanx::Result<i32> {
             let j = serde_json::json!({
                 "copy_gbs": copy_gbs, "roofline_fraction": copy_gbs.map(|bw| mlups / (bw * 1e9 / 24.0 / 1e6)),
                 "example": "heat", "ranks": world.size(), "threads": threads.threads(), "dims": dims, "n": n,
-                "steps": args.steps, "seconds": seconds, "mlups": mlups, "field_hash": format!("{hash:032x}"),
+                "steps": solver.steps(), "steps_this_run": done, "restarted_from": restarted_from,
+                "stopped_by": stopped_by.map(signals::signal_name), "seconds": seconds, "mlups": mlups, "field_hash": format!("{hash:032x}"),
                 "overlap": overlap, "pinned": threads.is_pinned(), "check": check,
                 "imbalance": report.as_ref().map(|r| r.imbalance), "slowest_rank": report.as_ref().map(|r| r.slowest_rank),
             });

@@ -7,14 +7,22 @@
 //! mpirun -n 3 --oversubscribe target/release/examples/nbody --bodies 300 --steps 5 --check
 //! ```
 //!
-//! Exit codes: 0 success, 1 a failed `--check`, 2 bad arguments, 3 a runtime (MPI) error.
+//! Checkpoints (`--checkpoint-dir`, `--checkpoint-every`, `--restart`) and the clean stop on
+//! SIGUSR1/SIGTERM work as in the heat example. `particles_hash` in the JSON summary is a hash of
+//! every body's position and velocity, to compare runs bit for bit.
+//!
+//! Exit codes: 0 success (also a clean stop on a signal), 1 a failed `--check`, 2 bad arguments,
+//! 3 a runtime (MPI, checkpoint) error, 124 ended by the watchdog.
 
 use std::time::Instant;
 
 use clap::Parser;
 use phalanx::comm::{Op, ThreadConfig};
+use phalanx::decomp::field_hash_of;
 use phalanx::kernels::nbody::{serial_reference, uses_avx2, NBody};
 use phalanx::runtime::PinPolicy;
+use phalanx::services::checkpoint::{Checkpoint, CheckpointStore};
+use phalanx::services::{fault, signals, watchdog::Watchdog};
 
 #[derive(Parser, Debug)]
 #[command(about = "All-pairs n-body (softened gravity, leapfrog) over a ring of ranks")]
@@ -44,6 +52,24 @@ struct Args {
     /// Print a JSON summary as the last line of standard output (rank 0).
     #[arg(long)]
     json: bool,
+    /// Directory for checkpoint generations (on a file system every rank can read). With it,
+    /// SIGUSR1 or SIGTERM make the run write a checkpoint and exit cleanly.
+    #[arg(long)]
+    checkpoint_dir: Option<std::path::PathBuf>,
+    /// Write a checkpoint every this many steps (0: only on a signal).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: usize,
+    /// Checkpoint generations to keep.
+    #[arg(long, default_value_t = 2)]
+    checkpoint_keep: usize,
+    /// Continue from the newest valid checkpoint in --checkpoint-dir (any rank count; with the
+    /// writer's rank count the result is bit-identical to an uninterrupted run).
+    #[arg(long, requires = "checkpoint_dir")]
+    restart: bool,
+    /// End the job, naming the stuck ranks and operations, when a rank makes no progress for this
+    /// many seconds.
+    #[arg(long)]
+    watchdog: Option<f64>,
 }
 
 fn max_rel(a: &[f64], b: &[f64]) -> f64 {
@@ -57,49 +83,102 @@ fn run(args: &Args) -> phalanx::Result<i32> {
     let threads = world.start_threads(ThreadConfig::from_options(args.threads, args.pin))?;
     let pool = threads.pool();
     let mut sim = NBody::new(&world, args.bodies, args.eps)?;
-    sim.compute_forces(&world, pool)?;
-    let e0 = sim.energy(&world)?;
+    let root = world.rank() == 0;
+    let store = args.checkpoint_dir.as_ref().map(|d| CheckpointStore::new(d, args.checkpoint_keep));
+    if store.is_some() {
+        signals::install_stop_handler()?;
+    }
+    let mut first = 0;
+    let mut e0 = None;
+    let mut restarted_from = None;
+    let restored = match (&store, args.restart) {
+        (Some(store), true) => store.latest(&world)?,
+        _ => None,
+    };
+    if let Some(g) = restored {
+        sim.restore(&world, pool, &g)?;
+        first = g.step() as usize;
+        e0 = g.attr("initial_energy").and_then(|e| e.as_f64());
+        restarted_from = Some(g.step());
+        if root {
+            println!("restart: step {first} from {} (written by {} ranks)", g.path().display(), g.ranks());
+        }
+    } else {
+        sim.compute_forces(&world, pool)?;
+    }
+    let e0 = match e0 {
+        Some(e) => e,
+        None => sim.energy(&world)?,
+    };
+    let dog = args.watchdog.map(|s| Watchdog::start(&world, std::time::Duration::from_secs_f64(s))).transpose()?;
     world.barrier()?;
     let start = Instant::now();
-    for s in 0..args.steps {
+    let mut step = first;
+    let mut stopped_by = None;
+    while step < args.steps {
+        fault::at_step(step as u64);
         sim.step(&world, pool, args.dt)?;
-        if world.rank() == 0 && start.elapsed().as_secs() >= 5 && s % 10 == 0 {
-            eprintln!("nbody: step {}/{} ({:.1} s)", s + 1, args.steps, start.elapsed().as_secs_f64());
+        step += 1;
+        if root && start.elapsed().as_secs() >= 5 && step % 10 == 0 {
+            eprintln!("nbody: step {step}/{} ({:.1} s)", args.steps, start.elapsed().as_secs_f64());
+        }
+        if let Some(store) = &store {
+            stopped_by = signals::stop_requested(&world)?;
+            if (args.checkpoint_every > 0 && step % args.checkpoint_every == 0) || stopped_by.is_some() {
+                let mut c = Checkpoint::new(step as u64);
+                sim.checkpoint(&world, &mut c);
+                c.attr("initial_energy", e0).attr("dt", args.dt).attr("eps", args.eps);
+                let path = store.write(&world, &c)?;
+                if root && stopped_by.is_some() {
+                    println!("stopped: checkpoint of step {step} in {}", path.display());
+                }
+            }
+            if let Some(sig) = stopped_by {
+                if root {
+                    eprintln!(
+                        "nbody: {} received: stopping after step {step} (resume with --restart)",
+                        signals::signal_name(sig)
+                    );
+                }
+                break;
+            }
         }
     }
+    if let Some(d) = dog {
+        d.stop(&world)?;
+    }
+    let done = step - first;
     world.barrier()?;
     let seconds = world.allreduce(start.elapsed().as_secs_f64(), Op::Max)?;
     let e1 = sim.energy(&world)?;
     let drift = ((e1 - e0) / e0).abs();
     let n = args.bodies as f64;
-    let ips = n * n * args.steps as f64 / seconds;
+    let ips = n * n * done as f64 / seconds;
+    let all = sim.gather_all(&world)?;
+    let phash = field_hash_of(&[&all.x[..], &all.y, &all.z, &all.vx, &all.vy, &all.vz].concat());
     let mut code = 0;
     let mut check = serde_json::Value::Null;
-    if args.check {
-        let all = sim.gather_all(&world)?;
-        if world.rank() == 0 {
-            let r = serial_reference(args.bodies, args.eps, args.dt, args.steps);
-            let err = [
-                max_rel(&all.x, &r.x),
-                max_rel(&all.y, &r.y),
-                max_rel(&all.z, &r.z),
-                max_rel(&all.vx, &r.vx),
-                max_rel(&all.vy, &r.vy),
-                max_rel(&all.vz, &r.vz),
-            ]
-            .into_iter()
-            .fold(0.0f64, f64::max);
-            let ok = err <= 1e-12;
-            check = serde_json::json!({"passed": ok, "max_relative_error": err});
-            println!("check: {} (largest relative error {err:.3e}, limit 1e-12)", if ok { "passed" } else { "FAILED" });
-            code = i32::from(!ok);
-        }
+    if args.check && stopped_by.is_none() && world.rank() == 0 {
+        let r = serial_reference(args.bodies, args.eps, args.dt, args.steps);
+        let err = [
+            max_rel(&all.x, &r.x),
+            max_rel(&all.y, &r.y),
+            max_rel(&all.z, &r.z),
+            max_rel(&all.vx, &r.vx),
+            max_rel(&all.vy, &r.vy),
+            max_rel(&all.vz, &r.vz),
+        ]
+        .into_iter()
+        .fold(0.0f64, f64::max);
+        let ok = err <= 1e-12;
+        check = serde_json::json!({"passed": ok, "max_relative_error": err});
+        println!("check: {} (largest relative error {err:.3e}, limit 1e-12)", if ok { "passed" } else { "FAILED" });
+        code = i32::from(!ok);
     }
     if world.rank() == 0 {
         println!(
-            "nbody {} bodies, {} steps on {} ranks x {} threads ({}): {seconds:.3} s, {ips:.3e} interactions/s, energy drift {drift:.3e}",
+            "nbody {} bodies, {done} steps on {} ranks x {} threads ({}): {seconds:.3} s, {ips:.3e} interactions/s, energy drift {drift:.3e}, particles hash {phash:032x}",
             args.bodies,
-            args.steps,
             world.size(),
             threads.threads(),
             if uses_avx2() { "AVX2 kernel" } else { "baseline kernel" }
@@ -107,7 +186,9 @@ fn run(args: &Args) -> phalanx::Result<i32> {
         if args.json {
             let j = serde_json::json!({
                 "example": "nbody", "ranks": world.size(), "threads": threads.threads(), "bodies": args.bodies,
-                "steps": args.steps, "seconds": seconds, "interactions_per_s": ips, "energy_drift": drift,
+                "steps": step, "steps_this_run": done, "restarted_from": restarted_from,
+                "stopped_by": stopped_by.map(signals::signal_name), "particles_hash": format!("{phash:032x}"),
+                "seconds": seconds, "interactions_per_s": ips, "energy_drift": drift,
                 "avx2": uses_avx2(), "check": check,
             });
             println!("{j}");

@@ -18,6 +18,7 @@ use mpi::ffi as sys;
 pub(crate) use sys::{MPI_Comm, MPI_Datatype, MPI_Message, MPI_Op, MPI_Request, MPI_Status};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::runtime::activity;
 
 // ---------------------------------------------------------------------------------------------
 // Handles and constants
@@ -606,6 +607,7 @@ pub(crate) fn iprobe(
 }
 
 pub(crate) fn wait(req: &mut MPI_Request, op: &'static str, rank: i32) -> (Result<()>, MPI_Status) {
+    let _busy = activity::enter(op, -1);
     let mut status = new_status();
     // SAFETY: `req` is a request handle owned by the caller (or MPI_REQUEST_NULL, which returns at
     // once); MPI sets it to MPI_REQUEST_NULL on completion.
@@ -628,6 +630,7 @@ pub(crate) fn waitall(
     op: &'static str,
     rank: i32,
 ) -> Result<()> {
+    let _busy = activity::enter(op, -1);
     debug_assert_eq!(reqs.len(), statuses.len());
     if reqs.is_empty() {
         return Ok(());

@@ -17,6 +17,7 @@ use super::op::{with_closure, Loc, PackedLoc};
 use super::{Comm, Op};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ffi::{self, to_count};
+use crate::runtime::activity::Busy;
 
 /// A root's "I failed" marker in a count message.
 const ROOT_FAILED: u64 = u64::MAX;
@@ -85,10 +86,15 @@ impl Comm {
 
     /// The prologue of a rooted collective whose counts differ per rank: a valid root, and (checked)
     /// the same root, element size and operation everywhere.
-    fn agree_on_root<T>(&self, op: &'static str, root: i32) -> Result<()> {
-        self.debug_check_thread(op)?;
+    fn agree_on_root<T>(&self, op: &'static str, root: i32) -> Result<Busy> {
+        let busy = self.begin(op)?;
         let local = self.check_root(root, op);
-        self.agree(op, local, Signature { root: Some(root as i64), elem_size: elem_size::<T>(), ..Default::default() })
+        self.agree(
+            op,
+            local,
+            Signature { root: Some(root as i64), elem_size: elem_size::<T>(), ..Default::default() },
+        )?;
+        Ok(busy)
     }
 
     fn local_check(&self, cond: bool, kind: ErrorKind, op: &'static str, msg: impl FnOnce() -> String) -> Result<()> {
@@ -111,7 +117,7 @@ impl Comm {
     /// [`ErrorKind::CollectiveMismatch`] in checked mode if other ranks called another collective.
     #[doc(alias = "MPI_Barrier")]
     pub fn barrier(&self) -> Result<()> {
-        self.debug_check_thread("barrier")?;
+        let _busy = self.begin("barrier")?;
         self.agree("barrier", Ok(()), Signature::default())?;
         ffi::barrier(self.raw, self.rank)
     }
@@ -140,7 +146,7 @@ impl Comm {
     #[doc(alias = "MPI_Bcast")]
     pub fn broadcast_slice<T: Pod>(&self, buf: &mut [T], root: i32) -> Result<()> {
         const OP: &str = "broadcast";
-        self.debug_check_thread(OP)?;
+        let _busy = self.begin(OP)?;
         let local = self.check_root(root, OP);
         self.agree(
             OP,
@@ -166,7 +172,7 @@ impl Comm {
     #[doc(alias = "MPI_Bcast")]
     pub fn broadcast_vec<T: Pod>(&self, data: &mut Vec<T>, root: i32) -> Result<()> {
         const OP: &str = "broadcast_vec";
-        self.agree_on_root::<T>(OP, root)?;
+        let _busy = self.agree_on_root::<T>(OP, root)?;
         let mut len = [0u64];
         let mut root_err = None;
         if self.rank == root {
@@ -233,7 +239,7 @@ impl Comm {
     #[doc(alias = "MPI_Allreduce")]
     pub fn allreduce_into<T: Pod>(&self, send: &[T], recv: &mut [T], op: Op) -> Result<()> {
         const OP: &str = "allreduce";
-        self.debug_check_thread(OP)?;
+        let _busy = self.begin(OP)?;
         let resolved = op.resolve::<T>(OP, self.rank);
         let local = resolved.as_ref().map(|_| ()).map_err(Clone::clone).and_then(|_| {
             self.local_check(send.len() == recv.len(), ErrorKind::InvalidArgument, OP, || {
@@ -278,7 +284,7 @@ impl Comm {
     #[doc(alias = "MPI_Reduce")]
     pub fn reduce_vec<T: Pod>(&self, send: &[T], op: Op, root: i32) -> Result<Option<Vec<T>>> {
         const OP: &str = "reduce";
-        self.debug_check_thread(OP)?;
+        let _busy = self.begin(OP)?;
         let resolved = op.resolve::<T>(OP, self.rank);
         let local = self.check_root(root, OP).and(resolved.as_ref().map(|_| ()).map_err(Clone::clone));
         self.agree(OP, local, self.reduce_sig::<T>(Some(root), send.len(), Some(op)))?;
@@ -298,7 +304,7 @@ impl Comm {
     #[doc(alias = "MPI_Op_create")]
     pub fn allreduce_with<T: Pod, F: Fn(&T, &T) -> T>(&self, send: &[T], f: F) -> Result<Vec<T>> {
         const OP: &str = "allreduce_with";
-        self.debug_check_thread(OP)?;
+        let _busy = self.begin(OP)?;
         self.agree(OP, Ok(()), self.reduce_sig::<T>(None, send.len(), None))?;
         let mut out = vec![T::zeroed(); send.len()];
         with_closure(&f, OP, self.rank, |mpi_op, dt| {
@@ -316,7 +322,7 @@ impl Comm {
     #[doc(alias = "MPI_Reduce")]
     pub fn reduce_with<T: Pod, F: Fn(&T, &T) -> T>(&self, send: &[T], root: i32, f: F) -> Result<Option<Vec<T>>> {
         const OP: &str = "reduce_with";
-        self.debug_check_thread(OP)?;
+        let _busy = self.begin(OP)?;
         let local = self.check_root(root, OP);
         self.agree(OP, local, self.reduce_sig::<T>(Some(root), send.len(), None))?;
         let mut out = if self.rank == root { vec![T::zeroed(); send.len()] } else { Vec::new() };
@@ -337,7 +343,7 @@ impl Comm {
                 *b
             }
         };
-        self.debug_check_thread(op)?;
+        let _busy = self.begin(op)?;
         self.agree(op, Ok(()), self.reduce_sig::<T>(None, 1, None))?;
         let mut out = [PackedLoc { value: T::zeroed(), rank: 0 }];
         with_closure(&pick, op, self.rank, |mpi_op, dt| {
@@ -393,7 +399,7 @@ impl Comm {
 
     fn scan_impl<T: Pod>(&self, send: &[T], op: Op, exclusive: bool) -> Result<Vec<T>> {
         let name = if exclusive { "exscan" } else { "scan" };
-        self.debug_check_thread(name)?;
+        let _busy = self.begin(name)?;
         let resolved = op.resolve::<T>(name, self.rank);
         self.agree(
             name,
@@ -478,7 +484,7 @@ impl Comm {
     #[doc(alias = "MPI_Gatherv")]
     pub fn gatherv<T: Pod>(&self, send: &[T], root: i32) -> Result<Option<Blocks<T>>> {
         const OP: &str = "gatherv";
-        self.agree_on_root::<T>(OP, root)?;
+        let _busy = self.agree_on_root::<T>(OP, root)?;
         let counts = self.exchange_counts::<T>(send.len(), OP)?;
         let (c, d) = self.mpi_counts::<T>(&counts, OP)?;
         let total: usize = counts.iter().sum();
@@ -506,7 +512,7 @@ impl Comm {
     #[doc(alias = "MPI_Allgather")]
     pub fn allgather<T: Pod>(&self, value: T) -> Result<Vec<T>> {
         const OP: &str = "allgather";
-        self.debug_check_thread(OP)?;
+        let _busy = self.begin(OP)?;
         self.agree(OP, Ok(()), Signature { count: Some(1), elem_size: elem_size::<T>(), ..Default::default() })?;
         let mut out = vec![T::zeroed(); self.size as usize];
         ffi::allgather(std::slice::from_ref(&value), &mut out, self.raw, OP, self.rank)?;
@@ -522,7 +528,7 @@ impl Comm {
     #[doc(alias = "MPI_Allgatherv")]
     pub fn allgatherv<T: Pod>(&self, send: &[T]) -> Result<Blocks<T>> {
         const OP: &str = "allgatherv";
-        self.debug_check_thread(OP)?;
+        let _busy = self.begin(OP)?;
         self.agree(OP, Ok(()), Signature { elem_size: elem_size::<T>(), ..Default::default() })?;
         let counts = self.exchange_counts::<T>(send.len(), OP)?;
         let (c, d) = self.mpi_counts::<T>(&counts, OP)?;
@@ -600,7 +606,7 @@ impl Comm {
         root: i32,
         op: &'static str,
     ) -> Result<Vec<T>> {
-        self.debug_check_thread(op)?;
+        let _busy = self.begin(op)?;
         let is_root = self.rank == root;
         // The root's own argument problems. Checked communicators agree on them up front; unchecked
         // ones announce them through the count message, so receivers never wait for data.
@@ -646,7 +652,7 @@ impl Comm {
     #[doc(alias = "MPI_Alltoall")]
     pub fn alltoall<T: Pod>(&self, send: &[T]) -> Result<Vec<T>> {
         const OP: &str = "alltoall";
-        self.debug_check_thread(OP)?;
+        let _busy = self.begin(OP)?;
         let size = self.size as usize;
         let local = self.local_check(send.len() % size == 0, ErrorKind::InvalidArgument, OP, || {
             format!("{} elements are not {size} equal blocks", send.len())
@@ -673,7 +679,7 @@ impl Comm {
     #[doc(alias = "MPI_Alltoallv")]
     pub fn alltoallv<T: Pod>(&self, send: &[T], counts: &[usize]) -> Result<Blocks<T>> {
         const OP: &str = "alltoallv";
-        self.debug_check_thread(OP)?;
+        let _busy = self.begin(OP)?;
         let size = self.size as usize;
         let sum: usize = counts.iter().sum();
         let local = if counts.len() != size {

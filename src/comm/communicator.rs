@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::ffi::{self, MPI_Comm};
+use crate::runtime::activity::{self, Busy};
 use crate::runtime::{Runtime, ThreadLevel};
 
 /// A communicator: a group of ranks with its own message space.
@@ -282,11 +283,13 @@ impl Comm {
         Ok(())
     }
 
+    /// The start of operation `op`: recorded for the watchdog until the returned guard drops.
+    ///
     /// Under Funneled/Single, MPI calls must come from the thread that initialised MPI. The types
     /// already prevent moving a `Comm` to another thread; this catches the remaining hole (a `Comm`
     /// created on a non-main thread through raw handles) cheaply in debug builds.
     #[inline]
-    pub(crate) fn debug_check_thread(&self, op: &'static str) -> Result<()> {
+    pub(crate) fn begin(&self, op: &'static str) -> Result<Busy> {
         if cfg!(debug_assertions) && self.level <= ThreadLevel::Funneled && !ffi::is_thread_main() {
             return Err(self.err(
                 ErrorKind::ThreadLevel,
@@ -294,7 +297,7 @@ impl Comm {
                 format!("called from a thread other than the main thread under {:?}", self.level),
             ));
         }
-        Ok(())
+        Ok(activity::enter(op, -1))
     }
 }
 

@@ -10,6 +10,7 @@ use bytemuck::Pod;
 use super::Comm;
 use crate::error::{ErrorKind, Result};
 use crate::ffi::{self, MPI_Status};
+use crate::runtime::activity::{self, Busy};
 
 /// A message tag, `0..=comm.tag_ub()`.
 pub type Tag = i32;
@@ -44,8 +45,9 @@ pub struct Status {
 }
 
 impl Comm {
-    pub(crate) fn recv_args(&self, source: Source, tag: Tag, op: &'static str) -> Result<(i32, i32)> {
-        self.debug_check_thread(op)?;
+    /// Checks a receive's arguments; the operation counts as running while the guard lives.
+    pub(crate) fn recv_args(&self, source: Source, tag: Tag, op: &'static str) -> Result<(i32, i32, Busy)> {
+        let busy = self.begin(op)?;
         let src = match source {
             Source::Rank(r) => {
                 self.check_peer(r, "source", op)?;
@@ -59,13 +61,16 @@ impl Comm {
             self.check_tag(tag, op)?;
             tag
         };
-        Ok((src, tag))
+        activity::set_peer(src);
+        Ok((src, tag, busy))
     }
 
-    fn send_args(&self, dest: i32, tag: Tag, op: &'static str) -> Result<()> {
-        self.debug_check_thread(op)?;
+    fn send_args(&self, dest: i32, tag: Tag, op: &'static str) -> Result<Busy> {
+        let busy = self.begin(op)?;
         self.check_peer(dest, "destination", op)?;
-        self.check_tag(tag, op)
+        self.check_tag(tag, op)?;
+        activity::set_peer(dest);
+        Ok(busy)
     }
 
     fn truncated(
@@ -139,7 +144,7 @@ impl Comm {
     /// MPI error.
     #[doc(alias = "MPI_Send")]
     pub fn send<T: Pod>(&self, data: &[T], dest: i32, tag: Tag) -> Result<()> {
-        self.send_args(dest, tag, "send")?;
+        let _busy = self.send_args(dest, tag, "send")?;
         ffi::send(data, dest, tag, self.raw, "send", self.rank)
     }
 
@@ -163,7 +168,7 @@ impl Comm {
     /// As [`send`](Comm::send).
     #[doc(alias = "MPI_Ssend")]
     pub fn ssend<T: Pod>(&self, data: &[T], dest: i32, tag: Tag) -> Result<()> {
-        self.send_args(dest, tag, "ssend")?;
+        let _busy = self.send_args(dest, tag, "ssend")?;
         ffi::ssend(data, dest, tag, self.raw, "ssend", self.rank)
     }
 
@@ -180,7 +185,7 @@ impl Comm {
     #[doc(alias = "MPI_Recv")]
     pub fn recv_into<T: Pod>(&self, buf: &mut [T], source: impl Into<Source>, tag: Tag) -> Result<Status> {
         let source = source.into();
-        let (src, mpi_tag) = self.recv_args(source, tag, "recv")?;
+        let (src, mpi_tag, _busy) = self.recv_args(source, tag, "recv")?;
         if source == Source::Rank(self.rank) || source == Source::Any {
             return self.recv_probed(buf, src, mpi_tag);
         }
@@ -239,7 +244,7 @@ impl Comm {
     #[doc(alias = "MPI_Mprobe")]
     #[doc(alias = "MPI_Mrecv")]
     pub fn recv_vec<T: Pod>(&self, source: impl Into<Source>, tag: Tag) -> Result<(Vec<T>, Status)> {
-        let (src, tag) = self.recv_args(source.into(), tag, "recv_vec")?;
+        let (src, tag, _busy) = self.recv_args(source.into(), tag, "recv_vec")?;
         let (mut msg, st) = ffi::mprobe(src, tag, self.raw, "recv_vec", self.rank)?;
         match ffi::status_count::<T>(&st) {
             Some(n) => {
@@ -270,7 +275,7 @@ impl Comm {
     /// [`ErrorKind::InvalidRank`], [`ErrorKind::InvalidTag`].
     #[doc(alias = "MPI_Iprobe")]
     pub fn probe_nonblocking<T: Pod>(&self, source: impl Into<Source>, tag: Tag) -> Result<Option<Status>> {
-        let (src, tag) = self.recv_args(source.into(), tag, "iprobe")?;
+        let (src, tag, _) = self.recv_args(source.into(), tag, "iprobe")?;
         match ffi::iprobe(src, tag, self.raw, "iprobe", self.rank)? {
             None => Ok(None),
             Some(st) => self.finish_recv::<T>(Ok(()), &st, usize::MAX, "iprobe").map(Some),
@@ -294,9 +299,9 @@ impl Comm {
         source: impl Into<Source>,
         recv_tag: Tag,
     ) -> Result<Status> {
-        self.send_args(dest, send_tag, "sendrecv")?;
+        let _busy = self.send_args(dest, send_tag, "sendrecv")?;
         let source = source.into();
-        let (src, rtag) = self.recv_args(source, recv_tag, "sendrecv")?;
+        let (src, rtag, _) = self.recv_args(source, recv_tag, "sendrecv")?;
         // A swap with itself (one rank, periodic): the message size is known here, and Open MPI 4.1
         // would truncate it silently, so check before anything moves.
         if dest == self.rank && source == Source::Rank(self.rank) && send_tag == recv_tag {

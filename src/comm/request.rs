@@ -188,7 +188,7 @@ impl Comm {
     /// [`ErrorKind::InvalidTag`](crate::ErrorKind::InvalidTag), count overflow, MPI errors.
     #[doc(alias = "MPI_Isend")]
     pub fn isend<T: Pod>(&self, data: Vec<T>, dest: i32, tag: Tag) -> Result<SendRequest<T>> {
-        self.debug_check_thread("isend")?;
+        let _busy = self.begin("isend")?;
         self.check_peer(dest, "destination", "isend")?;
         self.check_tag(tag, "isend")?;
         // SAFETY: the heap buffer of `data` is moved into the returned request, which neither reads
@@ -209,7 +209,7 @@ impl Comm {
     /// [`ErrorKind::InvalidTag`](crate::ErrorKind::InvalidTag), count overflow, MPI errors.
     #[doc(alias = "MPI_Irecv")]
     pub fn irecv<T: Pod>(&self, capacity: usize, source: impl Into<Source>, tag: Tag) -> Result<RecvRequest<'_, T>> {
-        let (src, tag) = self.recv_args(source.into(), tag, "irecv")?;
+        let (src, tag, _) = self.recv_args(source.into(), tag, "irecv")?;
         let mut buf = vec![T::zeroed(); capacity];
         // SAFETY: `buf` is moved into the returned request and not touched until completion; Drop
         // cancels and waits before freeing it, and leaking the request leaks the buffer.
@@ -227,7 +227,7 @@ impl Comm {
     #[doc(alias = "MPI_Iallreduce")]
     pub fn iallreduce<T: Pod>(&self, data: Vec<T>, op: Op) -> Result<AllreduceRequest<T>> {
         const OP: &str = "iallreduce";
-        self.debug_check_thread(OP)?;
+        let _busy = self.begin(OP)?;
         let resolved = op.resolve::<T>(OP, self.rank);
         let sig = Signature {
             count: Some(data.len() as i64),

@@ -21,6 +21,7 @@ use std::time::Instant;
 use crate::comm::Comm;
 use crate::decomp::{Decomposition, DistArray, Stencil};
 use crate::error::{Error, ErrorKind, Result};
+use crate::services::checkpoint::Generation;
 use crate::services::metrics::{Metrics, Phase};
 
 /// The diffusion number used for `dims` dimensions (stable: below 1 / (2 dims)).
@@ -466,6 +467,21 @@ impl HeatSolver {
     /// Steps taken.
     pub fn steps(&self) -> usize {
         self.steps
+    }
+
+    /// Restores the state of step `steps` from a checkpoint generation (array item `name`, written
+    /// from [`field`](HeatSolver::field) on any decomposition of the same grid).
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// Those of [`Generation::read_array`] (missing item, other shape or type, unreadable file).
+    pub fn restore(&mut self, g: &Generation, name: &str) -> Result<()> {
+        // Only the owned cells are state: boundary ghosts are the boundary condition (set at
+        // construction) and interior ghosts come with the next exchange.
+        g.read_array(name, &mut self.u)?;
+        self.steps = g.step() as usize;
+        Ok(())
     }
 
     /// Cells updated per step on this rank.

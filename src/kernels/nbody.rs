@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use crate::comm::{Comm, Op};
 use crate::decomp::Partition;
 use crate::error::Result;
+use crate::services::checkpoint::{Checkpoint, Generation};
 
 /// Gravitational constant in the simulation's units.
 pub const G: f64 = 1.0;
@@ -199,6 +200,52 @@ impl NBody {
             az: vec![0.0; k],
             bufs: [Vec::with_capacity(cap), vec![0.0; cap]],
         })
+    }
+
+    /// The global indices of this rank's bodies.
+    pub fn range(&self, comm: &Comm) -> std::ops::Range<usize> {
+        self.partition.range(comm.rank() as usize)
+    }
+
+    /// Total number of bodies.
+    pub fn total(&self) -> usize {
+        self.partition.len()
+    }
+
+    /// Adds this rank's bodies to checkpoint `c` as segment items `x`, `y`, `z`, `vx`, `vy`,
+    /// `vz`, `m`.
+    pub fn checkpoint<'a>(&'a self, comm: &Comm, c: &mut Checkpoint<'a>) {
+        let (r, n, b) = (self.range(comm), self.total(), &self.bodies);
+        for (name, v) in
+            [("x", &b.x), ("y", &b.y), ("z", &b.z), ("vx", &b.vx), ("vy", &b.vy), ("vz", &b.vz), ("m", &b.m)]
+        {
+            c.segment(name, r.start, n, v);
+        }
+    }
+
+    /// Replaces this rank's bodies with those of a checkpoint generation (written on any number of
+    /// ranks), and recomputes the forces. With the rank count of the writer, the continued run is
+    /// bit-identical to an uninterrupted one.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// Those of [`Generation::read_segment`]; MPI errors.
+    pub fn restore(&mut self, comm: &Comm, pool: &rayon::ThreadPool, g: &Generation) -> Result<()> {
+        let r = self.range(comm);
+        let b = &mut self.bodies;
+        for (name, v) in [
+            ("x", &mut b.x),
+            ("y", &mut b.y),
+            ("z", &mut b.z),
+            ("vx", &mut b.vx),
+            ("vy", &mut b.vy),
+            ("vz", &mut b.vz),
+            ("m", &mut b.m),
+        ] {
+            *v = g.read_segment(comm, name, r.clone())?;
+        }
+        self.compute_forces(comm, pool)
     }
 
     /// Computes the accelerations of this rank's bodies from all bodies (ring of `P` steps).

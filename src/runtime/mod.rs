@@ -10,6 +10,7 @@
 //!
 //! Errors that are *values* ([`crate::Error`]) do not abort: the caller decides.
 
+pub(crate) mod activity;
 mod level;
 pub mod pin;
 mod threads;
@@ -19,6 +20,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Once;
 
+pub use activity::{current_activity, mark_progress, Activity};
 pub use level::ThreadLevel;
 pub use pin::{PinPlan, PinPolicy};
 pub use threads::{build_pool, resolve_threads, ThreadSource};

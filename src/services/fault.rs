@@ -1,0 +1,76 @@
+//! Fault injection for resilience tests: a rank that kills itself with `SIGKILL` at a chosen
+//! point, exactly as if its node had died. Off unless the environment asks for it.
+//!
+//! `PHALANX_FAULT` is `kill:RANK:STEP` (world rank RANK dies when the program reports the start
+//! of step STEP through [`at_step`]) or `kill-in-checkpoint:RANK:STEP` (it dies half-way through
+//! writing its file of the checkpoint generation of step STEP). When `PHALANX_FAULT_STAMP` names a
+//! file, the dying rank first writes the Unix time in seconds to it, so that a test can measure how
+//! long the rest of the job takes to end.
+
+use std::io::Write;
+use std::sync::OnceLock;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    AtStep(usize, u64),
+    InCheckpoint(usize, u64),
+}
+
+fn configured() -> Option<Fault> {
+    static F: OnceLock<Option<Fault>> = OnceLock::new();
+    *F.get_or_init(|| parse(&std::env::var("PHALANX_FAULT").ok()?))
+}
+
+fn parse(spec: &str) -> Option<Fault> {
+    let mut it = spec.split(':');
+    let (kind, rank, step) = (it.next()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
+    match kind {
+        "kill" => Some(Fault::AtStep(rank, step)),
+        "kill-in-checkpoint" => Some(Fault::InCheckpoint(rank, step)),
+        _ => None,
+    }
+}
+
+fn world_rank() -> usize {
+    crate::runtime::world_rank().unwrap_or(0) as usize
+}
+
+/// Kills this process with `SIGKILL` if `PHALANX_FAULT` asks for it at `step`.
+///
+/// Local.
+pub fn at_step(step: u64) {
+    if configured() == Some(Fault::AtStep(world_rank(), step)) {
+        die(&format!("at step {step}"));
+    }
+}
+
+pub(crate) fn kill_during_checkpoint(rank: usize, step: u64) -> bool {
+    configured() == Some(Fault::InCheckpoint(rank, step))
+}
+
+pub(crate) fn die(when: &str) -> ! {
+    if let Ok(p) = std::env::var("PHALANX_FAULT_STAMP") {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let _ = std::fs::write(p, format!("{:.6}\n", now.as_secs_f64()));
+    }
+    eprintln!("phalanx: fault injection: rank {} kills itself (SIGKILL) {when}", world_rank());
+    let _ = std::io::stderr().flush();
+    // SAFETY: getpid has no preconditions; SIGKILL ends this process, as a dead node would.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    unreachable!("SIGKILL returned")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!(parse("kill:1:23"), Some(Fault::AtStep(1, 23)));
+        assert_eq!(parse("kill-in-checkpoint:0:40"), Some(Fault::InCheckpoint(0, 40)));
+        assert_eq!(parse("kill:x:3"), None);
+        assert_eq!(parse("explode:1:2"), None);
+    }
+}
