@@ -43,6 +43,9 @@ pub(crate) enum Expect {
     FailsWhenRunAt(&'static [usize]),
     /// The job passes and its output contains the string exactly this many times. It runs alone.
     PassPrinting(&'static str, usize),
+    /// The job ends with a non-zero exit within the given time and its output contains every one
+    /// of the strings (for the watchdog's reports). It runs alone.
+    AbortPrinting(Duration, &'static [&'static str]),
 }
 
 /// One MPI test case.
@@ -190,7 +193,7 @@ fn run_launcher(program: &str, cases: &[Case]) -> i32 {
     for case in selected.iter().filter(|c| !batched(c)) {
         let (ranks, timeout): (&[usize], Duration) = match case.expect {
             Expect::FailsWhenRunAt(r) => (r, job_timeout()),
-            Expect::AbortWithin(d) => (case.ranks, d + Duration::from_secs(60)),
+            Expect::AbortWithin(d) | Expect::AbortPrinting(d, _) => (case.ranks, d + Duration::from_secs(60)),
             Expect::KilledAfter(d) => (case.ranks, d),
             Expect::Pass | Expect::PassPrinting(..) => (case.ranks, job_timeout()),
         };
@@ -217,6 +220,11 @@ fn judge(expect: Expect, r: &JobResult) -> (bool, String) {
         (Expect::AbortWithin(limit), Outcome::Exited(s, t)) => {
             let ok = !s.success() && *t <= limit && r.output.contains("aborting every rank");
             (ok, format!("expected a non-zero exit within {limit:?}: {s} after {t:.1?}"))
+        }
+        (Expect::AbortPrinting(limit, texts), Outcome::Exited(s, t)) => {
+            let missing: Vec<_> = texts.iter().filter(|x| !r.output.contains(**x)).collect();
+            let ok = !s.success() && *t <= limit && missing.is_empty();
+            (ok, format!("expected a non-zero exit within {limit:?} printing {texts:?}: {s} after {t:.1?}, missing {missing:?}"))
         }
         (Expect::KilledAfter(_), Outcome::TimedOut(t)) => {
             (true, format!("expected: the hung job was killed at the timeout ({t:.1?}) and reported as failed"))

@@ -1,0 +1,344 @@
+//! MPI tests of checkpoint/restart and of the watchdog: round trips between decompositions of
+//! different sizes, detection of damaged files (random byte flips and truncations), clear errors
+//! for input that does not fit, generation keeping, and the watchdog's report of a deadlock.
+
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use harness::{Case, Expect, RANKS_1_TO_4};
+use ndarray::{Ix2, Ix3};
+use phalanx::comm::Comm;
+use phalanx::decomp::{Decomposition, DistArray, Partition};
+use phalanx::services::checkpoint::{Checkpoint, CheckpointStore};
+use phalanx::services::watchdog::Watchdog;
+use phalanx::ErrorKind;
+
+/// A directory shared by the ranks of this job (rank 0's pid in the name), emptied first.
+fn shared_dir(world: &Comm, case: &str) -> PathBuf {
+    let pid = world.broadcast(std::process::id(), 0).unwrap();
+    let dir = std::env::temp_dir().join(format!("phalanx-test-{case}-{pid}"));
+    if world.rank() == 0 {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    world.barrier().unwrap();
+    dir
+}
+
+fn cleanup(world: &Comm, dir: &Path) {
+    world.barrier().unwrap();
+    if world.rank() == 0 {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+fn value(step: u64, g: &[usize]) -> f64 {
+    step as f64 * 1e6 + g.iter().fold(0usize, |a, x| a * 100 + x) as f64
+}
+
+fn check_array(a: &DistArray<f64, Ix2>, step: u64) {
+    let start = a.owned_box().start().to_vec();
+    for ((i, j), v) in a.owned().indexed_iter() {
+        let g = [start[0] + i, start[1] + j];
+        assert_eq!(*v, value(step, &g), "cell {g:?} after restoring step {step}");
+    }
+}
+
+/// Written on k = 1..=P ranks (a sub-communicator), read back on all P with another grid.
+fn roundtrip_any_decomposition(world: &Comm) {
+    let p = world.size() as usize;
+    for k in 1..=p {
+        let dir = shared_dir(world, &format!("roundtrip{k}"));
+        let store = CheckpointStore::new(&dir, 2);
+        if let Some(sub) = world.split((world.rank() < k as i32).then_some(0), 0).unwrap() {
+            let dc = Decomposition::builder(&sub, &[13, 17]).ghost_width(1).build().unwrap();
+            let a = DistArray::<f64, Ix2>::from_fn(&dc, |g| value(k as u64, g)).unwrap();
+            let dc3 = Decomposition::builder(&sub, &[5, 6, 7]).ghost_width(2).build().unwrap();
+            let b = DistArray::<u32, Ix3>::from_fn(&dc3, |g| (g[0] * 42 + g[1] * 7 + g[2]) as u32).unwrap();
+            let part = Partition::balanced(29, sub.size() as usize).unwrap();
+            let r = part.range(sub.rank() as usize);
+            let ids: Vec<u64> = r.clone().map(|i| (k * 100 + i) as u64).collect();
+            let mut c = Checkpoint::new(k as u64);
+            c.array("u", &a).array("cube", &b).segment("ids", r.start, 29, &ids).attr("k", k);
+            store.write(&sub, &c).unwrap();
+        }
+        world.barrier().unwrap();
+        let g = store.latest(world).unwrap().expect("a generation");
+        assert_eq!((g.step(), g.ranks()), (k as u64, k));
+        assert_eq!(g.attr("k").and_then(|v| v.as_u64()), Some(k as u64));
+        // Another grid than the writer's: all ranks along the second dimension.
+        let dc = Decomposition::builder(world, &[13, 17]).ghost_width(1).dims(&[1, p]).build().unwrap();
+        let mut a = DistArray::<f64, Ix2>::new(&dc, -1.0).unwrap();
+        g.read_array("u", &mut a).unwrap();
+        check_array(&a, k as u64);
+        let dc3 = Decomposition::builder(world, &[5, 6, 7]).ghost_width(1).build().unwrap();
+        let mut b = DistArray::<u32, Ix3>::new(&dc3, 0).unwrap();
+        g.read_array("cube", &mut b).unwrap();
+        let s = b.owned_box().start().to_vec();
+        for ((i, j, l), v) in b.owned().indexed_iter() {
+            assert_eq!(*v as usize, (s[0] + i) * 42 + (s[1] + j) * 7 + s[2] + l);
+        }
+        let r = Partition::balanced(29, p).unwrap().range(world.rank() as usize);
+        let ids: Vec<u64> = g.read_segment(world, "ids", r.clone()).unwrap();
+        assert_eq!(ids, r.map(|i| (k * 100 + i) as u64).collect::<Vec<_>>());
+        cleanup(world, &dir);
+    }
+}
+
+fn write_gen(world: &Comm, store: &CheckpointStore, step: u64) {
+    let dc = Decomposition::builder(world, &[24, 20]).ghost_width(1).build().unwrap();
+    let a = DistArray::<f64, Ix2>::from_fn(&dc, |g| value(step, g)).unwrap();
+    let r = Partition::balanced(50, world.size() as usize).unwrap().range(world.rank() as usize);
+    let ids: Vec<u64> = r.clone().map(|i| step * 1000 + i as u64).collect();
+    let mut c = Checkpoint::new(step);
+    c.array("u", &a).segment("ids", r.start, 50, &ids);
+    store.write(world, &c).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Damages the newest generation (or the two newest) and returns what was done.
+fn damage(gen: &Path, rng: &mut Rng) -> String {
+    let files = ["manifest.json", "rank-000000.bin", "rank-000001.bin"];
+    let f = gen.join(files[rng.below(3) as usize]);
+    let mut bytes = std::fs::read(&f).unwrap();
+    let what = if rng.below(3) == 0 {
+        let keep = rng.below(bytes.len() as u64) as usize;
+        bytes.truncate(keep);
+        format!("truncated {} to {keep} bytes", f.display())
+    } else {
+        let at = rng.below(bytes.len() as u64) as usize;
+        let x = 1 + rng.below(255) as u8;
+        bytes[at] ^= x;
+        format!("flipped byte {at} of {} with {x:#04x}", f.display())
+    };
+    std::fs::write(&f, bytes).unwrap();
+    what
+}
+
+/// 60 damaged copies of a 3-generation directory: each is detected and the previous intact
+/// generation is used, with the right data; damaging all generations is a clear error.
+fn damaged_checkpoints_fall_back(world: &Comm) {
+    let dir = shared_dir(world, "damage");
+    let base = dir.join("base");
+    let store = CheckpointStore::new(&base, 3);
+    for step in [10, 20, 30] {
+        write_gen(world, &store, step);
+    }
+    assert_eq!(store.generations().unwrap(), vec![30, 20, 10]);
+    let dc = Decomposition::builder(world, &[24, 20]).ghost_width(1).dims(&[world.size() as usize, 1]).build().unwrap();
+    let r = Partition::balanced(50, world.size() as usize).unwrap().range(world.rank() as usize);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let trials = 60;
+    let mut detected = 0;
+    for t in 0..trials {
+        let trial = dir.join(format!("trial{t}"));
+        // Every fifth trial damages the two newest generations.
+        let expect = if t % 5 == 4 { 10 } else { 20 };
+        if world.rank() == 0 {
+            copy_dir(&base, &trial);
+            let mut what = damage(&trial.join("gen-000000000030"), &mut rng);
+            if expect == 10 {
+                what += &format!("; {}", damage(&trial.join("gen-000000000020"), &mut rng));
+            }
+            eprintln!("trial {t}: {what}");
+        }
+        world.barrier().unwrap();
+        let g = CheckpointStore::new(&trial, 3).latest(world).unwrap().expect("an intact generation");
+        assert_eq!(g.step(), expect, "trial {t}: the damaged generation was not detected");
+        let mut a = DistArray::<f64, Ix2>::new(&dc, 0.0).unwrap();
+        g.read_array("u", &mut a).unwrap();
+        check_array(&a, expect);
+        let ids: Vec<u64> = g.read_segment(world, "ids", r.clone()).unwrap();
+        assert_eq!(ids, r.clone().map(|i| expect * 1000 + i as u64).collect::<Vec<_>>());
+        detected += 1;
+        world.barrier().unwrap();
+        if world.rank() == 0 {
+            std::fs::remove_dir_all(&trial).unwrap();
+        }
+    }
+    assert!(detected >= 50);
+    // Every generation damaged: an error that names each one.
+    let all = dir.join("all");
+    if world.rank() == 0 {
+        copy_dir(&base, &all);
+        for s in [10, 20, 30] {
+            damage(&all.join(format!("gen-{s:012}")), &mut rng);
+        }
+    }
+    world.barrier().unwrap();
+    let e = CheckpointStore::new(&all, 3).latest(world).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Checkpoint);
+    let m = e.to_string();
+    assert!(
+        m.contains("no usable checkpoint") && m.contains("gen-000000000010") && m.contains("gen-000000000030"),
+        "{m}"
+    );
+    if world.rank() == 0 {
+        println!("damaged_checkpoints_fall_back: {detected} of {trials} damaged generations detected");
+    }
+    cleanup(world, &dir);
+}
+
+/// Rewrites generation `gen`'s manifest body with `edit` and a valid checksum.
+fn rewrite_manifest(gen: &Path, edit: impl Fn(&str) -> String) {
+    let path = gen.join("manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let head = "{\"checksum\":\"";
+    let at = head.len() + 32 + "\",\"body\":".len();
+    let body = edit(&text[at..text.len() - 2]);
+    let sum = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(body.as_bytes()));
+    std::fs::write(&path, format!("{head}{sum}\",\"body\":{body}}}\n")).unwrap();
+}
+
+fn input_that_does_not_fit_is_an_error(world: &Comm) {
+    let dir = shared_dir(world, "badinput");
+    let store = CheckpointStore::new(&dir, 2);
+    write_gen(world, &store, 5);
+    let g = store.latest(world).unwrap().unwrap();
+    let dc = Decomposition::builder(world, &[24, 20]).ghost_width(1).build().unwrap();
+    // Another element type of the same size.
+    let mut wrong_type = DistArray::<u64, Ix2>::new(&dc, 0).unwrap();
+    let e = g.read_array("u", &mut wrong_type).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Checkpoint);
+    assert!(e.to_string().contains("holds \"f64\"") && e.to_string().contains("as u64"), "{e}");
+    assert!(e.to_string().contains("manifest.json"), "{e}");
+    // Another global shape.
+    let dc2 = Decomposition::builder(world, &[24, 21]).ghost_width(1).build().unwrap();
+    let mut wrong_shape = DistArray::<f64, Ix2>::new(&dc2, 0.0).unwrap();
+    let e = g.read_array("u", &mut wrong_shape).unwrap_err();
+    assert!(e.to_string().contains("[24, 20]") && e.to_string().contains("[24, 21]"), "{e}");
+    // Missing items, wrong kinds, ranges past the end.
+    let mut a = DistArray::<f64, Ix2>::new(&dc, 0.0).unwrap();
+    let e = g.read_array("temperature", &mut a).unwrap_err();
+    assert!(e.to_string().contains("no item \"temperature\"") && e.to_string().contains("\"u\""), "{e}");
+    let e = g.read_segment::<f64>(world, "u", 0..1).unwrap_err();
+    assert!(e.to_string().contains("not a segment"), "{e}");
+    let e = g.read_segment::<u64>(world, "ids", 40..51).unwrap_err();
+    assert!(e.to_string().contains("has 50 elements"), "{e}");
+    // A format version this code does not read (with a valid checksum: not damage).
+    world.barrier().unwrap();
+    if world.rank() == 0 {
+        rewrite_manifest(g.path(), |b| b.replacen("\"version\": 1", "\"version\": 99", 1));
+    }
+    world.barrier().unwrap();
+    let e = store.latest(world).unwrap_err();
+    assert!(e.to_string().contains("format version 99"), "{e}");
+    cleanup(world, &dir);
+}
+
+fn keeps_the_newest_generations(world: &Comm) {
+    let dir = shared_dir(world, "keep");
+    let store = CheckpointStore::new(&dir, 2);
+    assert!(store.latest(world).unwrap().is_none(), "an empty directory has no generation");
+    if world.rank() == 0 {
+        std::fs::create_dir_all(dir.join(".tmp-gen-000000000999")).unwrap();
+    }
+    for step in 1..=5 {
+        write_gen(world, &store, step);
+    }
+    assert_eq!(store.generations().unwrap(), vec![5, 4]);
+    assert!(!dir.join(".tmp-gen-000000000999").exists(), "a stale temporary directory is removed");
+    // The same step again (after a restart) replaces the generation.
+    write_gen(world, &store, 5);
+    assert_eq!(store.latest(world).unwrap().unwrap().step(), 5);
+    cleanup(world, &dir);
+}
+
+fn write_errors_reach_every_rank(world: &Comm) {
+    let dir = shared_dir(world, "werr");
+    if world.rank() == 0 {
+        std::fs::write(&dir, b"a file where the directory should be").unwrap();
+    }
+    world.barrier().unwrap();
+    let dc = Decomposition::builder(world, &[8, 8]).build().unwrap();
+    let a = DistArray::<f64, Ix2>::new(&dc, 0.0).unwrap();
+    let mut c = Checkpoint::new(1);
+    c.array("u", &a);
+    let e = CheckpointStore::new(&dir, 2).write(world, &c).unwrap_err();
+    if world.rank() == 0 {
+        assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    } else {
+        assert_eq!(e.kind(), ErrorKind::PeerFailed, "{e}");
+    }
+    assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
+    world.barrier().unwrap();
+    if world.rank() == 0 {
+        std::fs::remove_file(&dir).unwrap();
+    }
+    // Parts that do not tile the global vector.
+    let dir = shared_dir(world, "tiling");
+    let data = [1.0f64; 3];
+    let mut c = Checkpoint::new(1);
+    c.segment("x", 4 * world.rank() as usize, 4 * world.size() as usize, &data);
+    let e = CheckpointStore::new(&dir, 2).write(world, &c).unwrap_err();
+    assert!(e.to_string().contains(&format!("hold {} elements", 3 * world.size())), "{e}");
+    cleanup(world, &dir);
+}
+
+fn watchdog_is_quiet_while_progressing(world: &Comm) {
+    let dog = Watchdog::start(world, Duration::from_millis(400)).unwrap();
+    let start = Instant::now();
+    while world.allreduce(start.elapsed().as_secs_f64(), phalanx::comm::Op::Max).unwrap() < 1.5 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A computation longer than the limit that reports its progress.
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(20));
+        phalanx::runtime::mark_progress();
+    }
+    dog.stop(world).unwrap();
+}
+
+fn watchdog_reports_a_deadlock(world: &Comm) {
+    let _dog = Watchdog::start(world, Duration::from_secs(1)).unwrap();
+    if world.rank() == 0 {
+        let _ = world.barrier();
+    } else {
+        let _ = world.recv_one::<u64>(0, 5);
+    }
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+fn main() {
+    harness::main(
+        "mpi_checkpoint",
+        &[
+            Case::new("roundtrip_any_decomposition", RANKS_1_TO_4, roundtrip_any_decomposition),
+            Case::new("damaged_checkpoints_fall_back", &[2], damaged_checkpoints_fall_back),
+            Case::new("input_that_does_not_fit_is_an_error", &[1, 2], input_that_does_not_fit_is_an_error),
+            Case::new("keeps_the_newest_generations", &[1, 3], keeps_the_newest_generations),
+            Case::new("write_errors_reach_every_rank", &[2, 3], write_errors_reach_every_rank),
+            Case::new("watchdog_is_quiet_while_progressing", &[1, 2, 3], watchdog_is_quiet_while_progressing),
+            Case::new("watchdog_reports_a_deadlock", &[2], watchdog_reports_a_deadlock).expect(Expect::AbortPrinting(
+                // Start-up, the 1 s limit, a quarter-limit tick, and the abort.
+                Duration::from_secs(6),
+                &["phalanx watchdog", "rank 0", "in \"barrier\"", "rank 1", "in \"recv\" with rank 0", "exit code 124"],
+            )),
+        ],
+    );
+}
