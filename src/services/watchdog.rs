@@ -165,6 +165,7 @@ impl Watchdog {
                 if problem.is_empty() { format!("rank {failed} could not connect its watchdog") } else { problem },
             ));
         }
+        crate::runtime::activity::set_watched(true);
         let done = Arc::new(AtomicBool::new(false));
         let d = done.clone();
         let thread = if rank == 0 {
@@ -202,6 +203,7 @@ impl Watchdog {
         self.done.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+            crate::runtime::activity::set_watched(false);
         }
     }
 }
