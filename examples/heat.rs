@@ -25,7 +25,7 @@ use phalanx::comm::{Op, ThreadConfig};
 use phalanx::kernels::heat::{serial_reference, HeatSolver};
 use phalanx::runtime::PinPolicy;
 use phalanx::services::checkpoint::{Checkpoint, CheckpointStore};
-use phalanx::services::metrics::{Metrics, MetricsReport};
+use phalanx::services::metrics::{Metrics, MetricsReport, Phase};
 use phalanx::services::{fault, signals, watchdog::Watchdog};
 
 #[derive(Parser, Debug)]
@@ -229,7 +229,9 @@ fn run(args: &Args) -> phalanx::Result<i32> {
             let every = args.checkpoint_every > 0 && (s + 1) % args.checkpoint_every == 0;
             stopped_by = signals::stop_requested(&world)?;
             if every || stopped_by.is_some() {
+                let t0 = Instant::now();
                 let path = checkpoint(&solver)?;
+                metrics.add(Phase::Io, t0, Instant::now(), 8 * solver.local_cells() as u64);
                 if root && stopped_by.is_some() {
                     println!("stopped: checkpoint of step {} in {}", s + 1, path.display());
                 }
