@@ -16,7 +16,7 @@ ref=target/release/commbench_ref
 mpicc -O3 -o "$ref" benches/c/commbench_ref.c
 out=$(mktemp)
 for _ in $(seq "$pairs"); do
-  mpirun -n "$ranks" "${over[@]}" target/release/examples/commbench --json --thread-level "$level" | tail -n 1 | sed 's/^/A /' >>"$out"
+  mpirun -n "$ranks" "${over[@]}" target/release/examples/commbench --quick --json --thread-level "$level" | tail -n 1 | sed 's/^/A /' >>"$out"
   mpirun -n "$ranks" "${over[@]}" "$ref" 20000 "$level" | tail -n 1 | sed 's/^/B /' >>"$out"
 done
 python3 - "$out" <<'PY'

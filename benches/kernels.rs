@@ -1,9 +1,9 @@
 // criterion_group! generates an undocumented public function; this file is a benchmark, not API.
 #![allow(missing_docs)]
 
-//! criterion benchmarks of the simulation kernels, single process, no MPI:
-//! `cargo bench --bench kernels`. Throughput is reported in cell updates (heat) and pairwise
-//! interactions (nbody) per second.
+//! criterion benchmarks of the simulation kernels, single process: `cargo bench --bench kernels`.
+//! Throughput is reported in cell updates (heat), pairwise interactions (nbody) and bytes of
+//! ghosts filled (halo pack/unpack, through an MPI singleton).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use phalanx::kernels::heat::sweep_grid;
@@ -43,5 +43,26 @@ fn nbody(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, heat, nbody);
+/// Halo pack, message and unpack on one process: a periodic grid whose only neighbour is itself,
+/// so `DistArray::exchange` packs every face, sends it to its own rank (MPI started as a singleton,
+/// no `mpirun` needed) and unpacks it. Throughput in bytes of ghosts filled.
+fn halo(c: &mut Criterion) {
+    use ndarray::{Ix2, Ix3};
+    use phalanx::decomp::{Decomposition, DistArray};
+    let rt = phalanx::init().expect("MPI singleton");
+    let world = rt.world();
+    let mut g = c.benchmark_group("halo_pack_unpack");
+    g.sample_size(20);
+    let dc = Decomposition::builder(&world, &[4096, 4096]).periodic(&[true, true]).build().expect("2-D");
+    let mut a = DistArray::<f64, Ix2>::new(&dc, 1.0).expect("array");
+    g.throughput(Throughput::Bytes(8 * a.halo_volume().1 as u64));
+    g.bench_function("2d_4096", |b| b.iter(|| a.exchange().expect("exchange")));
+    let dc = Decomposition::builder(&world, &[256, 256, 256]).periodic(&[true; 3]).build().expect("3-D");
+    let mut a = DistArray::<f64, Ix3>::new(&dc, 1.0).expect("array");
+    g.throughput(Throughput::Bytes(8 * a.halo_volume().1 as u64));
+    g.bench_function("3d_256", |b| b.iter(|| a.exchange().expect("exchange")));
+    g.finish();
+}
+
+criterion_group!(benches, heat, nbody, halo);
 criterion_main!(benches);

@@ -403,6 +403,14 @@ fn alltoalls(c: &Comm) {
     }
     let empty = c.alltoall::<f64>(&[]).unwrap();
     assert!(empty.is_empty());
+    // Into a kept buffer: the same blocks; a buffer of the wrong length is an error on every rank.
+    let send: Vec<u32> = (0..size * 2).map(|i| (r * 100 + i) as u32).collect();
+    let mut recv = vec![0u32; size * 2];
+    c.alltoall_into(&send, &mut recv).unwrap();
+    assert_eq!(recv, got);
+    let mut short = vec![0u32; size * 2 - 1];
+    let e = c.alltoall_into(&send, &mut short).unwrap_err();
+    assert!(e.to_string().contains(&format!("{} elements for {} sent", size * 2 - 1, size * 2)), "{e}");
 }
 
 fn nonblocking_allreduce(c: &Comm) {

@@ -651,21 +651,40 @@ impl Comm {
     /// [`ErrorKind::CollectiveMismatch`] if ranks use different block lengths (checked mode).
     #[doc(alias = "MPI_Alltoall")]
     pub fn alltoall<T: Pod>(&self, send: &[T]) -> Result<Vec<T>> {
+        let mut out = vec![T::zeroed(); send.len()];
+        self.alltoall_into(send, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`alltoall`](Comm::alltoall) into a buffer the caller keeps (no allocation per call, which
+    /// matters for large blocks): `recv` must be as long as `send`.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// As [`alltoall`](Comm::alltoall); [`ErrorKind::InvalidArgument`] if `recv.len()` differs
+    /// from `send.len()`.
+    #[doc(alias = "MPI_Alltoall")]
+    pub fn alltoall_into<T: Pod>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
         const OP: &str = "alltoall";
         let _busy = self.begin(OP)?;
         let size = self.size as usize;
-        let local = self.local_check(send.len() % size == 0, ErrorKind::InvalidArgument, OP, || {
-            format!("{} elements are not {size} equal blocks", send.len())
-        });
+        let local = self
+            .local_check(send.len() % size == 0, ErrorKind::InvalidArgument, OP, || {
+                format!("{} elements are not {size} equal blocks", send.len())
+            })
+            .and_then(|_| {
+                self.local_check(recv.len() == send.len(), ErrorKind::InvalidArgument, OP, || {
+                    format!("a receive buffer of {} elements for {} sent", recv.len(), send.len())
+                })
+            });
         let per = send.len() / size;
         self.agree(
             OP,
             local,
             Signature { count: Some(per as i64), elem_size: elem_size::<T>(), ..Default::default() },
         )?;
-        let mut out = vec![T::zeroed(); send.len()];
-        ffi::alltoall(send, &mut out, per, self.raw, OP, self.rank)?;
-        Ok(out)
+        ffi::alltoall(send, recv, per, self.raw, OP, self.rank)
     }
 
     /// Personalised exchange of blocks of any length: `counts[r]` consecutive elements of `send` go
