@@ -18,10 +18,17 @@ fn heat(c: &mut Criterion) {
         let mut out = vec![0.0; cells];
         g.throughput(Throughput::Elements(n.pow(dims as u32) as u64));
         // One thread: the per-core figure docs/PERFORMANCE.md compares with the copy roofline.
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
-        g.bench_with_input(BenchmarkId::new(format!("{dims}d_1thread"), n), &n, |b, &n| {
-            b.iter(|| pool.install(|| sweep_grid(&u, &mut out, dims, n)))
-        });
+        // Two threads on the 2-D 4000^2 grid: how the memory-bound sweep shares a node's memory
+        // bandwidth (an input of benches/perfmodel.py).
+        for threads in [1, 2] {
+            if threads == 2 && (dims, n) != (2, 4000) {
+                continue;
+            }
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+            g.bench_with_input(BenchmarkId::new(format!("{dims}d_{threads}thread"), n), &n, |b, &n| {
+                b.iter(|| pool.install(|| sweep_grid(&u, &mut out, dims, n)))
+            });
+        }
     }
     g.finish();
 }

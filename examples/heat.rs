@@ -21,6 +21,9 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+#[path = "common/resilience.rs"]
+mod common;
 use phalanx::comm::{Op, ThreadConfig};
 use phalanx::kernels::heat::{serial_reference, HeatSolver};
 use phalanx::runtime::PinPolicy;
@@ -84,24 +87,8 @@ struct Args {
     /// Print a JSON summary as the last line of standard output (rank 0).
     #[arg(long)]
     json: bool,
-    /// Directory for checkpoint generations (on a file system every rank can read). With it,
-    /// SIGUSR1 or SIGTERM make the run write a checkpoint and exit cleanly.
-    #[arg(long)]
-    checkpoint_dir: Option<std::path::PathBuf>,
-    /// Write a checkpoint every this many steps (0: only on a signal).
-    #[arg(long, default_value_t = 0)]
-    checkpoint_every: usize,
-    /// Checkpoint generations to keep.
-    #[arg(long, default_value_t = 2)]
-    checkpoint_keep: usize,
-    /// Continue from the newest valid checkpoint in --checkpoint-dir (any rank count or grid); a
-    /// fresh start if there is none.
-    #[arg(long, requires = "checkpoint_dir")]
-    restart: bool,
-    /// End the job, naming the stuck ranks and operations, when a rank makes no progress for this
-    /// many seconds.
-    #[arg(long)]
-    watchdog: Option<f64>,
+    #[command(flatten)]
+    resilience: common::Resilience,
 }
 
 /// A perceptual-ish colour map (black, purple, orange, yellow) for values in 0..=1.
@@ -168,12 +155,13 @@ fn run(args: &Args) -> phalanx::Result<i32> {
     let overlap = args.overlap == "on";
     let root = world.rank() == 0;
     let mut solver = HeatSolver::new(&world, dims, n, threads.pool())?;
-    let store = args.checkpoint_dir.as_ref().map(|d| CheckpointStore::new(d, args.checkpoint_keep));
+    let store =
+        args.resilience.checkpoint_dir.as_ref().map(|d| CheckpointStore::new(d, args.resilience.checkpoint_keep));
     if store.is_some() {
         signals::install_stop_handler()?;
     }
     let mut restarted_from = None;
-    if let (Some(store), true) = (&store, args.restart) {
+    if let (Some(store), true) = (&store, args.resilience.restart) {
         if let Some(g) = store.latest(&world)? {
             solver.restore(&g, "u")?;
             restarted_from = Some(g.step());
@@ -215,7 +203,7 @@ fn run(args: &Args) -> phalanx::Result<i32> {
         }
         Ok(())
     };
-    let dog = args.watchdog.map(|s| Watchdog::start(&world, Duration::from_secs_f64(s))).transpose()?;
+    let dog = args.resilience.watchdog.map(|s| Watchdog::start(&world, Duration::from_secs_f64(s))).transpose()?;
     world.barrier()?;
     let mut metrics = Metrics::new(args.trace.is_some());
     let start = Instant::now();
@@ -226,7 +214,7 @@ fn run(args: &Args) -> phalanx::Result<i32> {
         let timers = (args.timers == "on").then_some(&mut metrics);
         solver.step_timed(threads.pool(), overlap, args.chunks, timers)?;
         if store.is_some() {
-            let every = args.checkpoint_every > 0 && (s + 1) % args.checkpoint_every == 0;
+            let every = args.resilience.checkpoint_every > 0 && (s + 1) % args.resilience.checkpoint_every == 0;
             stopped_by = signals::stop_requested(&world)?;
             if every || stopped_by.is_some() {
                 let t0 = Instant::now();

@@ -17,6 +17,9 @@
 use std::time::Instant;
 
 use clap::Parser;
+
+#[path = "common/resilience.rs"]
+mod common;
 use phalanx::comm::{Op, ThreadConfig};
 use phalanx::decomp::field_hash_of;
 use phalanx::kernels::nbody::{serial_reference, uses_avx2, NBody};
@@ -52,24 +55,8 @@ struct Args {
     /// Print a JSON summary as the last line of standard output (rank 0).
     #[arg(long)]
     json: bool,
-    /// Directory for checkpoint generations (on a file system every rank can read). With it,
-    /// SIGUSR1 or SIGTERM make the run write a checkpoint and exit cleanly.
-    #[arg(long)]
-    checkpoint_dir: Option<std::path::PathBuf>,
-    /// Write a checkpoint every this many steps (0: only on a signal).
-    #[arg(long, default_value_t = 0)]
-    checkpoint_every: usize,
-    /// Checkpoint generations to keep.
-    #[arg(long, default_value_t = 2)]
-    checkpoint_keep: usize,
-    /// Continue from the newest valid checkpoint in --checkpoint-dir (any rank count; with the
-    /// writer's rank count the result is bit-identical to an uninterrupted run).
-    #[arg(long, requires = "checkpoint_dir")]
-    restart: bool,
-    /// End the job, naming the stuck ranks and operations, when a rank makes no progress for this
-    /// many seconds.
-    #[arg(long)]
-    watchdog: Option<f64>,
+    #[command(flatten)]
+    resilience: common::Resilience,
 }
 
 fn max_rel(a: &[f64], b: &[f64]) -> f64 {
@@ -84,14 +71,15 @@ fn run(args: &Args) -> phalanx::Result<i32> {
     let pool = threads.pool();
     let mut sim = NBody::new(&world, args.bodies, args.eps)?;
     let root = world.rank() == 0;
-    let store = args.checkpoint_dir.as_ref().map(|d| CheckpointStore::new(d, args.checkpoint_keep));
+    let store =
+        args.resilience.checkpoint_dir.as_ref().map(|d| CheckpointStore::new(d, args.resilience.checkpoint_keep));
     if store.is_some() {
         signals::install_stop_handler()?;
     }
     let mut first = 0;
     let mut e0 = None;
     let mut restarted_from = None;
-    let restored = match (&store, args.restart) {
+    let restored = match (&store, args.resilience.restart) {
         (Some(store), true) => store.latest(&world)?,
         _ => None,
     };
@@ -110,7 +98,8 @@ fn run(args: &Args) -> phalanx::Result<i32> {
         Some(e) => e,
         None => sim.energy(&world)?,
     };
-    let dog = args.watchdog.map(|s| Watchdog::start(&world, std::time::Duration::from_secs_f64(s))).transpose()?;
+    let dog =
+        args.resilience.watchdog.map(|s| Watchdog::start(&world, std::time::Duration::from_secs_f64(s))).transpose()?;
     world.barrier()?;
     let start = Instant::now();
     let mut step = first;
@@ -124,7 +113,9 @@ fn run(args: &Args) -> phalanx::Result<i32> {
         }
         if let Some(store) = &store {
             stopped_by = signals::stop_requested(&world)?;
-            if (args.checkpoint_every > 0 && step % args.checkpoint_every == 0) || stopped_by.is_some() {
+            if (args.resilience.checkpoint_every > 0 && step % args.resilience.checkpoint_every == 0)
+                || stopped_by.is_some()
+            {
                 let mut c = Checkpoint::new(step as u64);
                 sim.checkpoint(&world, &mut c);
                 c.attr("initial_energy", e0).attr("dt", args.dt).attr("eps", args.eps);

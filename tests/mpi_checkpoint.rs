@@ -324,6 +324,19 @@ fn watchdog_reports_a_deadlock(world: &Comm) {
     std::thread::sleep(Duration::from_secs(600));
 }
 
+/// Without checked mode (as in release builds), ranks that call different collectives wait for
+/// each other forever: the watchdog names both operations.
+fn watchdog_reports_mismatched_collectives(world: &Comm) {
+    world.set_checked(false);
+    let _dog = Watchdog::start(world, Duration::from_secs(1)).unwrap();
+    if world.rank() == 0 {
+        let _ = world.barrier();
+    } else {
+        let _ = world.allreduce(1u64, phalanx::comm::Op::Sum);
+    }
+    std::thread::sleep(Duration::from_secs(600));
+}
+
 fn main() {
     harness::main(
         "mpi_checkpoint",
@@ -339,6 +352,9 @@ fn main() {
                 Duration::from_secs(6),
                 &["phalanx watchdog", "rank 0", "in \"barrier\"", "rank 1", "in \"recv\" with rank 0", "exit code 124"],
             )),
+            Case::new("watchdog_reports_mismatched_collectives", &[2], watchdog_reports_mismatched_collectives).expect(
+                Expect::AbortPrinting(Duration::from_secs(6), &["in \"barrier\"", "in \"allreduce\"", "exit code 124"]),
+            ),
         ],
     );
 }

@@ -1,0 +1,199 @@
+#!/usr/bin/python3
+"""A performance model of phalanx's heat and nbody at P ranks on N nodes.
+
+Inputs, all measured on this machine by benches/regenerate (or given on the command line):
+- network parameters per link kind: latency alpha (s) and bandwidth beta (B/s), fitted to the
+  ping-pong rows of `commbench --json` (t(m) = alpha + m / beta, least squares on relative error):
+  `shm` (shared memory, within a node) and `tcp` (Open MPI's TCP transport); `hdr` and `ndr` are
+  InfiniBand profiles from published figures (about 1.0 us / 24 GB/s for HDR 200 Gb/s and
+  0.9 us / 48 GB/s for NDR 400 Gb/s, typical OSU MPI latency and bandwidth on such fabrics);
+- kernel throughput per core from the criterion benchmarks (heat sweep, nbody force loop);
+- memory-bandwidth sharing: the criterion heat sweep on k threads over k times one thread's, which
+  says how the memory-bound sweep slows when k cores of a node share its memory.
+
+The model, per time step:
+- heat: t = t_compute + t_halo. t_compute = owned cells / (threads x r_heat x share(k)), k = busy
+  cores on the node. t_halo = sum over the rank's faces of (alpha + bytes / beta) of the link
+  (shared memory when the neighbour is on the same node), or the node's inter-node bytes / beta
+  when that is larger (one NIC per node); the worst rank counts. The process grid is the
+  surface-minimising factorisation phalanx's ProcessGrid::auto picks; ranks fill nodes in order.
+  No overlap of halo and interior is assumed (Open MPI 4.1 has no asynchronous progress).
+- nbody: a ring of P steps; each computes n_local^2 interactions at threads x r_nbody, while the
+  next block (32 B per body) travels: t = t_c + (P - 1) x max(t_c, alpha + 32 n_local / beta).
+- oversubscription (more busy threads than cores on a node): the busiest core time-shares
+  ceil(busy / cores) threads, which divides the compute rate of the slowest rank by that factor.
+"""
+
+import argparse
+import json
+import math
+import os
+
+PUBLISHED = {
+    "hdr": {"alpha": 1.0e-6, "beta": 24e9, "source": "InfiniBand HDR 200 Gb/s, typical published MPI figures"},
+    "ndr": {"alpha": 0.9e-6, "beta": 48e9, "source": "InfiniBand NDR 400 Gb/s, typical published MPI figures"},
+}
+
+
+def fit_link(rows):
+    """alpha, beta from commbench ping-pong rows (bench == latency, phalanx figures, us)."""
+    pts = [(r["bytes"], r["phalanx"] * 1e-6) for r in rows if r["bench"] == "latency"]
+    # Weighted least squares on relative error: minimise sum(((a + b m) - t) / t)^2.
+    s = {k: 0.0 for k in ("w", "m", "mm", "t", "mt")}
+    for m, t in pts:
+        w = 1.0 / (t * t)
+        s["w"] += w
+        s["m"] += w * m
+        s["mm"] += w * m * m
+        s["t"] += w * t
+        s["mt"] += w * m * t
+    det = s["w"] * s["mm"] - s["m"] ** 2
+    b = (s["w"] * s["mt"] - s["m"] * s["t"]) / det
+    a = (s["t"] - b * s["m"]) / s["w"]
+    return {"alpha": max(a, 1e-9), "beta": 1.0 / max(b, 1e-15), "points": len(pts)}
+
+
+def factorisations(p, nd):
+    """Every way to write p as a product of nd factors, leading factors largest first."""
+    if nd == 1:
+        yield (p,)
+        return
+    for d in range(p, 0, -1):
+        if p % d == 0:
+            for rest in factorisations(p // d, nd - 1):
+                yield (d,) + rest
+
+
+def grid_dims(p, shape):
+    """The process grid ProcessGrid::auto picks (non-periodic): the smallest halo of the busiest
+    rank (no faces in a dimension of 1 rank, one face with 2 ranks, two with 3 or more); among
+    equals the first in order, most split in the leading dimensions."""
+    nd = len(shape)
+    best = None
+    for dims in factorisations(p, nd):
+        if any(d > n for d, n in zip(dims, shape)):
+            continue
+        ext = [math.ceil(n / d) for n, d in zip(shape, dims)]
+        faces = [0 if d == 1 else 1 if d == 2 else 2 for d in dims]
+        surface = sum(faces[i] * math.prod(e for j, e in enumerate(ext) if j != i) for i in range(nd))
+        if best is None or surface < best[0] - 1e-9:
+            best = (surface, dims)
+    return best[1]
+
+
+class Machine:
+    """Per-core kernel rates, memory-bandwidth sharing and link parameters."""
+
+    def __init__(self, r_heat, r_heat3, r_nbody, share, cores_per_node, links):
+        self.r_heat = r_heat  # 2-D cell updates/s per core
+        self.r_heat3 = r_heat3  # 3-D cell updates/s per core
+        self.r_nbody = r_nbody  # interactions/s per core
+        self.share = share  # {k: copy bandwidth with k busy cores / (k x one core's)}
+        self.cores = cores_per_node
+        self.links = links  # {"shm": {...}, "tcp": {...}, ...}
+
+    def share_at(self, k):
+        ks = sorted(self.share)
+        if k in self.share:
+            return self.share[k]
+        if k > ks[-1]:
+            # Beyond what was measured: the node's bandwidth stays what the most cores reached.
+            return self.share[ks[-1]] * ks[-1] / k
+        return self.share[ks[0]]
+
+
+def heat_step(m, n, dims, ranks, threads, nodes, net):
+    per_node = math.ceil(ranks / nodes)
+    busy = per_node * threads
+    over = math.ceil(busy / m.cores)
+    shape = [n] * dims
+    g = grid_dims(ranks, shape)
+    ext = [math.ceil(a / d) for a, d in zip(shape, g)]
+    rate = (m.r_heat if dims == 2 else m.r_heat3) * threads * min(1.0, m.share_at(min(busy, m.cores))) / over
+    t_comp = math.prod(ext) / rate
+    # Halo of every rank (non-periodic grid), ranks numbered row-major over the grid.
+    strides = [math.prod(g[i + 1:]) for i in range(dims)]
+    worst, node_bytes = 0.0, {}
+    shm, far = m.links["shm"], m.links[net]
+    for r in range(ranks):
+        c = [(r // strides[i]) % g[i] for i in range(dims)]
+        t = 0.0
+        for i in range(dims):
+            face = 8 * math.prod(e for j, e in enumerate(ext) if j != i)
+            for step in (-1, 1):
+                if 0 <= c[i] + step < g[i]:
+                    q = r + step * strides[i]
+                    link = shm if q // per_node == r // per_node else far
+                    t += link["alpha"] + face / link["beta"]
+                    if link is far:
+                        node_bytes[r // per_node] = node_bytes.get(r // per_node, 0) + face
+        worst = max(worst, t)
+        if ranks > 4096 and r > 2 * per_node:
+            # Ranks are alike away from the edges; the first nodes carry the worst case.
+            break
+    nic = max(node_bytes.values(), default=0) / far["beta"]
+    return t_comp + max(worst, nic), {"grid": g, "compute": t_comp, "halo": max(worst, nic)}
+
+
+def nbody_step(m, bodies, ranks, threads, nodes, net):
+    per_node = math.ceil(ranks / nodes)
+    over = math.ceil(per_node * threads / m.cores)
+    n = bodies / ranks
+    t_c = n * n / (m.r_nbody * threads / over)
+    link = m.links[net] if nodes > 1 else m.links["shm"]
+    t_m = link["alpha"] + 32 * n / link["beta"]
+    return t_c + (ranks - 1) * max(t_c, t_m), {"compute": ranks * t_c, "comm_per_hop": t_m}
+
+
+def scaling_tables(m, nets, node_counts, heat_n, heat_weak_n, bodies, bodies_weak):
+    """Predicted strong and weak scaling efficiency, one rank per core, 1 thread per rank."""
+    out = {}
+    c = m.cores
+    for net in nets:
+        rows = []
+        t1h = heat_step(m, heat_n, 2, c, 1, 1, net)[0]
+        t1hw = heat_step(m, heat_weak_n, 2, c, 1, 1, net)[0]
+        t1b = nbody_step(m, bodies, c, 1, 1, net)[0]
+        t1bw = nbody_step(m, bodies_weak, c, 1, 1, net)[0]
+        for nodes in node_counts:
+            p = nodes * c
+            th = heat_step(m, heat_n, 2, p, 1, nodes, net)[0]
+            thw = heat_step(m, round(heat_weak_n * math.sqrt(nodes)), 2, p, 1, nodes, net)[0]
+            tb = nbody_step(m, bodies, p, 1, nodes, net)[0]
+            tbw = nbody_step(m, round(bodies_weak * math.sqrt(nodes)), p, 1, nodes, net)[0]
+            rows.append({
+                "nodes": nodes, "ranks": p,
+                "heat_strong": t1h / (nodes * th), "heat_weak": t1hw / thw,
+                "nbody_strong": t1b / (nodes * tb), "nbody_weak": t1bw / tbw,
+                "heat_strong_step_s": th, "nbody_strong_step_s": tb,
+            })
+        out[net] = rows
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--inputs", required=True, help="model_inputs.json written by benches/regenerate")
+    ap.add_argument("--cores-per-node", type=int, help="[default: this machine's]")
+    ap.add_argument("--heat-n", type=int, default=32768)
+    ap.add_argument("--heat-weak-n", type=int, default=8192)
+    ap.add_argument("--bodies", type=int, default=262144)
+    ap.add_argument("--bodies-weak", type=int, default=65536)
+    args = ap.parse_args()
+    inp = json.load(open(args.inputs))
+    links = dict(inp["links"], **PUBLISHED)
+    m = Machine(inp["r_heat"], inp["r_heat3"], inp["r_nbody"], {int(k): v for k, v in inp["share"].items()},
+                args.cores_per_node or inp["cores_per_node"], links)
+    nodes = [2 ** k for k in range(11)]
+    tables = scaling_tables(m, [n for n in ("tcp", "hdr", "ndr") if n in links], nodes, args.heat_n,
+                            args.heat_weak_n, args.bodies, args.bodies_weak)
+    for net, rows in tables.items():
+        print(f"\n{net}: {links[net]['alpha'] * 1e6:.2f} us, {links[net]['beta'] / 1e9:.2f} GB/s; {m.cores} cores per node")
+        print(f"{'nodes':>6} {'ranks':>7} {'heat strong':>12} {'heat weak':>10} {'nbody strong':>13} {'nbody weak':>11}")
+        for r in rows:
+            print(f"{r['nodes']:>6} {r['ranks']:>7} {r['heat_strong']:>12.3f} {r['heat_weak']:>10.3f} "
+                  f"{r['nbody_strong']:>13.3f} {r['nbody_weak']:>11.3f}")
+
+
+if __name__ == "__main__":
+    main()
