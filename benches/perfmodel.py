@@ -93,13 +93,11 @@ class Machine:
         self.links = links  # {"shm": {...}, "tcp": {...}, ...}
 
     def share_at(self, k):
+        """Bandwidth share per busy core with k busy; beyond what was measured, each further
+        core is assumed to get the share the most cores measured got (nodes with more cores have
+        more memory channels; a stated assumption, not a measurement)."""
         ks = sorted(self.share)
-        if k in self.share:
-            return self.share[k]
-        if k > ks[-1]:
-            # Beyond what was measured: the node's bandwidth stays what the most cores reached.
-            return self.share[ks[-1]] * ks[-1] / k
-        return self.share[ks[0]]
+        return self.share[k] if k in self.share else self.share[ks[-1] if k > ks[-1] else ks[0]]
 
 
 def heat_step(m, n, dims, ranks, threads, nodes, net):

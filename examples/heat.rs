@@ -53,6 +53,10 @@ struct Args {
     /// Compute the interior while the halo exchange is in flight.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     overlap: String,
+    /// Stores of the new field: `normal`, or `streaming` (non-temporal: 16 instead of 24 bytes of
+    /// memory traffic per update; faster on some machines, slower on others; same results).
+    #[arg(long, default_value = "normal", value_parser = ["normal", "streaming"])]
+    stores: String,
     /// Interior blocks per step with MPI progress polled between them (overlap on).
     #[arg(long, default_value_t = 4)]
     chunks: usize,
@@ -121,6 +125,9 @@ fn write_png(path: &std::path::Path, field: &ndarray::ArrayD<f64>, dims: usize) 
 
 /// STREAM copy bandwidth (16 bytes per element, as STREAM counts) of this rank's threads on two
 /// arrays of `len` elements first touched by the same static split; median of 11 repetitions, GB/s.
+/// The copy is `memcpy`, which is what STREAM's copy loop becomes under `gcc -O3`; on CPUs whose
+/// `memcpy` writes whole lines without reading them first (Intel's fast `rep movsb`) this is
+/// the higher figure (a loop of vector stores also reads each line before writing it).
 fn copy_bandwidth(pool: &rayon::ThreadPool, len: usize) -> f64 {
     use rayon::prelude::*;
     let chunk = len.div_ceil(pool.current_num_threads()).max(1);
@@ -155,6 +162,7 @@ fn run(args: &Args) -> phalanx::Result<i32> {
     let overlap = args.overlap == "on";
     let root = world.rank() == 0;
     let mut solver = HeatSolver::new(&world, dims, n, threads.pool())?;
+    solver.set_streaming_stores(args.stores == "streaming");
     let store =
         args.resilience.checkpoint_dir.as_ref().map(|d| CheckpointStore::new(d, args.resilience.checkpoint_keep));
     if store.is_some() {
