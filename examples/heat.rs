@@ -148,8 +148,7 @@ fn copy_bandwidth(pool: &rayon::ThreadPool, len: usize) -> f64 {
     16.0 * len as f64 / t[t.len() / 2] / 1e9
 }
 
-fn run(args: &Args) -> phalanx::Result<i32> {
-    let rt = phalanx::init()?;
+fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
     let world = rt.world();
     let dims = args.dims as usize;
     let n = args.n.unwrap_or(if dims == 2 { 2048 } else { 160 });
@@ -342,12 +341,19 @@ fn run(args: &Args) -> phalanx::Result<i32> {
 
 fn main() {
     let args = Args::parse();
-    match run(&args) {
-        Ok(code) => std::process::exit(code),
+    let rt = phalanx::init().unwrap_or_else(|e| {
+        eprintln!("heat: {e}");
+        std::process::exit(3)
+    });
+    match run(&rt, &args) {
+        Ok(code) => {
+            drop(rt); // MPI_Finalize
+            std::process::exit(code)
+        }
         Err(e) => {
             eprintln!("heat: {e}");
-            // Every rank reaches the same error in collective code; a rank-local one must not leave
-            // the others waiting.
+            // While MPI still runs: an error on one rank must not leave the others waiting (in a
+            // collective, or in MPI_Finalize).
             phalanx::runtime::abort_job(3);
         }
     }

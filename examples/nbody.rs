@@ -64,8 +64,7 @@ fn max_rel(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
-fn run(args: &Args) -> phalanx::Result<i32> {
-    let rt = phalanx::init()?;
+fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
     let world = rt.world();
     let threads = world.start_threads(ThreadConfig::from_options(args.threads, args.pin))?;
     let pool = threads.pool();
@@ -190,10 +189,19 @@ fn run(args: &Args) -> phalanx::Result<i32> {
 
 fn main() {
     let args = Args::parse();
-    match run(&args) {
-        Ok(code) => std::process::exit(code),
+    let rt = phalanx::init().unwrap_or_else(|e| {
+        eprintln!("nbody: {e}");
+        std::process::exit(3)
+    });
+    match run(&rt, &args) {
+        Ok(code) => {
+            drop(rt); // MPI_Finalize
+            std::process::exit(code)
+        }
         Err(e) => {
             eprintln!("nbody: {e}");
+            // While MPI still runs: an error on one rank must not leave the others waiting (in a
+            // collective, or in MPI_Finalize).
             phalanx::runtime::abort_job(3);
         }
     }

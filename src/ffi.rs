@@ -288,7 +288,7 @@ pub(crate) fn abort(code: c_int) -> ! {
         // any thread and does not return.
         unsafe { sys::MPI_Abort(comm_world(), code) };
     }
-    std::process::abort()
+    std::process::exit(code)
 }
 
 pub(crate) fn is_thread_main() -> bool {

@@ -85,3 +85,48 @@ fn nbody_json_and_check() {
     assert_eq!(j["check"]["passed"], true);
     assert!(j["energy_drift"].as_f64().unwrap() < 1e-8);
 }
+
+/// Checkpoint options as a user meets them: --restart without a directory is a usage error (2); a
+/// checkpoint directory that cannot be created is a runtime error (3) naming the path, on every
+/// rank's behalf, with no hang; a damaged only generation is an error naming the file.
+#[test]
+fn checkpoint_options_and_errors() {
+    let heat = example("heat");
+    let out = mpirun(1, &heat, &["--n", "16", "--steps", "2", "--restart"]);
+    assert_eq!(out.status.code(), Some(2), "--restart without --checkpoint-dir");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--checkpoint-dir"));
+
+    let blocker = std::env::temp_dir().join(format!("phalanx-cli-file-{}", std::process::id()));
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let dir = blocker.join("ckpt");
+    let out = mpirun(
+        2,
+        &heat,
+        &["--n", "16", "--steps", "4", "--checkpoint-every", "2", "--checkpoint-dir", dir.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains(blocker.to_str().unwrap()), "the error names the path: {err}");
+    let _ = std::fs::remove_file(&blocker);
+
+    let dir = std::env::temp_dir().join(format!("phalanx-cli-ckpt-{}", std::process::id()));
+    let ok = mpirun(
+        2,
+        &heat,
+        &["--n", "16", "--steps", "4", "--checkpoint-every", "4", "--checkpoint-dir", dir.to_str().unwrap()],
+    );
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let rank_file = dir.join("gen-000000000004").join("rank-000001.bin");
+    let mut bytes = std::fs::read(&rank_file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&rank_file, bytes).unwrap();
+    let out = mpirun(2, &heat, &["--n", "16", "--steps", "6", "--restart", "--checkpoint-dir", dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("rank-000001.bin") && err.contains("checksum") && err.contains("no usable checkpoint"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
