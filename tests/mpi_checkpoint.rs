@@ -312,6 +312,11 @@ fn watchdog_is_quiet_while_progressing(world: &Comm) {
         phalanx::runtime::mark_progress();
     }
     dog.stop(world).unwrap();
+    // A long limit means long waits between checks; stopping must not wait for them.
+    let dog = Watchdog::start(world, Duration::from_secs(120)).unwrap();
+    let t = Instant::now();
+    dog.stop(world).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "stopping a watchdog took {:?}", t.elapsed());
 }
 
 fn watchdog_reports_a_deadlock(world: &Comm) {

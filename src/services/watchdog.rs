@@ -202,6 +202,9 @@ impl Watchdog {
     fn halt(&mut self) {
         self.done.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
+            // The thread waits a quarter of the limit between checks (minutes, for long limits):
+            // wake it so that stopping is immediate.
+            t.thread().unpark();
             let _ = t.join();
             crate::runtime::activity::set_watched(false);
         }
@@ -267,8 +270,11 @@ fn beat(mut s: TcpStream, rank: i32, limit: Duration, done: &AtomicBool) {
     let mut last = current_activity();
     let mut changed = Instant::now();
     let mut connected = true;
-    while !done.load(Ordering::SeqCst) {
-        std::thread::sleep(tick(limit));
+    loop {
+        std::thread::park_timeout(tick(limit)); // woken early by `halt`
+        if done.load(Ordering::SeqCst) {
+            break;
+        }
         let a = current_activity();
         if a.count != last.count {
             changed = Instant::now();
@@ -325,8 +331,11 @@ fn coordinate(accepted: Accepted, host: String, limit: Duration, done: &AtomicBo
     }
     let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); conns.len()];
     let mut chunk = [0u8; 4096];
-    while !done.load(Ordering::SeqCst) {
-        std::thread::sleep(tick(limit));
+    loop {
+        std::thread::park_timeout(tick(limit)); // woken early by `halt`
+        if done.load(Ordering::SeqCst) {
+            break;
+        }
         let now = Instant::now();
         let a = current_activity();
         update(&mut peers[0], a.count, a.op.to_string(), a.peer.unwrap_or(-1), now);
