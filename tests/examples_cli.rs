@@ -46,6 +46,29 @@ fn heat_json_check_and_png() {
     let _ = std::fs::remove_file(&png);
 }
 
+/// Temporal blocking from the command line: the same field as the serial run; a block deeper than a
+/// rank's share of the grid is a clear error, a zero block a usage error.
+#[test]
+fn heat_time_block() {
+    let heat = example("heat");
+    let out =
+        mpirun(2, &heat, &["--n", "33", "--steps", "10", "--threads", "2", "--time-block", "4", "--check", "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "heat failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("4 steps per exchange"), "{stdout}");
+    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!((j["check"].as_bool(), j["time_block"].as_u64(), j["steps"].as_u64()), (Some(true), Some(4), Some(10)));
+    let want = phalanx::decomp::field_hash_of(&phalanx::kernels::heat::serial_reference(2, 33, 10));
+    assert_eq!(j["field_hash"], format!("{want:032x}"));
+
+    let out = mpirun(2, &heat, &["--n", "33", "--steps", "10", "--time-block", "0"]);
+    assert_eq!(out.status.code(), Some(2), "--time-block 0 is a usage error");
+    let out = mpirun(2, &heat, &["--n", "33", "--steps", "10", "--time-block", "40"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("time block of 40 steps"), "{err}");
+}
+
 #[test]
 fn heat_help_and_bad_arguments() {
     let out = run(
@@ -58,7 +81,9 @@ fn heat_help_and_bad_arguments() {
     );
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for opt in ["--dims", "--n", "--steps", "--threads", "--pin", "--overlap", "--check", "--png", "--json"] {
+    for opt in
+        ["--dims", "--n", "--steps", "--threads", "--pin", "--overlap", "--time-block", "--check", "--png", "--json"]
+    {
         assert!(help.contains(opt), "--help does not mention {opt}");
     }
     let out = run(

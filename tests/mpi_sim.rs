@@ -30,6 +30,32 @@ fn heat_hash_matches_serial(world: &Comm) {
                     world.size()
                 );
             }
+            // Temporal blocking: k steps per exchange of a k-deep halo, blocks cut short by the
+            // caller (as at checkpoints) and at the end; the same bits as the serial run.
+            // 3-D: 13 cells over 3 ranks leave blocks of 4, the deepest halo that fits.
+            let ks: &[usize] = if dims == 2 { &[1, 2, 3, 5] } else { &[1, 2, 4] };
+            for &k in ks {
+                let mut s = HeatSolver::with_time_block(world, dims, n, t.pool(), k).unwrap();
+                assert_eq!(s.time_block(), k);
+                let mut done = 0;
+                while done < steps {
+                    // Every fourth block stops two steps short, as before a checkpoint.
+                    let limit = if (done / k) % 4 == 3 { 2.min(steps - done) } else { steps - done };
+                    let took = s.step_block(t.pool(), limit, None).unwrap();
+                    assert_eq!(took, limit.min(k));
+                    done += took;
+                }
+                assert_eq!(s.steps(), steps);
+                assert_eq!(s.step_block(t.pool(), 0, None).unwrap(), 0);
+                let got = s.field().field_hash().unwrap();
+                assert_eq!(got, want, "{dims}-D n={n} on {} ranks x {threads} threads, time block {k}", world.size());
+                // The overlapped single step still works on the deep-halo solver.
+                let mut s = HeatSolver::with_time_block(world, dims, n, t.pool(), k).unwrap();
+                for _ in 0..steps {
+                    s.step(t.pool(), true, 2).unwrap();
+                }
+                assert_eq!(s.field().field_hash().unwrap(), want, "{dims}-D single steps on a {k}-deep halo");
+            }
         }
     }
 }
@@ -42,6 +68,14 @@ fn heat_rejects_bad_input(world: &Comm) {
     if world.size() > 1 {
         let e = HeatSolver::new(world, 2, 1, t.pool()).unwrap_err();
         assert_eq!(e.kind(), phalanx::ErrorKind::Decomposition, "{e}");
+    }
+    let e = HeatSolver::with_time_block(world, 2, 10, t.pool(), 0).unwrap_err();
+    assert!(e.to_string().contains("time block of 0 steps"), "{e}");
+    // A halo deeper than a rank's block: 12 rows over 4 ranks are 3 each.
+    if world.size() == 4 {
+        let e = HeatSolver::with_time_block(world, 2, 12, t.pool(), 7).unwrap_err();
+        assert_eq!(e.kind(), phalanx::ErrorKind::Decomposition, "{e}");
+        assert!(e.to_string().contains("time block of 7 steps"), "{e}");
     }
 }
 

@@ -66,6 +66,8 @@ struct KillRun {
 const HEAT2: &str = "--n 48 --steps 40";
 const HEAT3: &str = "--dims 3 --n 16 --steps 30";
 const NBODY: &str = "--bodies 120 --steps 16";
+/// Three steps per halo exchange: blocks end early at checkpoint steps (every 5).
+const HEAT2_BLOCKED: &str = "--n 48 --steps 40 --time-block 3";
 
 const fn k(
     prog: &'static str,
@@ -90,6 +92,8 @@ const KILLS: &[KillRun] = &[
     k("heat", HEAT2, 5, 4, "kill-in-checkpoint:2:25", 4, Some(20)),
     k("heat", HEAT3, 5, 4, "kill:1:14", 2, Some(10)),
     k("heat", HEAT3, 5, 2, "kill-in-checkpoint:1:15", 3, Some(10)),
+    k("heat", HEAT2_BLOCKED, 5, 2, "kill:1:22", 3, Some(20)),
+    k("heat", HEAT2_BLOCKED, 5, 4, "kill-in-checkpoint:0:35", 2, Some(30)),
     k("nbody", NBODY, 4, 2, "kill:1:7", 2, Some(4)),
     k("nbody", NBODY, 4, 4, "kill-in-checkpoint:3:8", 4, Some(4)),
     k("nbody", NBODY, 4, 3, "kill:0:13", 3, Some(12)),
