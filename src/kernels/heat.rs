@@ -516,7 +516,9 @@ impl HeatSolver {
 
     /// A solver that can advance `k` steps per halo exchange with
     /// [`step_block`](HeatSolver::step_block): its halo is `k` cells deep and includes edges and
-    /// corners. `k = 1` is the same solver as [`new`](HeatSolver::new).
+    /// corners. `k = 1` is the same solver as [`new`](HeatSolver::new). Its
+    /// [`step`](HeatSolver::step) still works (and gives the same field) but moves the whole
+    /// `k`-deep halo every step.
     ///
     /// Collective.
     ///
