@@ -524,6 +524,9 @@ def render(r):
     w("  times larger, and each rank recomputes K (K - 1) / 2 ghost-cell updates per cell of each shared")
     w("  face per block of K steps;")
     w("  the model does not cover that mode yet.")
+    w("- `--time-block 2` on 1 rank x 2 threads was bimodal from run to run here (about 0.95 or 1.4-1.7 G")
+    w("  updates/s; 2026-12-02, AMD EPYC VM), with the threads' wait spinning 256, 2048 or 16384 times")
+    w("  before yielding alike; K = 8 was not affected that way. The cause was not found.")
     w("- The watchdog's activity recording costs one relaxed atomic load per operation when no watchdog")
     w("  runs; the commbench ratios above include it.\n")
 

@@ -318,11 +318,12 @@ impl Grids {
 #[repr(align(128))]
 struct Progress(AtomicUsize);
 
-/// Waits until `p` reaches `v`: spins briefly, then yields (ranks may share cores).
+/// Waits until `p` reaches `v`: spins briefly (1024 pauses, about 25 us here), then yields
+/// (threads may share cores when ranks are oversubscribed).
 fn wait_for(p: &Progress, v: usize) {
     let mut spins = 0u32;
     while p.0.load(Ordering::Acquire) < v {
-        if spins < 256 {
+        if spins < 1 << 10 {
             std::hint::spin_loop();
             spins += 1;
         } else {
