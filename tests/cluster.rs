@@ -68,6 +68,12 @@ fn check_layout(nodes: usize, per_node: usize, heat_hash: &str) {
             assert_eq!(cols[2], k.to_string(), "local rank on {host}: {l}");
         }
     }
+    // Temporal blocking across nodes: a 4-deep halo with edges and corners over TCP, same field.
+    let mut blocked = args.clone();
+    blocked.retain(|a| *a != "--report-bindings");
+    blocked.extend(["--time-block", "4"]);
+    let j = json_last(&cluster(&blocked));
+    assert_eq!(j["field_hash"], heat_hash, "{nodes} nodes x {per_node}, --time-block 4: the field hash differs");
     let nbody = example("nbody");
     let out = cluster(&[
         "run",
@@ -86,7 +92,9 @@ fn check_layout(nodes: usize, per_node: usize, heat_hash: &str) {
     ]);
     let j = json_last(&out);
     assert_eq!(j["check"]["passed"], true, "nbody --check on {nodes} nodes x {per_node}");
-    println!("cluster: {nodes} nodes x {per_node} ranks ... ok (heat hash {heat_hash}, nbody check passed)");
+    println!(
+        "cluster: {nodes} nodes x {per_node} ranks ... ok (heat hash {heat_hash}, also with --time-block 4; nbody check passed)"
+    );
 }
 
 fn main() {

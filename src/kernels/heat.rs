@@ -425,19 +425,21 @@ fn fused_block(
 /// # Panics
 /// If `dims` is not 2 or 3, or a slice is shorter than `(n + 2)`^`dims`.
 pub fn sweep_grid(u: &[f64], out: &mut [f64], dims: usize, n: usize) {
+    let (shape, interior) = plain_grid(u.len(), out.len(), dims, n);
+    sweep(u, out, shape, dims == 3, default_r(dims), interior, None, false);
+}
+
+/// The padded shape and the interior box of a plain `n`^`dims` grid with a one-cell border, after
+/// checking the arguments against slices of `a` and `b` elements.
+fn plain_grid(a: usize, b: usize, dims: usize, n: usize) -> ([usize; 3], Box3) {
     assert!(dims == 2 || dims == 3, "dims must be 2 or 3, not {dims}");
     let g = n + 2;
     let shape = if dims == 2 { [1, g, g] } else { [g, g, g] };
     let cells: usize = shape.iter().product();
-    assert!(
-        u.len() >= cells && out.len() >= cells,
-        "grids of {} and {} elements for {cells} cells",
-        u.len(),
-        out.len()
-    );
+    assert!(a >= cells && b >= cells, "grids of {a} and {b} elements for {cells} cells");
     let lo = if dims == 2 { [0, 1, 1] } else { [1, 1, 1] };
     let hi = if dims == 2 { [1, n + 1, n + 1] } else { [n + 1, n + 1, n + 1] };
-    sweep(u, out, shape, dims == 3, default_r(dims), Box3 { lo, hi }, None, false);
+    (shape, Box3 { lo, hi })
 }
 
 /// `k` Jacobi sweeps of a plain `n`^`dims` grid stored with a one-cell border (as for
@@ -451,22 +453,11 @@ pub fn sweep_grid(u: &[f64], out: &mut [f64], dims: usize, n: usize) {
 /// # Panics
 /// If `dims` is not 2 or 3, `k` is 0, or a slice is shorter than `(n + 2)`^`dims`.
 pub fn sweep_grid_blocked(u: &mut [f64], out: &mut [f64], dims: usize, n: usize, k: usize, pool: &rayon::ThreadPool) {
-    assert!(dims == 2 || dims == 3, "dims must be 2 or 3, not {dims}");
     assert!(k > 0, "a time block of 0 steps");
-    let g = n + 2;
-    let shape = if dims == 2 { [1, g, g] } else { [g, g, g] };
-    let cells: usize = shape.iter().product();
-    assert!(
-        u.len() >= cells && out.len() >= cells,
-        "grids of {} and {} elements for {cells} cells",
-        u.len(),
-        out.len()
-    );
-    let lo = if dims == 2 { [0, 1, 1] } else { [1, 1, 1] };
-    let hi = if dims == 2 { [1, n + 1, n + 1] } else { [n + 1, n + 1, n + 1] };
+    let (shape, interior) = plain_grid(u.len(), out.len(), dims, n);
     // Every side is the domain boundary: each level covers the whole interior.
-    let boxes = vec![Box3 { lo, hi }; k];
-    let grids = Grids { p: [u.as_mut_ptr(), out.as_mut_ptr()], len: cells };
+    let boxes = vec![interior; k];
+    let grids = Grids { p: [u.as_mut_ptr(), out.as_mut_ptr()], len: u.len().min(out.len()) };
     fused_block(grids, &boxes, shape, dims == 3, default_r(dims), pool, None);
 }
 
