@@ -10,6 +10,14 @@
 //! in `chunks` blocks of rows on the thread pool, and polls MPI between blocks (Open MPI 4.1 moves
 //! messages above its eager limit only inside MPI calls), then finishes the exchange and computes the
 //! boundary shell. The main thread never spins: it waits in the pool while a block runs.
+//!
+//! # Temporal blocking
+//! [`HeatSolver::with_time_block`]`(k)` and [`HeatSolver::step_block`] trade that overlap for
+//! memory traffic: one exchange of a `k`-deep halo (edges and corners included), then `k` steps in
+//! one wavefront pass over the rows (planes in 3-D), each of them going through all `k` steps while
+//! it is in cache (see `fused_block` for the ordering argument). Ranks recompute the ghost layers
+//! they would otherwise receive each step. Every cell still gets [`update2`]/[`update3`] on the same
+//! operands, so the field is the same bits; [`sweep_grid_blocked`] is the same pass without MPI.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
