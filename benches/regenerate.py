@@ -46,6 +46,11 @@ def med(xs):
     return statistics.median(xs)
 
 
+def heat(ranks, *args):
+    """One run of the heat example on `ranks` ranks; its JSON summary."""
+    return last_json(sh(mpirun(ranks, f"{EX}/heat", *args, "--json")))
+
+
 def log(msg):
     print(f"regenerate: {msg}", flush=True)
 
@@ -110,8 +115,7 @@ def heat_roofline(rounds=5):
     runs = {l: [] for l in layouts}
     for _ in range(rounds):
         for r, t in layouts:
-            runs[(r, t)].append(last_json(sh(mpirun(r, f"{EX}/heat", "--n", 4000, "--steps", 100, "--threads", t,
-                                                    "--roofline", "--json"))))
+            runs[(r, t)].append(heat(r, "--n", 4000, "--steps", 100, "--threads", t, "--roofline"))
     return {f"{r}x{t}": v for (r, t), v in runs.items()}
 
 
@@ -128,10 +132,9 @@ def petsc(pairs=5):
         a, c, b = [], [], []
         for _ in range(pairs):
             b.append(last_json(sh(["mpirun", "-n", str(ranks), "--bind-to", "core", ref, "-n", "4000", "-steps", "100"])))
-            a.append(last_json(sh(mpirun(ranks, f"{EX}/heat", "--n", 4000, "--steps", 100, "--threads", 1,
-                                         "--pin", "compact", "--json"))))
-            c.append(last_json(sh(mpirun(ranks, f"{EX}/heat", "--n", 4000, "--steps", 100, "--threads", 1,
-                                         "--pin", "compact", "--time-block", TIME_BLOCK, "--json"))))
+            one = ("--n", 4000, "--steps", 100, "--threads", 1, "--pin", "compact")
+            a.append(heat(ranks, *one))
+            c.append(heat(ranks, *one, "--time-block", TIME_BLOCK))
         out[ranks] = {"phalanx": med([x["mlups"] for x in a]), "petsc": med([x["mlups"] for x in b]),
                       "ratio": med([x["mlups"] / y["mlups"] for x, y in zip(a, b)]),
                       "blocked": med([x["mlups"] for x in c]),
@@ -148,9 +151,8 @@ def time_blocks(rounds=3):
     for _ in range(rounds):
         for c in cases:
             dims, n, steps, ranks, threads, k = c
-            runs[c].append(last_json(sh(mpirun(ranks, f"{EX}/heat", "--dims", dims, "--n", n, "--steps", steps,
-                                                "--threads", threads, "--pin", "compact", "--time-block", k,
-                                                "--json"))))
+            runs[c].append(heat(ranks, "--dims", dims, "--n", n, "--steps", steps, "--threads", threads,
+                                "--pin", "compact", "--time-block", k))
     out = []
     for (dims, n, steps, ranks, threads, k), v in runs.items():
         out.append({"dims": dims, "n": n, "steps": steps, "ranks": ranks, "threads": threads, "k": k,
@@ -184,8 +186,7 @@ def timers(pairs=7):
     on, off = [], []
     for _ in range(pairs):
         for flag, dst in (("on", on), ("off", off)):
-            dst.append(last_json(sh(mpirun(2, f"{EX}/heat", "--n", 2000, "--steps", 400, "--threads", 1,
-                                           "--timers", flag, "--json")))["seconds"])
+            dst.append(heat(2, "--n", 2000, "--steps", 400, "--threads", 1, "--timers", flag)["seconds"])
     return {"on": med(on), "off": med(off), "ratio": med([a / b for a, b in zip(on, off)]), "pairs": pairs}
 
 
@@ -193,13 +194,12 @@ def checkpoints():
     log("checkpoint write and restart, heat 4000^2 on 2 ranks")
     d = os.path.join(OUT, "ckpt")
     subprocess.run(["rm", "-rf", d])
-    w = last_json(sh(mpirun(2, f"{EX}/heat", "--n", 4000, "--steps", 40, "--threads", 1, "--checkpoint-dir", d,
-                            "--checkpoint-every", 10, "--metrics", os.path.join(OUT, "ckpt-metrics.json"), "--json")))
+    w = heat(2, "--n", 4000, "--steps", 40, "--threads", 1, "--checkpoint-dir", d,
+             "--checkpoint-every", 10, "--metrics", os.path.join(OUT, "ckpt-metrics.json"))
     io = json.load(open(os.path.join(OUT, "ckpt-metrics.json")))
     import time
     t0 = time.time()
-    r = last_json(sh(mpirun(2, f"{EX}/heat", "--n", 4000, "--steps", 40, "--threads", 1, "--checkpoint-dir", d,
-                            "--restart", "--json")))
+    r = heat(2, "--n", 4000, "--steps", 40, "--threads", 1, "--checkpoint-dir", d, "--restart")
     t_restart = time.time() - t0
     t0 = time.time()
     sh(mpirun(2, f"{EX}/heat", "--n", 4000, "--steps", 0, "--threads", 1, "--json"))
@@ -214,7 +214,7 @@ def validation(rounds=3):
     out = {"heat": {}, "nbody": {}}
     for _ in range(rounds):
         for ranks in (1, 2, 3, 4):
-            h = last_json(sh(mpirun(ranks, f"{EX}/heat", "--n", 4000, "--steps", 60, "--threads", 1, "--json")))
+            h = heat(ranks, "--n", 4000, "--steps", 60, "--threads", 1)
             out["heat"].setdefault(ranks, []).append(h["seconds"] / h["steps"])
             b = last_json(sh(mpirun(ranks, f"{EX}/nbody", "--bodies", 8192, "--steps", 4, "--threads", 1, "--json")))
             out["nbody"].setdefault(ranks, []).append(b["seconds"] / b["steps"])

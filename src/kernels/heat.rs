@@ -147,7 +147,6 @@ impl<'a> Neighbours<'a> {
 /// the same sequence of IEEE operations as [`update2`]/[`update3`], so the bits are the same.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
 fn row_stream_avx2(nb: Neighbours<'_>, o: &mut [f64], three_d: bool, r: f64) {
     use std::arch::x86_64::*;
     let Neighbours { c, west, east, north, south, below, above } = nb;
@@ -286,7 +285,6 @@ impl Grids {
     /// `b` and `x` must lie at least one cell inside the arrays (of `shape`) in every active
     /// dimension, and no other thread may write the cells this reads (the box and its face
     /// neighbours in the source array) or access the cells it writes while it runs.
-    #[allow(clippy::too_many_arguments)]
     unsafe fn slab(&self, j: usize, x: usize, b: Box3, shape: [usize; 3], three_d: bool, r: f64) {
         let (src, dst) = (self.p[(j - 1) % 2], self.p[j % 2]);
         let w = shape[2];
@@ -294,10 +292,10 @@ impl Grids {
         let (lo, hi) = (b.lo[2], b.hi[2]);
         let len = hi - lo;
         let (zs, ys) = if three_d { (x..x + 1, b.lo[1]..b.hi[1]) } else { (0..1, x..x + 1) };
+        let reach = if three_d { plane } else { w };
         for z in zs {
             for y in ys.clone() {
                 let at = z * plane + y * w + lo;
-                let reach = if three_d { plane } else { w };
                 debug_assert!(at >= reach && at + len + reach <= self.len);
                 // SAFETY: the caller keeps the box one cell inside the arrays, so every operand
                 // range lies within them, and guarantees no concurrent writer of the cells read nor
