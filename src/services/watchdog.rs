@@ -2,12 +2,20 @@
 //!
 //! Every rank records what it is doing ([`crate::runtime::current_activity`]: the operation in
 //! progress and a counter that moves with every operation started). A watchdog thread on each rank
-//! samples it every quarter of the limit and sends it as a one-line heartbeat over TCP to the
-//! watchdog of rank 0, the *coordinator*. When any rank's counter has not moved, or its heartbeats
-//! have stopped, for longer than the limit, the coordinator prints a table of the stuck ranks (host,
-//! pid, operation, peer, how long) and ends the job with `MPI_Abort` (exit code
-//! [`EXIT_CODE`]). A rank whose own counter has not moved for 1.5 times the limit reports itself
-//! and aborts too, which covers a coordinator that is itself stopped.
+//! samples it every eighth of the limit and sends it as a one-line heartbeat over TCP to the
+//! watchdog of rank 0, the *coordinator*, which answers every rank at the same pace. When any
+//! rank's counter has not moved, or its heartbeats have stopped, for longer than the limit, the
+//! coordinator prints a table of the stuck ranks (host, pid, operation, peer, how long) and ends
+//! the job with `MPI_Abort` (exit code [`EXIT_CODE`]). The other ranks watch the coordinator in
+//! turn: when its answers stop for longer than the limit (rank 0 stopped, or its node gone) they
+//! report it and abort the job themselves. A connection that closes without a goodbye means its
+//! process ended with the watchdog running (killed, or crashed): the job is aborted at once rather
+//! than left to the MPI library's own failure detection.
+//!
+//! So a stopped rank ends the job within 1.25 times the limit after it stopped (plus the
+//! time `mpirun` takes to tear the job down). A watchdog thread that did not run for more than
+//! half the limit (its own process stopped and continued, or starved of CPU) forgets what it did
+//! not hear meanwhile instead of blaming the others.
 //!
 //! Why TCP and not MPI: the ranks being watched may be blocked inside MPI, and under
 //! `MPI_THREAD_FUNNELED` a second thread may not call MPI at all; Open MPI 4.1 has no asynchronous
@@ -202,7 +210,7 @@ impl Watchdog {
     fn halt(&mut self) {
         self.done.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
-            // The thread waits a quarter of the limit between checks (minutes, for long limits):
+            // The thread waits an eighth of the limit between checks (minutes, for long limits):
             // wake it so that stopping is immediate.
             t.thread().unpark();
             let _ = t.join();
@@ -262,32 +270,125 @@ fn accept_all(l: &TcpListener, size: usize, token: u64, within: Duration) -> std
 }
 
 fn tick(limit: Duration) -> Duration {
-    (limit / 4).max(Duration::from_millis(25))
+    (limit / 8).max(Duration::from_millis(25))
 }
 
-/// A rank other than 0: heartbeats, and a self-check with a longer limit.
+/// What a non-blocking read of a watchdog connection found.
+enum Got {
+    /// The connection is open (complete lines were appended, possibly none).
+    Open,
+    /// The other side closed it or it failed: its process ended.
+    Closed,
+}
+
+/// Reads what `s` has without blocking and appends its complete lines to `lines`.
+fn read_lines(s: &mut TcpStream, buf: &mut Vec<u8>, lines: &mut Vec<String>) -> Got {
+    let mut chunk = [0u8; 4096];
+    let got = loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break Got::Closed,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == IoKind::WouldBlock => break Got::Open,
+            Err(e) if e.kind() == IoKind::Interrupted => continue,
+            Err(_) => break Got::Closed,
+        }
+    };
+    while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+        let line: Vec<u8> = buf.drain(..=nl).collect();
+        lines.push(String::from_utf8_lossy(&line).trim_end().to_string());
+    }
+    got
+}
+
+/// Notices when the watchdog thread itself did not run for a while (its process was stopped,
+/// or starved of CPU): nothing could be heard meanwhile, so the silence is not the others'.
+struct Clock {
+    last: Instant,
+    limit: Duration,
+}
+
+impl Clock {
+    /// The time now, and how long this thread was away if that was more than half the limit.
+    fn next(&mut self) -> (Instant, Option<Duration>) {
+        let now = Instant::now();
+        let gap = now - self.last;
+        self.last = now;
+        (now, (gap > self.limit / 2).then_some(gap))
+    }
+}
+
+/// What a report adds when this rank's own watchdog had just been away.
+fn away_note(rank: usize, away: Option<Duration>) -> String {
+    away.map_or(String::new(), |g| {
+        format!(
+            "\n  (rank {rank}'s own watchdog had not run for {:.1} s before this: its process was stopped, or starved of CPU)",
+            g.as_secs_f64()
+        )
+    })
+}
+
+/// Ends the job after a report. `dying`: a process of the job has already ended, so the MPI
+/// library is tearing the job down; this process leaves at once instead of calling `MPI_Abort`,
+/// which may wait on a launcher busy with that teardown.
+fn end_job(dying: bool) -> ! {
+    if dying {
+        // SAFETY: _exit has no preconditions; it ends the process without running atexit
+        // handlers (the MPI library's among them), which is what we want here.
+        unsafe { libc::_exit(EXIT_CODE) }
+    }
+    crate::runtime::abort_job(EXIT_CODE)
+}
+
+/// A rank other than 0: heartbeats to the coordinator, and a watch on the coordinator's answers,
+/// which end the job when rank 0 itself stops (a stopped process cannot report itself).
 fn beat(mut s: TcpStream, rank: i32, limit: Duration, done: &AtomicBool) {
-    let mut last = current_activity();
-    let mut changed = Instant::now();
-    let mut connected = true;
+    let _ = s.set_nonblocking(true);
+    let (mut buf, mut lines) = (Vec::new(), Vec::new());
+    let mut clock = Clock { last: Instant::now(), limit };
+    let mut heard = Instant::now();
+    let (mut coord_host, mut coord_pid) = (String::from("?"), 0u32);
+    // Until the coordinator says goodbye (its watchdog was stopped on purpose).
+    let mut watching = true;
     loop {
         std::thread::park_timeout(tick(limit)); // woken early by `halt`
         if done.load(Ordering::SeqCst) {
             break;
         }
+        let (now, away) = clock.next();
+        if away.is_some() {
+            heard = now;
+        }
         let a = current_activity();
-        if a.count != last.count {
-            changed = Instant::now();
+        if watching {
+            let got = read_lines(&mut s, &mut buf, &mut lines);
+            for line in lines.drain(..) {
+                heard = now;
+                let f: Vec<&str> = line.split_whitespace().collect();
+                match f.as_slice() {
+                    // Stopped on purpose, or ending the job after its own report.
+                    ["bye"] | ["abort"] => watching = false,
+                    ["hi", host, pid] => (coord_host, coord_pid) = (host.to_string(), pid.parse().unwrap_or(0)),
+                    _ => {}
+                }
+            }
+            let who = format!("rank 0 (host {coord_host}, pid {coord_pid})");
+            if watching && matches!(got, Got::Closed) {
+                let what = format!("{who}: ENDED without stopping its watchdog (killed, or crashed)");
+                report_coordinator(rank, &a, &(what + &away_note(rank as usize, away)), true);
+            }
+            if watching && now - heard > limit {
+                let silent = (now - heard).as_secs_f64();
+                let what = format!(
+                    "{who}: SILENT for {silent:.1} s (process stopped, or its node is gone); rank 0 watches the others"
+                );
+                report_coordinator(rank, &a, &what, false);
+            }
         }
-        last = a;
-        if connected {
-            let line = format!("{} {} {}\n", a.count, a.peer.unwrap_or(-1), a.op);
-            connected = s.write_all(line.as_bytes()).is_ok();
-        }
-        if changed.elapsed() > limit * 3 / 2 {
-            report_self(rank, &a, changed.elapsed(), limit);
-        }
+        // A full socket (the coordinator is not reading) drops this beat; the coordinator
+        // notices the silence.
+        let _ = s.write_all(format!("{} {} {}\n", a.count, a.peer.unwrap_or(-1), a.op).as_bytes());
     }
+    let _ = s.set_nonblocking(false);
     let _ = s.write_all(b"bye\n");
 }
 
@@ -299,68 +400,58 @@ fn describe(op: &str, peer: i32) -> String {
     }
 }
 
-fn report_self(rank: i32, a: &Activity, stalled: Duration, limit: Duration) -> ! {
+/// A rank other than 0 ends the job because the coordinator stopped answering (`dying`: its
+/// process has ended).
+fn report_coordinator(rank: i32, a: &Activity, what: &str, dying: bool) -> ! {
     // One write, so that the reports of several ranks do not interleave.
     eprint!(
-        "phalanx watchdog: rank {rank} (host {}, pid {}) has made no progress for {:.1} s (limit {:.1} s), {}; \
-         rank 0's watchdog has not ended the job (rank 0 stopped, or its node gone?)\n\
+        "phalanx watchdog: rank {rank} (host {}, pid {}, now {}) lost the coordinator:\n  {what}\n\
          phalanx watchdog: aborting the job (exit code {EXIT_CODE})\n",
         hostname(),
         std::process::id(),
-        stalled.as_secs_f64(),
-        limit.as_secs_f64(),
         describe(a.op, a.peer.unwrap_or(-1)),
     );
-    crate::runtime::abort_job(EXIT_CODE)
+    end_job(dying)
 }
 
-/// Rank 0: collects heartbeats, watches everyone (itself included), reports and aborts.
+/// Rank 0: collects heartbeats, watches everyone (itself included), answers each rank every tick
+/// so that they can watch it in turn, reports and aborts.
 fn coordinate(accepted: Accepted, host: String, limit: Duration, done: &AtomicBool) {
     let now = Instant::now();
+    let hello = format!("hi {host} {}\n", std::process::id());
     let blank =
         Peer { host, pid: std::process::id(), act: (0, String::new(), -1), heard: now, changed: now, gone: false };
     let mut peers = vec![blank; accepted.len()];
     let mut conns: Vec<Option<TcpStream>> = Vec::new();
     for (p, a) in peers.iter_mut().zip(accepted) {
-        if let Some((s, host, pid)) = a {
+        if let Some((mut s, host, pid)) = a {
             (p.host, p.pid) = (host, pid);
+            let _ = s.write_all(hello.as_bytes());
             conns.push(Some(s));
         } else {
-            conns.push(None);
+            conns.push(None); // rank 0 itself
         }
     }
     let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); conns.len()];
-    let mut chunk = [0u8; 4096];
+    let mut lines = Vec::new();
+    let mut clock = Clock { last: now, limit };
     loop {
         std::thread::park_timeout(tick(limit)); // woken early by `halt`
         if done.load(Ordering::SeqCst) {
             break;
         }
-        let now = Instant::now();
+        let (now, away) = clock.next();
+        if away.is_some() {
+            for p in peers.iter_mut() {
+                (p.heard, p.changed) = (now, now);
+            }
+        }
         let a = current_activity();
         update(&mut peers[0], a.count, a.op.to_string(), a.peer.unwrap_or(-1), now);
         for (r, c) in conns.iter_mut().enumerate() {
             let Some(s) = c else { continue };
-            loop {
-                match s.read(&mut chunk) {
-                    Ok(0) => {
-                        peers[r].gone = true;
-                        *c = None;
-                        break;
-                    }
-                    Ok(n) => bufs[r].extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == IoKind::WouldBlock => break,
-                    Err(_) => {
-                        peers[r].gone = true;
-                        *c = None;
-                        break;
-                    }
-                }
-            }
-            while let Some(nl) = bufs[r].iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = bufs[r].drain(..=nl).collect();
-                let line = String::from_utf8_lossy(&line);
-                let line = line.trim_end();
+            let got = read_lines(s, &mut bufs[r], &mut lines);
+            for line in lines.drain(..) {
                 if line == "bye" {
                     peers[r].gone = true;
                     continue;
@@ -370,12 +461,48 @@ fn coordinate(accepted: Accepted, host: String, limit: Duration, done: &AtomicBo
                 let peer = f.next().and_then(|p| p.parse().ok()).unwrap_or(-1);
                 update(&mut peers[r], count, f.next().unwrap_or("?").to_string(), peer, now);
             }
+            if matches!(got, Got::Closed) {
+                *c = None;
+                if !peers[r].gone {
+                    end_all(&mut conns, &ended_report(r, &peers[r], limit, away), true);
+                }
+            } else if !peers[r].gone {
+                // As with the beats: a full socket drops this answer.
+                let _ = s.write_all(b"ok\n");
+            }
         }
         let stuck = peers.iter().any(|p| !p.gone && (now - p.changed > limit || now - p.heard > limit));
         if stuck {
-            report_all(&peers, now, limit);
+            end_all(&mut conns, &stuck_report(&peers, now, limit), false);
         }
     }
+    for s in conns.iter_mut().flatten() {
+        let _ = s.set_nonblocking(false);
+        let _ = s.write_all(b"bye\n");
+    }
+}
+
+/// Rank 0: prints the report, tells the other ranks not to report the coordinator's end in
+/// turn, and ends the job.
+fn end_all(conns: &mut [Option<TcpStream>], report: &str, dying: bool) -> ! {
+    eprintln!("{report}\nphalanx watchdog: aborting the job (exit code {EXIT_CODE})");
+    for s in conns.iter_mut().flatten() {
+        let _ = s.write_all(b"abort\n");
+    }
+    end_job(dying)
+}
+
+/// Rank 0: a rank's process ended while its watchdog was running.
+fn ended_report(r: usize, p: &Peer, limit: Duration, away: Option<Duration>) -> String {
+    format!(
+        "phalanx watchdog: rank {r} (host {}, pid {}) ENDED without stopping its watchdog (killed, or crashed); \
+         last seen {} (limit {:.1} s){}",
+        p.host,
+        p.pid,
+        describe(&p.act.1, p.act.2),
+        limit.as_secs_f64(),
+        away_note(0, away)
+    )
 }
 
 fn update(p: &mut Peer, count: u64, op: String, peer: i32, now: Instant) {
@@ -386,7 +513,8 @@ fn update(p: &mut Peer, count: u64, op: String, peer: i32, now: Instant) {
     p.act = (count, op, peer);
 }
 
-fn report_all(peers: &[Peer], now: Instant, limit: Duration) -> ! {
+/// Rank 0: the table of stuck ranks.
+fn stuck_report(peers: &[Peer], now: Instant, limit: Duration) -> String {
     let mut rows: Vec<(Duration, String)> = Vec::new();
     for (r, p) in peers.iter().enumerate() {
         if p.gone {
@@ -418,16 +546,14 @@ fn report_all(peers: &[Peer], now: Instant, limit: Duration) -> ! {
     }
     rows.sort_by_key(|r| std::cmp::Reverse(r.0));
     let mut msg = format!(
-        "phalanx watchdog: the job has stopped making progress (limit {:.1} s); {} of {} ranks stuck:\n",
+        "phalanx watchdog: the job has stopped making progress (limit {:.1} s); {} of {} ranks stuck:",
         limit.as_secs_f64(),
         rows.len(),
         peers.len()
     );
     for (_, row) in rows {
-        msg.push_str(&row);
         msg.push('\n');
+        msg.push_str(&row);
     }
-    msg.push_str(&format!("phalanx watchdog: aborting the job (exit code {EXIT_CODE})"));
-    eprintln!("{msg}");
-    crate::runtime::abort_job(EXIT_CODE)
+    msg
 }
