@@ -388,7 +388,7 @@ fn beat(mut s: TcpStream, rank: i32, limit: Duration, done: &AtomicBool) {
         // notices the silence.
         let _ = s.write_all(format!("{} {} {}\n", a.count, a.peer.unwrap_or(-1), a.op).as_bytes());
     }
-    let _ = s.set_nonblocking(false);
+    // Still non-blocking: a coordinator that is not reading must not hold up `halt`.
     let _ = s.write_all(b"bye\n");
 }
 
@@ -477,8 +477,7 @@ fn coordinate(accepted: Accepted, host: String, limit: Duration, done: &AtomicBo
         }
     }
     for s in conns.iter_mut().flatten() {
-        let _ = s.set_nonblocking(false);
-        let _ = s.write_all(b"bye\n");
+        let _ = s.write_all(b"bye\n"); // non-blocking, as above
     }
 }
 
