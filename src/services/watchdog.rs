@@ -341,12 +341,16 @@ fn end_job(dying: bool) -> ! {
 
 /// A rank other than 0: heartbeats to the coordinator, and a watch on the coordinator's answers,
 /// which end the job when rank 0 itself stops (a stopped process cannot report itself).
+///
+/// One rank, the *deputy* (the first on another host than rank 0, else rank 1), reports rank 0
+/// after the limit; the others wait twice as long, in case the deputy is gone too, so that a job
+/// of a thousand ranks prints one report, not a thousand.
 fn beat(mut s: TcpStream, rank: i32, limit: Duration, done: &AtomicBool) {
     let _ = s.set_nonblocking(true);
     let (mut buf, mut lines) = (Vec::new(), Vec::new());
     let mut clock = Clock { last: Instant::now(), limit };
     let mut heard = Instant::now();
-    let (mut coord_host, mut coord_pid) = (String::from("?"), 0u32);
+    let (mut coord_host, mut coord_pid, mut deputy) = (String::from("?"), 0u32, 1i32);
     // Until the coordinator says goodbye (its watchdog was stopped on purpose).
     let mut watching = true;
     loop {
@@ -367,21 +371,31 @@ fn beat(mut s: TcpStream, rank: i32, limit: Duration, done: &AtomicBool) {
                 match f.as_slice() {
                     // Stopped on purpose, or ending the job after its own report.
                     ["bye"] | ["abort"] => watching = false,
-                    ["hi", host, pid] => (coord_host, coord_pid) = (host.to_string(), pid.parse().unwrap_or(0)),
+                    ["hi", host, pid, d] => {
+                        (coord_host, coord_pid) = (host.to_string(), pid.parse().unwrap_or(0));
+                        deputy = d.parse().unwrap_or(1);
+                    }
                     _ => {}
                 }
             }
             let who = format!("rank 0 (host {coord_host}, pid {coord_pid})");
             if watching && matches!(got, Got::Closed) {
+                if rank != deputy {
+                    end_job(true); // the job is ending; the deputy says why
+                }
                 let what = format!("{who}: ENDED without stopping its watchdog (killed, or crashed)");
-                report_coordinator(rank, &a, &(what + &away_note(rank as usize, away)), true);
+                report_coordinator(&mut s, rank, &a, &(what + &away_note(rank as usize, away)), true);
             }
-            if watching && now - heard > limit {
+            let wait = if rank == deputy { limit } else { limit * 2 };
+            if watching && now - heard > wait {
                 let silent = (now - heard).as_secs_f64();
-                let what = format!(
+                let mut what = format!(
                     "{who}: SILENT for {silent:.1} s (process stopped, or its node is gone); rank 0 watches the others"
                 );
-                report_coordinator(rank, &a, &what, false);
+                if rank != deputy {
+                    what += &format!("\n  (rank {deputy}, which reports this first, has not ended the job either)");
+                }
+                report_coordinator(&mut s, rank, &a, &what, false);
             }
         }
         // A full socket (the coordinator is not reading) drops this beat; the coordinator
@@ -401,8 +415,9 @@ fn describe(op: &str, peer: i32) -> String {
 }
 
 /// A rank other than 0 ends the job because the coordinator stopped answering (`dying`: its
-/// process has ended).
-fn report_coordinator(rank: i32, a: &Activity, what: &str, dying: bool) -> ! {
+/// process has ended). A stopped rank 0 that is continued (as `mpirun` does before it kills) is
+/// told to leave quietly.
+fn report_coordinator(s: &mut TcpStream, rank: i32, a: &Activity, what: &str, dying: bool) -> ! {
     // One write, so that the reports of several ranks do not interleave.
     eprint!(
         "phalanx watchdog: rank {rank} (host {}, pid {}, now {}) lost the coordinator:\n  {what}\n\
@@ -411,6 +426,7 @@ fn report_coordinator(rank: i32, a: &Activity, what: &str, dying: bool) -> ! {
         std::process::id(),
         describe(a.op, a.peer.unwrap_or(-1)),
     );
+    let _ = s.write_all(b"abort\n");
     end_job(dying)
 }
 
@@ -418,7 +434,8 @@ fn report_coordinator(rank: i32, a: &Activity, what: &str, dying: bool) -> ! {
 /// so that they can watch it in turn, reports and aborts.
 fn coordinate(accepted: Accepted, host: String, limit: Duration, done: &AtomicBool) {
     let now = Instant::now();
-    let hello = format!("hi {host} {}\n", std::process::id());
+    let deputy = accepted.iter().position(|a| a.as_ref().is_some_and(|(_, h, _)| *h != host)).unwrap_or(1);
+    let hello = format!("hi {host} {} {deputy}\n", std::process::id());
     let blank =
         Peer { host, pid: std::process::id(), act: (0, String::new(), -1), heard: now, changed: now, gone: false };
     let mut peers = vec![blank; accepted.len()];
@@ -455,6 +472,10 @@ fn coordinate(accepted: Accepted, host: String, limit: Duration, done: &AtomicBo
                 if line == "bye" {
                     peers[r].gone = true;
                     continue;
+                }
+                if line == "abort" {
+                    // Rank r reported this rank (stopped, and now continued) and is ending the job.
+                    end_job(true);
                 }
                 let mut f = line.splitn(3, ' ');
                 let count = f.next().and_then(|c| c.parse().ok()).unwrap_or(0);
