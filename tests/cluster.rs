@@ -1,15 +1,17 @@
 //! Multi-node runs on an emulated cluster (network namespaces, `ci/cluster`): heat and nbody at
 //! 2 nodes x 2 ranks and 4 nodes x 1 rank over TCP must give the same field hash / pass the same
 //! check as on one node, the node-local communicator must see the emulated nodes, and a run with
-//! 200 us added per link must still give the identical hash.
+//! 200 us added per link must still give the identical hash. A node cut off from the network while
+//! the watchdog runs must be reported, and every rank process, on both sides of the cut, must end.
 //!
 //! Runs when this machine can create network namespaces (root); otherwise prints a SKIPPED line
 //! naming the missing capability. Plain `harness = false` program: it prints its own results.
 
 mod common;
 
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{example, root, run};
 
@@ -97,6 +99,78 @@ fn check_layout(nodes: usize, per_node: usize, heat_hash: &str) {
     );
 }
 
+/// The live (not zombie) processes running `exe` with `--watchdog` among their arguments.
+fn watched_ranks(exe: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if std::fs::read_link(e.path().join("exe")).ok().as_deref() != Some(exe) {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).unwrap_or("X");
+        if cmdline.split(|b| *b == 0).any(|a| a == b"--watchdog") && state != "Z" && state != "X" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Node 1 of 2 (ranks 0 and 1, rank 0 the watchdog's coordinator) is cut off from the network
+/// while heat runs with a 2 s watchdog limit. The deputy on node 2 must report rank 0 as silent;
+/// node 2's ranks end through MPI_Abort, node 1's leave by themselves once MPI_Abort cannot reach
+/// the launcher (5 s grace). `mpirun` itself waits for Open MPI to notice the lost daemon (TCP
+/// keepalive, minutes), so it is killed here once every rank has ended.
+fn node_cut_off() {
+    std::env::set_var("PHALANX_CLUSTER_SLOTS", "2");
+    let up = cluster(&["up", "2"]);
+    assert!(up.status.success(), "ci/cluster up failed: {}", String::from_utf8_lossy(&up.stderr));
+    let heat = example("heat").canonicalize().unwrap();
+    let dir = std::env::temp_dir().join(format!("phalanx-cluster-test-{}", std::process::id()));
+    let err_path = std::env::temp_dir().join(format!("phalanx-cluster-cut-{}.err", std::process::id()));
+    let mut job = Command::new(root().join("ci/cluster"))
+        .args(["run", "4", heat.to_str().unwrap(), "--n", "48", "--steps", "100000000", "--watchdog", "2"])
+        .args(["--threads", "1", "--pin", "none"])
+        .env("PHALANX_CLUSTER_DIR", &dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("spawn ci/cluster run");
+    let start = Instant::now();
+    while watched_ranks(&heat).len() < 4 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the 4 ranks did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(cluster(&["cut", "node1"]).status.success(), "ci/cluster cut node1");
+    let cut = Instant::now();
+    let mut left = watched_ranks(&heat);
+    while !left.is_empty() && cut.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+        left = watched_ranks(&heat);
+    }
+    let took = cut.elapsed().as_secs_f64();
+    let _ = cluster(&["mend", "node1"]);
+    let _ = job.kill();
+    let _ = job.wait();
+    for p in &left {
+        // SAFETY: kill has no memory-safety preconditions; `p` runs this test's heat binary.
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&err_path);
+    assert!(left.is_empty(), "{} rank process(es) still running {took:.1} s after the cut:\n{err}", left.len());
+    // 1.25 limits to notice, the 5 s grace, and slack.
+    assert!(took < 12.0, "the ranks ended {took:.1} s after the cut (want under 12 s):\n{err}");
+    assert!(
+        err.contains("rank 0 (host node1") && err.contains("SILENT") && err.contains("(host node2"),
+        "no report from node 2 naming rank 0 on node 1:\n{err}"
+    );
+    println!("cluster: node 1 of 2 cut off under the watchdog ... ok (reported from node 2; every rank ended {took:.1} s after the cut)");
+}
+
 fn main() {
     let check = cluster(&["check"]);
     if !check.status.success() {
@@ -117,6 +191,8 @@ fn main() {
     check_layout(2, 2, &reference);
     passed += 1;
     check_layout(4, 1, &reference);
+    passed += 1;
+    node_cut_off();
     passed += 1;
     // Shaped links: slower, same answer. The delay uses netem, or the NFQUEUE delayer where the kernel
     // has no netem; if neither can be had, ci/cluster says why and this run is reported as skipped.

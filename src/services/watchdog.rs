@@ -13,7 +13,11 @@
 //! than left to the MPI library's own failure detection.
 //!
 //! So a stopped rank ends the job within 1.25 times the limit after it stopped (plus the
-//! time `mpirun` takes to tear the job down). A watchdog thread that did not run for more than
+//! time `mpirun` takes to tear the job down). When rank 0 is the one stopped or gone, a single
+//! *deputy* reports it (the first rank on another host), so that a large job prints one report.
+//! A rank that ends the job, or was told by rank 0 that the job is ending, leaves by itself when
+//! the MPI library has not taken it down within [`ABORT_GRACE`]: on a node cut off from the
+//! network, `MPI_Abort` cannot reach the launcher. A watchdog thread that did not run for more than
 //! half the limit (its own process stopped and continued, or starved of CPU) forgets what it did
 //! not hear meanwhile instead of blaming the others.
 //!
@@ -330,13 +334,31 @@ fn away_note(rank: usize, away: Option<Duration>) -> String {
 /// Ends the job after a report. `dying`: a process of the job has already ended, so the MPI
 /// library is tearing the job down; this process leaves at once instead of calling `MPI_Abort`,
 /// which may wait on a launcher busy with that teardown.
+///
+/// `MPI_Abort` itself can hang when the launcher cannot be reached (this rank's node cut off
+/// from the network): a timer leaves anyway after [`ABORT_GRACE`].
 fn end_job(dying: bool) -> ! {
-    if dying {
-        // SAFETY: _exit has no preconditions; it ends the process without running atexit
-        // handlers (the MPI library's among them), which is what we want here.
-        unsafe { libc::_exit(EXIT_CODE) }
+    if !dying {
+        let timer = std::thread::Builder::new().name("phalanx-watchdog-exit".into()).spawn(|| {
+            std::thread::sleep(ABORT_GRACE);
+            leave()
+        });
+        if timer.is_ok() {
+            crate::runtime::abort_job(EXIT_CODE)
+        }
     }
-    crate::runtime::abort_job(EXIT_CODE)
+    leave()
+}
+
+/// How long a rank that ends the job waits for `MPI_Abort`, or for the MPI library to end it
+/// after rank 0 said so, before it leaves by itself. `mpirun` takes up to 2 s to tear a job
+/// down (SIGCONT, 1 s, SIGTERM, 1 s, SIGKILL).
+pub const ABORT_GRACE: Duration = Duration::from_secs(5);
+
+fn leave() -> ! {
+    // SAFETY: _exit has no preconditions; it ends the process without running atexit handlers
+    // (the MPI library's among them), which is what we want here.
+    unsafe { libc::_exit(EXIT_CODE) }
 }
 
 /// A rank other than 0: heartbeats to the coordinator, and a watch on the coordinator's answers,
@@ -351,8 +373,10 @@ fn beat(mut s: TcpStream, rank: i32, limit: Duration, done: &AtomicBool) {
     let mut clock = Clock { last: Instant::now(), limit };
     let mut heard = Instant::now();
     let (mut coord_host, mut coord_pid, mut deputy) = (String::from("?"), 0u32, 1i32);
-    // Until the coordinator says goodbye (its watchdog was stopped on purpose).
+    // Until the coordinator says goodbye (its watchdog was stopped on purpose) or that it is
+    // ending the job.
     let mut watching = true;
+    let mut leave_at: Option<Instant> = None;
     loop {
         std::thread::park_timeout(tick(limit)); // woken early by `halt`
         if done.load(Ordering::SeqCst) {
@@ -362,6 +386,11 @@ fn beat(mut s: TcpStream, rank: i32, limit: Duration, done: &AtomicBool) {
         if away.is_some() {
             heard = now;
         }
+        if leave_at.is_some_and(|t| now >= t) {
+            // Rank 0 ended the job, but the MPI library has not taken this process down (its node
+            // cut off from the launcher?): leave rather than linger.
+            leave();
+        }
         let a = current_activity();
         if watching {
             let got = read_lines(&mut s, &mut buf, &mut lines);
@@ -369,8 +398,12 @@ fn beat(mut s: TcpStream, rank: i32, limit: Duration, done: &AtomicBool) {
                 heard = now;
                 let f: Vec<&str> = line.split_whitespace().collect();
                 match f.as_slice() {
-                    // Stopped on purpose, or ending the job after its own report.
-                    ["bye"] | ["abort"] => watching = false,
+                    ["bye"] => watching = false,
+                    ["abort"] => {
+                        // Rank 0 reported and is ending the job.
+                        watching = false;
+                        leave_at = Some(now + ABORT_GRACE);
+                    }
                     ["hi", host, pid, d] => {
                         (coord_host, coord_pid) = (host.to_string(), pid.parse().unwrap_or(0));
                         deputy = d.parse().unwrap_or(1);
