@@ -31,17 +31,20 @@ fn heat(c: &mut Criterion) {
         }
     }
     g.finish();
-    // Temporal blocking: 8 steps in one pass over the 2-D 4000^2 grid (throughput counts all 8).
+    // Temporal blocking: K steps in one pass over the 2-D 4000^2 grid (throughput counts all K).
+    // Two K, so that the performance model can fit the rate at any K (benches/perfmodel.py).
     let mut g = c.benchmark_group("heat_blocked");
     g.sample_size(10);
     let n = 4000usize;
     let mut u: Vec<f64> = (0..(n + 2).pow(2)).map(|i| (i % 97) as f64 * 0.01).collect();
     let mut out = u.clone();
-    g.throughput(Throughput::Elements(8 * (n * n) as u64));
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
-    g.bench_with_input(BenchmarkId::new("2d_1thread_k8", n), &n, |b, &n| {
-        b.iter(|| sweep_grid_blocked(&mut u, &mut out, 2, n, 8, &pool))
-    });
+    for k in [2usize, 8] {
+        g.throughput(Throughput::Elements((k * n * n) as u64));
+        g.bench_with_input(BenchmarkId::new(format!("2d_1thread_k{k}"), n), &n, |b, &n| {
+            b.iter(|| sweep_grid_blocked(&mut u, &mut out, 2, n, k, &pool))
+        });
+    }
     g.finish();
 }
 

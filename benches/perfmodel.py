@@ -18,6 +18,15 @@ The model, per time step:
   when that is larger (one NIC per node); the worst rank counts. The process grid is the
   surface-minimising factorisation phalanx's ProcessGrid::auto picks; ranks fill nodes in order.
   No overlap of halo and interior is assumed (Open MPI 4.1 has no asynchronous progress).
+- heat with temporal blocking (`--time-block K`, 2-D): per block of K steps, one exchange of a
+  K-deep halo (a message per face, K x face x 8 B, and per diagonal neighbour, K x K x 8 B), then
+  sum over levels j = 1..K of the cells of the block widened by K - j on every side that has a
+  neighbour (the ghost layers recomputed instead of received), at the blocked kernel's rate; the
+  worst rank counts, and a step costs the block's time / K. The blocked rate per core at K is
+  1 / (a + b / K), a and b fitted to the criterion benchmarks of the blocked pass at K = 2 and
+  K = 8 (a: arithmetic and cache time per update; b / K: the memory traffic, spread over K
+  levels). Busy cores share it like the one-step sweep (the same measured share): on this
+  machine's two vCPUs the blocked runs slowed by the same factor as the memory-bound sweep.
 - nbody: a ring of P steps; each computes n_local^2 interactions at threads x r_nbody, while the
   next block (32 B per body) travels: t = t_c + (P - 1) x max(t_c, alpha + 32 n_local / beta).
 - oversubscription (more busy threads than cores on a node): the busiest core time-shares
@@ -84,8 +93,9 @@ def grid_dims(p, shape):
 class Machine:
     """Per-core kernel rates, memory-bandwidth sharing and link parameters."""
 
-    def __init__(self, r_heat, r_heat3, r_nbody, share, cores_per_node, links):
+    def __init__(self, r_heat, r_heat3, r_nbody, share, cores_per_node, links, r_blocked=None):
         self.r_heat = r_heat  # 2-D cell updates/s per core
+        self.r_blocked = r_blocked or {}  # {K: 2-D blocked-pass cell updates/s per core}
         self.r_heat3 = r_heat3  # 3-D cell updates/s per core
         self.r_nbody = r_nbody  # interactions/s per core
         self.share = share  # {k: copy bandwidth with k busy cores / (k x one core's)}
@@ -98,6 +108,49 @@ class Machine:
         more memory channels; a stated assumption, not a measurement)."""
         ks = sorted(self.share)
         return self.share[k] if k in self.share else self.share[ks[-1] if k > ks[-1] else ks[0]]
+
+
+    def blocked_rate(self, k):
+        """Blocked-pass updates/s per core at K: 1 / (a + b / K) through the two measured K."""
+        (k1, r1), (k2, r2) = sorted(self.r_blocked.items())[:2]
+        b = (1 / r1 - 1 / r2) / (1 / k1 - 1 / k2)
+        a = 1 / r1 - b / k1
+        return 1 / (a + b / k)
+
+
+def heat_block_step(m, n, ranks, threads, nodes, net, k):
+    """Seconds per step of 2-D heat with K steps per exchange of a K-deep halo (see above)."""
+    per_node = math.ceil(ranks / nodes)
+    busy = per_node * threads
+    over = math.ceil(busy / m.cores)
+    g = grid_dims(ranks, [n, n])
+    ext = [math.ceil(n / d) for d in g]
+    rate = m.blocked_rate(k) * threads * min(1.0, m.share_at(min(busy, m.cores))) / over
+    shm, far = m.links["shm"], m.links[net]
+    worst, node_bytes = (0.0, 0.0, 0.0), {}
+    for r in range(ranks):
+        c = (r // g[1], r % g[1])
+        has = [[0 <= c[i] + s < g[i] for s in (-1, 1)] for i in range(2)]
+        cells = sum(math.prod(ext[i] + (k - j) * sum(has[i]) for i in range(2)) for j in range(1, k + 1))
+        t_halo = 0.0
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                if (dy, dx) == (0, 0) or (dy and not has[0][(dy + 1) // 2]) or (dx and not has[1][(dx + 1) // 2]):
+                    continue
+                q = r + dy * g[1] + dx
+                nbytes = 8 * k * (ext[1] if dy and not dx else ext[0] if dx and not dy else k)
+                link = shm if q // per_node == r // per_node else far
+                t_halo += link["alpha"] + nbytes / link["beta"]
+                if link is far:
+                    node_bytes[r // per_node] = node_bytes.get(r // per_node, 0) + nbytes
+        t = cells / rate + t_halo
+        if t > worst[0]:
+            worst = (t, cells / rate, t_halo)
+        if ranks > 4096 and r > 2 * per_node:
+            break  # as in heat_step: the first nodes carry the worst case
+    nic = max(node_bytes.values(), default=0) / far["beta"]
+    t_block = max(worst[0], worst[1] + nic)
+    return t_block / k, {"grid": g, "compute": worst[1] / k, "halo": max(worst[2], nic) / k}
 
 
 def heat_step(m, n, dims, ranks, threads, nodes, net):
@@ -143,8 +196,13 @@ def nbody_step(m, bodies, ranks, threads, nodes, net):
     return t_c + (ranks - 1) * max(t_c, t_m), {"compute": ranks * t_c, "comm_per_hop": t_m}
 
 
+BLOCK_K = 8  # the time block of the scaling tables' blocked columns
+
+
 def scaling_tables(m, nets, node_counts, heat_n, heat_weak_n, bodies, bodies_weak):
-    """Predicted strong and weak scaling efficiency, one rank per core, 1 thread per rank."""
+    """Predicted strong and weak scaling efficiency, one rank per core, 1 thread per rank; with
+    blocked-pass rates in the machine, also heat with BLOCK_K steps per exchange (efficiency
+    against one node at that K, and its speed-up over one step per exchange)."""
     out = {}
     c = m.cores
     for net in nets:
@@ -153,18 +211,28 @@ def scaling_tables(m, nets, node_counts, heat_n, heat_weak_n, bodies, bodies_wea
         t1hw = heat_step(m, heat_weak_n, 2, c, 1, 1, net)[0]
         t1b = nbody_step(m, bodies, c, 1, 1, net)[0]
         t1bw = nbody_step(m, bodies_weak, c, 1, 1, net)[0]
+        blk = bool(m.r_blocked)
+        if blk:
+            t1k = heat_block_step(m, heat_n, c, 1, 1, net, BLOCK_K)[0]
+            t1kw = heat_block_step(m, heat_weak_n, c, 1, 1, net, BLOCK_K)[0]
         for nodes in node_counts:
             p = nodes * c
             th = heat_step(m, heat_n, 2, p, 1, nodes, net)[0]
             thw = heat_step(m, round(heat_weak_n * math.sqrt(nodes)), 2, p, 1, nodes, net)[0]
             tb = nbody_step(m, bodies, p, 1, nodes, net)[0]
             tbw = nbody_step(m, round(bodies_weak * math.sqrt(nodes)), p, 1, nodes, net)[0]
-            rows.append({
+            row = {
                 "nodes": nodes, "ranks": p,
                 "heat_strong": t1h / (nodes * th), "heat_weak": t1hw / thw,
                 "nbody_strong": t1b / (nodes * tb), "nbody_weak": t1bw / tbw,
                 "heat_strong_step_s": th, "nbody_strong_step_s": tb,
-            })
+            }
+            if blk:
+                tk = heat_block_step(m, heat_n, p, 1, nodes, net, BLOCK_K)[0]
+                tkw = heat_block_step(m, round(heat_weak_n * math.sqrt(nodes)), p, 1, nodes, net, BLOCK_K)[0]
+                row.update({"heat_k_strong": t1k / (nodes * tk), "heat_k_weak": t1kw / tkw,
+                            "heat_k_speedup": th / tk, "heat_k_strong_step_s": tk})
+            rows.append(row)
         out[net] = rows
     return out
 
@@ -181,16 +249,21 @@ def main():
     inp = json.load(open(args.inputs))
     links = dict(inp["links"], **PUBLISHED)
     m = Machine(inp["r_heat"], inp["r_heat3"], inp["r_nbody"], {int(k): v for k, v in inp["share"].items()},
-                args.cores_per_node or inp["cores_per_node"], links)
+                args.cores_per_node or inp["cores_per_node"], links,
+                {int(k): v for k, v in inp.get("r_blocked", {}).items()})
     nodes = [2 ** k for k in range(11)]
     tables = scaling_tables(m, [n for n in ("tcp", "hdr", "ndr") if n in links], nodes, args.heat_n,
                             args.heat_weak_n, args.bodies, args.bodies_weak)
     for net, rows in tables.items():
         print(f"\n{net}: {links[net]['alpha'] * 1e6:.2f} us, {links[net]['beta'] / 1e9:.2f} GB/s; {m.cores} cores per node")
-        print(f"{'nodes':>6} {'ranks':>7} {'heat strong':>12} {'heat weak':>10} {'nbody strong':>13} {'nbody weak':>11}")
+        k = f"K={BLOCK_K}"
+        print(f"{'nodes':>6} {'ranks':>7} {'heat strong':>12} {'heat weak':>10} {'nbody strong':>13} {'nbody weak':>11}"
+              + (f" {'heat ' + k + ' strong':>17} {'weak':>6} {'x of K=1':>9}" if m.r_blocked else ""))
         for r in rows:
             print(f"{r['nodes']:>6} {r['ranks']:>7} {r['heat_strong']:>12.3f} {r['heat_weak']:>10.3f} "
-                  f"{r['nbody_strong']:>13.3f} {r['nbody_weak']:>11.3f}")
+                  f"{r['nbody_strong']:>13.3f} {r['nbody_weak']:>11.3f}"
+                  + (f" {r['heat_k_strong']:>17.3f} {r['heat_k_weak']:>6.3f} {r['heat_k_speedup']:>9.2f}"
+                     if m.r_blocked else ""))
 
 
 if __name__ == "__main__":
