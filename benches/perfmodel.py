@@ -118,14 +118,22 @@ class Machine:
         return 1 / (a + b / k)
 
 
-def heat_block_step(m, n, ranks, threads, nodes, net, k):
-    """Seconds per step of 2-D heat with K steps per exchange of a K-deep halo (see above)."""
+def placement(m, shape, ranks, threads, nodes):
+    """Ranks per node, the process grid, the busiest rank's extent, and what a rank's compute
+    rate is multiplied by: its threads, the memory-bandwidth share of the node's busy cores, and
+    the time-sharing of oversubscribed cores."""
     per_node = math.ceil(ranks / nodes)
     busy = per_node * threads
     over = math.ceil(busy / m.cores)
-    g = grid_dims(ranks, [n, n])
-    ext = [math.ceil(n / d) for d in g]
-    rate = m.blocked_rate(k) * threads * min(1.0, m.share_at(min(busy, m.cores))) / over
+    g = grid_dims(ranks, shape)
+    ext = [math.ceil(a / d) for a, d in zip(shape, g)]
+    return per_node, g, ext, threads * min(1.0, m.share_at(min(busy, m.cores))) / over
+
+
+def heat_block_step(m, n, ranks, threads, nodes, net, k):
+    """Seconds per step of 2-D heat with K steps per exchange of a K-deep halo (see above)."""
+    per_node, g, ext, scale = placement(m, [n, n], ranks, threads, nodes)
+    rate = m.blocked_rate(k) * scale
     shm, far = m.links["shm"], m.links[net]
     worst, node_bytes = (0.0, 0.0, 0.0), {}
     for r in range(ranks):
@@ -154,13 +162,8 @@ def heat_block_step(m, n, ranks, threads, nodes, net, k):
 
 
 def heat_step(m, n, dims, ranks, threads, nodes, net):
-    per_node = math.ceil(ranks / nodes)
-    busy = per_node * threads
-    over = math.ceil(busy / m.cores)
-    shape = [n] * dims
-    g = grid_dims(ranks, shape)
-    ext = [math.ceil(a / d) for a, d in zip(shape, g)]
-    rate = (m.r_heat if dims == 2 else m.r_heat3) * threads * min(1.0, m.share_at(min(busy, m.cores))) / over
+    per_node, g, ext, scale = placement(m, [n] * dims, ranks, threads, nodes)
+    rate = (m.r_heat if dims == 2 else m.r_heat3) * scale
     t_comp = math.prod(ext) / rate
     # Halo of every rank (non-periodic grid), ranks numbered row-major over the grid.
     strides = [math.prod(g[i + 1:]) for i in range(dims)]

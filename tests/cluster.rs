@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{example, root, run};
+use common::{alive, example, root, run};
 
 fn cluster(args: &[&str]) -> Output {
     let dir = std::env::temp_dir().join(format!("phalanx-cluster-test-{}", std::process::id()));
@@ -108,9 +108,7 @@ fn watched_ranks(exe: &Path) -> Vec<i32> {
             continue;
         }
         let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).unwrap_or("X");
-        if cmdline.split(|b| *b == 0).any(|a| a == b"--watchdog") && state != "Z" && state != "X" {
+        if cmdline.split(|b| *b == 0).any(|a| a == b"--watchdog") && alive(pid) {
             out.push(pid);
         }
     }

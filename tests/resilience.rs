@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{example, run};
+use common::{alive, example, run};
 
 fn mpirun(n: usize, prog: &str, args: &str) -> Command {
     let mut c = Command::new("mpirun");
@@ -207,10 +207,6 @@ fn signal_job(ranks: usize, prog: &str, args: &str, target: Option<usize>, sig: 
     let took = sent.elapsed().as_secs_f64();
     let out = child.wait_with_output().unwrap();
     // No rank may outlive the job (a zombie waiting for its new parent to reap it is dead).
-    let alive = |p: i32| {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).is_some_and(|st| st != "Z" && st != "X")
-    };
     let ended = Instant::now();
     while pids.iter().any(|(_, p)| alive(*p)) && ended.elapsed() < Duration::from_secs(2) {
         std::thread::sleep(Duration::from_millis(20));

@@ -411,19 +411,20 @@ fn beat(mut s: TcpStream, rank: i32, limit: Duration, done: &AtomicBool) {
                     _ => {}
                 }
             }
-            let who = format!("rank 0 (host {coord_host}, pid {coord_pid})");
+            let who = || format!("rank 0 (host {coord_host}, pid {coord_pid})");
             if watching && matches!(got, Got::Closed) {
                 if rank != deputy {
-                    end_job(true); // the job is ending; the deputy says why
+                    leave(); // the job is ending; the deputy says why
                 }
-                let what = format!("{who}: ENDED without stopping its watchdog (killed, or crashed)");
+                let what = format!("{}: ENDED without stopping its watchdog (killed, or crashed)", who());
                 report_coordinator(&mut s, rank, &a, &(what + &away_note(rank as usize, away)), true);
             }
             let wait = if rank == deputy { limit } else { limit * 2 };
             if watching && now - heard > wait {
                 let silent = (now - heard).as_secs_f64();
                 let mut what = format!(
-                    "{who}: SILENT for {silent:.1} s (process stopped, or its node is gone); rank 0 watches the others"
+                    "{}: SILENT for {silent:.1} s (process stopped, or its node is gone); rank 0 watches the others",
+                    who()
                 );
                 if rank != deputy {
                     what += &format!("\n  (rank {deputy}, which reports this first, has not ended the job either)");
@@ -508,7 +509,7 @@ fn coordinate(accepted: Accepted, host: String, limit: Duration, done: &AtomicBo
                 }
                 if line == "abort" {
                     // Rank r reported this rank (stopped, and now continued) and is ending the job.
-                    end_job(true);
+                    leave();
                 }
                 let mut f = line.splitn(3, ' ');
                 let count = f.next().and_then(|c| c.parse().ok()).unwrap_or(0);

@@ -37,3 +37,9 @@ pub(crate) fn run(cmd: &mut Command, limit: Duration) -> Output {
 pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Whether process `pid` is running (a zombie waiting to be reaped, or a process gone, is not).
+pub(crate) fn alive(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).is_some_and(|st| st != "Z" && st != "X")
+}
