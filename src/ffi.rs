@@ -185,6 +185,26 @@ pub(crate) fn to_count(elems: usize, per_elem: usize, op: &'static str, rank: i3
     })
 }
 
+/// The datatype and count a receive of `elems` elements of `T` posts: bytes whenever the byte count
+/// fits MPI's `int`, else `T`'s own layout.
+///
+/// Receiving a message whose length is not a whole number of the receive datatype's elements is
+/// erroneous MPI: Open MPI 4/5 deliver the bytes (phalanx then reports `TypeMismatch` from the
+/// status), MPICH 5 aborts the process in its unpack ("Assertion failed ... actual_unpack_bytes %
+/// element_size == 0"). A byte receive is never mismatched, so the check stays phalanx's on every MPI;
+/// the bytes land the same (every `T` is `Pod`, and clusters are homogeneous). Sends keep `T`'s datatype.
+#[inline(always)]
+pub(crate) fn recv_layout<T: Pod>(elems: usize, op: &'static str, rank: i32) -> Result<(MPI_Datatype, c_int)> {
+    let size = std::mem::size_of::<T>();
+    match elems.checked_mul(size).and_then(|n| c_int::try_from(n).ok()) {
+        Some(bytes) => Ok((byte_type(), bytes)),
+        None => {
+            let l = layout::<T>();
+            Ok((l.datatype, to_count(elems, l.per_elem, op, rank)?))
+        }
+    }
+}
+
 // Empty slices all share one dangling address, and Open MPI rejects a collective whose send and
 // receive buffers are equal (MPI_ERR_ARG) even when both counts are zero. Zero-length buffers
 // therefore get the addresses of two distinct statics; MPI never dereferences a zero-count buffer.
@@ -313,6 +333,38 @@ pub(crate) fn processor_name() -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// The loaded MPI library's `MPI_Get_library_version` string. Callable before `MPI_Init`, and safe
+/// whichever MPI is loaded: it takes no handles, and the buffer has room for the largest
+/// `MPI_MAX_LIBRARY_VERSION_STRING` of the implementations (MPICH's 8192; Open MPI's is 256), so a
+/// library other than the one whose header we compiled against cannot write past it.
+pub(crate) fn library_version() -> String {
+    const ROOM: usize = 8192;
+    let mut buf = vec![0 as c_char; ROOM.max(sys::MPI_MAX_LIBRARY_VERSION_STRING as usize) + 1];
+    let mut len: c_int = 0;
+    // SAFETY: `buf` is larger than any implementation's MPI_MAX_LIBRARY_VERSION_STRING (see above);
+    // MPI writes at most that many bytes and `len`; both pointers are valid for the call.
+    unsafe { sys::MPI_Get_library_version(buf.as_mut_ptr(), &mut len) };
+    let len = (len.max(0) as usize).min(buf.len());
+    let bytes: Vec<u8> = buf[..len].iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The file the dynamic linker loaded `MPI_Init` from (the MPI library in use), if it can tell.
+pub(crate) fn library_path() -> Option<String> {
+    let mut info = MaybeUninit::<libc::Dl_info>::zeroed();
+    let addr = sys::MPI_Init as *const c_void;
+    // SAFETY: dladdr only reads the loader's tables; `info` is a valid out-pointer, and its
+    // `dli_fname` (when set) points at a NUL-terminated string owned by the loader for as long as the
+    // library stays loaded (MPI is never unloaded), copied out before returning.
+    unsafe {
+        if libc::dladdr(addr, info.as_mut_ptr()) == 0 {
+            return None;
+        }
+        let info = info.assume_init();
+        (!info.dli_fname.is_null()).then(|| CStr::from_ptr(info.dli_fname).to_string_lossy().into_owned())
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Communicators
 // ---------------------------------------------------------------------------------------------
@@ -399,18 +451,13 @@ pub(crate) fn new_status() -> MPI_Status {
 /// Number of `T` elements described by `status`, or `None` if the byte count is not a whole number
 /// of elements (MPI_UNDEFINED).
 pub(crate) fn status_count<T: Pod>(status: &MPI_Status) -> Option<usize> {
-    let l = layout::<T>();
-    let mut count: c_int = 0;
-    // SAFETY: `status` was filled by a completed receive or probe; `count` is a valid out-pointer.
-    unsafe { sys::MPI_Get_count(status, l.datatype, &mut count) };
-    if count == undefined() || count < 0 {
-        return None;
+    // Counted in bytes: receives post bytes (see `recv_layout`), and a byte count is defined for any
+    // message, whichever datatype either side used.
+    let bytes = status_bytes(status);
+    match std::mem::size_of::<T>() {
+        0 => Some(0),
+        size => (bytes % size == 0).then_some(bytes / size),
     }
-    let count = count as usize;
-    if l.per_elem > 1 && count % l.per_elem != 0 {
-        return None;
-    }
-    Some(if l.per_elem == 0 { 0 } else { count / l.per_elem.max(1) })
 }
 
 /// Number of bytes described by `status`.
@@ -457,15 +504,14 @@ pub(crate) fn recv<T: Pod>(
     op: &'static str,
     rank: i32,
 ) -> (Result<()>, MPI_Status) {
-    let l = layout::<T>();
     let mut status = new_status();
-    let n = match to_count(buf.len(), l.per_elem, op, rank) {
-        Ok(n) => n,
+    let (dt, n) = match recv_layout::<T>(buf.len(), op, rank) {
+        Ok(c) => c,
         Err(e) => return (Err(e), status),
     };
-    // SAFETY: `buf` is valid for writes of `n` items for the whole blocking call; any bit pattern is a
-    // valid `T` because `T: Pod`; `status` is a valid out-pointer.
-    let code = unsafe { sys::MPI_Recv(mut_ptr(buf), n, l.datatype, source, tag, comm, &mut status) };
+    // SAFETY: `buf` is valid for writes of `n` items of `dt` (its whole length) for the whole blocking
+    // call; any bit pattern is a valid `T` because `T: Pod`; `status` is a valid out-pointer.
+    let code = unsafe { sys::MPI_Recv(mut_ptr(buf), n, dt, source, tag, comm, &mut status) };
     (check(code, op, rank), status)
 }
 
@@ -481,11 +527,11 @@ pub(crate) fn sendrecv<S: Pod, R: Pod>(
     op: &'static str,
     rank: i32,
 ) -> (Result<()>, MPI_Status) {
-    let (sl, rl) = (layout::<S>(), layout::<R>());
+    let sl = layout::<S>();
     let mut status = new_status();
     let counts =
-        to_count(sbuf.len(), sl.per_elem, op, rank).and_then(|s| Ok((s, to_count(rbuf.len(), rl.per_elem, op, rank)?)));
-    let (sn, rn) = match counts {
+        to_count(sbuf.len(), sl.per_elem, op, rank).and_then(|s| Ok((s, recv_layout::<R>(rbuf.len(), op, rank)?)));
+    let (sn, (rdt, rn)) = match counts {
         Ok(c) => c,
         Err(e) => return (Err(e), status),
     };
@@ -500,7 +546,7 @@ pub(crate) fn sendrecv<S: Pod, R: Pod>(
             stag,
             mut_ptr(rbuf),
             rn,
-            rl.datatype,
+            rdt,
             source,
             rtag,
             comm,
@@ -546,11 +592,10 @@ pub(crate) unsafe fn irecv<T: Pod>(
     op: &'static str,
     rank: i32,
 ) -> Result<MPI_Request> {
-    let l = layout::<T>();
-    let n = to_count(len, l.per_elem, op, rank)?;
+    let (dt, n) = recv_layout::<T>(len, op, rank)?;
     let mut req = request_null();
     // SAFETY: the caller keeps the buffer alive and exclusively lent to MPI until completion.
-    let code = unsafe { sys::MPI_Irecv(p as *mut c_void, n, l.datatype, source, tag, comm, &mut req) };
+    let code = unsafe { sys::MPI_Irecv(p as *mut c_void, n, dt, source, tag, comm, &mut req) };
     check(code, op, rank)?;
     Ok(req)
 }
@@ -579,15 +624,14 @@ pub(crate) fn mrecv<T: Pod>(
     op: &'static str,
     rank: i32,
 ) -> (Result<()>, MPI_Status) {
-    let l = layout::<T>();
     let mut status = new_status();
-    let n = match to_count(buf.len(), l.per_elem, op, rank) {
-        Ok(n) => n,
+    let (dt, n) = match recv_layout::<T>(buf.len(), op, rank) {
+        Ok(c) => c,
         Err(e) => return (Err(e), status),
     };
-    // SAFETY: `buf` is valid for writes of `n` items for the blocking call; `msg` came from mprobe and
-    // is consumed here (MPI sets it to MPI_MESSAGE_NULL).
-    let code = unsafe { sys::MPI_Mrecv(mut_ptr(buf), n, l.datatype, msg, &mut status) };
+    // SAFETY: `buf` is valid for writes of `n` items of `dt` for the blocking call; `msg` came from
+    // mprobe and is consumed here (MPI sets it to MPI_MESSAGE_NULL).
+    let code = unsafe { sys::MPI_Mrecv(mut_ptr(buf), n, dt, msg, &mut status) };
     (check(code, op, rank), status)
 }
 

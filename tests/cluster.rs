@@ -178,12 +178,8 @@ fn main() {
     }
     let _down = Down;
     // The one-node reference.
-    let mut one = Command::new("mpirun");
-    one.args(["-n", "1"])
-        .arg(example("heat"))
-        .args(heat_args())
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    let mut one = common::launcher(1, &[]);
+    one.arg(example("heat")).args(heat_args());
     let reference = json_last(&run(&mut one, Duration::from_secs(120)))["field_hash"].as_str().unwrap().to_string();
     let mut passed = 0;
     check_layout(2, 2, &reference);

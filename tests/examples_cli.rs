@@ -16,8 +16,8 @@ fn run(mut cmd: Command, limit: Duration) -> Output {
 }
 
 fn mpirun(n: usize, exe: &PathBuf, args: &[&str]) -> Output {
-    let mut c = Command::new("mpirun");
-    c.args(["-n", &n.to_string(), "--oversubscribe", "--bind-to", "none"]).arg(exe).args(args);
+    let mut c = common::launcher(n, &[]);
+    c.arg(exe).args(args);
     run(c, Duration::from_secs(120))
 }
 

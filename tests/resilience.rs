@@ -17,13 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::{alive, example, run};
 
 fn mpirun(n: usize, prog: &str, args: &str) -> Command {
-    let mut c = Command::new("mpirun");
-    c.args(["-n", &n.to_string(), "--oversubscribe", "--bind-to", "none"])
-        .arg(example(prog))
-        .args(args.split_whitespace())
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("PHALANX_THREADS", "1");
+    let mut c = common::launcher(n, &["PHALANX_THREADS"]);
+    c.arg(example(prog)).args(args.split_whitespace()).env("PHALANX_THREADS", "1");
     c
 }
 

@@ -96,13 +96,7 @@ fn main() {
 /// The field hash of an uninterrupted single-rank heat run.
 fn heat_hash(bin: &std::path::Path, args: &str) -> String {
     let o = run(
-        Command::new("mpirun")
-            .args(["-n", "1"])
-            .arg(bin.join("heat"))
-            .args(args.split(' '))
-            .arg("--json")
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"),
+        common::launcher(1, &[]).arg(bin.join("heat")).args(args.split(' ')).arg("--json"),
         Duration::from_secs(120),
     );
     let v: serde_json::Value =

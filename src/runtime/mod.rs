@@ -12,6 +12,7 @@
 
 pub(crate) mod activity;
 mod level;
+mod library;
 pub mod pin;
 mod threads;
 mod topology;
@@ -22,6 +23,7 @@ use std::sync::Once;
 
 pub use activity::{current_activity, mark_progress, Activity};
 pub use level::ThreadLevel;
+pub use library::{built_against, library_version, MpiBuild};
 pub use pin::{PinPlan, PinPolicy};
 pub use threads::{build_pool, resolve_threads, ThreadSource};
 pub use topology::{Core, Topology};
@@ -64,7 +66,8 @@ impl Default for RuntimeBuilder {
 /// Local (every process calls it once, before any other phalanx call).
 ///
 /// # Errors
-/// [`ErrorKind::Runtime`] if MPI is already initialised or was finalised;
+/// [`ErrorKind::Runtime`] if MPI is already initialised or was finalised, or if the MPI library or
+/// launcher is not the one the program was built for (see [`RuntimeBuilder::init`]);
 /// [`ErrorKind::ThreadLevel`] if the MPI library cannot provide Funneled.
 #[doc(alias = "MPI_Init_thread")]
 pub fn init() -> Result<Runtime> {
@@ -89,7 +92,9 @@ impl RuntimeBuilder {
     /// Local.
     ///
     /// # Errors
-    /// [`ErrorKind::Runtime`] if MPI is already initialised or was finalised;
+    /// [`ErrorKind::Runtime`] if MPI is already initialised or was finalised, or if the MPI library
+    /// loaded or the launcher is not the one the program was built for (see [`built_against`]; checked
+    /// before `MPI_Init`, and the world size against the launcher's after it);
     /// [`ErrorKind::ThreadLevel`] if the library provides less than the requested level (MPI is then
     /// finalised again before returning).
     #[doc(alias = "MPI_Init_thread")]
@@ -105,6 +110,8 @@ impl RuntimeBuilder {
                 "MPI is already initialised (a second phalanx::init, or another library initialised it)",
             ));
         }
+        let launch = library::LaunchEnv::from(|v| std::env::var(v).ok());
+        library::check_before_init(&launch)?;
         let provided = ThreadLevel::from_raw(ffi::init_thread(self.level.to_raw())?);
         INITIALISED_BY_US.store(true, Ordering::SeqCst);
         let world = ffi::comm_world();
@@ -112,6 +119,11 @@ impl RuntimeBuilder {
         let world_rank = ffi::comm_rank(world);
         let world_size = ffi::comm_size(world);
         WORLD_RANK.store(world_rank, Ordering::SeqCst);
+        if let Err(e) = library::check_after_init(&launch, world_rank, world_size) {
+            // Every process is a job of its own here: finalising waits for nobody.
+            ffi::finalize();
+            return Err(e);
+        }
         if provided < self.level {
             ffi::finalize();
             return Err(Error::new(

@@ -33,6 +33,28 @@ pub(crate) fn run(cmd: &mut Command, limit: Duration) -> Output {
     child.wait_with_output().expect("output")
 }
 
+/// `ci/mpi run -n N --oversubscribe --no-bind [--env VAR]...`: a job as the tests start it, through
+/// the one launcher abstraction (the launcher of the MPI `PHALANX_MPI` names, the one the test
+/// programs were built for by `ci/mpi cargo`); the program and its arguments follow. `vars` reach
+/// every rank, on remote nodes too.
+pub(crate) fn launcher_args(n: usize, vars: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec![root().join("ci/mpi").to_string_lossy().into_owned(), "run".into()];
+    a.extend(["-n".into(), n.to_string(), "--oversubscribe".into(), "--no-bind".into()]);
+    for v in vars {
+        a.extend(["--env".into(), (*v).to_string()]);
+    }
+    a.push("--".into());
+    a
+}
+
+/// [`launcher_args`] as a command, ready for the program and its arguments.
+pub(crate) fn launcher(n: usize, vars: &[&str]) -> Command {
+    let a = launcher_args(n, vars);
+    let mut c = Command::new(&a[0]);
+    c.args(&a[1..]);
+    c
+}
+
 /// The repository's root.
 pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

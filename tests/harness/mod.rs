@@ -11,12 +11,15 @@
 //! A case declares the rank counts it runs at. A child whose communicator size is not one of them
 //! fails: a test that finds too few ranks never passes silently.
 //!
-//! The settings that let Open MPI run as root (`OMPI_ALLOW_RUN_AS_ROOT*`) are applied here, in the
-//! launcher's child environment, and nowhere in the library.
+//! Jobs start through `ci/mpi run`, the one launcher abstraction: the launcher of the MPI that
+//! `PHALANX_MPI` names (the one `ci/mpi cargo` built the test program for), with its own flags for
+//! oversubscribing, not binding and passing variables; it also applies the settings that let Open MPI
+//! run as root, which appear nowhere in the library.
 //!
-//! Environment: `PHALANX_TEST_TIMEOUT` (seconds per job, default 180), `MPIRUN` (launcher command,
-//! default `mpirun`), `PHALANX_TEST_FILTER` or the first free command-line argument (run only cases
-//! whose name contains it).
+//! Environment: `PHALANX_TEST_TIMEOUT` (seconds per job, default 180), `PHALANX_TEST_MAX_RANKS` (run
+//! no job larger than this; the cases above it are reported as SKIPPED with the reason, for MPIs that
+//! are too slow oversubscribed), `PHALANX_TEST_FILTER` or the first free command-line argument (run only
+//! cases whose name contains it).
 
 #![allow(dead_code)]
 
@@ -27,6 +30,9 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use phalanx::comm::Comm;
+
+#[path = "../common/mod.rs"]
+mod common;
 
 /// What a case expects from its job.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -166,12 +172,24 @@ fn job_timeout() -> Duration {
     Duration::from_secs(secs)
 }
 
+fn max_ranks() -> Option<usize> {
+    std::env::var("PHALANX_TEST_MAX_RANKS").ok().and_then(|s| s.parse().ok())
+}
+
 fn run_launcher(program: &str, cases: &[Case]) -> i32 {
     let filter = filter();
     let selected: Vec<&Case> = cases.iter().filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f))).collect();
     let exe = std::env::current_exe().expect("current_exe");
-    let (mut passed, mut failed) = (0usize, 0usize);
+    let (mut passed, mut failed, mut skipped) = (0usize, 0usize, 0usize);
     println!("\n{program}: {} MPI test cases", selected.len());
+    let cap = max_ranks();
+    let mut skip = |what: &str, n: usize, count: usize| {
+        println!(
+            "{program}: {what} at {n} ranks ... SKIPPED (PHALANX_TEST_MAX_RANKS={} for this MPI)",
+            cap.unwrap_or(0)
+        );
+        skipped += count;
+    };
 
     // Cases that pass are batched: one job per rank count.
     let batched = |c: &&&Case| c.expect == Expect::Pass && !c.alone;
@@ -179,6 +197,10 @@ fn run_launcher(program: &str, cases: &[Case]) -> i32 {
     for n in counts {
         let batch: Vec<&str> =
             selected.iter().filter(batched).filter(|c| c.ranks.contains(&n)).map(|c| c.name).collect();
+        if cap.is_some_and(|c| n > c) {
+            skip(&format!("{} cases", batch.len()), n, batch.len());
+            continue;
+        }
         let r = launch(&exe, n, &batch, job_timeout(), &[]);
         let ok = matches!(r.outcome, Outcome::Exited(s, _) if s.success()) && r.survivors.is_empty();
         report(program, &format!("{} cases", batch.len()), n, &r, ok, "");
@@ -198,6 +220,10 @@ fn run_launcher(program: &str, cases: &[Case]) -> i32 {
             Expect::Pass | Expect::PassPrinting(..) => (case.ranks, job_timeout()),
         };
         for &n in ranks {
+            if cap.is_some_and(|c| n > c) {
+                skip(case.name, n, 1);
+                continue;
+            }
             let r = launch(&exe, n, &[case.name], timeout, case.prefix);
             let (ok, why) = judge(case.expect, &r);
             report(program, case.name, n, &r, ok, &why);
@@ -208,7 +234,7 @@ fn run_launcher(program: &str, cases: &[Case]) -> i32 {
             }
         }
     }
-    println!("{program}: {passed} passed, {failed} failed");
+    println!("{program}: {passed} passed, {failed} failed, {skipped} skipped");
     i32::from(failed > 0)
 }
 
@@ -263,27 +289,16 @@ fn report(program: &str, what: &str, n: usize, r: &JobResult, ok: bool, why: &st
 /// Runs `exe` under mpirun at `n` ranks with the given cases; kills the whole job at `timeout`.
 pub(crate) fn launch(exe: &std::path::Path, n: usize, cases: &[&str], timeout: Duration, prefix: &[&str]) -> JobResult {
     let token = format!("{}-{}-{}", std::process::id(), n, cases.join("+"));
-    let mpirun = std::env::var("MPIRUN").unwrap_or_else(|_| "mpirun".into());
-    let mut cmd = match prefix.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(&mpirun);
-            c
-        }
-        None => Command::new(&mpirun),
-    };
-    cmd.args(["-n", &n.to_string(), "--oversubscribe", "--bind-to", "none"]).args(["-x", CASES_VAR, "-x", TOKEN_VAR]);
     // Forward the settings that matter to the ranks (on remote nodes the environment is not inherited).
-    for var in ["RUST_BACKTRACE", "PHALANX_CHECK"] {
-        if std::env::var_os(var).is_some() {
-            cmd.args(["-x", var]);
-        }
-    }
+    let mut vars = vec![CASES_VAR, TOKEN_VAR];
+    vars.extend(["RUST_BACKTRACE", "PHALANX_CHECK"].into_iter().filter(|v| std::env::var_os(v).is_some()));
+    let mut args = common::launcher_args(n, &vars);
+    args.splice(0..0, prefix.iter().map(|p| p.to_string()));
+    let mut cmd = Command::new(&args[0]);
+    cmd.args(&args[1..]);
     cmd.arg(exe)
         .env(CASES_VAR, cases.join(","))
         .env(TOKEN_VAR, &token)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         // Open MPI's shared-memory transport wants /dev/shm space; the vader BTL with "self" and
         // "tcp" covers single-node runs without InfiniBand probing noise.
         .env("OMPI_MCA_btl", "self,vader,tcp")
@@ -294,7 +309,7 @@ pub(crate) fn launch(exe: &std::path::Path, n: usize, cases: &[&str], timeout: D
         .stderr(Stdio::piped())
         .process_group(0);
     let start = Instant::now();
-    let mut child = cmd.spawn().expect("cannot start mpirun: is an MPI installed (run ci/setup)?");
+    let mut child = cmd.spawn().expect("cannot start ci/mpi run: is an MPI installed (run ci/setup)?");
     let pid = child.id() as i32;
     let out = child.stdout.take().map(reader);
     let err = child.stderr.take().map(reader);

@@ -1,0 +1,54 @@
+//! Records which MPI the crate is compiled against, so that `phalanx::init` can refuse to run with
+//! another one (see `src/runtime/library.rs`).
+//!
+//! The `mpi-sys` crate finds MPI with `build-probe-mpi` (`MPICC`, else `mpicc` on `PATH`, else
+//! pkg-config); this script asks the same probe, reads the version macros from that `mpi.h`, and
+//! passes them to the crate as compile-time environment variables:
+//! - `PHALANX_MPI_FAMILY`: `Open MPI`, `MPICH` or `unknown`;
+//! - `PHALANX_MPI_VERSION`: `4.1.4`, `5.0.2`, ... (empty when unknown);
+//! - `PHALANX_MPI_INCLUDE` / `PHALANX_MPI_LIBDIR`: where the header and library were found.
+
+use std::path::{Path, PathBuf};
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=MPICC");
+    println!("cargo:rerun-if-env-changed=PATH");
+    let probe = build_probe_mpi::probe().ok();
+    let includes: Vec<PathBuf> = probe.as_ref().map(|l| l.include_paths.clone()).unwrap_or_default();
+    let header = includes.iter().map(|d| d.join("mpi.h")).find(|p| p.is_file());
+    let (family, version) = match &header {
+        Some(h) => {
+            println!("cargo:rerun-if-changed={}", h.display());
+            parse_header(&std::fs::read_to_string(h).unwrap_or_default())
+        }
+        None => ("unknown".to_string(), String::new()),
+    };
+    let libdir = probe.as_ref().and_then(|l| l.lib_paths.first().cloned()).unwrap_or_default();
+    println!("cargo:rustc-env=PHALANX_MPI_FAMILY={family}");
+    println!("cargo:rustc-env=PHALANX_MPI_VERSION={version}");
+    println!(
+        "cargo:rustc-env=PHALANX_MPI_INCLUDE={}",
+        header.as_deref().and_then(Path::parent).unwrap_or(Path::new("")).display()
+    );
+    println!("cargo:rustc-env=PHALANX_MPI_LIBDIR={}", libdir.display());
+}
+
+/// `(family, version)` from the macros of an `mpi.h`.
+fn parse_header(text: &str) -> (String, String) {
+    let define = |name: &str| {
+        text.lines().find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("#define") && w.next() == Some(name))
+                .then(|| w.next().unwrap_or("").trim_matches('"').to_string())
+        })
+    };
+    if let (Some(a), Some(b), Some(c)) =
+        (define("OMPI_MAJOR_VERSION"), define("OMPI_MINOR_VERSION"), define("OMPI_RELEASE_VERSION"))
+    {
+        return ("Open MPI".into(), format!("{a}.{b}.{c}"));
+    }
+    if let Some(v) = define("MPICH_VERSION") {
+        return ("MPICH".into(), v);
+    }
+    ("unknown".into(), String::new())
+}

@@ -1,0 +1,293 @@
+//! Several MPI implementations on one machine, as a cluster user meets them (see `ci/mpi`):
+//!
+//! - a crate of the user's own (`tests/user-crate`) built for MPICH with the `.cargo/config.toml`
+//!   lines the README gives: it links MPICH's `libmpi.so.12` (not the system Open MPI), records the
+//!   library directory as DT_RPATH, and runs under MPICH's `mpiexec`, as a plain `./program`, and with
+//!   `LD_LIBRARY_PATH` pointing at the system MPI;
+//! - programs built for one implementation and started by another's launcher, or with another
+//!   library first on the library path: every rank exits non-zero with the mismatch message naming
+//!   both, instead of a segfault, a hang in `MPI_Init`, or N silent single-rank jobs.
+//!
+//! It uses the `heat` example as built by `ci/mpi cargo` for each implementation (ci/test builds
+//! them first); a case whose build or implementation is missing prints SKIPPED with the reason.
+//! Plain `harness = false` program: one line per case and `portability: N passed, M failed, K skipped`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{root, run};
+
+/// The debug `heat` example built for implementation `name`, or why it is not there.
+fn heat_for(name: &str) -> Result<PathBuf, String> {
+    let prefix = root().join(".mpi").join(name);
+    if name != "system" && !prefix.join("bin/mpicc").exists() {
+        return Err(format!("{name} is not installed (ci/setup --mpi {name})"));
+    }
+    let o = Command::new(root().join("ci/mpi")).arg("target").env("PHALANX_MPI", name).output().expect("ci/mpi target");
+    let dir = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    let heat = dir.join("debug/examples/heat");
+    if heat.exists() {
+        Ok(heat)
+    } else {
+        Err(format!("{} is not built (PHALANX_MPI={name} ci/mpi cargo build --example heat)", heat.display()))
+    }
+}
+
+/// `ci/mpi run` with the launcher of `launcher` (an implementation name), `n` ranks.
+fn launched_by(launcher: &str, n: usize) -> Command {
+    launched_with(launcher, n, &[])
+}
+
+/// As [`launched_by`], passing `vars` to every rank.
+fn launched_with(launcher: &str, n: usize, vars: &[&str]) -> Command {
+    let mut c = common::launcher(n, vars);
+    c.env("PHALANX_MPI", launcher);
+    c
+}
+
+const HEAT: [&str; 6] = ["--n", "24", "--steps", "2", "--threads", "1"];
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A job that must fail on every one of its `n` ranks with a message containing each of `needles`.
+fn expect_refused(what: &str, mut cmd: Command, n: usize, needles: &[&str]) -> Result<String, String> {
+    let o = run(&mut cmd, Duration::from_secs(60));
+    let t = text(&o);
+    if o.status.success() {
+        return Err(format!("{what}: exited 0; expected a refusal:\n{t}"));
+    }
+    let missing: Vec<_> = needles.iter().filter(|x| !t.contains(**x)).collect();
+    if !missing.is_empty() {
+        return Err(format!("{what}: {} but the output lacks {missing:?}:\n{t}", o.status));
+    }
+    // Every rank must say it: count the distinct "on rank R" of the message's lines.
+    let mut ranks: Vec<&str> = t
+        .lines()
+        .filter(|l| l.contains(needles[0]))
+        .filter_map(|l| l.split("on rank ").nth(1)?.split(':').next())
+        .collect();
+    ranks.sort_unstable();
+    ranks.dedup();
+    if n > 1 && ranks.len() < n {
+        return Err(format!("{what}: the message came from ranks {ranks:?} of {n}:\n{t}"));
+    }
+    let first = t.lines().find(|l| l.contains(needles[0])).unwrap_or("").trim();
+    Ok(format!("{} on all {n} ranks: {}", o.status, &first[..first.len().min(160)]))
+}
+
+/// The README's `.cargo/config.toml` block for a user crate, with its example prefix replaced.
+fn readme_config(prefix: &Path) -> Result<String, String> {
+    let readme = std::fs::read_to_string(root().join("README.md")).map_err(|e| e.to_string())?;
+    let start = readme.find("<!-- user-crate-config -->").ok_or("README.md has no <!-- user-crate-config --> block")?;
+    let body = &readme[start..];
+    let open = body.find("```toml\n").ok_or("no ```toml block after the marker")? + "```toml\n".len();
+    let close = body[open..].find("```").ok_or("unterminated toml block")?;
+    Ok(body[open..open + close].replace("/opt/mpich", &prefix.to_string_lossy()))
+}
+
+fn user_crate() -> Result<String, String> {
+    let prefix = root().join(".mpi/mpich");
+    if !prefix.join("bin/mpicc").exists() {
+        return Err("SKIP mpich is not installed (ci/setup --mpi mpich)".into());
+    }
+    let dir = root().join("tests/user-crate");
+    std::fs::create_dir_all(dir.join(".cargo")).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join(".cargo/config.toml"), readme_config(&prefix)?).map_err(|e| e.to_string())?;
+    // The same dependency versions as phalanx itself (no new resolution, and compiled crates reused).
+    std::fs::copy(root().join("Cargo.lock"), dir.join("Cargo.lock")).map_err(|e| e.to_string())?;
+    let target = root().join("target/user-crate-mpich");
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--quiet"]).current_dir(&dir).env("CARGO_TARGET_DIR", &target);
+    // A clean environment, as a user's shell would have: nothing of ci/mpi's or this test's cargo.
+    for v in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "MPICC", "PHALANX_MPI", "CARGO_BUILD_RUSTFLAGS"] {
+        build.env_remove(v);
+    }
+    let o = run(&mut build, Duration::from_secs(900));
+    if !o.status.success() {
+        return Err(format!("cargo build of tests/user-crate failed:\n{}", text(&o)));
+    }
+    let exe = target.join("debug/phalanx-user-crate");
+    let elf = run(Command::new("readelf").args(["-d"]).arg(&exe), Duration::from_secs(30));
+    let elf = String::from_utf8_lossy(&elf.stdout).to_string();
+    let lib = prefix.join("lib").to_string_lossy().into_owned();
+    if !elf.contains("[libmpi.so.12]") || elf.contains("libmpi.so.40") {
+        return Err(format!("the user's binary does not link MPICH's libmpi.so.12 alone:\n{elf}"));
+    }
+    if !elf.contains("(RPATH)") || !elf.contains(&lib) {
+        return Err(format!("the user's binary has no DT_RPATH to {lib}:\n{elf}"));
+    }
+    let check = |what: &str, mut c: Command, ranks: usize| -> Result<(), String> {
+        let o = run(&mut c, Duration::from_secs(60));
+        let t = text(&o);
+        let want = format!("sum over {ranks} ranks = {}", ranks * (ranks + 1) / 2);
+        if !o.status.success() || !t.contains(&want) || !t.contains("library: MPICH Version:") {
+            return Err(format!("{what}: expected {want:?} from MPICH: {}\n{t}", o.status));
+        }
+        Ok(())
+    };
+    check(
+        "under MPICH's mpiexec",
+        {
+            let mut c = launched_by("mpich", 2);
+            c.arg(&exe);
+            c
+        },
+        2,
+    )?;
+    check("as a plain ./program", Command::new(&exe), 1)?;
+    let mut c = Command::new(&exe);
+    c.env("LD_LIBRARY_PATH", decoy_dir("libmpi.so.12")?);
+    check("with another libmpi.so.12 first on LD_LIBRARY_PATH", c, 1)?;
+    Ok("links libmpi.so.12 with DT_RPATH; 2 ranks under MPICH's mpiexec, a plain start, and a decoy libmpi.so.12 on LD_LIBRARY_PATH all load MPICH".into())
+}
+
+/// A directory holding `soname` as a link to the system's Open MPI 4.1 library: a wrong library under
+/// the right name, first on `LD_LIBRARY_PATH`. DT_RPATH is searched before `LD_LIBRARY_PATH` (a
+/// RUNPATH after it), so a binary built by `ci/mpi` must not load it. (The implementation's own
+/// dependencies follow its RUNPATH, which `LD_LIBRARY_PATH` does override: pointing it at the whole
+/// system library directory makes the wheels' libmpi load Debian's older libfabric, and the loader
+/// stops with "version `FABRIC_1.9' not found", a loud failure rather than a wrong MPI.)
+fn decoy_dir(soname: &str) -> Result<PathBuf, String> {
+    let system = Path::new("/usr/lib/x86_64-linux-gnu/libmpi.so.40");
+    if !system.exists() {
+        return Err(format!("SKIP {} is not there (Debian's Open MPI 4.1)", system.display()));
+    }
+    let dir = std::env::temp_dir().join(format!("phalanx-decoy-{}-{soname}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let link = dir.join(soname);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(system, &link).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+type Case = (&'static str, fn() -> Result<String, String>);
+
+/// The `heat` built for `name`, or a skip naming what is missing.
+fn built(name: &str) -> Result<PathBuf, String> {
+    heat_for(name).map_err(|e| format!("SKIP {e}"))
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        ("user crate built for MPICH as the README says", user_crate),
+        ("MPICH build under Open MPI 4's mpirun", || {
+            let heat = built("mpich")?;
+            let mut c = launched_by("system", 2);
+            c.arg(&heat).args(HEAT);
+            expect_refused(
+                "mpich heat, system mpirun",
+                c,
+                2,
+                &["launcher mismatch", "Open MPI 4's mpirun (ORTE)", "MPICH"],
+            )
+        }),
+        ("MPICH build under Open MPI 5's mpiexec", || {
+            let heat = built("mpich")?;
+            built("openmpi5")?;
+            let mut c = launched_by("openmpi5", 2);
+            c.arg(&heat).args(HEAT);
+            expect_refused(
+                "mpich heat, openmpi5 mpiexec",
+                c,
+                2,
+                &["launcher mismatch", "PRRTE", "unsupported PMI version"],
+            )
+        }),
+        ("Open MPI 5 build under MPICH's mpiexec", || {
+            let heat = built("openmpi5")?;
+            built("mpich")?;
+            let mut c = launched_by("mpich", 2);
+            c.arg(&heat).args(HEAT);
+            expect_refused("openmpi5 heat, mpich mpiexec", c, 2, &["launcher mismatch", "hydra", "Open MPI"])
+        }),
+        ("Open MPI 4.1 build under MPICH's mpiexec", || {
+            let heat = built("system")?;
+            built("mpich")?;
+            let mut c = launched_by("mpich", 2);
+            c.arg(&heat).args(HEAT);
+            expect_refused("system heat, mpich mpiexec", c, 2, &["launcher mismatch", "hydra"])
+        }),
+        ("Open MPI 4.1 build under Open MPI 5's mpiexec (its LD_LIBRARY_PATH)", || {
+            let heat = built("system")?;
+            built("openmpi5")?;
+            let mut c = launched_by("openmpi5", 2);
+            c.arg(&heat).args(HEAT);
+            expect_refused(
+                "system heat, openmpi5 mpiexec",
+                c,
+                2,
+                &["MPI library mismatch", "Open MPI 4.1.4", "Open MPI 5.0.11"],
+            )
+        }),
+        ("Open MPI 4.1 build with Open MPI 5 first on LD_LIBRARY_PATH", || {
+            let heat = built("system")?;
+            built("openmpi5")?;
+            let mut c = launched_with("system", 2, &["LD_LIBRARY_PATH"]);
+            c.env("LD_LIBRARY_PATH", root().join(".mpi/openmpi5/lib")).arg(&heat).args(HEAT);
+            expect_refused(
+                "system heat, LD_LIBRARY_PATH=openmpi5",
+                c,
+                2,
+                &["MPI library mismatch", "Open MPI 5.0.11 from"],
+            )
+        }),
+        ("Open MPI 5 build with the system libmpi.so.40 first on LD_LIBRARY_PATH: DT_RPATH wins", || {
+            let heat = built("openmpi5")?;
+            let mut c = Command::new(&heat);
+            c.args(HEAT).env("LD_LIBRARY_PATH", decoy_dir("libmpi.so.40")?);
+            let o = run(&mut c, Duration::from_secs(60));
+            // Had the decoy (Open MPI 4.1) been loaded, init would refuse it with exit status 3.
+            if o.status.success() && text(&o).contains("field hash") {
+                Ok("ran on its own Open MPI 5.0.11, a plain start".into())
+            } else {
+                Err(format!("{}:\n{}", o.status, text(&o)))
+            }
+        }),
+        ("Open MPI 5 build with the system libmpi.so.40 preloaded, plain start", || {
+            let heat = built("openmpi5")?;
+            let lib = "/usr/lib/x86_64-linux-gnu/libmpi.so.40";
+            if !Path::new(lib).exists() {
+                return Err(format!("SKIP {lib} is not there (Debian's Open MPI 4.1)"));
+            }
+            let mut c = Command::new(&heat);
+            c.args(HEAT).env("LD_PRELOAD", lib);
+            expect_refused(
+                "openmpi5 heat, LD_PRELOAD system libmpi",
+                c,
+                1,
+                &["MPI library mismatch", "Open MPI 5.0.11", "Open MPI 4.1.4"],
+            )
+        }),
+    ]
+}
+
+fn main() {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for (name, case) in cases() {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        match case() {
+            Ok(detail) => {
+                passed += 1;
+                println!("portability: {name} ... ok ({detail})");
+            }
+            Err(e) if e.starts_with("SKIP ") => {
+                skipped += 1;
+                println!("portability: {name} ... SKIPPED ({})", &e[5..]);
+            }
+            Err(e) => {
+                failed += 1;
+                println!("portability: {name} ... FAILED\n{e}");
+            }
+        }
+    }
+    println!("portability: {passed} passed, {failed} failed, {skipped} skipped");
+    std::process::exit(i32::from(failed > 0));
+}
