@@ -3,10 +3,13 @@
 //!
 //! The `mpi-sys` crate finds MPI with `build-probe-mpi` (`MPICC`, else `mpicc` on `PATH`, else
 //! pkg-config); this script asks the same probe, reads the version macros from that `mpi.h`, and
-//! passes them to the crate as compile-time environment variables:
-//! - `PHALANX_MPI_FAMILY`: `Open MPI`, `MPICH` or `unknown`;
-//! - `PHALANX_MPI_VERSION`: `4.1.4`, `5.0.2`, ... (empty when unknown);
-//! - `PHALANX_MPI_INCLUDE` / `PHALANX_MPI_LIBDIR`: where the header and library were found.
+//! passes them to the crate:
+//! - the cfg `phalanx_mpi = "openmpi" | "mpich" | "unknown"`: which version constants of the generated
+//!   bindings (`OMPI_*_VERSION`, `MPICH_VERSION`) the crate reads. The version itself is taken from
+//!   the bindings, not from here: mpi-sys's build script does not rerun when `MPICC` changes, so in
+//!   a reused target directory the bindings are the truth about what was compiled;
+//! - `PHALANX_MPI_INCLUDE` / `PHALANX_MPI_LIBDIR`: where the header and library were found (for
+//!   messages).
 
 use std::path::{Path, PathBuf};
 
@@ -24,8 +27,14 @@ fn main() {
         None => ("unknown".to_string(), String::new()),
     };
     let libdir = probe.as_ref().and_then(|l| l.lib_paths.first().cloned()).unwrap_or_default();
-    println!("cargo:rustc-env=PHALANX_MPI_FAMILY={family}");
-    println!("cargo:rustc-env=PHALANX_MPI_VERSION={version}");
+    let cfg = match family.as_str() {
+        "Open MPI" => "openmpi",
+        "MPICH" => "mpich",
+        _ => "unknown",
+    };
+    println!("cargo:rustc-check-cfg=cfg(phalanx_mpi, values(\"openmpi\", \"mpich\", \"unknown\"))");
+    println!("cargo:rustc-cfg=phalanx_mpi=\"{cfg}\"");
+    let _ = version;
     println!(
         "cargo:rustc-env=PHALANX_MPI_INCLUDE={}",
         header.as_deref().and_then(Path::parent).unwrap_or(Path::new("")).display()

@@ -349,6 +349,22 @@ pub(crate) fn library_version() -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// `(family, version)` of the `mpi.h` the bindings were generated from (`build.rs` chose the cfg).
+/// If this fails to compile (a constant missing from `mpi::ffi`), the bindings belong to another MPI
+/// than the one `MPICC` names now: mpi-sys did not rerun; `cargo clean -p mpi-sys`, or build each MPI
+/// into its own target directory (`ci/mpi cargo`).
+pub(crate) fn bindings_version() -> (&'static str, String) {
+    #[cfg(phalanx_mpi = "openmpi")]
+    return (
+        "Open MPI",
+        format!("{}.{}.{}", sys::OMPI_MAJOR_VERSION, sys::OMPI_MINOR_VERSION, sys::OMPI_RELEASE_VERSION),
+    );
+    #[cfg(phalanx_mpi = "mpich")]
+    return ("MPICH", String::from_utf8_lossy(sys::MPICH_VERSION).trim_end_matches('\0').to_string());
+    #[allow(unreachable_code)]
+    ("unknown", String::new())
+}
+
 /// The file the dynamic linker loaded `MPI_Init` from (the MPI library in use), if it can tell.
 pub(crate) fn library_path() -> Option<String> {
     let mut info = MaybeUninit::<libc::Dl_info>::zeroed();
@@ -460,11 +476,13 @@ pub(crate) fn status_count<T: Pod>(status: &MPI_Status) -> Option<usize> {
     }
 }
 
-/// Number of bytes described by `status`.
+/// Number of bytes described by `status` (`MPI_Get_elements_x`: an `MPI_Count`, so messages over
+/// 2 GiB are counted too).
 pub(crate) fn status_bytes(status: &MPI_Status) -> usize {
-    let mut count: c_int = 0;
-    // SAFETY: as in `status_count`; counting in bytes is always defined.
-    unsafe { sys::MPI_Get_count(status, byte_type(), &mut count) };
+    let mut count: sys::MPI_Count = 0;
+    // SAFETY: `status` was filled by a completed receive or probe; `count` is a valid out-pointer;
+    // counting in bytes is defined for any message.
+    unsafe { sys::MPI_Get_elements_x(status, byte_type(), &mut count) };
     count.max(0) as usize
 }
 
@@ -702,6 +720,14 @@ pub(crate) fn cancel(req: &mut MPI_Request) {
 // ---------------------------------------------------------------------------------------------
 // Collectives
 // ---------------------------------------------------------------------------------------------
+
+/// Starts a nonblocking barrier; the request completes when every rank of `comm` has started it.
+pub(crate) fn ibarrier(comm: MPI_Comm, op: &'static str, rank: i32) -> Result<MPI_Request> {
+    let mut req = request_null();
+    // SAFETY: `comm` is a valid communicator; `req` is a valid out-pointer; no buffer is involved.
+    check(unsafe { sys::MPI_Ibarrier(comm, &mut req) }, op, rank)?;
+    Ok(req)
+}
 
 pub(crate) fn barrier(comm: MPI_Comm, rank: i32) -> Result<()> {
     // SAFETY: `comm` is valid.

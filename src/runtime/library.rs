@@ -40,12 +40,9 @@ pub struct MpiBuild {
 ///
 /// Local; needs no MPI.
 pub fn built_against() -> MpiBuild {
-    MpiBuild {
-        family: env!("PHALANX_MPI_FAMILY"),
-        version: env!("PHALANX_MPI_VERSION"),
-        include_dir: env!("PHALANX_MPI_INCLUDE"),
-        lib_dir: env!("PHALANX_MPI_LIBDIR"),
-    }
+    static VERSION: std::sync::OnceLock<(&'static str, String)> = std::sync::OnceLock::new();
+    let (family, version) = VERSION.get_or_init(ffi::bindings_version);
+    MpiBuild { family, version, include_dir: env!("PHALANX_MPI_INCLUDE"), lib_dir: env!("PHALANX_MPI_LIBDIR") }
 }
 
 impl std::fmt::Display for MpiBuild {
@@ -83,12 +80,15 @@ pub(crate) fn parse_library_version(s: &str) -> Option<(&'static str, String)> {
     word_after("MPICH Version:").map(|v| ("MPICH", v))
 }
 
-/// The part of a version both sides must share for the ABI to match: major.minor for Open MPI (4.1
-/// and 5.0 differ in their handles' layout), the major for MPICH (whose ABI is stable within one).
+/// The part of a version both sides must share for the ABI to match: the major for Open MPI (ABI
+/// compatible within a major series, 4.0 and 4.1 included; 4 and 5 share the soname `libmpi.so.40` but
+/// not the ABI), nothing for MPICH (one ABI, `libmpi.so.12`, from 3.1 on).
 fn abi_key(family: &str, version: &str) -> String {
-    let parts: Vec<&str> = version.split('.').collect();
-    let n = if family == "Open MPI" { 2 } else { 1 };
-    parts[..n.min(parts.len())].join(".")
+    if family == "Open MPI" {
+        version.split('.').next().unwrap_or("").to_string()
+    } else {
+        String::new()
+    }
 }
 
 /// The library check: `Err(message)` when the loaded library is not the one compiled against.
@@ -146,13 +146,15 @@ impl LaunchEnv {
         let has = |v: &str| get(v).is_some();
         let num = |v: &'static str| get(v).and_then(|s| s.trim().parse::<i64>().ok()).map(|n| (n, v));
         let slurm_step = has("SLURM_STEP_ID") && has("SLURM_PROCID");
-        let pmi = has("PMI_FD") || has("PMI_PORT") || has("PMI_SIZE");
+        // PMI_FD/PMI_PORT are set fresh by the process manager that started this process; a PMIx
+        // rank may be inherited from an outer job (a shell inside `srun --mpi=pmix --pty`).
+        let pmi = has("PMI_FD") || has("PMI_PORT");
         let pmix = has("PMIX_RANK");
-        let (launcher, interface) = if has("PRTE_LAUNCHED") {
+        let (launcher, interface) = if has("PRTE_LAUNCHED") && !pmi {
             (Some("Open MPI 5's mpiexec (PRRTE)"), Interface::Pmix)
-        } else if has("OMPI_MCA_orte_launch") || has("OMPI_MCA_orte_hnp_uri") {
+        } else if (has("OMPI_MCA_orte_launch") || has("OMPI_MCA_orte_hnp_uri")) && !pmi {
             (Some("Open MPI 4's mpirun (ORTE)"), Interface::Pmix)
-        } else if pmi && !pmix {
+        } else if pmi {
             (
                 Some(if slurm_step { "srun with a PMI-2 plugin" } else { "a PMI-1 launcher (MPICH's hydra mpiexec)" }),
                 Interface::Pmi,
@@ -188,7 +190,10 @@ impl LaunchEnv {
 /// The launcher check before `MPI_Init`: `Err(message)` when this library cannot talk to it.
 pub(crate) fn compare_launcher(family: &str, loaded: &str, env: &LaunchEnv) -> std::result::Result<(), String> {
     let Some(launcher) = env.launcher else { return Ok(()) };
-    let loaded_family = parse_library_version(loaded).map_or(family, |(f, _)| f);
+    // A library we do not recognise (Cray MPICH, MVAPICH, Intel MPI, ...) may well speak PMIx or
+    // PMI-2: left to the size check after MPI_Init, as `compare_library` leaves it alone.
+    let Some((loaded_family, _)) = parse_library_version(loaded) else { return Ok(()) };
+    let _ = family;
     let refuse = match (loaded_family, env.interface) {
         // MPICH's library string carries its configure line: without PMIx it cannot start under one.
         ("MPICH", Interface::Pmix) => !loaded.to_ascii_lowercase().contains("pmix"),
@@ -304,14 +309,14 @@ mod tests {
         assert!(e.contains("Open MPI 4.1.4") && e.contains("Open MPI 5.0.11 from /v/lib/libmpi.so.40"), "{e}");
         let e = compare_library(&build("MPICH", "5.0.2"), OMPI4, None).unwrap_err();
         assert!(e.contains("MPICH 5.0.2") && e.contains("Open MPI 4.1.4"), "{e}");
-        assert!(compare_library(&build("MPICH", "4.0.2"), MPICH5, None).is_err());
+        assert!(compare_library(&build("Open MPI", "5.0.11"), OMPI4, None).is_err());
     }
 
     #[test]
     fn the_same_abi_or_an_unknown_library_passes() {
         assert!(compare_library(&build("Open MPI", "4.1.4"), OMPI4, None).is_ok());
-        assert!(compare_library(&build("Open MPI", "4.1.2"), OMPI4, None).is_ok(), "patch releases share the ABI");
-        assert!(compare_library(&build("MPICH", "5.0.1"), MPICH5, None).is_ok());
+        assert!(compare_library(&build("Open MPI", "4.0.7"), OMPI4, None).is_ok(), "one ABI within a major series");
+        assert!(compare_library(&build("MPICH", "4.0.2"), MPICH5, None).is_ok(), "one MPICH ABI since 3.1");
         assert!(compare_library(&build("MPICH", "3.4"), "Intel(R) MPI Library 2021.10", None).is_ok());
         assert!(compare_library(&build("unknown", ""), OMPI4, None).is_ok());
     }
@@ -333,6 +338,16 @@ mod tests {
         assert!(prrte.launcher.unwrap().contains("PRRTE"));
         let hydra = env(&[("PMI_FD", "9"), ("PMI_RANK", "1"), ("PMI_SIZE", "2"), ("MPI_LOCALNRANKS", "2")]);
         assert_eq!((hydra.interface, hydra.size, hydra.rank), (Interface::Pmi, Some((2, "PMI_SIZE")), Some(1)));
+        // hydra inside a shell of `srun --mpi=pmix --pty`: the fresh PMI_FD wins over the inherited PMIx.
+        let nested = env(&[
+            ("PMI_FD", "9"),
+            ("PMI_RANK", "0"),
+            ("PMI_SIZE", "2"),
+            ("PMIX_RANK", "0"),
+            ("SLURM_STEP_ID", "0"),
+            ("SLURM_PROCID", "0"),
+        ]);
+        assert_eq!(nested.interface, Interface::Pmi);
         let srun_pmix =
             env(&[("SLURM_STEP_ID", "0"), ("SLURM_PROCID", "1"), ("SLURM_STEP_NUM_TASKS", "2"), ("PMIX_RANK", "1")]);
         assert_eq!((srun_pmix.interface, srun_pmix.size), (Interface::Pmix, Some((2, "SLURM_STEP_NUM_TASKS"))));
@@ -358,6 +373,11 @@ mod tests {
         assert!(compare_launcher("Open MPI", OMPI4, &srun_pmi2).is_ok(), "left to the size check");
         assert!(compare_launcher("Open MPI", OMPI5, &prrte).is_ok());
         assert!(compare_launcher("Open MPI", OMPI4, &env(&[])).is_ok());
+        let srun_pmix = env(&[("SLURM_STEP_ID", "0"), ("SLURM_PROCID", "0"), ("PMIX_RANK", "0")]);
+        assert!(
+            compare_launcher("MPICH", "MPI VERSION : CRAY MPICH version 8.1.27", &srun_pmix).is_ok(),
+            "a derivative is left to the size check"
+        );
     }
 
     #[test]
