@@ -515,6 +515,62 @@ fn misuse_truncation(c: &Comm) {
     still_works(c);
 }
 
+/// Runs `f` with the panic hook replaced by a no-op (phalanx's hook would abort the job), catching
+/// the unwind; restores the hook. Returns whether `f` panicked.
+fn unwinds(f: impl FnOnce()) -> bool {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    r.is_err()
+}
+
+/// A scope that unwinds with a 1 MiB receive in flight: the buffer is freed right after, so the
+/// receive must have been cancelled (before the fix MPI later wrote the message into freed memory:
+/// a crash, or a corrupted canary and a receive that never matched).
+fn scope_unwinding_cancels_receive(c: &Comm) {
+    const N: usize = 1 << 20;
+    if c.rank() == 1 {
+        let panicked = unwinds(|| {
+            let mut buf = vec![0u8; N];
+            c.scope(|s| {
+                let _r = s.irecv(&mut buf, 0, 90).unwrap();
+                panic!("a panic inside the scope, caught outside it");
+            });
+        });
+        assert!(panicked);
+        // Likely to reuse the freed receive buffer's memory.
+        let canary = vec![0xA5u8; N];
+        c.barrier().unwrap();
+        let (msg, st) = c.recv_vec::<u8>(0, 90).unwrap();
+        assert_eq!((msg.len(), st.source), (N, 0), "the message goes to the next receive, not the cancelled one");
+        assert!(msg.iter().all(|&b| b == 0x11));
+        assert!(canary.iter().all(|&b| b == 0xA5), "MPI wrote into memory the unwound scope had lent it");
+    } else {
+        c.barrier().unwrap();
+        if c.rank() == 0 {
+            c.send(&vec![0x11u8; N], 1, 90).unwrap();
+        }
+    }
+}
+
+/// The same with a peer that never sends: the scope's guard cancels instead of waiting forever, and a
+/// later message with the same tag reaches a new receive.
+fn scope_unwinding_with_silent_peer(c: &Comm) {
+    let panicked = unwinds(|| {
+        let mut buf = [0u32; 8];
+        c.scope(|s| {
+            let _r = s.irecv(&mut buf, prev(c), 91).unwrap();
+            panic!("unwinding with a receive nobody will match");
+        });
+    });
+    assert!(panicked);
+    let s = c.isend(vec![7u32; 8], next(c), 91).unwrap();
+    assert_eq!(c.recv_vec::<u32>(prev(c), 91).unwrap().0, vec![7u32; 8]);
+    s.wait().unwrap();
+    c.barrier().unwrap();
+}
+
 fn misuse_type_mismatch(c: &Comm) {
     // 3 x i32 = 12 bytes read as f64: not a whole number of elements.
     let mut buf = [0f64; 4];
@@ -750,6 +806,8 @@ fn main() {
             Case::new("misuse_p2p_bad_ranks_and_tags", RANKS_1_TO_4, misuse_p2p_bad_ranks_and_tags),
             Case::new("misuse_truncation", RANKS_1_TO_4, misuse_truncation),
             Case::new("misuse_type_mismatch", RANKS_1_TO_4, misuse_type_mismatch),
+            Case::new("scope_unwinding_cancels_receive", &[2, 3], scope_unwinding_cancels_receive),
+            Case::new("scope_unwinding_with_silent_peer", RANKS_1_TO_4, scope_unwinding_with_silent_peer),
             Case::new("misuse_count_overflow", &[1, 2], misuse_count_overflow),
             Case::new("misuse_roots", RANKS_1_TO_4, misuse_roots),
             Case::new("misuse_root_disagreement", &[2, 3, 4], misuse_root_disagreement),

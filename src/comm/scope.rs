@@ -9,6 +9,14 @@
 //!
 //! Several sends may borrow the same buffer (shared borrows, allowed by MPI-3 and later); a receive
 //! borrows its buffer exclusively.
+//!
+//! # When the closure unwinds
+//! A panic normally aborts the job (see [`crate::runtime`]), but a program may replace the panic hook
+//! or catch the unwind (`std::panic::catch_unwind` around the scope). The scope then still finishes
+//! every request before the borrowed buffers can be freed, as `std::thread::scope` joins its threads:
+//! it catches the unwind, cancels the receives still in flight (waiting alone would hang when the
+//! peer never sends), waits for every request, and then lets the unwind continue. A cancelled receive leaves its message, if one comes, for
+//! a later receive; a send waits until MPI is done with its buffer.
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -48,6 +56,8 @@ pub struct Scope<'scope, 'env: 'scope> {
     reqs: RefCell<Vec<MPI_Request>>,
     // Statuses of requests that `progress` found complete, kept for their handles' `wait`.
     done: RefCell<Vec<Option<MPI_Status>>>,
+    // Which requests are receives (cancelled, not only waited for, when the scope unwinds).
+    receives: RefCell<Vec<bool>>,
     _scope: PhantomData<&'scope mut &'scope ()>,
     _env: PhantomData<&'env mut &'env ()>,
 }
@@ -97,20 +107,31 @@ impl Comm {
             comm: self,
             reqs: RefCell::new(Vec::new()),
             done: RefCell::new(Vec::new()),
+            receives: RefCell::new(Vec::new()),
             _scope: PhantomData,
             _env: PhantomData,
         };
-        let out = f(&scope);
-        scope.wait_all_inner();
-        out
+        // As `std::thread::scope` does: catch an unwind from `f`, finish every request (cancelling
+        // receives first), and only then let the unwind continue and the buffers go.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&scope))) {
+            Ok(out) => {
+                scope.wait_all_inner();
+                out
+            }
+            Err(payload) => {
+                scope.cancel_and_wait();
+                std::panic::resume_unwind(payload)
+            }
+        }
     }
 }
 
 impl<'scope, 'env> Scope<'scope, 'env> {
-    fn push(&'scope self, req: MPI_Request) -> usize {
+    fn push(&'scope self, req: MPI_Request, is_recv: bool) -> usize {
         let mut r = self.reqs.borrow_mut();
         r.push(req);
         self.done.borrow_mut().push(None);
+        self.receives.borrow_mut().push(is_recv);
         r.len() - 1
     }
 
@@ -161,10 +182,11 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         c.check_peer(dest, "destination", "isend")?;
         c.check_tag(tag, "isend")?;
         // SAFETY: `data` is borrowed for 'scope, and `Comm::scope` waits for this request (kept in
-        // `self.reqs`) before 'scope ends, whatever happens to the returned handle. Shared borrows
+        // `self.reqs`) before 'scope ends, whatever happens to the returned handle, and also when
+        // the closure unwinds. Shared borrows
         // only allow reads, which concurrent sends may do.
         let req = unsafe { ffi::isend(data.as_ptr(), data.len(), dest, tag, c.raw, "isend", c.rank)? };
-        Ok(ScopedSend { idx: self.push(req), reqs: &self.reqs, done: &self.done, rank: c.rank })
+        Ok(ScopedSend { idx: self.push(req, false), reqs: &self.reqs, done: &self.done, rank: c.rank })
     }
 
     /// Starts receiving into `buf` (borrowed exclusively until the scope ends).
@@ -186,10 +208,11 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         let (src, tag, _) = c.recv_args(source.into(), tag, "irecv")?;
         let capacity = buf.len();
         // SAFETY: `buf` is borrowed exclusively for 'scope and the scope waits for this request
-        // before 'scope ends, so MPI is the only writer until completion and the memory stays valid.
+        // before 'scope ends (on unwinding too: it cancels, then waits), so MPI is the
+        // only writer until completion and the memory stays valid.
         let req = unsafe { ffi::irecv(buf.as_mut_ptr(), capacity, src, tag, c.raw, "irecv", c.rank)? };
         Ok(ScopedRecv {
-            idx: self.push(req),
+            idx: self.push(req, true),
             reqs: &self.reqs,
             done: &self.done,
             comm: c,
@@ -207,6 +230,20 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         let mut reqs = self.reqs.borrow_mut();
         let mut st = vec![ffi::new_status(); reqs.len()];
         ffi::waitall(&mut reqs, &mut st, "waitall", self.comm.rank)
+    }
+
+    /// After an unwind: cancels the receives still in flight (their peers may never send), then
+    /// waits for every request, so that MPI has let go of every borrowed buffer.
+    fn cancel_and_wait(&self) {
+        let mut reqs = self.reqs.borrow_mut();
+        for (r, &is_recv) in reqs.iter_mut().zip(self.receives.borrow().iter()) {
+            if is_recv && *r != ffi::request_null() {
+                ffi::cancel(r);
+            }
+        }
+        let mut st = vec![ffi::new_status(); reqs.len()];
+        // Errors are of no use to anyone here; what matters is that MPI is done with the buffers.
+        let _ = ffi::waitall(&mut reqs, &mut st, "scope unwinding", self.comm.rank);
     }
 
     fn wait_all_inner(&self) {
