@@ -269,6 +269,62 @@ fn keeps_the_newest_generations(world: &Comm) {
     cleanup(world, &dir);
 }
 
+/// A run that did not restart, in a directory holding another run's generations (40 and 35): its
+/// write is an error on every rank naming them, and it deletes and writes nothing. (Before lineages,
+/// the write returned Ok and pruning by step removed the new generation 10 at once.)
+fn another_runs_directory_is_left_alone(world: &Comm) {
+    let dir = shared_dir(world, "reuse");
+    let theirs = CheckpointStore::new(&dir, 2);
+    write_gen(world, &theirs, 35);
+    write_gen(world, &theirs, 40);
+    let dc = Decomposition::builder(world, &[24, 20]).ghost_width(1).build().unwrap();
+    let a = DistArray::<f64, Ix2>::from_fn(&dc, |g| value(10, g)).unwrap();
+    let mut c = Checkpoint::new(10);
+    c.array("u", &a);
+    let e = CheckpointStore::new(&dir, 2).write(world, &c).unwrap_err();
+    let m = e.to_string();
+    assert!(m.contains("another run") && m.contains("40, 35") && m.contains("--restart"), "{m}");
+    if world.rank() != 0 {
+        assert_eq!(e.kind(), ErrorKind::PeerFailed, "{e}");
+    }
+    assert_eq!(CheckpointStore::new(&dir, 2).generations().unwrap(), vec![40, 35], "nothing deleted or added");
+    cleanup(world, &dir);
+}
+
+/// A run that fell back past a damaged generation keeps what it writes: generations 10, 20, 30 with 30
+/// damaged; the restart resumes from 20 and writes 25 with keep = 1. Before lineages, pruning by step
+/// deleted 25 right after writing it (30 sorted first) and the next restart met the damaged 30 again.
+fn a_run_that_fell_back_keeps_its_writes(world: &Comm) {
+    let dir = shared_dir(world, "fellback");
+    let first = CheckpointStore::new(&dir, 3);
+    for step in [10, 20, 30] {
+        write_gen(world, &first, step);
+    }
+    if world.rank() == 0 {
+        let f = dir.join("gen-000000000030").join("rank-000000.bin");
+        let mut b = std::fs::read(&f).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 0x55;
+        std::fs::write(&f, b).unwrap();
+    }
+    world.barrier().unwrap();
+    let second = CheckpointStore::new(&dir, 1);
+    assert_eq!(second.latest(world).unwrap().expect("a generation").step(), 20);
+    write_gen(world, &second, 25);
+    let left = second.generations().unwrap();
+    assert!(left.contains(&25), "the generation just written is kept: {left:?}");
+    assert!(!left.contains(&20), "the older generation of this run's chain is pruned (keep 1): {left:?}");
+    assert!(left.contains(&30), "the passed-over generation is not this run's to delete: {left:?}");
+    // The next restart resumes from this run's newest commit, not from the higher step number.
+    let third = CheckpointStore::new(&dir, 1);
+    assert_eq!(third.latest(world).unwrap().expect("a generation").step(), 25);
+    // ... and continues the lineage: its write prunes 25, not another run's files.
+    write_gen(world, &third, 27);
+    let left = third.generations().unwrap();
+    assert!(left.contains(&27) && !left.contains(&25) && left.contains(&30), "{left:?}");
+    cleanup(world, &dir);
+}
+
 fn write_errors_reach_every_rank(world: &Comm) {
     let dir = shared_dir(world, "werr");
     if world.rank() == 0 {
@@ -350,6 +406,8 @@ fn main() {
             Case::new("damaged_checkpoints_fall_back", &[2], damaged_checkpoints_fall_back),
             Case::new("input_that_does_not_fit_is_an_error", &[1, 2], input_that_does_not_fit_is_an_error),
             Case::new("keeps_the_newest_generations", &[1, 3], keeps_the_newest_generations),
+            Case::new("another_runs_directory_is_left_alone", &[1, 2], another_runs_directory_is_left_alone),
+            Case::new("a_run_that_fell_back_keeps_its_writes", &[2, 3], a_run_that_fell_back_keeps_its_writes),
             Case::new("write_errors_reach_every_rank", &[2, 3], write_errors_reach_every_rank),
             Case::new("watchdog_is_quiet_while_progressing", &[1, 2, 3], watchdog_is_quiet_while_progressing),
             Case::new("watchdog_reports_a_deadlock", &[2], watchdog_reports_a_deadlock).expect(Expect::AbortPrinting(

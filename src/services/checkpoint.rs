@@ -21,8 +21,19 @@
 //! A generation is written into `DIR/.tmp-gen-<step>/`: every rank writes and `fsync`s its file,
 //! rank 0 writes and `fsync`s the manifest, then renames the directory to `gen-<step>` and
 //! `fsync`s `DIR`. The rename is the commit: a job killed at any earlier moment leaves only a
-//! temporary directory, which restart ignores and the next write removes. Older generations beyond
-//! the number to keep are removed after the commit.
+//! temporary directory, which restart ignores and the next write removes.
+//!
+//! # Lineage and pruning
+//! A directory belongs to one run and its continuations. The first write of a run that did not
+//! restart gives the run a *lineage* (a random 128-bit id from the OS); a run that restarts from a
+//! generation continues that generation's lineage (as resubmissions of a Slurm job with `--restart`
+//! do). Each manifest records its lineage, its commit number `seq` within it, and its `parent` (the
+//! generation this run restarted from or last wrote). After a commit, rank 0 walks the parent chain
+//! from the new generation and removes the chain's generations beyond the number to keep; nothing
+//! off the chain is touched (another run's, or a branch left behind when a run fell back past a
+//! damaged generation), and never the generation just committed. Restart tries generations in
+//! commit order, newest first, not by step. A run that did not restart refuses to write into a
+//! directory that already holds generations (another run's state): it names them and deletes nothing.
 //!
 //! # Restart
 //! [`CheckpointStore::latest`] tries generations newest first. A generation is used only when its
@@ -245,10 +256,68 @@ impl<'a> Checkpoint<'a> {
 }
 
 /// Where generations live and how many are kept.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct CheckpointStore {
     dir: PathBuf,
     keep: usize,
+    // This run's lineage (rank 0's view): set by a restart or by the first write.
+    run: std::sync::Mutex<Option<Lineage>>,
+}
+
+impl Clone for CheckpointStore {
+    fn clone(&self) -> Self {
+        let run = self.run.lock().map(|r| r.clone()).unwrap_or_default();
+        CheckpointStore { dir: self.dir.clone(), keep: self.keep, run: std::sync::Mutex::new(run) }
+    }
+}
+
+/// A run's place in its directory: the lineage id, the last commit number, the last generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Lineage {
+    id: String,
+    seq: u64,
+    parent: Option<(String, u64)>,
+}
+
+/// What a manifest says of a generation's lineage (read without verifying the rank files).
+#[derive(Clone, Debug)]
+struct Lineaged {
+    step: u64,
+    path: PathBuf,
+    id: Option<String>,
+    seq: Option<u64>,
+    parent: Option<(String, u64)>,
+}
+
+/// The lineage fields of every generation in `dir` (unreadable manifests have none).
+fn read_lineages(dir: &Path) -> std::io::Result<Vec<Lineaged>> {
+    Ok(list_generations(dir)?
+        .into_iter()
+        .map(|(step, path)| {
+            let body = std::fs::read(path.join("manifest.json")).ok().and_then(|b| manifest_body(&b).ok());
+            let get = |k: &str| body.as_ref().map(|b| b[k].clone()).unwrap_or(Value::Null);
+            let parent = get("parent");
+            Lineaged {
+                step,
+                id: get("lineage").as_str().map(str::to_string),
+                seq: get("seq").as_u64(),
+                parent: parent["name"].as_str().zip(parent["seq"].as_u64()).map(|(n, q)| (n.to_string(), q)),
+                path,
+            }
+        })
+        .collect())
+}
+
+/// Newest commit first: by `seq` where manifests have one, then by step.
+fn commit_order(v: &mut [Lineaged]) {
+    v.sort_by_key(|g| std::cmp::Reverse((g.seq.unwrap_or(0), g.step)));
+}
+
+/// 128 random bits from the OS, as hex.
+fn random_id() -> std::io::Result<String> {
+    let mut b = [0u8; 16];
+    File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 fn gen_name(step: u64) -> String {
@@ -394,7 +463,7 @@ impl CheckpointStore {
     /// Generations in directory `dir` (created when first written; on a file system every rank
     /// can read, for restarts on another decomposition), keeping the newest `keep` (at least 1).
     pub fn new(dir: impl Into<PathBuf>, keep: usize) -> CheckpointStore {
-        CheckpointStore { dir: dir.into(), keep: keep.max(1) }
+        CheckpointStore { dir: dir.into(), keep: keep.max(1), run: std::sync::Mutex::new(None) }
     }
 
     /// The directory.
@@ -402,31 +471,35 @@ impl CheckpointStore {
         &self.dir
     }
 
-    /// Writes generation `c` atomically and removes the generations beyond the number kept.
-    /// Returns the generation's directory.
+    /// Writes generation `c` atomically and removes this run's generations beyond the number kept
+    /// (older commits on its parent chain; see the module docs). Returns the generation's directory.
     ///
     /// Collective: every rank passes the same items (its own parts) and step.
     ///
     /// # Errors
     /// [`ErrorKind::Io`] (naming the file) when a file cannot be written,
     /// [`ErrorKind::Checkpoint`] when the items disagree between ranks or do not tile their global
-    /// shapes; every rank returns an error when any rank fails ([`ErrorKind::PeerFailed`] on the
-    /// others). A failed write leaves the older generations as they were.
+    /// shapes, or when a run that did not restart ([`latest`](Self::latest)) finds another run's
+    /// generations in the directory (nothing is written or deleted); every rank returns an error
+    /// when any rank fails ([`ErrorKind::PeerFailed`] on the others). A failed write leaves the
+    /// older generations as they were.
     pub fn write(&self, comm: &Comm, c: &Checkpoint<'_>) -> Result<PathBuf> {
         const OP: &str = "checkpoint write";
         let _busy = activity::enter(OP, -1);
         let rank = comm.rank();
         let tmp = self.dir.join(format!(".tmp-{}", gen_name(c.step)));
         let prepared = if rank == 0 {
-            (|| {
-                std::fs::create_dir_all(&self.dir)?;
-                match std::fs::remove_dir_all(&tmp) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
-                }
-                std::fs::create_dir(&tmp)
-            })()
-            .map_err(|e| io_err(OP, rank, &tmp, "cannot create", e))
+            self.claim(OP, rank).and_then(|()| {
+                (|| {
+                    std::fs::create_dir_all(&self.dir)?;
+                    match std::fs::remove_dir_all(&tmp) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                        _ => {}
+                    }
+                    std::fs::create_dir(&tmp)
+                })()
+                .map_err(|e| io_err(OP, rank, &tmp, "cannot create", e))
+            })
         } else {
             Ok(())
         };
@@ -467,9 +540,14 @@ impl CheckpointStore {
             }
         }
         check_tiling(&items, &ranks).map_err(|m| err(OP, rank, m))?;
+        let run = self.run.lock().map_err(|_| err(OP, rank, "checkpoint store poisoned".into()))?.clone();
+        let run = run.ok_or_else(|| err(OP, rank, "no lineage claimed before the commit".into()))?;
+        let seq = run.seq + 1;
+        let parent = run.parent.as_ref().map(|(n, q)| json!({"name": n, "seq": q}));
         let body = json!({
             "format": FORMAT, "version": FORMAT_VERSION, "step": c.step, "nranks": comm.size(),
             "grid": c.grid, "items": items, "ranks": ranks, "attrs": c.attrs,
+            "lineage": run.id, "seq": seq, "parent": parent,
         });
         let manifest = manifest_text(&body);
         let mpath = tmp.join("manifest.json");
@@ -484,14 +562,59 @@ impl CheckpointStore {
         }
         std::fs::rename(tmp, &fin).map_err(|e| io("cannot rename into place", &fin, e))?;
         fsync_dir(&self.dir).map_err(|e| io("cannot sync", &self.dir, e))?;
-        self.prune(c.step).map_err(|e| io("cannot remove old generations in", &self.dir, e))?;
+        let name = gen_name(c.step);
+        if let Ok(mut r) = self.run.lock() {
+            *r = Some(Lineage { id: run.id.clone(), seq, parent: Some((name.clone(), seq)) });
+        }
+        self.prune(c.step, &run.id, (&name, seq)).map_err(|e| io("cannot remove old generations in", &self.dir, e))?;
         Ok(fin)
     }
 
-    fn prune(&self, newest: u64) -> std::io::Result<()> {
-        for (_, path) in list_generations(&self.dir)?.into_iter().skip(self.keep) {
-            std::fs::remove_dir_all(path)?;
+    /// Rank 0, before a write: this run's lineage, or a new one when the directory holds no
+    /// generation; another run's generations are an error.
+    fn claim(&self, op: &'static str, rank: i32) -> Result<()> {
+        let mut run = self.run.lock().map_err(|_| err(op, rank, "checkpoint store poisoned".into()))?;
+        if run.is_some() {
+            return Ok(());
         }
+        let existing = read_lineages(&self.dir).map_err(|e| io_err(op, rank, &self.dir, "cannot read", e))?;
+        if !existing.is_empty() {
+            let steps: Vec<String> = existing.iter().map(|g| g.step.to_string()).collect();
+            return Err(err(
+                op,
+                rank,
+                format!(
+                    "{} already holds checkpoints of another run (steps {}); this run did not restart from                      them, so it neither writes over nor deletes them: restart from them (--restart) or                      use another directory",
+                    self.dir.display(),
+                    steps.join(", ")
+                ),
+            ));
+        }
+        let id = random_id().map_err(|e| io_err(op, rank, Path::new("/dev/urandom"), "cannot read", e))?;
+        *run = Some(Lineage { id, seq: 0, parent: None });
+        Ok(())
+    }
+
+    /// Removes the generations of lineage `id` on the parent chain of `newest` beyond the newest
+    /// `keep` (the chain starts with `newest`, which is therefore never removed).
+    fn prune(&self, newest_step: u64, id: &str, newest: (&str, u64)) -> std::io::Result<()> {
+        let all = read_lineages(&self.dir)?;
+        let name_of = |g: &Lineaged| g.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut chain = Vec::new();
+        let mut at = Some((newest.0.to_string(), newest.1));
+        while let Some((name, seq)) = at.take() {
+            let Some(g) = all.iter().find(|g| name_of(g) == name && g.seq == Some(seq) && g.id.as_deref() == Some(id))
+            else {
+                break;
+            };
+            chain.push(g);
+            // A chain only goes back in commit order (a guard against a cycle in edited manifests).
+            at = g.parent.clone().filter(|p| p.1 < seq);
+        }
+        for g in chain.into_iter().skip(self.keep) {
+            std::fs::remove_dir_all(&g.path)?;
+        }
+        let newest = newest_step;
         // Temporary directories of writes that never committed (a job killed mid-write).
         for entry in std::fs::read_dir(&self.dir)? {
             let name = entry?.file_name().to_string_lossy().into_owned();
@@ -528,18 +651,24 @@ impl CheckpointStore {
         let _busy = activity::enter(OP, -1);
         let rank = comm.rank();
         let listed = if rank == 0 {
-            list_generations(&self.dir).map_err(|e| io_err(OP, rank, &self.dir, "cannot read", e))
+            read_lineages(&self.dir).map_err(|e| io_err(OP, rank, &self.dir, "cannot read", e))
         } else {
             Ok(Vec::new())
         };
-        let listed = agree(comm, OP, listed)?;
-        let mut steps: Vec<u64> = listed.iter().map(|g| g.0).collect();
+        let mut listed = agree(comm, OP, listed)?;
+        commit_order(&mut listed);
+        let mut steps: Vec<u64> = listed.iter().map(|g| g.step).collect();
         comm.broadcast_vec(&mut steps, 0)?;
         let mut rejected = Vec::new();
         for step in steps {
             let dir = self.dir.join(gen_name(step));
             match Generation::open(comm, dir.clone(), step)? {
-                Ok(g) => return Ok(Some(g)),
+                Ok(g) => {
+                    if rank == 0 {
+                        self.adopt(&g, &listed);
+                    }
+                    return Ok(Some(g));
+                }
                 Err(why) => {
                     if rank == 0 {
                         eprintln!("phalanx: checkpoint {} is not usable ({why}); trying an older one", dir.display());
@@ -552,6 +681,27 @@ impl CheckpointStore {
             return Ok(None);
         }
         Err(err(OP, rank, format!("no usable checkpoint in {}: {}", self.dir.display(), rejected.join("; "))))
+    }
+}
+
+impl CheckpointStore {
+    /// Rank 0, after a restart from `g`: this run continues `g`'s lineage (a generation without one,
+    /// written before lineages existed, starts a new lineage whose chain begins after it).
+    fn adopt(&self, g: &Generation, listed: &[Lineaged]) {
+        let name = gen_name(g.step());
+        let (id, seq) = match (g.body["lineage"].as_str(), g.body["seq"].as_u64()) {
+            (Some(id), Some(seq)) => {
+                // Commit numbers go on after the newest of the lineage, so that this run's writes
+                // come first in commit order even when a newer (damaged) generation was passed over.
+                let top = listed.iter().filter(|l| l.id.as_deref() == Some(id)).filter_map(|l| l.seq).max();
+                (id.to_string(), top.unwrap_or(seq).max(seq))
+            }
+            _ => (random_id().unwrap_or_else(|_| format!("{:032x}", g.step())), 0),
+        };
+        let parent = g.body["seq"].as_u64().map(|s| (name, s));
+        if let Ok(mut r) = self.run.lock() {
+            *r = Some(Lineage { id, seq, parent });
+        }
     }
 }
 
