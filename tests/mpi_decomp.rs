@@ -299,6 +299,27 @@ fn construction_errors(c: &Comm) {
         Decomposition::builder(c, &[50, 3]).block_sizes(0, &vec![3; size]).build(),
         &["sum to", "global extent 50"],
     );
+    // Block sizes that differ between ranks but each sum to the extent: before they were compared,
+    // every rank built "successfully" with boxes that disagreed.
+    let mut mine = vec![8; size];
+    if c.rank() == 1 {
+        mine[0] += 1;
+        mine[1] -= 1;
+    }
+    expect_decomp_err(
+        Decomposition::builder(c, &[8 * size, 4]).block_sizes(0, &mine).build(),
+        &["block sizes differs", "block sizes [["],
+    );
+    // Block sizes wrong on one rank only: before, that rank returned its error while the others
+    // waited in the communicator duplication (a hang).
+    let mut mine = vec![8; size];
+    if c.rank() == 1 {
+        mine[0] += 5;
+    }
+    expect_decomp_err(
+        Decomposition::builder(c, &[8 * size, 4]).block_sizes(0, &mine).build(),
+        &["block sizes differs"],
+    );
     // Four dimensions.
     expect_decomp_err(Decomposition::builder(c, &[2, 2, 2, 2]).build(), &["4 dimensions"]);
     // An array type of the wrong dimensionality.

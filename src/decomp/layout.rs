@@ -246,6 +246,10 @@ impl DecompositionBuilder<'_> {
 
     /// Validates the description on every rank and creates the decomposition.
     ///
+    /// Every input (shape, ghost widths, periodicity, grid, block sizes, stencil) is compared across
+    /// the ranks first, so a description that differs between ranks, or is wrong, is an error on every
+    /// rank (never a hang, never disagreeing boxes).
+    ///
     /// Collective (duplicates the communicator and checks that every rank passed the same
     /// description).
     ///
@@ -261,33 +265,43 @@ impl DecompositionBuilder<'_> {
         let fail = |msg: String| Error::new(ErrorKind::Decomposition, OP, Some(rank), msg);
         let nd = self.shape.len();
 
-        // 1. Every rank must describe the same decomposition: compare a fixed-length signature.
-        let mut sig = [-1i64; 1 + 4 * MAX_DIMS + 1];
+        // 1. Every rank must describe the same decomposition: compare a fixed-length signature of
+        // every builder input, block sizes included (a rank that failed a check of its own before
+        // this point would leave the others waiting in the collectives below).
+        let mut sig = [-1i64; 1 + 5 * MAX_DIMS + 2];
         sig[0] = nd as i64;
         for d in 0..nd.min(MAX_DIMS) {
             sig[1 + d] = self.shape[d] as i64;
             sig[1 + MAX_DIMS + d] = self.ghost.get(d).map_or(-2, |&g| g as i64);
             sig[1 + 2 * MAX_DIMS + d] = self.periodic.get(d).map_or(-2, |&p| p as i64);
             sig[1 + 3 * MAX_DIMS + d] = self.dims.as_ref().and_then(|v| v.get(d)).map_or(-2, |&p| p as i64);
+            sig[1 + 4 * MAX_DIMS + d] = self.sizes.get(d).map_or(-2, |s| block_sizes_key(s.as_deref()));
         }
-        sig[4 * MAX_DIMS + 1] = self.stencil as i64;
+        sig[5 * MAX_DIMS + 1] = self.stencil as i64;
+        sig[5 * MAX_DIMS + 2] =
+            (self.sizes.len() as i64) << 8 | (self.ghost.len() as i64) << 4 | self.periodic.len() as i64;
+        // Values past what an i64 negation can hold would break the max/-min comparison.
+        let sig = sig.map(|x| x.clamp(-(1 << 62), 1 << 62));
         let both: Vec<i64> = sig.iter().copied().chain(sig.iter().map(|x| -x)).collect();
         let agreed = comm.allreduce_vec(&both, Op::Max)?;
         let (max, neg_min) = agreed.split_at(sig.len());
         if max.iter().zip(neg_min).any(|(a, b)| *a != -*b) {
-            let what = ["dimension count", "global shape", "ghost width", "periodicity", "process grid", "stencil"];
+            let what = ["dimension count", "global shape", "ghost width", "periodicity", "process grid", "block sizes"];
             let first = max.iter().zip(neg_min).position(|(a, b)| *a != -*b).unwrap_or(0);
             let field = match first {
                 0 => what[0],
-                i if i <= MAX_DIMS => what[1],
-                i if i <= 2 * MAX_DIMS => what[2],
-                i if i <= 3 * MAX_DIMS => what[3],
-                i if i <= 4 * MAX_DIMS => what[4],
-                _ => what[5],
+                i if i <= 5 * MAX_DIMS => what[(i - 1) / MAX_DIMS + 1],
+                i if i == 5 * MAX_DIMS + 1 => "stencil",
+                _ => "number of per-dimension options",
             };
+            let sizes: Vec<String> =
+                self.sizes.iter().map(|s| s.as_ref().map_or("default".into(), |v| format!("{v:?}"))).collect();
             return Err(fail(format!(
-                "ranks passed different decompositions: the {field} differs (this rank: shape {:?}, ghost {:?}, periodic {:?})",
-                self.shape, self.ghost, self.periodic
+                "ranks passed different decompositions: the {field} differs (this rank: shape {:?}, ghost {:?}, periodic {:?}, block sizes [{}])",
+                self.shape,
+                self.ghost,
+                self.periodic,
+                sizes.join(", ")
             )));
         }
 
@@ -404,5 +418,17 @@ impl DecompositionBuilder<'_> {
             ghosted,
             arrays: Cell::new(0),
         }))
+    }
+}
+
+/// One number for a dimension's explicit block sizes (`-3` for none), equal on ranks that passed
+/// the same list: the list's xxh3 hash, kept below 2^62.
+fn block_sizes_key(sizes: Option<&[usize]>) -> i64 {
+    match sizes {
+        None => -3,
+        Some(s) => {
+            let bytes: Vec<u8> = s.iter().flat_map(|&x| (x as u64).to_le_bytes()).collect();
+            (xxhash_rust::xxh3::xxh3_64(&bytes) >> 2) as i64
+        }
     }
 }
