@@ -42,9 +42,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() -> phalanx::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let rt = phalanx::init()?;
+    phalanx::run(|rt| membench(rt, &args))
+}
+
+fn membench(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<()> {
     let world = rt.world();
     let threads = world.start_threads(ThreadConfig::new().threads(args.threads).pin(args.pin))?;
     let n = args.n;

@@ -187,22 +187,9 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
     world.allreduce(code, Op::Max)
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let rt = phalanx::init().unwrap_or_else(|e| {
-        eprintln!("nbody: {e}");
-        std::process::exit(3)
-    });
-    match run(&rt, &args) {
-        Ok(code) => {
-            drop(rt); // MPI_Finalize
-            std::process::exit(code)
-        }
-        Err(e) => {
-            eprintln!("nbody: {e}");
-            // While MPI still runs: an error on one rank must not leave the others waiting (in a
-            // collective, or in MPI_Finalize).
-            phalanx::runtime::abort_job(3);
-        }
-    }
+    // An error on any rank prints it with the rank and ends the whole job (exit code 3) instead of
+    // leaving the others waiting in a collective.
+    phalanx::run(|rt| run(rt, &args))
 }

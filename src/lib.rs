@@ -10,21 +10,23 @@
 //! | runtime | [`runtime`] | MPI initialisation, thread level, abort-on-panic |
 //! | communication | [`comm`] | communicators, typed point-to-point and collectives |
 //! | decomposition | [`decomp`] | process grids, partitions, distributed arrays, halo exchange |
-//! | services | [`services`] | run-time metrics (and later checkpoints) |
+//! | services | [`services`] | run-time metrics, checkpoints and restarts, the watchdog |
 //! | kernels | [`kernels`] | the simulation kernels the examples and benchmarks run |
 //!
 //! ```no_run
 //! use phalanx::prelude::*;
 //!
-//! fn main() -> phalanx::Result<()> {
-//!     let rt = phalanx::init()?;              // MPI_Init_thread(FUNNELED); finalised on drop
-//!     let world = rt.world();
-//!     let local = (world.rank() + 1) as f64;
-//!     let total = world.allreduce(local, Op::Sum)?;
-//!     if world.rank() == 0 {
-//!         println!("sum over {} ranks = {total}", world.size());
-//!     }
-//!     Ok(())
+//! fn main() -> std::process::ExitCode {
+//!     // MPI_Init_thread(FUNNELED); an error on any rank ends the whole job (see `runtime`).
+//!     phalanx::run(|rt| {
+//!         let world = rt.world();
+//!         let local = (world.rank() + 1) as f64;
+//!         let total = world.allreduce(local, Op::Sum)?;
+//!         if world.rank() == 0 {
+//!             println!("sum over {} ranks = {total}", world.size());
+//!         }
+//!         Ok::<(), phalanx::Error>(())
+//!     })
 //! }
 //! ```
 //!
@@ -40,4 +42,4 @@ pub mod runtime;
 pub mod services;
 
 pub use error::{Error, ErrorKind, Result};
-pub use runtime::{init, Runtime, RuntimeBuilder, ThreadLevel};
+pub use runtime::{init, run, Runtime, RuntimeBuilder, ThreadLevel};

@@ -318,7 +318,7 @@ fn run(args: &Args, w: &Comm) -> phalanx::Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn main() -> phalanx::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
     for o in &args.only {
         if !BENCHES.contains(&o.as_str()) {
@@ -332,7 +332,10 @@ fn main() -> phalanx::Result<()> {
         "multiple" => ThreadLevel::Multiple,
         _ => ThreadLevel::Funneled,
     };
-    let rt = phalanx::Runtime::builder().thread_level(level).init()?;
+    phalanx::Runtime::builder().thread_level(level).run(|rt| commbench(rt, &args))
+}
+
+fn commbench(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<()> {
     let w = rt.world();
     let pairs = w.size() >= 2;
     if args.quick {
@@ -358,7 +361,7 @@ fn main() -> phalanx::Result<()> {
         }
         return Ok(());
     }
-    let rows = run(&args, &w)?;
+    let rows = run(args, &w)?;
     if w.rank() == 0 && args.json {
         let pick = |b: &str, s: usize| rows.iter().find(|r| r.bench == b && r.bytes == s).map(|r| r.phalanx);
         let j = serde_json::json!({

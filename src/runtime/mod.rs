@@ -9,6 +9,19 @@
 //! A panic inside a rayon worker takes the same path.
 //!
 //! Errors that are *values* ([`crate::Error`]) do not abort: the caller decides.
+//!
+//! # Why the end of a run cannot hang
+//! An error returned on one rank (`fn main() -> phalanx::Result<()>` with `?`) leaves the other ranks
+//! waiting in their next collective, and `MPI_Finalize` on the failing rank waits for them: the job
+//! hangs. Two guards:
+//! - [`run`] (and [`RuntimeBuilder::run`]) runs the program's body and, when it returns `Err` on any
+//!   rank, prints the error with the rank and ends the whole job at once (`MPI_Abort`, exit code 3).
+//!   Use it as `main`'s body.
+//! - Dropping the [`Runtime`] (the plain pattern) first waits, at most `PHALANX_FINALIZE_TIMEOUT`
+//!   seconds (default 300: the largest gap allowed between ranks at the end of a run, for example
+//!   while rank 0 writes output), for every rank to reach the end too (a nonblocking barrier). If
+//!   they do not, it says so, skips `MPI_Finalize`, and the process exits with status 1 after Rust has
+//!   printed `main`'s error, so the launcher ends the others.
 
 pub(crate) mod activity;
 mod level;
@@ -46,6 +59,8 @@ pub struct Runtime {
     level: ThreadLevel,
     world_rank: i32,
     world_size: i32,
+    // A private duplicate of MPI_COMM_WORLD for the end-of-run agreement (see the module docs).
+    end: ffi::MPI_Comm,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -134,8 +149,102 @@ impl RuntimeBuilder {
             ));
         }
         install_abort_hook();
-        Ok(Runtime { level: provided, world_rank, world_size, _not_send: PhantomData })
+        let end = ffi::comm_dup(world, world_rank)?;
+        Ok(Runtime { level: provided, world_rank, world_size, end, _not_send: PhantomData })
     }
+
+    /// Initialises MPI, runs `body`, and ends the job so that it cannot hang: `Ok` finalises MPI
+    /// (after every rank got there) and exits with the body's code; `Err` on any rank prints
+    /// `PROGRAM: rank R: ERROR` and aborts every rank of the job with exit code 3. A failed
+    /// initialisation prints its error and exits with 3, on every process.
+    ///
+    /// Collective over `MPI_COMM_WORLD` (every process calls it once, as `main`'s body).
+    ///
+    /// ```no_run
+    /// use phalanx::prelude::*;
+    ///
+    /// fn main() -> std::process::ExitCode {
+    ///     phalanx::run(|rt| {
+    ///         let world = rt.world();
+    ///         let total = world.allreduce((world.rank() + 1) as f64, Op::Sum)?;
+    ///         if world.rank() == 0 {
+    ///             println!("sum = {total}");
+    ///         }
+    ///         Ok::<(), phalanx::Error>(())
+    ///     })
+    /// }
+    /// ```
+    pub fn run<T: RunCode, E: std::fmt::Display>(
+        self,
+        body: impl FnOnce(&Runtime) -> std::result::Result<T, E>,
+    ) -> std::process::ExitCode {
+        let program = std::env::args()
+            .next()
+            .and_then(|a| std::path::Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "phalanx".into());
+        let rt = match self.init() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("{program}: {e}");
+                return std::process::ExitCode::from(ERROR_EXIT);
+            }
+        };
+        match body(&rt) {
+            Ok(v) => {
+                let code = v.code();
+                drop(rt);
+                std::process::ExitCode::from(code)
+            }
+            Err(e) => {
+                eprintln!("{program}: rank {} of {}: {e}; ending the job", rt.world_rank, rt.world_size);
+                // While MPI still runs: the other ranks may be waiting for this one in a collective.
+                abort_job(i32::from(ERROR_EXIT))
+            }
+        }
+    }
+}
+
+/// The exit code [`run`] ends a job with when the body returns an error (2 is left to usage
+/// errors, 1 to the program's own verdicts).
+pub const ERROR_EXIT: u8 = 3;
+
+/// What a [`run`] body may return on success: `()` (exit code 0) or an exit code.
+pub trait RunCode {
+    /// The process exit code.
+    fn code(self) -> u8;
+}
+
+impl RunCode for () {
+    fn code(self) -> u8 {
+        0
+    }
+}
+
+impl RunCode for u8 {
+    fn code(self) -> u8 {
+        self
+    }
+}
+
+impl RunCode for i32 {
+    fn code(self) -> u8 {
+        u8::try_from(self).unwrap_or(1)
+    }
+}
+
+/// [`RuntimeBuilder::run`] with the defaults ([`ThreadLevel::Funneled`]): the entry point that
+/// cannot hang. See the module docs.
+pub fn run<T: RunCode, E: std::fmt::Display>(
+    body: impl FnOnce(&Runtime) -> std::result::Result<T, E>,
+) -> std::process::ExitCode {
+    RuntimeBuilder::default().run(body)
+}
+
+/// How long dropping the [`Runtime`] waits for every rank to reach the end of the run
+/// (`PHALANX_FINALIZE_TIMEOUT`, seconds; default 300).
+pub fn finalize_timeout() -> std::time::Duration {
+    let secs = std::env::var("PHALANX_FINALIZE_TIMEOUT").ok().and_then(|s| s.trim().parse::<f64>().ok());
+    std::time::Duration::from_secs_f64(secs.filter(|s| s.is_finite() && *s >= 0.0).unwrap_or(300.0))
 }
 
 impl Runtime {
@@ -186,9 +295,55 @@ impl Drop for Runtime {
             // The hook aborts before unwinding starts; this is only reached if it was replaced.
             abort_job(101);
         }
-        if !ffi::finalized() {
-            ffi::finalize();
+        if ffi::finalized() {
+            return;
         }
+        let limit = finalize_timeout();
+        if self.every_rank_ended(limit) {
+            ffi::comm_free(&mut self.end);
+            ffi::finalize();
+            return;
+        }
+        eprintln!(
+            "phalanx: rank {} of {}: the other ranks did not reach the end of the run within {:.0} s (a rank \
+             that ended early, for example with an error, while others wait in a collective); leaving \
+             without MPI_Finalize, exit status 1, so that the launcher ends the job \
+             (PHALANX_FINALIZE_TIMEOUT sets the limit)",
+            self.world_rank,
+            self.world_size,
+            limit.as_secs_f64()
+        );
+        exit_nonzero_after_main();
+    }
+}
+
+impl Runtime {
+    /// The end-of-run agreement: a nonblocking barrier on the private communicator, polled until
+    /// every rank has started it or `limit` has passed.
+    fn every_rank_ended(&self, limit: std::time::Duration) -> bool {
+        let Ok(mut req) = ffi::ibarrier(self.end, "end of run", self.world_rank) else { return false };
+        let start = std::time::Instant::now();
+        loop {
+            match ffi::test(&mut req, "end of run", self.world_rank).0 {
+                Ok(true) => return true,
+                Err(_) => return false,
+                Ok(false) if start.elapsed() >= limit => return false,
+                Ok(false) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+        }
+    }
+}
+
+/// Makes the process exit with status 1 however `main` returns, once Rust has printed `main`'s error
+/// and flushed standard output: an `atexit` handler that calls `_exit(1)`.
+fn exit_nonzero_after_main() {
+    extern "C" fn leave() {
+        // SAFETY: _exit has no preconditions; it ends the process without running further handlers.
+        unsafe { libc::_exit(1) }
+    }
+    // SAFETY: registers a function with C linkage that takes no arguments, as atexit requires.
+    if unsafe { libc::atexit(leave) } != 0 {
+        std::process::exit(1);
     }
 }
 

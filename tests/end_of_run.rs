@@ -1,0 +1,136 @@
+//! The end of a run when one rank returns an error while the others wait in a collective:
+//!
+//! - the plain pattern, `fn main() -> phalanx::Result<()>` with `?` (the README's first example
+//!   before `phalanx::run`), used to hang forever (the failing rank waited in `MPI_Finalize`, the
+//!   others in their barrier). Dropping the runtime now waits at most `PHALANX_FINALIZE_TIMEOUT`
+//!   (2 s here) for the others, skips `MPI_Finalize` and exits 1 after Rust printed the error;
+//! - `phalanx::run` aborts the job at once with exit code 3 and the error's message;
+//! - a clean run through either path exits 0.
+//!
+//! The program is its own MPI job: started with `PHALANX_END_MODE` set, it is a rank; without it,
+//! it launches itself (through `ci/mpi run`) for each case. Plain `harness = false` program.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MODE: &str = "PHALANX_END_MODE";
+
+fn body(rt: &phalanx::Runtime, fail: bool) -> phalanx::Result<()> {
+    let world = rt.world();
+    if fail && world.rank() == 1 {
+        return Err(phalanx::Error::new(
+            phalanx::ErrorKind::InvalidArgument,
+            "test",
+            Some(1),
+            "rank 1 fails on purpose",
+        ));
+    }
+    world.barrier()?;
+    if world.rank() == 0 {
+        println!("clean end");
+    }
+    Ok(())
+}
+
+/// The README's plain pattern.
+fn plain(fail: bool) -> phalanx::Result<()> {
+    let rt = phalanx::init()?;
+    body(&rt, fail)
+}
+
+fn child(mode: &str) -> std::process::ExitCode {
+    match mode {
+        "plain-fail" | "plain-ok" => match plain(mode == "plain-fail") {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                // What Rust prints for `main -> Result` (Debug of the error), then exit status 1.
+                eprintln!("Error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        "run-fail" => phalanx::run(|rt| body(rt, true)),
+        "run-ok" => phalanx::run(|rt| body(rt, false)),
+        _ => panic!("unknown {MODE} {mode}"),
+    }
+}
+
+struct Case {
+    mode: &'static str,
+    /// The expected exit code (None: any non-zero) and texts in the output.
+    code: Option<i32>,
+    nonzero: bool,
+    texts: &'static [&'static str],
+    within: Duration,
+}
+
+fn main() -> std::process::ExitCode {
+    if let Ok(mode) = std::env::var(MODE) {
+        return child(&mode);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let cases = [
+        Case {
+            mode: "plain-fail",
+            code: None,
+            nonzero: true,
+            texts: &["rank 1 fails on purpose", "did not reach the end of the run within 2 s"],
+            within: Duration::from_secs(10),
+        },
+        Case {
+            mode: "run-fail",
+            code: Some(3),
+            nonzero: true,
+            texts: &["rank 1 of 3: test on rank 1: rank 1 fails on purpose; ending the job"],
+            within: Duration::from_secs(10),
+        },
+        Case {
+            mode: "plain-ok",
+            code: Some(0),
+            nonzero: false,
+            texts: &["clean end"],
+            within: Duration::from_secs(60),
+        },
+        Case { mode: "run-ok", code: Some(0), nonzero: false, texts: &["clean end"], within: Duration::from_secs(60) },
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for c in &cases {
+        let mut cmd: Command = common::launcher(3, &[MODE, "PHALANX_FINALIZE_TIMEOUT"]);
+        cmd.arg(&exe).env(MODE, c.mode).env("PHALANX_FINALIZE_TIMEOUT", "2");
+        let t = Instant::now();
+        // The harness limit is far above the budget: a hang shows as a failure, not a stuck test.
+        let o = common::run(&mut cmd, Duration::from_secs(120));
+        let took = t.elapsed();
+        let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let code = o.status.code();
+        let mut why = Vec::new();
+        if c.nonzero == o.status.success() {
+            why.push(format!("exit {:?}", o.status));
+        }
+        if c.code.is_some() && code != c.code {
+            why.push(format!("exit code {code:?}, want {:?}", c.code));
+        }
+        if took > c.within {
+            why.push(format!("took {took:.1?}, budget {:?}", c.within));
+        }
+        for x in c.texts {
+            if !out.contains(x) {
+                why.push(format!("no {x:?} in the output"));
+            }
+        }
+        if why.is_empty() {
+            passed += 1;
+            println!("end_of_run: {} at 3 ranks ... ok ({}, {took:.1?})", c.mode, o.status);
+        } else {
+            failed += 1;
+            println!("end_of_run: {} at 3 ranks ... FAILED: {}\n{out}", c.mode, why.join("; "));
+        }
+    }
+    println!("end_of_run: {passed} passed, {failed} failed");
+    if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
