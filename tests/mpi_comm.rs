@@ -565,6 +565,9 @@ fn scope_unwinding_with_silent_peer(c: &Comm) {
         });
     });
     assert!(panicked);
+    // No rank sends before every rank has cancelled (a message that arrived first would have
+    // completed the receive instead, into its still-valid buffer).
+    c.barrier().unwrap();
     let s = c.isend(vec![7u32; 8], next(c), 91).unwrap();
     assert_eq!(c.recv_vec::<u32>(prev(c), 91).unwrap().0, vec![7u32; 8]);
     s.wait().unwrap();
@@ -770,6 +773,16 @@ fn misuse_alltoall_arguments(c: &Comm) {
         &[&format!("{} counts given", size + 2)],
     );
     expect_err(c, c.alltoallv(&[0u8; 1], &vec![2; size]), ErrorKind::InvalidArgument, &["counts sum to", "send has 1"]);
+    // Counts whose sum overflows: an error, not a panic (debug) or a wrapped sum that passes (release).
+    let mut huge = vec![1usize; size];
+    huge[0] = usize::MAX;
+    expect_err(c, c.alltoallv(&[0u8; 1], &huge), ErrorKind::InvalidArgument, &["counts sum to"]);
+    let r = c.scatterv((c.rank() == 0).then_some((&[0u8; 1][..], &huge[..])), 0);
+    if c.rank() == 0 {
+        expect_err(c, r, ErrorKind::InvalidArgument, &["counts sum to"]);
+    } else {
+        expect_err(c, r, ErrorKind::PeerFailed, &[]);
+    }
     still_works(c);
 }
 
