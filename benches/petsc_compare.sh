@@ -12,16 +12,16 @@ if ! pkg-config --exists PETSc; then
   echo "PETSc not found (pkg-config PETSc): apt-get install petsc-dev, or load your site's PETSc module" >&2
   exit 1
 fi
-if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+export PHALANX_MPI=system   # PETSc is built against the system MPI; jobs start through ci/mpi run
 cargo build --release --example heat -q
 ref=target/release/heat_dmda
 # shellcheck disable=SC2046
 mpicc -O3 -march=native -o "$ref" benches/petsc/heat_dmda.c $(pkg-config --cflags --libs PETSc)
 out=$(mktemp)
 for _ in $(seq "$pairs"); do
-  mpirun -n "$ranks" --bind-to core "$ref" -n "$n" -steps "$steps" | tail -n 1 | sed 's/^/B /' >>"$out"
-  mpirun -n "$ranks" --bind-to none target/release/examples/heat --dims 2 --n "$n" --steps "$steps" --threads 1 --pin compact --json | tail -n 1 | sed 's/^/A /' >>"$out"
-  mpirun -n "$ranks" --bind-to none target/release/examples/heat --dims 2 --n "$n" --steps "$steps" --threads 1 --pin compact --time-block "$block" --json | tail -n 1 | sed 's/^/C /' >>"$out"
+  ci/mpi run -n "$ranks" --bind-core -- "$ref" -n "$n" -steps "$steps" | tail -n 1 | sed 's/^/B /' >>"$out"
+  ci/mpi run -n "$ranks" --no-bind -- target/release/examples/heat --dims 2 --n "$n" --steps "$steps" --threads 1 --pin compact --json | tail -n 1 | sed 's/^/A /' >>"$out"
+  ci/mpi run -n "$ranks" --no-bind -- target/release/examples/heat --dims 2 --n "$n" --steps "$steps" --threads 1 --pin compact --time-block "$block" --json | tail -n 1 | sed 's/^/C /' >>"$out"
 done
 python3 - "$out" <<'PY'
 import json, statistics, sys

@@ -22,7 +22,9 @@ import scaling  # noqa: E402
 
 EX = os.path.join(ROOT, "target", "release", "examples")
 OUT = os.path.join(ROOT, "target", "perf")
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")  # benchmark script only
+# Jobs start through ci/mpi run (the launcher abstraction), with the system MPI the release build uses.
+ENV = dict(os.environ, PHALANX_MPI="system")
+LAUNCH = os.path.join(ROOT, "ci", "mpi")
 NPROC = os.cpu_count()
 
 
@@ -33,9 +35,9 @@ def sh(cmd, timeout=900):
     return r.stdout
 
 
-def mpirun(n, *args, mca=()):
-    cmd = ["mpirun", "-n", str(n), "--bind-to", "none"] + (["--oversubscribe"] if n > NPROC else []) + list(mca)
-    return cmd + [str(a) for a in args]
+def mpirun(n, *args, tcp=False, bind="--no-bind"):
+    cmd = [LAUNCH, "run", "-n", str(n), bind] + (["--oversubscribe"] if n > NPROC else []) + (["--tcp"] if tcp else [])
+    return cmd + ["--"] + [str(a) for a in args]
 
 
 def last_json(text):
@@ -89,7 +91,7 @@ def commbench():
     shm = last_json(sh(mpirun(2, f"{EX}/commbench", "--json", "--blocks", "7")))
     log("commbench: Open MPI's TCP transport on this machine (loopback), 2 ranks")
     tcp = last_json(sh(mpirun(2, f"{EX}/commbench", "--json", "--only", "latency,bandwidth",
-                              mca=["--mca", "btl", "self,tcp"])))
+                              tcp=True)))
     return shm, tcp
 
 
@@ -98,16 +100,64 @@ def c_mpi(pairs=15):
     ref = os.path.join(ROOT, "target", "release", "commbench_ref")
     sh(["mpicc", "-O3", "-o", ref, "benches/c/commbench_ref.c"])
     a, b = [], []
-    # As benches/commbench_compare.sh runs them: Open MPI's default binding (one core per rank) for
-    # both, so the C side is not left unpinned while phalanx pins itself.
+    # As benches/commbench_compare.sh runs them: one core per rank for both, so the C side is not
+    # left unpinned while phalanx pins itself.
     for _ in range(pairs):
-        a.append(last_json(sh(["mpirun", "-n", "2", f"{EX}/commbench", "--quick", "--json"])))
-        b.append(last_json(sh(["mpirun", "-n", "2", ref, "20000", "funneled"])))
+        a.append(last_json(sh(mpirun(2, f"{EX}/commbench", "--quick", "--json", bind="--bind-core"))))
+        b.append(last_json(sh(mpirun(2, ref, "20000", "funneled", bind="--bind-core"))))
     out = {}
     for key in ("latency_8b_us", "bandwidth_1mib_mbs", "allreduce_8b_us"):
         out[key] = {"phalanx": med([x[key] for x in a]), "c": med([x[key] for x in b]),
                     "ratio": med([x[key] / y[key] for x, y in zip(a, b)])}
     return out
+
+
+MPIS = ("system", "openmpi5", "mpich")
+MPI_BEGIN = "<!-- mpi-matrix: written by benches/regenerate (--mpi-table refreshes this section alone) -->"
+MPI_END = "<!-- /mpi-matrix -->"
+
+
+def mpi_matrix(pairs=9):
+    """benches/commbench_compare.sh under each installed MPI: phalanx against the same C program
+    compiled with that MPI's mpicc, both started by its launcher with one core per rank."""
+    out = {}
+    for m in MPIS:
+        if m != "system" and not os.path.exists(os.path.join(ROOT, ".mpi", m, "bin", "mpicc")):
+            log(f"mpi matrix: {m} is not installed (ci/setup --mpi {m}); left out")
+            continue
+        log(f"mpi matrix: commbench --quick against C MPI under {m}, {pairs} alternating pairs")
+        env = dict(ENV, PHALANX_MPI=m)
+        r = subprocess.run(["benches/commbench_compare.sh", str(pairs), "2", "funneled", "--json"],
+                           capture_output=True, text=True, env=env, timeout=1800, cwd=ROOT)
+        if r.returncode != 0:
+            sys.exit(f"regenerate: commbench_compare.sh under {m} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+        res = last_json(r.stdout)
+        res["version"] = subprocess.run(["ci/mpi", "info"], capture_output=True, text=True, env=env,
+                                        cwd=ROOT).stdout.strip()
+        out[m] = res
+    return out
+
+
+def render_mpi_matrix(mm):
+    L = [MPI_BEGIN, "## Communication against plain C MPI, under each MPI implementation\n"]
+    w = L.append
+    w("```sh\nPHALANX_MPI=system|openmpi5|mpich benches/commbench_compare.sh 9 2 funneled\n```\n")
+    w("The same comparison as above under each implementation `ci/test` runs: phalanx built by `ci/mpi cargo`")
+    w("for that MPI, the C reference compiled with its `mpicc`, both started by its launcher with one core per")
+    w("rank (`ci/mpi run --bind-core`), 2 ranks on one node, alternating pairs. Ratios are phalanx / C: the")
+    w("median of the per-pair ratios and the ratio of the best runs (this machine flips between a fast and")
+    w("a slow mode from run to run).\n")
+    w("| MPI | latency 8 B: phalanx / C (us) | ratio (median, best) | bandwidth 1 MiB: phalanx / C (MB/s) | ratio (median, best) | all-reduce 8 B: phalanx / C (us) | ratio (median, best) |")
+    w("|---|---|---|---|---|---|---|")
+    for m, r in mm.items():
+        lat, bw, ar = r["latency_8b_us"], r["bandwidth_1mib_mbs"], r["allreduce_8b_us"]
+        w(f"| {r['version'].split(':')[0]} ({r['version'].split('version ')[-1].split(',')[0]}) "
+          f"| {f(lat['phalanx'])} / {f(lat['c'])} | **{f(lat['ratio'])}**, {f(lat['best_ratio'])} "
+          f"| {bw['phalanx']:.0f} / {bw['c']:.0f} | **{f(bw['ratio'])}**, {f(bw['best_ratio'])} "
+          f"| {f(ar['phalanx'])} / {f(ar['c'])} | **{f(ar['ratio'])}**, {f(ar['best_ratio'])} |")
+    w("")
+    w(MPI_END)
+    return "\n".join(L)
 
 
 def heat_roofline(rounds=5):
@@ -132,7 +182,7 @@ def petsc(pairs=5):
     for ranks in (1, 2):
         a, c, b = [], [], []
         for _ in range(pairs):
-            b.append(last_json(sh(["mpirun", "-n", str(ranks), "--bind-to", "core", ref, "-n", "4000", "-steps", "100"])))
+            b.append(last_json(sh(mpirun(ranks, ref, "-n", "4000", "-steps", "100", bind="--bind-core"))))
             one = ("--n", 4000, "--steps", 100, "--threads", 1, "--pin", "compact")
             a.append(heat(ranks, *one))
             c.append(heat(ranks, *one, "--time-block", TIME_BLOCK))
@@ -352,6 +402,8 @@ def render(r):
     w(f"| bandwidth 1 MiB (MB/s) | {c['bandwidth_1mib_mbs']['phalanx']:.0f} | {c['bandwidth_1mib_mbs']['c']:.0f} | **{f(c['bandwidth_1mib_mbs']['ratio'])}** | >= 0.95 |")
     w(f"| all-reduce 8 B (us) | {f(c['allreduce_8b_us']['phalanx'])} | {f(c['allreduce_8b_us']['c'])} | **{f(c['allreduce_8b_us']['ratio'])}** | <= 1.05 |\n")
 
+    if r.get("mpi_matrix"):
+        w(render_mpi_matrix(r["mpi_matrix"]) + "\n")
     w("## Communication against raw rsmpi, over message sizes\n")
     w("```sh\nmpirun -n 2 target/release/examples/commbench --json --blocks 7\n```\n")
     w("Each figure alternates 7 timed blocks of phalanx's typed API and of the same operation written with")
@@ -597,6 +649,26 @@ def render(r):
 def main():
     import time
     os.makedirs(OUT, exist_ok=True)
+    if "--mpi-table" in sys.argv:
+        # Measure and rewrite only the per-implementation section (between its markers).
+        mm = mpi_matrix()
+        path = os.path.join(ROOT, "docs", "PERFORMANCE.md")
+        doc = open(path).read()
+        section = render_mpi_matrix(mm)
+        if MPI_BEGIN in doc:
+            head, rest = doc.split(MPI_BEGIN, 1)
+            doc = head + section + rest.split(MPI_END, 1)[1]
+        else:
+            at = doc.index("## Communication against raw rsmpi")
+            doc = doc[:at] + section + "\n\n" + doc[at:]
+        open(path, "w").write(doc)
+        res = os.path.join(OUT, "results.json")
+        if os.path.exists(res):
+            r = json.load(open(res))
+            r["mpi_matrix"] = mm
+            json.dump(r, open(res, "w"), indent=1, default=str)
+        log("rewrote the MPI implementation section of docs/PERFORMANCE.md")
+        return
     if "--render-only" in sys.argv:
         # Rewrite the document from the last run's results (after editing the text only).
         r = json.load(open(os.path.join(OUT, "results.json")))
@@ -610,6 +682,7 @@ def main():
     r["criterion"] = criterion()
     r["commbench_shm"], r["commbench_tcp"] = commbench()
     r["c_mpi"] = c_mpi()
+    r["mpi_matrix"] = mpi_matrix()
     r["roofline"] = heat_roofline()
     r["petsc"] = {str(k): v for k, v in petsc().items()}
     r["time_blocks"] = time_blocks()

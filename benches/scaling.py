@@ -30,13 +30,13 @@ EXAMPLES = os.path.join(ROOT, "target", "release", "examples")
 
 def launch(prog, ranks, threads, size, steps, extra=()):
     """One run; returns the example's JSON summary."""
-    cmd = ["mpirun", "-n", str(ranks), "--bind-to", "none"]
+    cmd = [os.path.join(ROOT, "ci", "mpi"), "run", "-n", str(ranks), "--no-bind"]
     if ranks > os.cpu_count():
         cmd.append("--oversubscribe")
-    cmd += [os.path.join(EXAMPLES, prog), "--threads", str(threads), "--steps", str(steps), "--json"]
+    cmd += ["--", os.path.join(EXAMPLES, prog), "--threads", str(threads), "--steps", str(steps), "--json"]
     cmd += ["--n", str(size)] if prog == "heat" else ["--bodies", str(size)]
     cmd += list(extra)
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")  # benchmark script only
+    env = dict(os.environ, PHALANX_MPI="system")  # the MPI of target/release
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if out.returncode != 0:
         sys.exit(f"scaling: {' '.join(cmd)} failed:\n{out.stderr}")

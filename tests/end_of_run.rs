@@ -5,7 +5,9 @@
 //!   others in their barrier). Dropping the runtime now waits at most `PHALANX_FINALIZE_TIMEOUT`
 //!   (2 s here) for the others, skips `MPI_Finalize` and exits 1 after Rust printed the error;
 //! - `phalanx::run` aborts the job at once with exit code 3 and the error's message;
-//! - a clean run through either path exits 0.
+//! - a clean run through either path exits 0;
+//! - a communicator used after the runtime was dropped returns a clear error (it used to call into
+//!   a finalised MPI, which Open MPI answers by aborting the process).
 //!
 //! The program is its own MPI job: started with `PHALANX_END_MODE` set, it is a rank; without it,
 //! it launches itself (through `ci/mpi run`) for each case. Plain `harness = false` program.
@@ -50,6 +52,16 @@ fn child(mode: &str) -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        "use-after-drop" => {
+            let rt = phalanx::init().expect("init");
+            let world = rt.world();
+            drop(rt);
+            let e = world.barrier().expect_err("a barrier after the runtime was dropped");
+            assert_eq!(e.kind(), phalanx::ErrorKind::Runtime);
+            let e2 = world.dup().expect_err("dup after the runtime was dropped");
+            println!("after drop: {e} / {e2}");
+            std::process::ExitCode::SUCCESS
+        }
         "run-fail" => phalanx::run(|rt| body(rt, true)),
         "run-ok" => phalanx::run(|rt| body(rt, false)),
         _ => panic!("unknown {MODE} {mode}"),
@@ -93,6 +105,13 @@ fn main() -> std::process::ExitCode {
             within: Duration::from_secs(60),
         },
         Case { mode: "run-ok", code: Some(0), nonzero: false, texts: &["clean end"], within: Duration::from_secs(60) },
+        Case {
+            mode: "use-after-drop",
+            code: Some(0),
+            nonzero: false,
+            texts: &["after drop: barrier on rank 0: MPI has been finalised", "dup on rank 0: MPI has been finalised"],
+            within: Duration::from_secs(60),
+        },
     ];
     let (mut passed, mut failed) = (0, 0);
     for c in &cases {

@@ -577,7 +577,8 @@ impl Comm {
         const OP: &str = "scatterv";
         let counts = match data {
             Some((d, c)) if self.rank == root => {
-                let sum: usize = c.iter().sum();
+                // Checked: counts are the caller's input, and a wrapped sum would pass the length check.
+                let sum = c.iter().try_fold(0usize, |a, &x| a.checked_add(x)).unwrap_or(usize::MAX);
                 if c.len() != self.size as usize {
                     Err(self.err(
                         ErrorKind::InvalidArgument,
@@ -700,7 +701,7 @@ impl Comm {
         const OP: &str = "alltoallv";
         let _busy = self.begin(OP)?;
         let size = self.size as usize;
-        let sum: usize = counts.iter().sum();
+        let sum = counts.iter().try_fold(0usize, |a, &x| a.checked_add(x)).unwrap_or(usize::MAX);
         let local = if counts.len() != size {
             Err(self.err(
                 ErrorKind::InvalidArgument,

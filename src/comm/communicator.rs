@@ -159,6 +159,7 @@ impl Comm {
     /// [`ErrorKind::Mpi`] if MPI cannot create the communicator.
     #[doc(alias = "MPI_Comm_dup")]
     pub fn dup(&self) -> Result<Comm> {
+        let _busy = self.begin("dup")?;
         let raw = ffi::comm_dup(self.raw, self.rank)?;
         let c = Comm::wrap(raw, true, self.level);
         c.set_checked(self.is_checked());
@@ -187,6 +188,7 @@ impl Comm {
             Some(c) => c,
             None => ffi::undefined(),
         };
+        let _busy = self.begin("split")?;
         let mut raw = ffi::comm_split(self.raw, c, key, self.rank)?;
         if raw == ffi::comm_null() {
             return Ok(None);
@@ -209,6 +211,8 @@ impl Comm {
     #[doc(alias = "MPI_Comm_split_type")]
     #[doc(alias = "MPI_COMM_TYPE_SHARED")]
     pub fn split_node(&self) -> Result<NodeSplit> {
+        // Only the check here: the collectives below record their own activity.
+        drop(self.begin("split_node")?);
         let raw = ffi::comm_split_shared(self.raw, self.rank, self.rank)?;
         let local = Comm::wrap(raw, true, self.level);
         local.set_checked(self.is_checked());
@@ -243,6 +247,31 @@ impl Comm {
             ));
         }
         Ok(SharedComm(self))
+    }
+
+    /// Every rank learns whether any rank's `local` result failed: the first failing rank's error
+    /// is returned on the others as [`ErrorKind::PeerFailed`] naming it (its message included), so
+    /// that a rank-local failure before a collective never leaves the other ranks waiting in it.
+    ///
+    /// Collective.
+    pub(crate) fn agree_result<T>(&self, op: &'static str, local: Result<T>) -> Result<T> {
+        let mine = match &local {
+            Ok(_) => Vec::new(),
+            Err(e) => e.to_string().into_bytes(),
+        };
+        let all = self.allgatherv(&mine)?;
+        match local {
+            Err(e) => Err(e),
+            Ok(v) => match all.iter().position(|m| !m.is_empty()) {
+                None => Ok(v),
+                Some(r) => Err(Error::new(
+                    ErrorKind::PeerFailed,
+                    op,
+                    Some(self.rank),
+                    format!("rank {r} failed: {}", String::from_utf8_lossy(all.block(r))),
+                )),
+            },
+        }
     }
 
     pub(crate) fn err(&self, kind: ErrorKind, op: &'static str, msg: impl Into<String>) -> Error {
@@ -290,6 +319,13 @@ impl Comm {
     /// created on a non-main thread through raw handles) cheaply in debug builds.
     #[inline]
     pub(crate) fn begin(&self, op: &'static str) -> Result<Busy> {
+        if crate::runtime::mpi_ended() {
+            return Err(self.err(
+                ErrorKind::Runtime,
+                op,
+                "MPI has been finalised (the phalanx Runtime was dropped); communicators cannot be used after it",
+            ));
+        }
         if cfg!(debug_assertions) && self.level <= ThreadLevel::Funneled && !ffi::is_thread_main() {
             return Err(self.err(
                 ErrorKind::ThreadLevel,

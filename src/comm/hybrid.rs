@@ -160,6 +160,10 @@ impl BindingReport {
     }
 }
 
+/// The most threads one rank may ask for (a bound against a mistyped `PHALANX_THREADS`, whose pool
+/// would otherwise try to start that many threads).
+pub const MAX_THREADS_PER_RANK: usize = 1 << 14;
+
 impl Comm {
     /// Creates this rank's rayon pool and pins it according to `cfg`.
     ///
@@ -169,8 +173,10 @@ impl Comm {
     /// rank 0 prints one warning for the whole job.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidArgument`] for an unknown `PHALANX_PIN`; [`ErrorKind::Runtime`] if hwloc
-    /// cannot read the topology or a thread cannot be bound; MPI errors.
+    /// [`ErrorKind::InvalidArgument`] for an unknown `PHALANX_PIN` or more than
+    /// [`MAX_THREADS_PER_RANK`] threads; [`ErrorKind::Runtime`] if hwloc cannot read the topology or a
+    /// thread cannot be bound; MPI errors. A failure on one rank is an error on every rank
+    /// ([`ErrorKind::PeerFailed`] on the others).
     pub fn start_threads(&self, cfg: ThreadConfig) -> Result<Threads> {
         const OP: &str = "start_threads";
         let node = self.split_node()?;
@@ -182,17 +188,31 @@ impl Comm {
             .filter(|&r| sets.block(r).iter().map(|&p| p as usize).eq(allowed.iter().copied()))
             .collect();
         let index = same.iter().position(|&r| r == local.rank() as usize).unwrap_or(0);
-        let topo = Topology::discover()?.restrict(&allowed);
-        let (threads, source) = resolve_threads(cfg.threads, topo.cores.len(), same.len());
-        let policy = match cfg.pin {
-            Some(p) => p,
-            None => match std::env::var("PHALANX_PIN") {
-                Ok(s) => s.parse().map_err(|e: Error| {
-                    Error::new(ErrorKind::InvalidArgument, OP, Some(self.rank), e.message().to_string())
-                })?,
-                Err(_) => PinPolicy::Auto,
-            },
-        };
+        // Rank-local steps that may fail, agreed on before the collectives below: a rank that left
+        // here alone would leave the others waiting in them.
+        let setup = (|| {
+            let topo = Topology::discover()?.restrict(&allowed);
+            let (threads, source) = resolve_threads(cfg.threads, topo.cores.len(), same.len());
+            if threads > MAX_THREADS_PER_RANK {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    OP,
+                    Some(self.rank),
+                    format!("{threads} threads per rank (from {source:?}) is more than {MAX_THREADS_PER_RANK}"),
+                ));
+            }
+            let policy = match cfg.pin {
+                Some(p) => p,
+                None => match std::env::var("PHALANX_PIN") {
+                    Ok(s) => s.parse().map_err(|e: Error| {
+                        Error::new(ErrorKind::InvalidArgument, OP, Some(self.rank), e.message().to_string())
+                    })?,
+                    Err(_) => PinPolicy::Auto,
+                },
+            };
+            Ok((topo, threads, source, policy))
+        })();
+        let (topo, threads, source, policy) = self.agree_result(OP, setup)?;
         let plan = pin::plan(&topo, policy, index, same.len(), threads);
         let host = crate::ffi::processor_name();
         let warning = match &plan {

@@ -32,7 +32,7 @@ mod scope;
 
 pub use collective::Blocks;
 pub use communicator::{Comm, NodeSplit, SharedComm};
-pub use hybrid::{BindingReport, BindingRow, ThreadConfig, Threads};
+pub use hybrid::{BindingReport, BindingRow, ThreadConfig, Threads, MAX_THREADS_PER_RANK};
 pub use op::{Loc, Op};
 pub use p2p::{Source, Status, Tag, ANY_TAG};
 pub use request::{AllreduceRequest, RecvRequest, SendRequest};

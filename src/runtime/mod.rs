@@ -45,6 +45,15 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ffi;
 
 static INITIALISED_BY_US: AtomicBool = AtomicBool::new(false);
+/// Set when the [`Runtime`] is dropped: MPI is finalised (or abandoned), no call may reach it.
+static ENDED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the runtime has ended (dropped): communicators check it before every MPI call, so that
+/// a `Comm` used after `drop(rt)` is an error instead of a call into a finalised MPI.
+#[inline]
+pub(crate) fn mpi_ended() -> bool {
+    ENDED.load(Ordering::Relaxed)
+}
 static WORLD_RANK: AtomicI32 = AtomicI32::new(-1);
 static HOOK: Once = Once::new();
 
@@ -299,7 +308,9 @@ impl Drop for Runtime {
             return;
         }
         let limit = finalize_timeout();
-        if self.every_rank_ended(limit) {
+        let agreed = self.every_rank_ended(limit);
+        ENDED.store(true, Ordering::SeqCst);
+        if agreed {
             ffi::comm_free(&mut self.end);
             ffi::finalize();
             return;

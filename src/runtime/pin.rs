@@ -111,10 +111,12 @@ impl PinPlan {
 /// Local. Pure.
 pub fn plan(topo: &Topology, policy: PinPolicy, index: usize, ranks: usize, threads: usize) -> PinPlan {
     let cores = topo.cores.len();
-    let need = ranks * threads;
     if policy == PinPolicy::None {
         return PinPlan::Unpinned { reason: "pinning policy is none".into() };
     }
+    let Some(need) = ranks.checked_mul(threads) else {
+        return PinPlan::Unpinned { reason: format!("{ranks} ranks x {threads} threads overflow a count of cores") };
+    };
     if need > cores || threads == 0 {
         return PinPlan::Unpinned {
             reason: format!("{ranks} ranks x {threads} threads need {need} cores but {cores} are available to them"),
@@ -177,13 +179,24 @@ pub fn current_affinity() -> Vec<usize> {
 /// Binds the calling thread to `pus` (`sched_setaffinity`).
 ///
 /// # Errors
+/// [`ErrorKind::InvalidArgument`] for a PU index a `cpu_set_t` cannot hold (1024 and above);
 /// [`ErrorKind::Runtime`] with the OS error if the kernel refuses (for example a PU outside the
 /// cgroup).
 pub fn bind_current_thread(pus: &[usize]) -> Result<()> {
+    let limit = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    if let Some(&p) = pus.iter().find(|&&p| p >= limit) {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "bind_current_thread",
+            crate::runtime::world_rank(),
+            format!("PU {p} is beyond the {limit} processors a cpu_set_t can name"),
+        ));
+    }
     // SAFETY: all-zero is a valid empty cpu_set_t.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &p in pus {
-        // SAFETY: CPU_SET writes bit `p` of `set`; PU indexes come from hwloc and are below CPU_SETSIZE.
+        // SAFETY: CPU_SET writes bit `p` of `set`; every `p` was checked above to be below the set's
+        // size in bits (CPU_SETSIZE).
         unsafe { libc::CPU_SET(p, &mut set) };
     }
     // SAFETY: pid 0 is the calling thread; `set` is initialised and sized correctly.
@@ -208,6 +221,17 @@ pub fn current_pu() -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn out_of_range_inputs_are_errors_not_panics() {
+        // A mistyped thread count: ranks x threads overflows (it panicked in debug builds).
+        let topo = Topology { cores: Vec::new() };
+        assert!(matches!(plan(&topo, PinPolicy::Compact, 0, usize::MAX / 2, 3), PinPlan::Unpinned { .. }));
+        // A PU a cpu_set_t cannot hold (CPU_SET indexed past its array and panicked).
+        let e = bind_current_thread(&[0, 5000]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.to_string().contains("PU 5000"), "{e}");
+    }
+
     use super::*;
 
     fn cores_of(p: &PinPlan, topo: &Topology) -> Vec<usize> {

@@ -98,27 +98,9 @@ fn io_err(op: &'static str, rank: i32, path: &Path, what: &str, e: std::io::Erro
     Error::new(ErrorKind::Io, op, Some(rank), format!("{what} {}: {e}", path.display()))
 }
 
-/// Every rank learns whether any rank failed: the first failing rank's error is returned on the
-/// others as [`ErrorKind::PeerFailed`] naming it (its own message included), so that a checkpoint
-/// problem on one rank never leaves the others waiting in the next collective.
+/// Every rank learns whether any rank failed (see [`Comm::agree_result`]).
 fn agree<T>(comm: &Comm, op: &'static str, local: Result<T>) -> Result<T> {
-    let mine = match &local {
-        Ok(_) => Vec::new(),
-        Err(e) => e.to_string().into_bytes(),
-    };
-    let all = comm.allgatherv(&mine)?;
-    match local {
-        Err(e) => Err(e),
-        Ok(v) => match all.iter().position(|m| !m.is_empty()) {
-            None => Ok(v),
-            Some(r) => Err(Error::new(
-                ErrorKind::PeerFailed,
-                op,
-                Some(comm.rank()),
-                format!("rank {r} failed: {}", String::from_utf8_lossy(all.block(r))),
-            )),
-        },
-    }
+    comm.agree_result(op, local)
 }
 
 /// The element type recorded for an item: its Rust name and size. Both must match on restart (an
