@@ -375,6 +375,19 @@ fn watchdog_is_quiet_while_progressing(world: &Comm) {
     assert!(t.elapsed() < Duration::from_secs(2), "stopping a watchdog took {:?}", t.elapsed());
 }
 
+/// A limit refused on one rank only is an error on every rank (before, that rank returned while the
+/// others waited in the start-up broadcast).
+fn watchdog_bad_limit_on_one_rank(world: &Comm) {
+    let limit = if world.rank() == world.size() - 1 { Duration::from_millis(50) } else { Duration::from_secs(2) };
+    let e = Watchdog::start(world, limit).map(|_| ()).unwrap_err();
+    if world.rank() == world.size() - 1 {
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    } else {
+        assert_eq!(e.kind(), ErrorKind::PeerFailed, "{e}");
+        assert!(e.to_string().contains("under 0.1 s"), "{e}");
+    }
+}
+
 fn watchdog_reports_a_deadlock(world: &Comm) {
     let _dog = Watchdog::start(world, Duration::from_secs(1)).unwrap();
     if world.rank() == 0 {
@@ -382,6 +395,17 @@ fn watchdog_reports_a_deadlock(world: &Comm) {
     } else {
         let _ = world.recv_one::<u64>(0, 5);
     }
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+/// Both ranks block in the receive side of a sendrecv whose message never comes: the report names
+/// the operation and the peer (it said "computing (between MPI calls)": the receive side's activity
+/// guard was dropped at once and took the operation's name with it).
+fn watchdog_reports_a_sendrecv_deadlock(world: &Comm) {
+    let _dog = Watchdog::start(world, Duration::from_secs(1)).unwrap();
+    let peer = 1 - world.rank();
+    let mut buf = [0u64; 1];
+    let _ = world.sendrecv(&[1u64], peer, 7, &mut buf, peer, 8);
     std::thread::sleep(Duration::from_secs(600));
 }
 
@@ -410,11 +434,14 @@ fn main() {
             Case::new("a_run_that_fell_back_keeps_its_writes", &[2, 3], a_run_that_fell_back_keeps_its_writes),
             Case::new("write_errors_reach_every_rank", &[2, 3], write_errors_reach_every_rank),
             Case::new("watchdog_is_quiet_while_progressing", &[1, 2, 3], watchdog_is_quiet_while_progressing),
+            Case::new("watchdog_bad_limit_on_one_rank", &[1, 3], watchdog_bad_limit_on_one_rank),
             Case::new("watchdog_reports_a_deadlock", &[2], watchdog_reports_a_deadlock).expect(Expect::AbortPrinting(
                 // Start-up, the 1 s limit, a quarter-limit tick, and the abort.
                 Duration::from_secs(6),
                 &["phalanx watchdog", "rank 0", "in \"barrier\"", "rank 1", "in \"recv\" with rank 0", "exit code 124"],
             )),
+            Case::new("watchdog_reports_a_sendrecv_deadlock", &[2], watchdog_reports_a_sendrecv_deadlock)
+                .expect(Expect::AbortPrinting(Duration::from_secs(6), &["in \"sendrecv\" with rank", "exit code 124"])),
             Case::new("watchdog_reports_mismatched_collectives", &[2], watchdog_reports_mismatched_collectives).expect(
                 Expect::AbortPrinting(Duration::from_secs(6), &["in \"barrier\"", "in \"allreduce\"", "exit code 124"]),
             ),

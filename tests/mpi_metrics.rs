@@ -98,6 +98,16 @@ fn outputs_parse_and_add_up(world: &Comm) {
     }
 }
 
+/// Tracing enabled on rank 0 only: write_trace is an error on every rank (before, the other ranks
+/// returned their error while rank 0 waited in the barrier).
+fn trace_off_on_some_ranks(world: &Comm) {
+    let m = Metrics::new(world.rank() == 0);
+    let e = m.write_trace(world, &tmp("half-trace.json")).unwrap_err();
+    let want = if world.rank() == 0 && world.size() > 1 { "failed: write_trace" } else { "tracing was not enabled" };
+    assert!(e.to_string().contains(want), "{e}");
+    world.barrier().unwrap();
+}
+
 fn injected_delay_shows(world: &Comm) {
     let mut m = Metrics::new(false);
     for _ in 0..5 {
@@ -133,6 +143,7 @@ fn main() {
         &[
             Case::new("outputs_parse_and_add_up", &[1, 3], outputs_parse_and_add_up),
             Case::new("injected_delay_shows", &[1, 3], injected_delay_shows),
+            Case::new("trace_off_on_some_ranks", &[2, 3], trace_off_on_some_ranks),
         ],
     );
 }

@@ -275,7 +275,7 @@ impl Comm {
     /// [`ErrorKind::InvalidRank`], [`ErrorKind::InvalidTag`].
     #[doc(alias = "MPI_Iprobe")]
     pub fn probe_nonblocking<T: Pod>(&self, source: impl Into<Source>, tag: Tag) -> Result<Option<Status>> {
-        let (src, tag, _) = self.recv_args(source.into(), tag, "iprobe")?;
+        let (src, tag, _busy) = self.recv_args(source.into(), tag, "iprobe")?;
         match ffi::iprobe(src, tag, self.raw, "iprobe", self.rank)? {
             None => Ok(None),
             Some(st) => self.finish_recv::<T>(Ok(()), &st, usize::MAX, "iprobe").map(Some),
@@ -301,7 +301,8 @@ impl Comm {
     ) -> Result<Status> {
         let _busy = self.send_args(dest, send_tag, "sendrecv")?;
         let source = source.into();
-        let (src, rtag, _) = self.recv_args(source, recv_tag, "sendrecv")?;
+        // Kept alive: the receive side (the peer this rank waits for) is what a hang report names.
+        let (src, rtag, _recv_busy) = self.recv_args(source, recv_tag, "sendrecv")?;
         // A swap with itself (one rank, periodic): the message size is known here, and Open MPI 4.1
         // would truncate it silently, so check before anything moves.
         if dest == self.rank && source == Source::Rank(self.rank) && send_tag == recv_tag {

@@ -178,7 +178,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     #[doc(alias = "MPI_Isend")]
     pub fn isend<T: Pod>(&'scope self, data: &'scope [T], dest: i32, tag: Tag) -> Result<ScopedSend<'scope>> {
         let c = self.comm;
-        let _ = c.begin("isend")?;
+        let _busy = c.begin("isend")?;
         c.check_peer(dest, "destination", "isend")?;
         c.check_tag(tag, "isend")?;
         // SAFETY: `data` is borrowed for 'scope, and `Comm::scope` waits for this request (kept in
@@ -205,7 +205,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         tag: Tag,
     ) -> Result<ScopedRecv<'scope, T>> {
         let c = self.comm;
-        let (src, tag, _) = c.recv_args(source.into(), tag, "irecv")?;
+        let (src, tag, _busy) = c.recv_args(source.into(), tag, "irecv")?;
         let capacity = buf.len();
         // SAFETY: `buf` is borrowed exclusively for 'scope and the scope waits for this request
         // before 'scope ends (on unwinding too: it cancels, then waits), so MPI is the

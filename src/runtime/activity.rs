@@ -46,15 +46,19 @@ fn unpack(word: u64) -> &'static str {
 
 /// Marks this rank as inside operation `op` with `peer` (-1: a collective or several peers) until
 /// the guard is dropped.
+/// Guards nest: an operation that calls another (a `sendrecv` checking its receive side, a wait inside
+/// a request) gets its own name and peer back when the inner guard is dropped, not "computing".
 #[must_use = "the operation counts as running only while the guard lives"]
 #[inline]
 pub(crate) fn enter(op: &'static str, peer: i32) -> Busy {
     if WATCHED.load(Ordering::Relaxed) {
+        let outer = (OP.load(Ordering::Relaxed), PEER.load(Ordering::Relaxed));
         OP.store(pack(op), Ordering::Relaxed);
         PEER.store(peer as i64, Ordering::Relaxed);
         COUNT.store(COUNT.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        return Busy(Some(outer));
     }
-    Busy(())
+    Busy(None)
 }
 
 /// Turns the recording on (a watchdog starts) or off.
@@ -70,15 +74,17 @@ pub(crate) fn set_peer(peer: i32) {
     }
 }
 
-/// Marks the end of an operation started with [`enter`] when dropped.
+/// Marks the end of an operation started with [`enter`] when dropped, restoring the operation (and
+/// peer) that was running around it.
 #[derive(Debug)]
-pub(crate) struct Busy(());
+pub(crate) struct Busy(Option<(u64, i64)>);
 
 impl Drop for Busy {
     #[inline]
     fn drop(&mut self) {
-        if WATCHED.load(Ordering::Relaxed) {
-            OP.store(0, Ordering::Relaxed);
+        if let Some((op, peer)) = self.0 {
+            OP.store(op, Ordering::Relaxed);
+            PEER.store(peer, Ordering::Relaxed);
         }
     }
 }
@@ -125,8 +131,12 @@ mod tests {
             let _b = enter("allreduce", -1);
             let a = current_activity();
             assert_eq!((a.op, a.peer), ("allreduce", None));
-            let _c = enter("recv", 3);
-            assert_eq!(current_activity().peer, Some(3));
+            {
+                let _c = enter("recv", 3);
+                assert_eq!(current_activity().peer, Some(3));
+            }
+            // The inner guard gives the outer operation back (it used to leave "computing").
+            assert_eq!((current_activity().op, current_activity().peer), ("allreduce", None));
         }
         let a = current_activity();
         assert_eq!(a.op, COMPUTING);

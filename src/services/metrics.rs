@@ -223,14 +223,17 @@ impl Metrics {
     /// # Errors
     /// [`ErrorKind::InvalidArgument`] if tracing is off; I/O errors on rank 0; MPI errors.
     pub fn write_trace(&self, comm: &Comm, path: &Path) -> Result<()> {
-        let Some(tr) = &self.trace else {
-            return Err(Error::new(
+        // Agreed before the barrier: a rank without tracing must not leave the others waiting in it.
+        let local = match &self.trace {
+            Some(tr) => Ok(tr),
+            None => Err(Error::new(
                 ErrorKind::InvalidArgument,
                 "write_trace",
                 Some(comm.rank()),
                 "tracing was not enabled (Metrics::new(true))",
-            ));
+            )),
         };
+        let tr = comm.agree_result("write_trace", local)?;
         let events = tr.lock().map(|v| v.clone()).unwrap_or_default();
         // Each rank's events as (phase, thread, start, duration), relative to its own start; the
         // offsets between ranks' starts are measured against a common barrier.

@@ -124,14 +124,18 @@ impl Watchdog {
     /// [`ErrorKind::InvalidArgument`] for a limit under 0.1 s.
     pub fn start(comm: &Comm, limit: Duration) -> Result<Watchdog> {
         let rank = comm.rank();
-        if limit < Duration::from_millis(100) {
-            return Err(Error::new(
+        // Agreed before the broadcast below: a rank that refused alone would leave the others in it.
+        let local = if limit < Duration::from_millis(100) {
+            Err(Error::new(
                 ErrorKind::InvalidArgument,
                 "watchdog start",
                 Some(rank),
                 format!("limit {limit:?} is under 0.1 s"),
-            ));
-        }
+            ))
+        } else {
+            Ok(())
+        };
+        comm.agree_result("watchdog start", local)?;
         let listener = if rank == 0 { Some(TcpListener::bind("0.0.0.0:0")) } else { None };
         let mut info: Vec<u64> = Vec::new();
         if let Some(Ok(l)) = &listener {
