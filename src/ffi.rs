@@ -712,6 +712,13 @@ pub(crate) fn testall(reqs: &mut [MPI_Request], op: &'static str, rank: i32) -> 
     Ok(flag != 0)
 }
 
+/// Releases an active request to MPI (`MPI_Request_free`): the operation goes on, nobody waits for it.
+pub(crate) fn request_free(req: &mut MPI_Request) {
+    // SAFETY: `req` is an active request owned by the caller, who gives up waiting for it and keeps
+    // its buffer alive for the rest of the process; MPI sets it to MPI_REQUEST_NULL.
+    unsafe { sys::MPI_Request_free(req) };
+}
+
 pub(crate) fn cancel(req: &mut MPI_Request) {
     // SAFETY: `req` is an active request owned by the caller; it must still be completed by a wait.
     unsafe { sys::MPI_Cancel(req) };

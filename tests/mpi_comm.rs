@@ -515,6 +515,24 @@ fn misuse_truncation(c: &Comm) {
     still_works(c);
 }
 
+/// A 4 MiB send (rendezvous size) dropped before its peer has posted the receive: the drop returns
+/// at once and the message still arrives (before, the drop waited for the receive, which came only
+/// after a barrier the dropping rank never reached: a deadlock).
+fn dropped_send_does_not_block(c: &Comm) {
+    const N: usize = 4 << 20;
+    if c.rank() == 0 {
+        drop(c.isend(vec![0x5Au8; N], 1, 96).unwrap());
+        c.barrier().unwrap();
+    } else {
+        c.barrier().unwrap();
+        if c.rank() == 1 {
+            let (m, _) = c.recv_vec::<u8>(0, 96).unwrap();
+            assert!(m.len() == N && m.iter().all(|&b| b == 0x5A));
+        }
+    }
+    c.barrier().unwrap();
+}
+
 /// Runs `f` with the panic hook replaced by a no-op (phalanx's hook would abort the job), catching
 /// the unwind; restores the hook. Returns whether `f` panicked.
 fn unwinds(f: impl FnOnce()) -> bool {
@@ -820,6 +838,7 @@ fn main() {
             Case::new("misuse_truncation", RANKS_1_TO_4, misuse_truncation),
             Case::new("misuse_type_mismatch", RANKS_1_TO_4, misuse_type_mismatch),
             Case::new("scope_unwinding_cancels_receive", &[2, 3], scope_unwinding_cancels_receive),
+            Case::new("dropped_send_does_not_block", &[2, 3], dropped_send_does_not_block),
             Case::new("scope_unwinding_with_silent_peer", RANKS_1_TO_4, scope_unwinding_with_silent_peer),
             Case::new("misuse_count_overflow", &[1, 2], misuse_count_overflow),
             Case::new("misuse_roots", RANKS_1_TO_4, misuse_roots),

@@ -184,8 +184,12 @@ fn struct_elements_and_several_arrays_in_flight(c: &Comm) {
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     assert!(e.to_string().contains("different array"), "{e}");
     a.exchange_finish(ea).unwrap();
-    // The handle passed to the wrong array was dropped unfinished: a2 is free for the next exchange.
-    a2.exchange().unwrap();
+    // The handle passed to the wrong array was dropped unfinished: its messages may still arrive, so
+    // a2 refuses to exchange again (its next receives would take them for new ones); a finished one
+    // goes on.
+    let e = a2.exchange().unwrap_err();
+    assert!(e.to_string().contains("dropped unfinished"), "{e}");
+    a.exchange().unwrap();
 }
 
 fn boundary_helpers(c: &Comm) {
@@ -328,6 +332,44 @@ fn construction_errors(c: &Comm) {
     assert!(e.to_string().contains("3-dimensional array type on a 2-dimensional decomposition"), "{e}");
 }
 
+/// Arrays created in a different order on different ranks: the first exchange is an error on every
+/// rank naming the arrays (before, its messages never matched and it hung silently, even in checked
+/// mode). Arrays created in the same order still exchange.
+fn arrays_created_in_different_orders(c: &Comm) {
+    let dc = Decomposition::builder(c, &[8 * c.size() as usize, 6]).build().unwrap();
+    let (mut u, v) = if c.rank() == 0 {
+        let u = DistArray::<f64, Ix2>::new(&dc, 1.0).unwrap();
+        (u, DistArray::<u32, Ix2>::new(&dc, 2).unwrap())
+    } else {
+        let v = DistArray::<u32, Ix2>::new(&dc, 2).unwrap();
+        (DistArray::<f64, Ix2>::new(&dc, 1.0).unwrap(), v)
+    };
+    let e = u.exchange().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CollectiveMismatch, "{e}");
+    assert!(e.to_string().contains("not exchanging the same array") && e.to_string().contains("f64"), "{e}");
+    drop((u, v));
+    let dc = Decomposition::builder(c, &[8 * c.size() as usize, 6]).build().unwrap();
+    let mut a = DistArray::<f64, Ix2>::new(&dc, 1.0).unwrap();
+    let mut b = DistArray::<u32, Ix2>::new(&dc, 2).unwrap();
+    b.exchange().unwrap();
+    a.exchange().unwrap();
+}
+
+/// Every rank starts an exchange with rendezvous-size halos (400 KB rows) and drops it unfinished,
+/// as on an error path: the drops return (before, each waited for sends its peers had cancelled the
+/// receives of: a deadlock), and the array then refuses to exchange again instead of taking the
+/// abandoned messages for new ones.
+fn dropped_exchanges_do_not_hang(c: &Comm) {
+    let dc = Decomposition::builder(c, &[4 * c.size() as usize, 50_000]).dims(&[c.size() as usize, 1]).build().unwrap();
+    let mut u = DistArray::<f64, Ix2>::new(&dc, 1.0).unwrap();
+    drop(u.exchange_begin().unwrap());
+    c.barrier().unwrap();
+    let e = u.exchange().unwrap_err();
+    assert!(e.to_string().contains("dropped unfinished"), "{e}");
+    let mut fresh = DistArray::<f64, Ix2>::new(&dc, 2.0).unwrap();
+    fresh.exchange().unwrap();
+}
+
 fn main() {
     harness::main(
         "mpi_decomp",
@@ -343,6 +385,8 @@ fn main() {
             Case::new("boundary_helpers", RANKS, boundary_helpers),
             Case::new("global_operations", RANKS, global_operations),
             Case::new("construction_errors", &[2, 3, 4, 6], construction_errors),
+            Case::new("arrays_created_in_different_orders", &[2, 3], arrays_created_in_different_orders),
+            Case::new("dropped_exchanges_do_not_hang", &[2, 3], dropped_exchanges_do_not_hang),
         ],
     );
 }

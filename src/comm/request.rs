@@ -3,8 +3,12 @@
 //! Each request **owns** its buffer (a `Vec<T>`) and gives it back when it completes. That makes the
 //! classic use-after-free impossible in safe code:
 //! - while the request exists, nobody else can touch the buffer;
-//! - dropping an unfinished request waits for it (sends, collectives) or cancels and waits
-//!   (receives) before the buffer is freed;
+//! - dropping an unfinished receive cancels and waits before the buffer is freed; dropping an
+//!   unfinished collective waits for it; dropping an unfinished send does not wait (its peer may
+//!   never receive, and a rendezvous-size send would block forever): the runtime adopts the request
+//!   and the buffer, and frees the buffer once MPI reports the send complete (checked whenever
+//!   another send is dropped unfinished, and at the end of the run, where sends that never
+//!   completed are released to MPI and their buffers leaked);
 //! - leaking a request (`mem::forget`) leaks the buffer too, so MPI never writes to freed memory.
 //!
 //! Requests are `#[must_use]`: call `wait` (or poll with `test`) and take the buffer back.
@@ -20,7 +24,7 @@ use crate::error::Result;
 use crate::ffi::{self, MPI_Request};
 
 /// An in-flight nonblocking send; owns the data until it completes.
-#[must_use = "a send request must be waited for (dropping it blocks until the send completes)"]
+#[must_use = "a send request must be waited for (dropping it leaves the send to the runtime)"]
 #[derive(Debug)]
 pub struct SendRequest<T: Pod> {
     req: MPI_Request,
@@ -81,11 +85,18 @@ impl<T: Pod> SendRequest<T> {
 }
 
 impl<T: Pod> Drop for SendRequest<T> {
+    /// An unfinished send is not waited for (its peer may never receive, and a rendezvous-size send
+    /// would then block forever): the runtime adopts the request and the buffer, and frees the
+    /// buffer once MPI reports the send complete (see `runtime::orphans`).
     fn drop(&mut self) {
-        if !done(self.req) && !ffi::finalized() {
-            // The buffer must outlive the send: block here rather than free it under MPI.
-            let _ = ffi::wait(&mut self.req, "isend.drop", self.rank);
+        if done(self.req) || ffi::finalized() {
+            return;
         }
+        if matches!(ffi::test(&mut self.req, "isend.drop", self.rank).0, Ok(true)) {
+            return;
+        }
+        let buf = std::mem::take(&mut self.buf);
+        crate::runtime::orphans::adopt(vec![std::mem::replace(&mut self.req, ffi::request_null())], Box::new(buf));
     }
 }
 
@@ -192,8 +203,9 @@ impl Comm {
         self.check_peer(dest, "destination", "isend")?;
         self.check_tag(tag, "isend")?;
         // SAFETY: the heap buffer of `data` is moved into the returned request, which neither reads
-        // nor writes it until MPI_Wait/MPI_Test report completion, waits in Drop, and leaks it with
-        // the request if the request is leaked; moving a Vec does not move its heap allocation.
+        // nor writes it until MPI_Wait/MPI_Test report completion; an unfinished request's Drop hands
+        // the buffer to the runtime (`runtime::orphans`), which frees it only after completion or
+        // leaks it; a leaked request leaks it too. Moving a Vec does not move its heap allocation.
         let req = unsafe { ffi::isend(data.as_ptr(), data.len(), dest, tag, self.raw, "isend", self.rank)? };
         Ok(SendRequest { req, buf: data, rank: self.rank, _not_send: PhantomData })
     }
@@ -209,7 +221,7 @@ impl Comm {
     /// [`ErrorKind::InvalidTag`](crate::ErrorKind::InvalidTag), count overflow, MPI errors.
     #[doc(alias = "MPI_Irecv")]
     pub fn irecv<T: Pod>(&self, capacity: usize, source: impl Into<Source>, tag: Tag) -> Result<RecvRequest<'_, T>> {
-        let (src, tag, _) = self.recv_args(source.into(), tag, "irecv")?;
+        let (src, tag, _busy) = self.recv_args(source.into(), tag, "irecv")?;
         let mut buf = vec![T::zeroed(); capacity];
         // SAFETY: `buf` is moved into the returned request and not touched until completion; Drop
         // cancels and waits before freeing it, and leaking the request leaks the buffer.

@@ -93,7 +93,14 @@ pub(crate) struct HaloPlan<T> {
     send_total: usize,
     recv_total: usize,
     busy: Rc<Cell<bool>>,
+    // Set when an exchange was dropped unfinished: its messages may still arrive and would match the
+    // next exchange's receives (same tags), so the array refuses to exchange again.
+    abandoned: Rc<Cell<bool>>,
     array_id: u64,
+    // Creation number on the decomposition, and whether the ranks have agreed on this array's
+    // identity (checked mode, at the first exchange).
+    number: i32,
+    agreed: bool,
 }
 
 fn direction_index(o: [i32; 3]) -> i32 {
@@ -106,7 +113,7 @@ impl<T: Pod> HaloPlan<T> {
         let g = pad3(dc.ghost_width(), 0);
         let n = pad3(dc.owned_box().len(), 1);
         let shape = pad3(dc.ghosted_box().len(), 1);
-        let base = dc.next_tag_base();
+        let (number, base) = dc.next_tag_base();
         let rank = dc.comm.rank() as usize;
         let mut msgs = Vec::new();
         let (mut so, mut ro) = (0, 0);
@@ -155,8 +162,45 @@ impl<T: Pod> HaloPlan<T> {
             send_total: so,
             recv_total: ro,
             busy: Rc::new(Cell::new(false)),
+            abandoned: Rc::new(Cell::new(false)),
             array_id,
+            number,
+            agreed: false,
         }
+    }
+
+    /// Checked mode, first exchange of this array: every rank must be exchanging its array of the same
+    /// creation number and element type, or the messages (tagged by creation number) never match and
+    /// the exchange hangs. Collective over the decomposition's communicator.
+    fn agree_identity(&mut self, comm: &Comm) -> Result<()> {
+        const OP: &str = "halo exchange_begin";
+        let elem = std::mem::size_of::<T>() as i64;
+        let ty = (xxhash_rust::xxh3::xxh3_64(std::any::type_name::<T>().as_bytes()) >> 2) as i64;
+        let mine = [i64::from(self.number), elem, ty];
+        let both: Vec<i64> = mine.iter().copied().chain(mine.iter().map(|x| -x)).collect();
+        let all = comm.allreduce_vec(&both, crate::comm::Op::Max)?;
+        let (max, neg_min) = all.split_at(mine.len());
+        if max.iter().zip(neg_min).all(|(a, b)| *a == -*b) {
+            self.agreed = true;
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::CollectiveMismatch,
+            OP,
+            Some(comm.rank()),
+            format!(
+                "the ranks are not exchanging the same array: this rank exchanges the array it created as number {} \
+                 on this decomposition ({}, {elem} bytes per cell), while the ranks' array numbers range over {}..={} \
+                 and their cells over {}..={} bytes. Create the DistArrays of a decomposition in the same order on \
+                 every rank (halo messages are tagged by creation order), and exchange them in the same order",
+                self.number,
+                std::any::type_name::<T>(),
+                -neg_min[0],
+                max[0],
+                -neg_min[1],
+                max[1],
+            ),
+        ))
     }
 
     /// Elements sent and received by one exchange.
@@ -172,6 +216,16 @@ impl<T: Pod> HaloPlan<T> {
     /// Packs the owned boundary cells of `data` and starts every receive and send.
     pub(crate) fn begin(&mut self, data: &[T], comm: &Comm) -> Result<HaloExchange<T>> {
         const OP: &str = "halo exchange_begin";
+        if self.abandoned.get() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                OP,
+                Some(comm.rank()),
+                "an earlier exchange of this array was dropped unfinished on this rank: its messages may still be \
+                 in flight and would be taken for this exchange's, so the array does not exchange again \
+                 (finish exchanges with exchange_finish; after an error, create a new array)",
+            ));
+        }
         if self.busy.get() {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
@@ -179,6 +233,9 @@ impl<T: Pod> HaloPlan<T> {
                 Some(comm.rank()),
                 "an exchange of this array is already in flight; finish it first",
             ));
+        }
+        if !self.agreed && comm.is_checked() {
+            self.agree_identity(comm)?;
         }
         // After a handle was dropped unfinished the buffers went with it: make new ones.
         let mut send_buf = std::mem::take(&mut self.send_buf);
@@ -195,6 +252,7 @@ impl<T: Pod> HaloPlan<T> {
             reqs: std::mem::take(&mut self.reqs),
             nrecv: 0,
             busy: Rc::clone(&self.busy),
+            abandoned: Rc::clone(&self.abandoned),
             array_id: self.array_id,
             rank: comm.rank(),
             done: false,
@@ -256,8 +314,11 @@ impl<T: Pod> HaloPlan<T> {
 /// the array: compute on the array meanwhile, then pass the handle to
 /// [`DistArray::exchange_finish`](super::DistArray::exchange_finish).
 ///
-/// Dropping it unfinished cancels the receives and waits for the sends (the ghosts are then not
-/// updated); leaking it leaks its buffers, never leaving MPI with freed memory.
+/// Dropping it unfinished (an error path) cancels the receives and hands the sends with their buffer
+/// to the runtime, which frees it once MPI is done (waiting for them could block forever: the peers
+/// may have dropped their exchanges too). The ghosts are then not updated, and the array refuses to
+/// exchange again, since the abandoned messages could be taken for the next exchange's. Leaking it
+/// leaks its buffers, never leaving MPI with freed memory.
 #[must_use = "a halo exchange must be finished with DistArray::exchange_finish"]
 #[derive(Debug)]
 pub struct HaloExchange<T: Pod> {
@@ -266,6 +327,7 @@ pub struct HaloExchange<T: Pod> {
     reqs: Vec<MPI_Request>,
     nrecv: usize,
     busy: Rc<Cell<bool>>,
+    abandoned: Rc<Cell<bool>>,
     array_id: u64,
     rank: i32,
     done: bool,
@@ -292,13 +354,22 @@ impl<T: Pod> Drop for HaloExchange<T> {
         if self.done || ffi::finalized() {
             return;
         }
-        for r in &mut self.reqs[..self.nrecv] {
+        // Receives: cancelled, then waited for (a cancelled receive completes). Sends: not waited
+        // for, since the peers may have left their exchanges the same way and a rendezvous-size send
+        // would block forever; the runtime adopts them with the send buffer (`runtime::orphans`).
+        let (recvs, sends) = self.reqs.split_at_mut(self.nrecv);
+        for r in recvs.iter_mut() {
             if *r != ffi::request_null() {
                 ffi::cancel(r);
             }
         }
-        let mut st = vec![ffi::new_status(); self.reqs.len()];
-        let _ = ffi::waitall(&mut self.reqs, &mut st, "halo drop", self.rank);
+        let mut st = vec![ffi::new_status(); recvs.len()];
+        let _ = ffi::waitall(recvs, &mut st, "halo drop", self.rank);
+        let pending: Vec<MPI_Request> = sends.iter().copied().filter(|r| *r != ffi::request_null()).collect();
+        if !pending.is_empty() {
+            crate::runtime::orphans::adopt(pending, Box::new(std::mem::take(&mut self.send_buf)));
+        }
+        self.abandoned.set(true);
         self.busy.set(false);
     }
 }

@@ -197,14 +197,15 @@ impl Decomposition {
         }
     }
 
-    /// A tag base unique to each array created on this decomposition, so that exchanges of several
-    /// arrays in flight at once never match each other's messages. Arrays are created collectively
-    /// in the same order on every rank, so the bases agree.
-    pub(crate) fn next_tag_base(&self) -> i32 {
+    /// The creation number of a new array on this decomposition and its tag base, unique to each
+    /// array so that exchanges of several arrays in flight at once never match each other's
+    /// messages. Arrays must be created in the same order on every rank for the bases to agree;
+    /// checked mode verifies it at each array's first exchange.
+    pub(crate) fn next_tag_base(&self) -> (i32, i32) {
         let n = self.arrays.get();
         self.arrays.set(n + 1);
         let slots = (self.comm.tag_ub().min(1 << 20) / 27).max(1);
-        (n % slots) * 27
+        (n, (n % slots) * 27)
     }
 }
 

@@ -26,6 +26,7 @@
 pub(crate) mod activity;
 mod level;
 mod library;
+pub(crate) mod orphans;
 pub mod pin;
 mod threads;
 mod topology;
@@ -309,6 +310,7 @@ impl Drop for Runtime {
         }
         let limit = finalize_timeout();
         let agreed = self.every_rank_ended(limit);
+        orphans::release_all();
         ENDED.store(true, Ordering::SeqCst);
         if agreed {
             ffi::comm_free(&mut self.end);
