@@ -255,14 +255,32 @@ fn keeps_the_newest_generations(world: &Comm) {
     let dir = shared_dir(world, "keep");
     let store = CheckpointStore::new(&dir, 2);
     assert!(store.latest(world).unwrap().is_none(), "an empty directory has no generation");
+    // Another job's write in progress (no lineage of ours): pruning must not touch it (it did).
     if world.rank() == 0 {
         std::fs::create_dir_all(dir.join(".tmp-gen-000000000999")).unwrap();
     }
-    for step in 1..=5 {
+    write_gen(world, &store, 1);
+    // A leftover of this run's own lineage (a write killed half-way) is removed by the next write.
+    let lineage = {
+        let text = std::fs::read_to_string(dir.join("gen-000000000001/manifest.json")).unwrap();
+        let at = text.find("\"lineage\": \"").expect("a lineage in the manifest") + 12;
+        text[at..at + 16].to_string()
+    };
+    let own = dir.join(format!(".tmp-gen-000000000998-{lineage}"));
+    if world.rank() == 0 {
+        std::fs::create_dir_all(&own).unwrap();
+    }
+    for step in 2..=5 {
         write_gen(world, &store, step);
     }
     assert_eq!(store.generations().unwrap(), vec![5, 4]);
-    assert!(!dir.join(".tmp-gen-000000000999").exists(), "a stale temporary directory is removed");
+    assert!(dir.join(".tmp-gen-000000000999").exists(), "another job's temporary directory is left alone");
+    assert!(!own.exists(), "this run's stale temporary directory is removed");
+    // Files are created private and opened up once complete.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.join("gen-000000000005/manifest.json")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o644);
     // The same step again (after a restart) replaces the generation.
     write_gen(world, &store, 5);
     assert_eq!(store.latest(world).unwrap().unwrap().step(), 5);

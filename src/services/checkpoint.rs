@@ -18,10 +18,12 @@
 //! large rank counts (one per rank per generation; a parallel file system copes with thousands).
 //!
 //! # Atomicity
-//! A generation is written into `DIR/.tmp-gen-<step>/`: every rank writes and `fsync`s its file,
-//! rank 0 writes and `fsync`s the manifest, then renames the directory to `gen-<step>` and
-//! `fsync`s `DIR`. The rename is the commit: a job killed at any earlier moment leaves only a
-//! temporary directory, which restart ignores and the next write removes.
+//! A generation is written into `DIR/.tmp-gen-<step>-<lineage>/`: every rank writes and `fsync`s its
+//! file (created exclusively, private until complete),
+//! rank 0 writes and `fsync`s the manifest, then renames the directory to `gen-<step>` (or, when that
+//! step exists already, swaps the two with `renameat2(RENAME_EXCHANGE)`) and `fsync`s `DIR`. The
+//! rename is the commit: a job killed at any earlier moment leaves only a temporary directory, which
+//! restart ignores and the next write of the same lineage removes (another job's are left alone).
 //!
 //! # Lineage and pruning
 //! A directory belongs to one run and its continuations. The first write of a run that did not
@@ -337,9 +339,48 @@ fn list_generations(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(v)
 }
 
+/// The temporary directory of the write of `step` by the run of lineage `id`.
+fn tmp_name(step: u64, id: &str) -> String {
+    format!(".tmp-{}-{}", gen_name(step), &id[..id.len().min(16)])
+}
+
+/// Creates `path` exclusively (`O_EXCL`: nothing planted there is followed or overwritten) and
+/// private (0600) while it is being written; [`make_readable`] opens it up once complete.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+}
+
+fn make_readable(f: &File) -> std::io::Result<()> {
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+}
+
+/// Swaps two directories atomically (`renameat2(RENAME_EXCHANGE)`); where the file system cannot,
+/// moves the old one aside first (a short window in which neither name holds a generation).
+fn exchange_dirs(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: both paths are NUL-terminated C strings that live across the call; AT_FDCWD resolves
+    // relative paths against the working directory; renameat2 touches no memory of ours afterwards.
+    let rc =
+        unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOTSUP)) {
+        return Err(e);
+    }
+    let aside = b.with_extension("replaced");
+    std::fs::rename(b, &aside)?;
+    std::fs::rename(a, b)?;
+    std::fs::rename(aside, a)
+}
+
 /// This rank's record of its file, sent to rank 0 for the manifest.
 fn write_rank_file(path: &Path, rank: usize, c: &Checkpoint<'_>) -> std::io::Result<Value> {
-    let mut f = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let mut f = BufWriter::with_capacity(1 << 20, create_private(path)?);
     let mut h = Xxh3::new();
     let mut header = [0u8; HEADER];
     header[..8].copy_from_slice(MAGIC);
@@ -370,6 +411,7 @@ fn write_rank_file(path: &Path, rank: usize, c: &Checkpoint<'_>) -> std::io::Res
     }
     let file = f.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
+    make_readable(&file)?;
     Ok(
         json!({"rank": rank, "file": rank_file(rank), "bytes": offset, "checksum": hex128(h.digest128()), "items": blocks}),
     )
@@ -469,9 +511,11 @@ impl CheckpointStore {
         const OP: &str = "checkpoint write";
         let _busy = activity::enter(OP, -1);
         let rank = comm.rank();
-        let tmp = self.dir.join(format!(".tmp-{}", gen_name(c.step)));
+        // The temporary directory carries the run's lineage, so that pruning touches only this run's
+        // leftovers, never another job's write in progress.
         let prepared = if rank == 0 {
-            self.claim(OP, rank).and_then(|()| {
+            self.claim(OP, rank).and_then(|id| {
+                let tmp = self.dir.join(tmp_name(c.step, &id));
                 (|| {
                     std::fs::create_dir_all(&self.dir)?;
                     match std::fs::remove_dir_all(&tmp) {
@@ -480,12 +524,15 @@ impl CheckpointStore {
                     }
                     std::fs::create_dir(&tmp)
                 })()
+                .map(|()| tmp_name(c.step, &id))
                 .map_err(|e| io_err(OP, rank, &tmp, "cannot create", e))
             })
         } else {
-            Ok(())
+            Ok(String::new())
         };
-        agree(comm, OP, prepared)?;
+        let mut name = agree(comm, OP, prepared)?.into_bytes();
+        comm.broadcast_vec(&mut name, 0)?;
+        let tmp = self.dir.join(String::from_utf8_lossy(&name).as_ref());
         let path = tmp.join(rank_file(rank as usize));
         let record = write_rank_file(&path, rank as usize, c).map_err(|e| io_err(OP, rank, &path, "cannot write", e));
         let record = agree(comm, OP, record)?;
@@ -535,29 +582,35 @@ impl CheckpointStore {
         let mpath = tmp.join("manifest.json");
         let fin = self.dir.join(gen_name(c.step));
         let io = |what: &str, p: &Path, e| io_err(OP, rank, p, what, e);
-        let mut f = File::create(&mpath).map_err(|e| io("cannot create", &mpath, e))?;
-        f.write_all(manifest.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| io("cannot write", &mpath, e))?;
+        let mut f = create_private(&mpath).map_err(|e| io("cannot create", &mpath, e))?;
+        f.write_all(manifest.as_bytes())
+            .and_then(|_| f.sync_all())
+            .and_then(|_| make_readable(&f))
+            .map_err(|e| io("cannot write", &mpath, e))?;
         fsync_dir(tmp).map_err(|e| io("cannot sync", tmp, e))?;
         if fin.exists() {
-            // The same step written again (after a restart): the new one replaces it.
-            std::fs::remove_dir_all(&fin).map_err(|e| io("cannot replace", &fin, e))?;
+            // The same step written again (after a restart): the new one replaces it in one atomic
+            // exchange of the two directories, so a reader sees the old or the new, never neither.
+            exchange_dirs(tmp, &fin).map_err(|e| io("cannot replace", &fin, e))?;
+            std::fs::remove_dir_all(tmp).map_err(|e| io("cannot remove the replaced", tmp, e))?;
+        } else {
+            std::fs::rename(tmp, &fin).map_err(|e| io("cannot rename into place", &fin, e))?;
         }
-        std::fs::rename(tmp, &fin).map_err(|e| io("cannot rename into place", &fin, e))?;
         fsync_dir(&self.dir).map_err(|e| io("cannot sync", &self.dir, e))?;
         let name = gen_name(c.step);
         if let Ok(mut r) = self.run.lock() {
             *r = Some(Lineage { id: run.id.clone(), seq, parent: Some((name.clone(), seq)) });
         }
-        self.prune(c.step, &run.id, (&name, seq)).map_err(|e| io("cannot remove old generations in", &self.dir, e))?;
+        self.prune(tmp, &run.id, (&name, seq)).map_err(|e| io("cannot remove old generations in", &self.dir, e))?;
         Ok(fin)
     }
 
     /// Rank 0, before a write: this run's lineage, or a new one when the directory holds no
     /// generation; another run's generations are an error.
-    fn claim(&self, op: &'static str, rank: i32) -> Result<()> {
+    fn claim(&self, op: &'static str, rank: i32) -> Result<String> {
         let mut run = self.run.lock().map_err(|_| err(op, rank, "checkpoint store poisoned".into()))?;
-        if run.is_some() {
-            return Ok(());
+        if let Some(r) = run.as_ref() {
+            return Ok(r.id.clone());
         }
         let existing = read_lineages(&self.dir).map_err(|e| io_err(op, rank, &self.dir, "cannot read", e))?;
         if !existing.is_empty() {
@@ -573,13 +626,13 @@ impl CheckpointStore {
             ));
         }
         let id = random_id().map_err(|e| io_err(op, rank, Path::new("/dev/urandom"), "cannot read", e))?;
-        *run = Some(Lineage { id, seq: 0, parent: None });
-        Ok(())
+        *run = Some(Lineage { id: id.clone(), seq: 0, parent: None });
+        Ok(id)
     }
 
     /// Removes the generations of lineage `id` on the parent chain of `newest` beyond the newest
     /// `keep` (the chain starts with `newest`, which is therefore never removed).
-    fn prune(&self, newest_step: u64, id: &str, newest: (&str, u64)) -> std::io::Result<()> {
+    fn prune(&self, current_tmp: &Path, id: &str, newest: (&str, u64)) -> std::io::Result<()> {
         let all = read_lineages(&self.dir)?;
         let name_of = |g: &Lineaged| g.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut chain = Vec::new();
@@ -596,12 +649,14 @@ impl CheckpointStore {
         for g in chain.into_iter().skip(self.keep) {
             std::fs::remove_dir_all(&g.path)?;
         }
-        let newest = newest_step;
-        // Temporary directories of writes that never committed (a job killed mid-write).
+        // Temporary directories of this run's writes that never committed (killed mid-write). Another
+        // job's (another lineage) may be a write in progress: not ours to touch.
+        let mine = format!("-{}", &id[..id.len().min(16)]);
         for entry in std::fs::read_dir(&self.dir)? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".tmp-gen-") && name != format!(".tmp-{}", gen_name(newest)) {
-                std::fs::remove_dir_all(self.dir.join(name))?;
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".tmp-gen-") && name.ends_with(&mine) && entry.path() != current_tmp {
+                std::fs::remove_dir_all(entry.path())?;
             }
         }
         Ok(())

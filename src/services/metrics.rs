@@ -21,6 +21,7 @@
 //! ```
 
 use std::fmt;
+use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -279,9 +280,38 @@ fn io_error(op: &'static str, path: &Path, e: std::io::Error) -> Error {
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    let (f, tmp) = create_exclusive(dir, &name)?;
+    let written = (|| {
+        let mut f = f;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        // Readable like any output file once complete; private while it was being written.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// A new temporary file `.NAME.PID.RANDOM.tmp` in `dir`, created exclusively (`O_EXCL`: a file or
+/// symlink planted at the name is never followed or overwritten) and private (0600).
+pub(crate) fn create_exclusive(dir: &Path, name: &str) -> std::io::Result<(std::fs::File, std::path::PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut last = None;
+    for attempt in 0..8u64 {
+        let nonce = xxhash_rust::xxh3::xxh3_64(
+            format!("{:?}{}{attempt}", std::time::SystemTime::now(), std::process::id()).as_bytes(),
+        );
+        let tmp = dir.join(format!(".{name}.{}.{nonce:016x}.tmp", std::process::id()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp) {
+            Ok(f) => return Ok((f, tmp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
 }
 
 /// One rank's totals as gathered.
@@ -498,4 +528,32 @@ impl fmt::Display for MetricsReport {
 /// MPI errors.
 pub fn timed_allreduce(m: &mut Metrics, comm: &Comm, v: f64, op: Op) -> Result<f64> {
     m.time(Phase::Collective, 16, || comm.allreduce(v, op))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A symlink planted at the temporary name the writer used to pick (`.NAME.PID.tmp`) must not be
+    /// followed: before, `fs::write` wrote through it into the victim file.
+    #[test]
+    fn a_planted_symlink_is_not_followed() {
+        let dir = std::env::temp_dir().join(format!("phalanx-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let target = dir.join("metrics.prom");
+        std::os::unix::fs::symlink(&victim, dir.join(format!(".metrics.prom.{}.tmp", std::process::id()))).unwrap();
+        write_atomically(&target, b"phalanx_steps 3\n").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(&target).unwrap(), b"phalanx_steps 3\n");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&target).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o644);
+        // Replacing is atomic (rename over the old file), and leaves no temporary behind.
+        write_atomically(&target, b"phalanx_steps 4\n").unwrap();
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 3, "{left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
