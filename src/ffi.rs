@@ -128,6 +128,23 @@ impl Primitive {
         }
     }
 
+    /// A stable name for the type (the same on every compiler version), `None` for `Bytes`.
+    pub(crate) fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Primitive::I8 => "i8",
+            Primitive::I16 => "i16",
+            Primitive::I32 => "i32",
+            Primitive::I64 => "i64",
+            Primitive::U8 => "u8",
+            Primitive::U16 => "u16",
+            Primitive::U32 => "u32",
+            Primitive::U64 => "u64",
+            Primitive::F32 => "f32",
+            Primitive::F64 => "f64",
+            Primitive::Bytes => return None,
+        })
+    }
+
     pub(crate) fn is_integer(self) -> bool {
         !matches!(self, Primitive::F32 | Primitive::F64 | Primitive::Bytes)
     }

@@ -343,6 +343,48 @@ fn a_run_that_fell_back_keeps_its_writes(world: &Comm) {
     cleanup(world, &dir);
 }
 
+/// Items the ranks do not agree on are an error on every rank, and nothing is committed (before,
+/// each of these wrote successfully: items were matched by position, the tiling check only added up
+/// volumes, and element types were not compared across ranks).
+fn items_that_disagree_between_ranks(world: &Comm) {
+    let dc = Decomposition::builder(world, &[12, 10]).ghost_width(1).build().unwrap();
+    let u = DistArray::<f64, Ix2>::from_fn(&dc, |g| value(1, g)).unwrap();
+    let v = DistArray::<f64, Ix2>::from_fn(&dc, |g| -value(1, g)).unwrap();
+    let w = DistArray::<u64, Ix2>::new(&dc, 7).unwrap();
+    let check = |c: &Checkpoint<'_>, words: &[&str], case: &str| {
+        let dir = shared_dir(world, case);
+        let e = CheckpointStore::new(&dir, 2).write(world, c).unwrap_err();
+        for w in words {
+            assert!(e.to_string().contains(w), "{case}: {e}");
+        }
+        assert!(CheckpointStore::new(&dir, 2).generations().unwrap().is_empty(), "{case}: nothing is committed");
+        cleanup(world, &dir);
+    };
+    // The same two arrays added in different orders (a restart would have swapped them).
+    let mut c = Checkpoint::new(1);
+    if world.rank() == 0 {
+        c.array("u", &u).array("v", &v);
+    } else {
+        c.array("v", &v).array("u", &u);
+    }
+    check(&c, &["items disagree", "has name \"v\"", "same order"], "order");
+    // Another element type of the same size under the same name.
+    let mut c = Checkpoint::new(1);
+    if world.rank() == 0 {
+        c.array("u", &u);
+    } else {
+        c.array("u", &w);
+    }
+    check(&c, &["items disagree", "has type \"u64\""], "types");
+    // Segments that overlap by as much as they leave uncovered: the volumes add up.
+    let n = 4 * world.size() as usize;
+    let start = if world.rank() == 1 { 2 } else { 4 * world.rank() as usize };
+    let data = [1.0f64; 4];
+    let mut c = Checkpoint::new(1);
+    c.segment("x", start, n, &data);
+    check(&c, &["both hold cells", "held by nobody"], "overlap");
+}
+
 fn write_errors_reach_every_rank(world: &Comm) {
     let dir = shared_dir(world, "werr");
     if world.rank() == 0 {
@@ -449,6 +491,7 @@ fn main() {
             Case::new("input_that_does_not_fit_is_an_error", &[1, 2], input_that_does_not_fit_is_an_error),
             Case::new("keeps_the_newest_generations", &[1, 3], keeps_the_newest_generations),
             Case::new("another_runs_directory_is_left_alone", &[1, 2], another_runs_directory_is_left_alone),
+            Case::new("items_that_disagree_between_ranks", &[2, 3], items_that_disagree_between_ranks),
             Case::new("a_run_that_fell_back_keeps_its_writes", &[2, 3], a_run_that_fell_back_keeps_its_writes),
             Case::new("write_errors_reach_every_rank", &[2, 3], write_errors_reach_every_rank),
             Case::new("watchdog_is_quiet_while_progressing", &[1, 2, 3], watchdog_is_quiet_while_progressing),

@@ -105,10 +105,21 @@ fn agree<T>(comm: &Comm, op: &'static str, local: Result<T>) -> Result<T> {
     comm.agree_result(op, local)
 }
 
-/// The element type recorded for an item: its Rust name and size. Both must match on restart (an
-/// `f64` array is not restored into a `u64` one of the same size).
-fn type_info<T>() -> (String, usize) {
-    (std::any::type_name::<T>().to_string(), std::mem::size_of::<T>())
+/// The element type recorded for an item: a stable name and the size. Both must match on restart
+/// (an `f64` array is not restored into a `u64` one of the same size). Primitive types have names
+/// from a fixed table (`f64`, `u32`, ...; `usize`/`isize` are `u64`/`i64`); any other `Pod` type is
+/// `pod<size>`. `std::any::type_name` is not a stable identity (it may change between compiler
+/// versions); manifests written with it are still read (see [`type_matches`]).
+fn type_info<T: Pod>() -> (String, usize) {
+    let size = std::mem::size_of::<T>();
+    let name = crate::ffi::Primitive::of::<T>().name().map_or_else(|| format!("pod{size}"), str::to_string);
+    (name, size)
+}
+
+/// Whether a recorded type name is `T`: its stable name, or (manifests of earlier versions) its
+/// `type_name`.
+fn type_matches<T: Pod>(recorded: &Value) -> bool {
+    recorded == type_info::<T>().0.as_str() || recorded == std::any::type_name::<T>()
 }
 
 /// The owned block of `a` as runs of its row-major ghosted storage, in row-major order.
@@ -407,7 +418,8 @@ fn write_rank_file(path: &Path, rank: usize, c: &Checkpoint<'_>) -> std::io::Res
             h.update(run);
             offset += run.len() as u64;
         }
-        blocks.push(json!({"start": item.start, "len": item.len, "offset": start, "bytes": offset - start}));
+        blocks.push(json!({"name": item.name, "kind": item.kind, "type": item.elem.0, "elem_size": item.elem.1,
+                           "shape": item.shape, "start": item.start, "len": item.len, "offset": start, "bytes": offset - start}));
     }
     let file = f.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
@@ -455,6 +467,19 @@ fn check_tiling(items: &[Value], ranks: &[Value]) -> std::result::Result<(), Str
         let shape = as_usizes(&item["shape"]);
         let total: usize = shape.iter().product();
         let mut covered = 0usize;
+        // Every rank must have added the same item here: name, kind, element type and global shape.
+        for r in ranks {
+            let b = &r["items"][k];
+            for key in ["name", "kind", "type", "elem_size", "shape"] {
+                if b[key] != item[key] {
+                    return Err(format!(
+                        "the ranks' items disagree: rank {}'s item {k} has {key} {}, rank 0's ({}) has {}; every \
+                         rank must add the same items, in the same order, with the same element types and shapes",
+                        r["rank"], b[key], item["name"], item[key]
+                    ));
+                }
+            }
+        }
         for r in ranks {
             let b = &r["items"][k];
             let (start, len) = (as_usizes(&b["start"]), as_usizes(&b["len"]));
@@ -474,6 +499,27 @@ fn check_tiling(items: &[Value], ranks: &[Value]) -> std::result::Result<(), Str
                 "item {}: the ranks' parts hold {covered} elements, the global shape {shape:?} has {total}",
                 item["name"]
             ));
+        }
+        // The right total is not enough: an overlap and a gap of the same size add up too. Boxes
+        // that do not overlap and add up to the whole tile it exactly.
+        let boxes: Vec<(u64, Vec<usize>, Vec<usize>)> = ranks
+            .iter()
+            .map(|r| {
+                (r["rank"].as_u64().unwrap_or(0), as_usizes(&r["items"][k]["start"]), as_usizes(&r["items"][k]["len"]))
+            })
+            .filter(|(_, _, len)| len.iter().all(|&l| l > 0))
+            .collect();
+        for (i, (ra, sa, la)) in boxes.iter().enumerate() {
+            for (rb, sb, lb) in &boxes[i + 1..] {
+                let overlap = (0..shape.len()).all(|d| sa[d] < sb[d] + lb[d] && sb[d] < sa[d] + la[d]);
+                if overlap {
+                    return Err(format!(
+                        "item {}: ranks {ra} and {rb} both hold cells (start {sa:?} len {la:?} and start {sb:?} len \
+                         {lb:?}), so part of the global shape {shape:?} is held by nobody",
+                        item["name"]
+                    ));
+                }
+            }
         }
     }
     Ok(())
@@ -878,7 +924,7 @@ impl Generation {
     }
 
     /// The item `name` of kind `kind` holding `T`, checked against what the program expects.
-    fn item<T>(&self, op: &'static str, rank: i32, name: &str, kind: &str) -> Result<(usize, Vec<usize>)> {
+    fn item<T: Pod>(&self, op: &'static str, rank: i32, name: &str, kind: &str) -> Result<(usize, Vec<usize>)> {
         let m = self.dir.join("manifest.json");
         let items = self.body["items"].as_array().cloned().unwrap_or_default();
         let k = items.iter().position(|i| i["name"] == name).ok_or_else(|| {
@@ -890,7 +936,7 @@ impl Generation {
             return Err(err(op, rank, format!("{}: item {name:?} is a {}, not a {kind}", m.display(), it["kind"])));
         }
         let (tname, tsize) = type_info::<T>();
-        if it["type"] != tname.as_str() || it["elem_size"] != tsize {
+        if !type_matches::<T>(&it["type"]) || it["elem_size"] != tsize {
             return Err(err(
                 op,
                 rank,
