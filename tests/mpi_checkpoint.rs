@@ -15,6 +15,45 @@ use phalanx::services::checkpoint::{Checkpoint, CheckpointStore};
 use phalanx::services::watchdog::Watchdog;
 use phalanx::ErrorKind;
 
+/// The test program's allocator: the system one, recording the largest single allocation while a
+/// mutation trial runs (a corrupted length must never size an allocation).
+struct Tracking;
+static TRACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static LARGEST: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+// SAFETY: every method forwards to the system allocator with the caller's arguments unchanged; the
+// bookkeeping only reads the layout's size.
+unsafe impl std::alloc::GlobalAlloc for Tracking {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        note(l.size());
+        // SAFETY: forwarded as received.
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
+        note(l.size());
+        // SAFETY: forwarded as received.
+        unsafe { std::alloc::System.alloc_zeroed(l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
+        note(n);
+        // SAFETY: forwarded as received.
+        unsafe { std::alloc::System.realloc(p, l, n) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        // SAFETY: forwarded as received.
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+}
+
+fn note(size: usize) {
+    if TRACK.load(std::sync::atomic::Ordering::Relaxed) {
+        LARGEST.fetch_max(size, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Tracking = Tracking;
+
 /// A directory shared by the ranks of this job (rank 0's pid in the name), emptied first.
 fn shared_dir(world: &Comm, case: &str) -> PathBuf {
     let pid = world.broadcast(std::process::id(), 0).unwrap();
@@ -243,7 +282,7 @@ fn input_that_does_not_fit_is_an_error(world: &Comm) {
     // A format version this code does not read (with a valid checksum: not damage).
     world.barrier().unwrap();
     if world.rank() == 0 {
-        rewrite_manifest(g.path(), |b| b.replacen("\"version\": 1", "\"version\": 99", 1));
+        rewrite_manifest(g.path(), |b| b.replacen("\"version\": 2", "\"version\": 99", 1));
     }
     world.barrier().unwrap();
     let e = store.latest(world).unwrap_err();
@@ -284,6 +323,215 @@ fn keeps_the_newest_generations(world: &Comm) {
     // The same step again (after a restart) replaces the generation.
     write_gen(world, &store, 5);
     assert_eq!(store.latest(world).unwrap().unwrap().step(), 5);
+    cleanup(world, &dir);
+}
+
+/// Writes a manifest body with a checksum that matches it (a structural edit, not damage).
+fn write_manifest(path: &Path, body: &serde_json::Value) {
+    let text = serde_json::to_string_pretty(body).unwrap();
+    let sum = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes()));
+    std::fs::write(path, format!("{{\"checksum\":\"{sum}\",\"body\":{text}}}\n")).unwrap();
+}
+
+/// A random leaf (number, string, bool or null) of `v`, or a random array/object, for editing.
+fn pick<'a>(v: &'a mut serde_json::Value, rng: &mut Rng, containers: bool) -> Option<&'a mut serde_json::Value> {
+    let mut all: Vec<*mut serde_json::Value> = Vec::new();
+    fn walk(v: &mut serde_json::Value, out: &mut Vec<*mut serde_json::Value>, containers: bool) {
+        let is_container = v.is_array() || v.is_object();
+        if is_container == containers {
+            out.push(v as *mut _);
+        }
+        match v {
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| walk(x, out, containers)),
+            serde_json::Value::Object(o) => o.values_mut().for_each(|x| walk(x, out, containers)),
+            _ => {}
+        }
+    }
+    walk(v, &mut all, containers);
+    if all.is_empty() {
+        return None;
+    }
+    let p = all[rng.below(all.len() as u64) as usize];
+    // SAFETY: `p` points into `v`, which is borrowed mutably for 'a, and only this one pointer is
+    // turned back into a reference.
+    Some(unsafe { &mut *p })
+}
+
+/// One structural edit of a manifest body.
+fn mutate_body(body: &mut serde_json::Value, rng: &mut Rng) -> String {
+    use serde_json::json;
+    match rng.below(6) {
+        0 => {
+            let Some(x) = pick(body, rng, false) else { return "none".into() };
+            let new =
+                [json!(0), json!(1), json!(-1), json!(1u64 << 62), json!(u64::MAX), json!(2.5), json!(24), json!(4096)]
+                    [rng.below(8) as usize]
+                    .clone();
+            let what = format!("leaf {x} -> {new}");
+            *x = new;
+            what
+        }
+        1 => {
+            let Some(serde_json::Value::Object(o)) = pick(body, rng, true).filter(|v| v.is_object()) else {
+                return "none".into();
+            };
+            let Some(k) = o.keys().nth(rng.below(o.len().max(1) as u64) as usize).cloned() else {
+                return "none".into();
+            };
+            o.remove(&k);
+            format!("removed key {k}")
+        }
+        2 => {
+            let Some(serde_json::Value::Array(a)) = pick(body, rng, true).filter(|v| v.is_array()) else {
+                return "none".into();
+            };
+            if rng.below(2) == 0 {
+                a.pop();
+                "shortened an array".into()
+            } else if let Some(last) = a.last().cloned() {
+                a.push(last);
+                "repeated an array element".into()
+            } else {
+                "none".into()
+            }
+        }
+        3 => {
+            let Some(x) = pick(body, rng, false).filter(|v| v.is_string()) else { return "none".into() };
+            let new = ["../../../etc/passwd", "/dev/zero", "rank-000000.bin", "", "u64", "pod8", "gen-000000000001"]
+                [rng.below(7) as usize];
+            let what = format!("string {x} -> {new:?}");
+            *x = json!(new);
+            what
+        }
+        4 => {
+            let Some(serde_json::Value::Array(a)) =
+                pick(body, rng, true).filter(|v| v.as_array().is_some_and(|a| a.len() > 1))
+            else {
+                return "none".into();
+            };
+            let (i, j) = (rng.below(a.len() as u64) as usize, rng.below(a.len() as u64) as usize);
+            a.swap(i, j);
+            format!("swapped elements {i} and {j} of an array")
+        }
+        _ => {
+            let Some(x) = pick(body, rng, false) else { return "none".into() };
+            let what = format!("leaf {x} -> a list");
+            *x = json!([x.clone()]);
+            what
+        }
+    }
+}
+
+/// At least 10 000 corruptions of a generation (2 000 more at 2 ranks), in one job: bit flips and
+/// truncations of the manifest and the rank files, and structural edits of the manifest with its
+/// checksum recomputed to match (changed, removed and repeated fields, shortened lists, huge lengths,
+/// paths outside the directory, swapped blocks, fields of another type), plus a rank file replaced
+/// by a FIFO. Each must end in a clear error (Checkpoint or Io, naming the directory) or in a restart
+/// whose data is exactly the original; never a panic, a hang, or an allocation sized by a corrupted
+/// number (the largest single allocation during a trial is bounded by twice the honest sizes plus
+/// the reader's 1 MiB buffer).
+fn mutations_end_in_clear_errors(world: &Comm) {
+    let dir = shared_dir(world, "mutate");
+    let base = dir.join("base");
+    write_gen(world, &CheckpointStore::new(&base, 1), 3);
+    let gen = base.join("gen-000000000003");
+    let trial = dir.join("trial");
+    let tgen = trial.join("gen-000000000003");
+    let files: Vec<String> = (0..world.size() as usize).map(|r| format!("rank-{r:06}.bin")).collect();
+    let original: Vec<(String, Vec<u8>)> = std::iter::once("manifest.json".to_string())
+        .chain(files.iter().cloned())
+        .map(|f| {
+            let b = std::fs::read(gen.join(&f)).unwrap();
+            (f, b)
+        })
+        .collect();
+    let honest: usize = original.iter().map(|(_, b)| b.len()).sum();
+    let bound = 2 * honest + (1 << 20) + (64 << 10);
+    let dc = Decomposition::builder(world, &[24, 20]).ghost_width(1).build().unwrap();
+    let r = Partition::balanced(50, world.size() as usize).unwrap().range(world.rank() as usize);
+    let trials: u64 = if world.size() == 1 { 10_000 } else { 2_000 };
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ world.size() as u64);
+    let (mut errors, mut restarts) = (0u64, 0u64);
+    for t in 0..trials {
+        let mut what = String::new();
+        if world.rank() == 0 {
+            if t == 0 {
+                std::fs::create_dir_all(&tgen).unwrap();
+            }
+            for (f, b) in &original {
+                let _ = std::fs::remove_file(tgen.join(f));
+                std::fs::write(tgen.join(f), b).unwrap();
+            }
+            let k = rng.below(original.len() as u64) as usize;
+            let (f, b) = &original[k];
+            what = match (t, rng.below(10)) {
+                (1, _) => {
+                    let p = tgen.join(&files[0]);
+                    std::fs::remove_file(&p).unwrap();
+                    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+                    // SAFETY: a valid NUL-terminated path.
+                    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+                    format!("{} replaced by a FIFO", files[0])
+                }
+                (_, 0..=1) => {
+                    let mut b = b.clone();
+                    let at = rng.below(b.len() as u64) as usize;
+                    b[at] ^= 1 + rng.below(255) as u8;
+                    std::fs::write(tgen.join(f), &b).unwrap();
+                    format!("flipped byte {at} of {f}")
+                }
+                (_, 2..=3) => {
+                    let keep = rng.below(b.len() as u64) as usize;
+                    std::fs::write(tgen.join(f), &b[..keep]).unwrap();
+                    format!("truncated {f} to {keep} bytes")
+                }
+                _ => {
+                    let text = std::str::from_utf8(&original[0].1).unwrap();
+                    let at = "{\"checksum\":\"".len() + 32 + "\",\"body\":".len();
+                    let mut body: serde_json::Value = serde_json::from_str(&text[at..text.len() - 2]).unwrap();
+                    let what = mutate_body(&mut body, &mut rng);
+                    write_manifest(&tgen.join("manifest.json"), &body);
+                    format!("manifest: {what}")
+                }
+            };
+        }
+        world.barrier().unwrap();
+        LARGEST.store(0, std::sync::atomic::Ordering::Relaxed);
+        TRACK.store(true, std::sync::atomic::Ordering::Relaxed);
+        let outcome = match CheckpointStore::new(&trial, 1).latest(world) {
+            Err(e) => Err(e),
+            Ok(None) => panic!("trial {t} ({what}): no generation found"),
+            Ok(Some(g)) => {
+                let mut a = DistArray::<f64, Ix2>::new(&dc, 0.0).unwrap();
+                g.read_array("u", &mut a)
+                    .and_then(|()| g.read_segment::<u64>(world, "ids", r.clone()).map(|ids| (a, ids)))
+            }
+        };
+        TRACK.store(false, std::sync::atomic::Ordering::Relaxed);
+        let largest = LARGEST.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(largest <= bound, "trial {t} ({what}): an allocation of {largest} bytes (bound {bound})");
+        match outcome {
+            Err(e) => {
+                assert!(
+                    matches!(e.kind(), ErrorKind::Checkpoint | ErrorKind::Io | ErrorKind::PeerFailed),
+                    "trial {t} ({what}): {e}"
+                );
+                assert!(
+                    e.to_string().contains("phalanx-test-mutate"),
+                    "trial {t} ({what}): the error names no file: {e}"
+                );
+                errors += 1;
+            }
+            Ok((a, ids)) => {
+                check_array(&a, 3);
+                assert_eq!(ids, r.clone().map(|i| 3000 + i as u64).collect::<Vec<_>>(), "trial {t} ({what})");
+                restarts += 1;
+            }
+        }
+    }
+    if world.rank() == 0 {
+        println!("mutations_end_in_clear_errors: {trials} corruptions at {} ranks: {errors} clear errors, {restarts} correct restarts", world.size());
+    }
     cleanup(world, &dir);
 }
 
@@ -492,6 +740,9 @@ fn main() {
             Case::new("keeps_the_newest_generations", &[1, 3], keeps_the_newest_generations),
             Case::new("another_runs_directory_is_left_alone", &[1, 2], another_runs_directory_is_left_alone),
             Case::new("items_that_disagree_between_ranks", &[2, 3], items_that_disagree_between_ranks),
+            Case::new("mutations_end_in_clear_errors", &[1, 2], mutations_end_in_clear_errors)
+                .expect(Expect::PassPrinting("correct restarts", 1))
+                .alone(),
             Case::new("a_run_that_fell_back_keeps_its_writes", &[2, 3], a_run_that_fell_back_keeps_its_writes),
             Case::new("write_errors_reach_every_rank", &[2, 3], write_errors_reach_every_rank),
             Case::new("watchdog_is_quiet_while_progressing", &[1, 2, 3], watchdog_is_quiet_while_progressing),

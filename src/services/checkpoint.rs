@@ -87,7 +87,10 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::runtime::activity;
 
 /// The on-disk format version this code writes and reads.
-pub const FORMAT_VERSION: u64 = 1;
+///
+/// Version 2 binds each rank file's checksum to where its blocks belong (their global start and
+/// extent): blocks moved in the manifest no longer verify. Version 1 checkpoints are still read.
+pub const FORMAT_VERSION: u64 = 2;
 const FORMAT: &str = "phalanx-checkpoint";
 const MAGIC: &[u8; 8] = b"PHXCKPT\0";
 const HEADER: usize = 24;
@@ -424,9 +427,24 @@ fn write_rank_file(path: &Path, rank: usize, c: &Checkpoint<'_>) -> std::io::Res
     let file = f.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     make_readable(&file)?;
+    h.update(&placement(&blocks));
     Ok(
         json!({"rank": rank, "file": rank_file(rank), "bytes": offset, "checksum": hex128(h.digest128()), "items": blocks}),
     )
+}
+
+/// The bytes a version-2 checksum adds after the file's contents: every block's start and extent,
+/// little-endian, so that the checksum also says where the data belongs.
+fn placement(blocks: &[Value]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in blocks {
+        for key in ["start", "len"] {
+            for x in b[key].as_array().into_iter().flatten() {
+                out.extend_from_slice(&x.as_u64().unwrap_or(u64::MAX).to_le_bytes());
+            }
+        }
+    }
+    out
 }
 
 const MANIFEST_HEAD: &str = "{\"checksum\":\"";
@@ -471,7 +489,8 @@ fn check_tiling(items: &[Value], ranks: &[Value]) -> std::result::Result<(), Str
         for r in ranks {
             let b = &r["items"][k];
             for key in ["name", "kind", "type", "elem_size", "shape"] {
-                if b[key] != item[key] {
+                // Records of manifests written before these keys existed carry none of them.
+                if !b[key].is_null() && b[key] != item[key] {
                     return Err(format!(
                         "the ranks' items disagree: rank {}'s item {k} has {key} {}, rank 0's ({}) has {}; every \
                          rank must add the same items, in the same order, with the same element types and shapes",
@@ -802,9 +821,9 @@ fn read_manifest(path: &Path, step: u64) -> std::result::Result<Value, String> {
     if body["format"] != FORMAT {
         return Err(format!("{}: not a phalanx checkpoint (format {})", path.display(), body["format"]));
     }
-    if body["version"] != FORMAT_VERSION {
+    if body["version"] != FORMAT_VERSION && body["version"] != 1 {
         return Err(format!(
-            "{}: format version {} (this program reads version {FORMAT_VERSION})",
+            "{}: format version {} (this program reads versions 1 to {FORMAT_VERSION})",
             path.display(),
             body["version"]
         ));
@@ -812,15 +831,131 @@ fn read_manifest(path: &Path, step: u64) -> std::result::Result<Value, String> {
     if body["step"] != step {
         return Err(format!("{}: records step {}, its directory says {step}", path.display(), body["step"]));
     }
+    validate_structure(&body).map_err(|m| format!("{}: {m}", path.display()))?;
     Ok(body)
 }
 
+/// The largest element a manifest may declare, and the most items and ranks: bounds far above any
+/// real checkpoint, so that a corrupted number is refused before anything is sized by it.
+const MAX_ELEM: u64 = 1 << 20;
+const MAX_ITEMS: usize = 1 << 12;
+const MAX_RANKS: u64 = 1 << 24;
+
+/// Checks everything the reader later relies on, before any of it is used: field types, array
+/// lengths, bounds, each rank file's name (it must be `rank-NNNNNN.bin` of its own index: a path is
+/// never taken from the manifest), block offsets that tile the file from its header to its end, and
+/// blocks that tile every item's global shape exactly. Sizes are computed with checked arithmetic.
+fn validate_structure(body: &Value) -> std::result::Result<(), String> {
+    let u = |v: &Value, what: &str| v.as_u64().ok_or_else(|| format!("{what} is not an unsigned integer ({v})"));
+    let nranks = u(&body["nranks"], "nranks")?;
+    if nranks == 0 || nranks > MAX_RANKS {
+        return Err(format!("nranks {nranks} is out of range"));
+    }
+    let items = body["items"].as_array().ok_or("items is not a list")?;
+    if items.len() > MAX_ITEMS {
+        return Err(format!("{} items", items.len()));
+    }
+    let mut sizes = Vec::with_capacity(items.len());
+    for (k, it) in items.iter().enumerate() {
+        let name = it["name"].as_str().ok_or(format!("item {k} has no name"))?;
+        if items[..k].iter().any(|o| o["name"] == name) {
+            return Err(format!("item {name:?} appears twice"));
+        }
+        let kind = it["kind"].as_str().unwrap_or("");
+        if it["type"].as_str().is_none() {
+            return Err(format!("item {name:?} has no element type"));
+        }
+        let elem = u(&it["elem_size"], "elem_size")?;
+        if elem == 0 || elem > MAX_ELEM {
+            return Err(format!("item {name:?}: element size {elem} is out of range"));
+        }
+        let shape = it["shape"].as_array().ok_or(format!("item {name:?} has no shape"))?;
+        let dims = match kind {
+            "array" if (1..=3).contains(&shape.len()) => shape.len(),
+            "segment" if shape.len() == 1 => 1,
+            _ => return Err(format!("item {name:?}: kind {kind:?} with a {}-dimensional shape", shape.len())),
+        };
+        let mut cells: u64 = 1;
+        for x in shape {
+            cells = cells.checked_mul(u(x, "a shape extent")?).ok_or(format!("item {name:?}: its shape overflows"))?;
+        }
+        cells.checked_mul(elem).ok_or(format!("item {name:?}: its size overflows"))?;
+        sizes.push((dims, elem, shape.iter().filter_map(Value::as_u64).collect::<Vec<u64>>()));
+    }
+    let ranks = body["ranks"].as_array().ok_or("ranks is not a list")?;
+    if ranks.len() as u64 != nranks {
+        return Err(format!("the manifest lists {} rank files for {nranks} ranks", ranks.len()));
+    }
+    for (i, r) in ranks.iter().enumerate() {
+        if r["rank"].as_u64() != Some(i as u64) || r["file"].as_str() != Some(rank_file(i).as_str()) {
+            return Err(format!(
+                "rank record {i} names rank {} and file {} (expected {i} and {})",
+                r["rank"],
+                r["file"],
+                rank_file(i)
+            ));
+        }
+        let bytes = u(&r["bytes"], "a rank file's length")?;
+        let sum = r["checksum"].as_str().unwrap_or("");
+        if sum.len() != 32 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("rank {i}: checksum {:?} is not 32 hex digits", r["checksum"]));
+        }
+        let blocks = r["items"].as_array().ok_or(format!("rank {i} has no item list"))?;
+        if blocks.len() != items.len() {
+            return Err(format!("rank {i} lists {} items, the manifest {}", blocks.len(), items.len()));
+        }
+        let mut at = HEADER as u64;
+        for (b, (dims, elem, shape)) in blocks.iter().zip(&sizes) {
+            let (start, len) = (b["start"].as_array(), b["len"].as_array());
+            let (Some(start), Some(len)) = (start, len) else {
+                return Err(format!("rank {i}: a block without start or len"));
+            };
+            if start.len() != *dims || len.len() != *dims {
+                return Err(format!(
+                    "rank {i}: a block of {} / {} dimensions for a {dims}-dimensional item",
+                    start.len(),
+                    len.len()
+                ));
+            }
+            let mut cells: u64 = 1;
+            for d in 0..*dims {
+                let (s, l) = (u(&start[d], "a block start")?, u(&len[d], "a block length")?);
+                if s.checked_add(l).is_none_or(|e| e > shape[d]) {
+                    return Err(format!(
+                        "rank {i}: block start {s} length {l} runs past extent {} of dimension {d}",
+                        shape[d]
+                    ));
+                }
+                cells = cells.checked_mul(l).ok_or(format!("rank {i}: a block size overflows"))?;
+            }
+            let want = cells.checked_mul(*elem).ok_or(format!("rank {i}: a block size overflows"))?;
+            if u(&b["offset"], "a block offset")? != at || u(&b["bytes"], "a block length in bytes")? != want {
+                return Err(format!(
+                    "rank {i}: block at offset {} of {} bytes, expected offset {at} and {want} bytes",
+                    b["offset"], b["bytes"]
+                ));
+            }
+            at += want;
+        }
+        if at != bytes {
+            return Err(format!("rank {i}: blocks end at byte {at}, the file is recorded as {bytes} bytes"));
+        }
+    }
+    check_tiling(items, ranks)
+}
+
 /// Verifies one rank file against its manifest record.
-fn verify_file(dir: &Path, rec: &Value, step: u64) -> std::result::Result<(), String> {
+fn verify_file(dir: &Path, rec: &Value, step: u64, version: u64) -> std::result::Result<(), String> {
     let name = rec["file"].as_str().unwrap_or("?");
     let path = dir.join(name);
     let p = path.display();
     let bytes = rec["bytes"].as_u64().unwrap_or(0);
+    // A regular file, not a FIFO (opening one blocks), a device or a symlink to elsewhere.
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_file() => {}
+        Ok(m) => return Err(format!("{p}: not a regular file ({:?})", m.file_type())),
+        Err(e) => return Err(format!("{p}: cannot open: {e}")),
+    }
     let mut f = File::open(&path).map_err(|e| format!("{p}: cannot open: {e}"))?;
     let len = f.metadata().map_err(|e| format!("{p}: {e}"))?.len();
     if len != bytes {
@@ -832,10 +967,9 @@ fn verify_file(dir: &Path, rec: &Value, step: u64) -> std::result::Result<(), St
     if &header[..8] != MAGIC {
         return Err(format!("{p}: not a phalanx checkpoint block (bad magic)"));
     }
-    if word(8..12) != FORMAT_VERSION || word(12..16) != rec["rank"].as_u64().unwrap_or(u64::MAX) || word(16..24) != step
-    {
+    if word(8..12) != version || word(12..16) != rec["rank"].as_u64().unwrap_or(u64::MAX) || word(16..24) != step {
         return Err(format!(
-            "{p}: header says version {} rank {} step {}, the manifest expects version {FORMAT_VERSION} rank {} step {step}",
+            "{p}: header says version {} rank {} step {}, the manifest expects version {version} rank {} step {step}",
             word(8..12),
             word(12..16),
             word(16..24),
@@ -851,6 +985,9 @@ fn verify_file(dir: &Path, rec: &Value, step: u64) -> std::result::Result<(), St
             break;
         }
         h.update(&buf[..n]);
+    }
+    if version >= 2 {
+        h.update(&placement(rec["items"].as_array().map(Vec::as_slice).unwrap_or(&[])));
     }
     let got = hex128(h.digest128());
     let want = rec["checksum"].as_str().unwrap_or("");
@@ -891,7 +1028,7 @@ impl Generation {
         }
         for (i, rec) in records.iter().enumerate() {
             if why.is_empty() && i % comm.size() as usize == rank as usize {
-                if let Err(w) = verify_file(&dir, rec, step) {
+                if let Err(w) = verify_file(&dir, rec, step, body["version"].as_u64().unwrap_or(FORMAT_VERSION)) {
                     why = w;
                 }
             }
