@@ -662,6 +662,25 @@ fn misuse_count_mismatch(c: &Comm) {
     still_works(c);
 }
 
+/// The release default, sampled checking: a broadcast whose root count is 4 and receivers' 8 (which
+/// Open MPI accepts, returning half-garbage) is caught on a communicator's first collectives and on a
+/// sampled one later; between samples a collective runs unchecked.
+fn sampled_checks_catch_systematic_mismatches(c: &Comm) {
+    use phalanx::comm::{CheckMode, SAMPLED_EVERY, SAMPLED_FIRST};
+    let d = c.dup().unwrap();
+    d.set_check_mode(CheckMode::Sampled);
+    let mut buf = vec![0u32; if d.rank() == 0 { 4 } else { 8 }];
+    expect_err(&d, d.broadcast_slice(&mut buf, 0), ErrorKind::CollectiveMismatch, &["count", "smallest 4, largest 8"]);
+    // Collectives 2..SAMPLED_FIRST are checked too; run good ones up to a sampled index.
+    for _ in 1..SAMPLED_EVERY {
+        d.allreduce(1u32, Op::Sum).unwrap();
+    }
+    const { assert!(SAMPLED_EVERY > SAMPLED_FIRST) };
+    // Collective number SAMPLED_EVERY (counting from 0) is sampled: the mismatch is caught again.
+    expect_err(&d, d.broadcast_slice(&mut buf, 0), ErrorKind::CollectiveMismatch, &["count"]);
+    still_works(&d);
+}
+
 fn misuse_op_mismatch(c: &Comm) {
     let op = if c.rank() == 0 { Op::Sum } else { Op::Max };
     expect_err(c, c.allreduce(1i32, op), ErrorKind::CollectiveMismatch, &["reduction operation", "Sum", "Max"]);
@@ -845,6 +864,7 @@ fn main() {
             Case::new("misuse_root_disagreement", &[2, 3, 4], misuse_root_disagreement),
             Case::new("misuse_count_mismatch", &[2, 3, 4], misuse_count_mismatch),
             Case::new("misuse_op_mismatch", &[2, 3, 4], misuse_op_mismatch),
+            Case::new("sampled_checks", &[2, 3], sampled_checks_catch_systematic_mismatches),
             Case::new("misuse_element_size_mismatch", &[2, 3, 4], misuse_element_size_mismatch),
             Case::new("misuse_different_collectives", &[2, 3, 4], misuse_different_collectives),
             Case::new("misuse_ops_on_wrong_types", RANKS_1_TO_4, misuse_ops_on_wrong_types),

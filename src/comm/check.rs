@@ -41,7 +41,9 @@ impl Comm {
     ///
     /// Collective (in checked mode).
     pub(crate) fn agree(&self, op: &'static str, local: Result<()>, sig: Signature) -> Result<()> {
-        if !self.is_checked() {
+        let check = self.will_check();
+        self.count_collective();
+        if !check {
             return local;
         }
         let code = op_code(op);

@@ -617,7 +617,7 @@ impl Comm {
             (true, _, Err(e)) => Err(e),
             (true, Some(_), Ok(c)) => self.mpi_counts::<T>(&c, op).map(|m| (m, c)),
         });
-        let pre = if self.is_checked() { root_state.as_ref().map(|_| ()).map_err(Clone::clone) } else { Ok(()) };
+        let pre = if self.will_check() { root_state.as_ref().map(|_| ()).map_err(Clone::clone) } else { Ok(()) };
         self.agree(op, pre, Signature { root: Some(root as i64), elem_size: elem_size::<T>(), ..Default::default() })?;
         self.check_root(root, op)?;
         let size = self.size as usize;

@@ -1,7 +1,7 @@
 //! The communicator handle (MPI-4.1 chapter 7: groups, contexts, communicators).
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::ffi::{self, MPI_Comm};
@@ -36,7 +36,10 @@ pub struct Comm {
     pub(crate) size: i32,
     pub(crate) tag_ub: i32,
     owned: bool,
-    checked: AtomicBool,
+    checked: AtomicU8,
+    // Collectives entered on this communicator: the same count on every rank of a correct program,
+    // so a sampling decision taken from it is the same on every rank.
+    calls: AtomicU64,
     level: ThreadLevel,
     _not_send: PhantomData<*const ()>,
 }
@@ -72,11 +75,32 @@ pub struct NodeSplit {
     pub nodes: i32,
 }
 
-fn default_checked() -> bool {
+/// How collectives verify their arguments across the ranks (see the [module docs](crate::comm)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CheckMode {
+    /// Never: each rank validates only its own arguments.
+    Off,
+    /// The first [`SAMPLED_FIRST`] collectives on a communicator, then one in [`SAMPLED_EVERY`]: a
+    /// systematic mismatch shows on the first calls, at a cost measured in `docs/PERFORMANCE.md`.
+    /// The default of release builds.
+    Sampled,
+    /// Every collective. The default of debug builds.
+    Always,
+}
+
+/// Collectives checked at the start of a communicator's life in [`CheckMode::Sampled`].
+pub const SAMPLED_FIRST: u64 = 32;
+/// After those, one collective in this many is checked in [`CheckMode::Sampled`].
+pub const SAMPLED_EVERY: u64 = 256;
+
+fn default_mode() -> CheckMode {
     match std::env::var("PHALANX_CHECK").as_deref() {
-        Ok("0") | Ok("off") | Ok("false") => false,
-        Ok(_) => true,
-        Err(_) => cfg!(debug_assertions),
+        Ok("0") | Ok("off") | Ok("false") => CheckMode::Off,
+        Ok("sampled") => CheckMode::Sampled,
+        Ok(_) => CheckMode::Always,
+        Err(_) if cfg!(debug_assertions) => CheckMode::Always,
+        Err(_) => CheckMode::Sampled,
     }
 }
 
@@ -99,7 +123,8 @@ impl Comm {
             size: ffi::comm_size(raw),
             tag_ub: ffi::tag_ub(raw),
             owned,
-            checked: AtomicBool::new(default_checked()),
+            checked: AtomicU8::new(default_mode() as u8),
+            calls: AtomicU64::new(0),
             level,
             _not_send: PhantomData,
         }
@@ -130,18 +155,51 @@ impl Comm {
         self.tag_ub
     }
 
-    /// Whether collectives on this communicator verify their arguments across ranks (see the
-    /// [module docs](crate::comm)).
+    /// Whether collectives on this communicator verify their arguments across ranks, always or
+    /// sampled (see the [module docs](crate::comm)).
     pub fn is_checked(&self) -> bool {
-        self.checked.load(Ordering::Relaxed)
+        self.check_mode() != CheckMode::Off
     }
 
-    /// Turns cross-rank argument checking of collectives on or off for this communicator.
+    /// How collectives on this communicator verify their arguments across ranks.
+    pub fn check_mode(&self) -> CheckMode {
+        match self.checked.load(Ordering::Relaxed) {
+            0 => CheckMode::Off,
+            1 => CheckMode::Sampled,
+            _ => CheckMode::Always,
+        }
+    }
+
+    /// Turns cross-rank argument checking of collectives on ([`CheckMode::Always`]) or off.
     ///
     /// Collective in effect: every rank must make the same choice, or checked and unchecked ranks
     /// will disagree on the number of messages.
     pub fn set_checked(&self, on: bool) {
-        self.checked.store(on, Ordering::Relaxed);
+        self.set_check_mode(if on { CheckMode::Always } else { CheckMode::Off });
+    }
+
+    /// Sets how collectives on this communicator verify their arguments.
+    ///
+    /// Collective in effect, as [`set_checked`](Comm::set_checked).
+    pub fn set_check_mode(&self, mode: CheckMode) {
+        self.checked.store(mode as u8, Ordering::Relaxed);
+    }
+
+    /// Whether the next collective verifies its arguments (the same answer on every rank).
+    pub(crate) fn will_check(&self) -> bool {
+        match self.check_mode() {
+            CheckMode::Off => false,
+            CheckMode::Always => true,
+            CheckMode::Sampled => {
+                let n = self.calls.load(Ordering::Relaxed);
+                n < SAMPLED_FIRST || n % SAMPLED_EVERY == 0
+            }
+        }
+    }
+
+    /// Counts a collective entered (see `will_check`).
+    pub(crate) fn count_collective(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The raw MPI handle, for calling MPI functions phalanx does not wrap. The handle stays owned by
@@ -162,7 +220,7 @@ impl Comm {
         let _busy = self.begin("dup")?;
         let raw = ffi::comm_dup(self.raw, self.rank)?;
         let c = Comm::wrap(raw, true, self.level);
-        c.set_checked(self.is_checked());
+        c.set_check_mode(self.check_mode());
         Ok(c)
     }
 
@@ -198,7 +256,7 @@ impl Comm {
             return Ok(None);
         }
         let comm = Comm::wrap(raw, true, self.level);
-        comm.set_checked(self.is_checked());
+        comm.set_check_mode(self.check_mode());
         Ok(Some(comm))
     }
 
@@ -215,7 +273,7 @@ impl Comm {
         drop(self.begin("split_node")?);
         let raw = ffi::comm_split_shared(self.raw, self.rank, self.rank)?;
         let local = Comm::wrap(raw, true, self.level);
-        local.set_checked(self.is_checked());
+        local.set_check_mode(self.check_mode());
         // Leaders (local rank 0) number the nodes; everyone learns its node from its leader.
         let leaders = self.split((local.rank() == 0).then_some(0), self.rank)?;
         let (mut node, mut nodes) = (0_i32, 0_i32);

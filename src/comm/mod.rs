@@ -14,12 +14,17 @@
 //!
 //! # Checked collectives
 //! An argument error seen on only some ranks of a collective would leave the others waiting forever.
-//! In *checked* mode (on in debug builds and whenever `PHALANX_CHECK=1`; off in release builds or
-//! with `PHALANX_CHECK=0`) each collective first agrees on a small signature (operation, root, counts,
-//! element size, local errors) with one `MPI_Allreduce`; if anything disagrees, **every** rank returns
-//! an error and none enters the real collective. The cost is one small all-reduce per collective.
-//! Unchecked, phalanx still validates each rank's own arguments, but a rank that returns early
-//! leaves its peers blocked.
+//! A checked collective first agrees on a small signature (operation, root, counts, element size,
+//! local errors) with one `MPI_Allreduce`; if anything disagrees, **every** rank returns an error and
+//! none enters the real collective. The cost is one small all-reduce per checked collective. Which
+//! collectives are checked ([`CheckMode`], `PHALANX_CHECK`):
+//! - `Always` (`PHALANX_CHECK=1`; the default of debug builds): every one;
+//! - `Sampled` (`PHALANX_CHECK=sampled`; the default of release builds): the first 32 collectives on
+//!   each communicator, then one in 256, chosen by a count of collectives on the communicator that is
+//!   the same on every rank. A systematic mismatch (a wrong count, root or operation in the code)
+//!   shows on the first calls; its cost is in `docs/PERFORMANCE.md`;
+//! - `Off` (`PHALANX_CHECK=0`): none. Each rank still validates its own arguments, but a rank that
+//!   returns early, or a mismatch between ranks, leaves its peers blocked or computes garbage.
 
 mod check;
 mod collective;
@@ -31,7 +36,7 @@ mod request;
 mod scope;
 
 pub use collective::Blocks;
-pub use communicator::{Comm, NodeSplit, SharedComm};
+pub use communicator::{CheckMode, Comm, NodeSplit, SharedComm, SAMPLED_EVERY, SAMPLED_FIRST};
 pub use hybrid::{BindingReport, BindingRow, ThreadConfig, Threads, MAX_THREADS_PER_RANK};
 pub use op::{Loc, Op};
 pub use p2p::{Source, Status, Tag, ANY_TAG};
