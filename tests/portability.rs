@@ -167,6 +167,16 @@ fn decoy_dir(soname: &str) -> Result<PathBuf, String> {
 
 type Case = (&'static str, fn() -> Result<String, String>);
 
+/// The `heat` built for `build`, started at 2 ranks by `launcher`'s launcher: refused on every rank
+/// with a message holding each of `needles`.
+fn under(build: &str, launcher: &str, needles: &[&str]) -> Result<String, String> {
+    let heat = built(build)?;
+    built(launcher)?;
+    let mut c = launched_by(launcher, 2);
+    c.arg(&heat).args(HEAT);
+    expect_refused(&format!("{build} heat, {launcher} launcher"), c, 2, needles)
+}
+
 /// The `heat` built for `name`, or a skip naming what is missing.
 fn built(name: &str) -> Result<PathBuf, String> {
     heat_for(name).map_err(|e| format!("SKIP {e}"))
@@ -176,53 +186,17 @@ fn cases() -> Vec<Case> {
     vec![
         ("user crate built for MPICH as the README says", user_crate),
         ("MPICH build under Open MPI 4's mpirun", || {
-            let heat = built("mpich")?;
-            let mut c = launched_by("system", 2);
-            c.arg(&heat).args(HEAT);
-            expect_refused(
-                "mpich heat, system mpirun",
-                c,
-                2,
-                &["launcher mismatch", "Open MPI 4's mpirun (ORTE)", "MPICH"],
-            )
+            under("mpich", "system", &["launcher mismatch", "Open MPI 4's mpirun (ORTE)", "MPICH"])
         }),
         ("MPICH build under Open MPI 5's mpiexec", || {
-            let heat = built("mpich")?;
-            built("openmpi5")?;
-            let mut c = launched_by("openmpi5", 2);
-            c.arg(&heat).args(HEAT);
-            expect_refused(
-                "mpich heat, openmpi5 mpiexec",
-                c,
-                2,
-                &["launcher mismatch", "PRRTE", "unsupported PMI version"],
-            )
+            under("mpich", "openmpi5", &["launcher mismatch", "PRRTE", "unsupported PMI version"])
         }),
         ("Open MPI 5 build under MPICH's mpiexec", || {
-            let heat = built("openmpi5")?;
-            built("mpich")?;
-            let mut c = launched_by("mpich", 2);
-            c.arg(&heat).args(HEAT);
-            expect_refused("openmpi5 heat, mpich mpiexec", c, 2, &["launcher mismatch", "hydra", "Open MPI"])
+            under("openmpi5", "mpich", &["launcher mismatch", "hydra", "Open MPI"])
         }),
-        ("Open MPI 4.1 build under MPICH's mpiexec", || {
-            let heat = built("system")?;
-            built("mpich")?;
-            let mut c = launched_by("mpich", 2);
-            c.arg(&heat).args(HEAT);
-            expect_refused("system heat, mpich mpiexec", c, 2, &["launcher mismatch", "hydra"])
-        }),
+        ("Open MPI 4.1 build under MPICH's mpiexec", || under("system", "mpich", &["launcher mismatch", "hydra"])),
         ("Open MPI 4.1 build under Open MPI 5's mpiexec (its LD_LIBRARY_PATH)", || {
-            let heat = built("system")?;
-            built("openmpi5")?;
-            let mut c = launched_by("openmpi5", 2);
-            c.arg(&heat).args(HEAT);
-            expect_refused(
-                "system heat, openmpi5 mpiexec",
-                c,
-                2,
-                &["MPI library mismatch", "Open MPI 4.1.4", "Open MPI 5.0.11"],
-            )
+            under("system", "openmpi5", &["MPI library mismatch", "Open MPI 4.1.4", "Open MPI 5.0.11"])
         }),
         ("Open MPI 4.1 build with Open MPI 5 first on LD_LIBRARY_PATH", || {
             let heat = built("system")?;
