@@ -19,22 +19,16 @@ fn main() {
     let probe = build_probe_mpi::probe().ok();
     let includes: Vec<PathBuf> = probe.as_ref().map(|l| l.include_paths.clone()).unwrap_or_default();
     let header = includes.iter().map(|d| d.join("mpi.h")).find(|p| p.is_file());
-    let (family, version) = match &header {
+    let cfg = match &header {
         Some(h) => {
             println!("cargo:rerun-if-changed={}", h.display());
-            parse_header(&std::fs::read_to_string(h).unwrap_or_default())
+            family(&std::fs::read_to_string(h).unwrap_or_default())
         }
-        None => ("unknown".to_string(), String::new()),
+        None => "unknown",
     };
     let libdir = probe.as_ref().and_then(|l| l.lib_paths.first().cloned()).unwrap_or_default();
-    let cfg = match family.as_str() {
-        "Open MPI" => "openmpi",
-        "MPICH" => "mpich",
-        _ => "unknown",
-    };
     println!("cargo:rustc-check-cfg=cfg(phalanx_mpi, values(\"openmpi\", \"mpich\", \"unknown\"))");
     println!("cargo:rustc-cfg=phalanx_mpi=\"{cfg}\"");
-    let _ = version;
     println!(
         "cargo:rustc-env=PHALANX_MPI_INCLUDE={}",
         header.as_deref().and_then(Path::parent).unwrap_or(Path::new("")).display()
@@ -42,22 +36,20 @@ fn main() {
     println!("cargo:rustc-env=PHALANX_MPI_LIBDIR={}", libdir.display());
 }
 
-/// `(family, version)` from the macros of an `mpi.h`.
-fn parse_header(text: &str) -> (String, String) {
-    let define = |name: &str| {
-        text.lines().find_map(|l| {
+/// The cfg value for the family whose version macros an `mpi.h` defines (the version itself is
+/// read from the bindings, see above).
+fn family(text: &str) -> &'static str {
+    let defines = |name: &str| {
+        text.lines().any(|l| {
             let mut w = l.split_whitespace();
-            (w.next() == Some("#define") && w.next() == Some(name))
-                .then(|| w.next().unwrap_or("").trim_matches('"').to_string())
+            w.next() == Some("#define") && w.next() == Some(name)
         })
     };
-    if let (Some(a), Some(b), Some(c)) =
-        (define("OMPI_MAJOR_VERSION"), define("OMPI_MINOR_VERSION"), define("OMPI_RELEASE_VERSION"))
-    {
-        return ("Open MPI".into(), format!("{a}.{b}.{c}"));
+    if defines("OMPI_MAJOR_VERSION") {
+        "openmpi"
+    } else if defines("MPICH_VERSION") {
+        "mpich"
+    } else {
+        "unknown"
     }
-    if let Some(v) = define("MPICH_VERSION") {
-        return ("MPICH".into(), v);
-    }
-    ("unknown".into(), String::new())
 }

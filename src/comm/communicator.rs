@@ -335,6 +335,18 @@ impl Comm {
         }
     }
 
+    /// The smallest and the largest of each value over all ranks, with one all-reduce (`MAX` over
+    /// the values and their negations); values must stay above `i64::MIN`. Equal lists on every
+    /// rank come back as `min == max`.
+    ///
+    /// Collective.
+    pub(crate) fn min_max(&self, values: &[i64]) -> Result<(Vec<i64>, Vec<i64>)> {
+        let both: Vec<i64> = values.iter().copied().chain(values.iter().map(|x| -x)).collect();
+        let all = self.allreduce_vec(&both, super::Op::Max)?;
+        let (max, neg_min) = all.split_at(values.len());
+        Ok((neg_min.iter().map(|x| -x).collect(), max.to_vec()))
+    }
+
     pub(crate) fn err(&self, kind: ErrorKind, op: &'static str, msg: impl Into<String>) -> Error {
         Error::new(kind, op, Some(self.rank), msg)
     }

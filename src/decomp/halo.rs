@@ -177,10 +177,8 @@ impl<T: Pod> HaloPlan<T> {
         let elem = std::mem::size_of::<T>() as i64;
         let ty = (xxhash_rust::xxh3::xxh3_64(std::any::type_name::<T>().as_bytes()) >> 2) as i64;
         let mine = [i64::from(self.number), elem, ty];
-        let both: Vec<i64> = mine.iter().copied().chain(mine.iter().map(|x| -x)).collect();
-        let all = comm.allreduce_vec(&both, crate::comm::Op::Max)?;
-        let (max, neg_min) = all.split_at(mine.len());
-        if max.iter().zip(neg_min).all(|(a, b)| *a == -*b) {
+        let (min, max) = comm.min_max(&mine)?;
+        if min == max {
             self.agreed = true;
             return Ok(());
         }
@@ -195,9 +193,9 @@ impl<T: Pod> HaloPlan<T> {
                  every rank (halo messages are tagged by creation order), and exchange them in the same order",
                 self.number,
                 std::any::type_name::<T>(),
-                -neg_min[0],
+                min[0],
                 max[0],
-                -neg_min[1],
+                min[1],
                 max[1],
             ),
         ))

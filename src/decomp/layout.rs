@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use super::grid::{ProcessGrid, MAX_DIMS};
 use super::partition::Partition;
-use crate::comm::{Comm, Op};
+use crate::comm::Comm;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Which neighbours a stencil reads.
@@ -283,12 +283,10 @@ impl DecompositionBuilder<'_> {
             (self.sizes.len() as i64) << 8 | (self.ghost.len() as i64) << 4 | self.periodic.len() as i64;
         // Values past what an i64 negation can hold would break the max/-min comparison.
         let sig = sig.map(|x| x.clamp(-(1 << 62), 1 << 62));
-        let both: Vec<i64> = sig.iter().copied().chain(sig.iter().map(|x| -x)).collect();
-        let agreed = comm.allreduce_vec(&both, Op::Max)?;
-        let (max, neg_min) = agreed.split_at(sig.len());
-        if max.iter().zip(neg_min).any(|(a, b)| *a != -*b) {
+        let (min, max) = comm.min_max(&sig)?;
+        if min != max {
             let what = ["dimension count", "global shape", "ghost width", "periodicity", "process grid", "block sizes"];
-            let first = max.iter().zip(neg_min).position(|(a, b)| *a != -*b).unwrap_or(0);
+            let first = min.iter().zip(&max).position(|(a, b)| a != b).unwrap_or(0);
             let field = match first {
                 0 => what[0],
                 i if i <= 5 * MAX_DIMS => what[(i - 1) / MAX_DIMS + 1],

@@ -103,11 +103,6 @@ fn io_err(op: &'static str, rank: i32, path: &Path, what: &str, e: std::io::Erro
     Error::new(ErrorKind::Io, op, Some(rank), format!("{what} {}: {e}", path.display()))
 }
 
-/// Every rank learns whether any rank failed (see [`Comm::agree_result`]).
-fn agree<T>(comm: &Comm, op: &'static str, local: Result<T>) -> Result<T> {
-    comm.agree_result(op, local)
-}
-
 /// The element type recorded for an item: a stable name and the size. Both must match on restart
 /// (an `f64` array is not restored into a `u64` one of the same size). Primitive types have names
 /// from a fixed table (`f64`, `u32`, ...; `usize`/`isize` are `u64`/`i64`); any other `Pod` type is
@@ -595,18 +590,18 @@ impl CheckpointStore {
         } else {
             Ok(String::new())
         };
-        let mut name = agree(comm, OP, prepared)?.into_bytes();
+        let mut name = comm.agree_result(OP, prepared)?.into_bytes();
         comm.broadcast_vec(&mut name, 0)?;
         let tmp = self.dir.join(String::from_utf8_lossy(&name).as_ref());
         let path = tmp.join(rank_file(rank as usize));
         let record = write_rank_file(&path, rank as usize, c).map_err(|e| io_err(OP, rank, &path, "cannot write", e));
-        let record = agree(comm, OP, record)?;
+        let record = comm.agree_result(OP, record)?;
         let gathered = comm.gatherv(record.to_string().as_bytes(), 0)?;
         let committed = match gathered {
             None => Ok(PathBuf::new()),
             Some(blocks) => self.commit(comm, c, &tmp, blocks.iter()),
         };
-        let committed = agree(comm, OP, committed)?;
+        let committed = comm.agree_result(OP, committed)?;
         Ok(if rank == 0 { committed } else { self.dir.join(gen_name(c.step)) })
     }
 
@@ -757,7 +752,7 @@ impl CheckpointStore {
         } else {
             Ok(Vec::new())
         };
-        let mut listed = agree(comm, OP, listed)?;
+        let mut listed = comm.agree_result(OP, listed)?;
         commit_order(&mut listed);
         let mut steps: Vec<u64> = listed.iter().map(|g| g.step).collect();
         comm.broadcast_vec(&mut steps, 0)?;
@@ -1109,7 +1104,7 @@ impl Generation {
         const OP: &str = "checkpoint read_array";
         let comm_rank = a.comm().rank();
         let local = self.read_array_local(OP, comm_rank, name, a);
-        agree(a.comm(), OP, local)
+        a.comm().agree_result(OP, local)
     }
 
     fn read_array_local<T: Pod + Send + Sync, D: Dimension>(
@@ -1192,7 +1187,7 @@ impl Generation {
             }
             Ok(out)
         })();
-        agree(comm, OP, local)
+        comm.agree_result(OP, local)
     }
 }
 
