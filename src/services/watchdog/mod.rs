@@ -24,9 +24,13 @@
 //! Why TCP and not MPI: the ranks being watched may be blocked inside MPI, and under
 //! `MPI_THREAD_FUNNELED` a second thread may not call MPI at all; Open MPI 4.1 has no asynchronous
 //! progress either. The heartbeat connections are opened when the watchdog starts (a collective
-//! call, while every rank is still healthy): rank 0 listens on an ephemeral port and broadcasts the
-//! port and its IPv4 addresses; each rank connects to the first address that answers with the
-//! right job token.
+//! call, while every rank is still healthy). Rank 0 listens only on the addresses the ranks use
+//! (loopback for ranks on its host, its address on the route to the others) and the connections
+//! are authenticated both ways with a secret each job draws from the OS's random source and
+//! shares over MPI; every message carries a MAC (see `wire.rs`). A stranger that connects while
+//! the job starts is logged and dropped: it cannot hold the start up past its deadline, end the job,
+//! or make a rank report anything. MPI's own traffic, the secret's included, is not protected: on
+//! a TCP cluster it is clear text.
 //!
 //! What counts as stuck: an operation that does not return, or a computation that makes no MPI
 //! call and no [`crate::runtime::mark_progress`] call, for longer than the limit. Choose a limit
@@ -36,8 +40,9 @@
 //! The coordinator keeps one connection per rank; at tens of thousands of ranks a tree of
 //! coordinators would be needed.
 
-use std::io::{BufRead, BufReader, ErrorKind as IoKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+mod wire;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -46,6 +51,7 @@ use std::time::{Duration, Instant};
 use crate::comm::{Comm, Op};
 use crate::error::{Error, ErrorKind, Result};
 use crate::runtime::{current_activity, Activity};
+use wire::{Channel, Got, Joined, Secret};
 
 /// The exit code of a job ended by the watchdog.
 pub const EXIT_CODE: i32 = 124;
@@ -69,34 +75,6 @@ fn hostname() -> String {
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-/// This host's IPv4 addresses, the loopback one last.
-fn ipv4_addresses() -> Vec<Ipv4Addr> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs writes a list head into `head`; on success we walk the list (each node
-    // and its `ifa_addr` are valid until freeifaddrs) and free it exactly once.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return vec![Ipv4Addr::LOCALHOST];
-        }
-        let mut p = head;
-        while !p.is_null() {
-            let a = (*p).ifa_addr;
-            if !a.is_null() && (*a).sa_family as i32 == libc::AF_INET {
-                let sin = &*(a as *const libc::sockaddr_in);
-                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-            }
-            p = (*p).ifa_next;
-        }
-        libc::freeifaddrs(head);
-    }
-    out.sort_by_key(|a| a.is_loopback());
-    if !out.contains(&Ipv4Addr::LOCALHOST) {
-        out.push(Ipv4Addr::LOCALHOST);
-    }
-    out
 }
 
 fn err(rank: i32, msg: String) -> Error {
@@ -136,51 +114,7 @@ impl Watchdog {
             Ok(())
         };
         comm.agree_result("watchdog start", local)?;
-        let listener = if rank == 0 { Some(TcpListener::bind("0.0.0.0:0")) } else { None };
-        let mut info: Vec<u64> = Vec::new();
-        if let Some(Ok(l)) = &listener {
-            let token = xxhash_rust::xxh3::xxh3_64(format!("{:?}{}", Instant::now(), std::process::id()).as_bytes());
-            info.push(l.local_addr().map(|a| a.port() as u64).unwrap_or(0));
-            info.push(token);
-            info.extend(ipv4_addresses().into_iter().map(|a| u32::from(a) as u64));
-        }
-        comm.broadcast_vec(&mut info, 0)?;
-        if info.len() < 3 || info[0] == 0 {
-            return Err(err(rank, "rank 0 could not open a heartbeat port".into()));
-        }
-        let (port, token) = (info[0] as u16, info[1]);
-        let hello = format!("PHXWD {token} {rank} {} {}\n", std::process::id(), hostname());
-        let mut conn = None;
-        let mut peers: Accepted = Vec::new();
-        let mut problem = String::new();
-        if rank == 0 {
-            let l = listener.and_then(|l| l.ok()).expect("rank 0 has its listener");
-            match accept_all(&l, comm.size() as usize, token, Duration::from_secs(30)) {
-                Ok(p) => peers = p,
-                Err(e) => problem = e,
-            }
-        } else {
-            let addrs: Vec<Ipv4Addr> = info[2..].iter().map(|a| Ipv4Addr::from(*a as u32)).collect();
-            for a in &addrs {
-                let addr = SocketAddr::V4(SocketAddrV4::new(*a, port));
-                if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                    if s.write_all(hello.as_bytes()).is_ok() {
-                        conn = Some(s);
-                        break;
-                    }
-                }
-            }
-            if conn.is_none() {
-                problem = format!("cannot reach rank 0's watchdog at port {port} of any of {addrs:?}");
-            }
-        }
-        let failed = comm.allreduce(if problem.is_empty() { -1 } else { rank }, Op::Max)?;
-        if failed >= 0 {
-            return Err(err(
-                rank,
-                if problem.is_empty() { format!("rank {failed} could not connect its watchdog") } else { problem },
-            ));
-        }
+        let (conn, peers) = handshake(comm)?;
         crate::runtime::activity::set_watched(true);
         let done = Arc::new(AtomicBool::new(false));
         let d = done.clone();
@@ -233,79 +167,81 @@ impl Drop for Watchdog {
     }
 }
 
-type Accepted = Vec<Option<(TcpStream, String, u32)>>;
+/// How long the ranks have, together, to join rank 0's watchdog.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Rank 0: accepts one connection per other rank, checking the job token; each with the host
-/// and pid it announced.
-fn accept_all(l: &TcpListener, size: usize, token: u64, within: Duration) -> std::result::Result<Accepted, String> {
-    let mut peers: Accepted = (0..size).map(|_| None).collect();
-    let deadline = Instant::now() + within;
-    let mut missing = size - 1;
-    l.set_nonblocking(true).map_err(|e| e.to_string())?;
-    while missing > 0 {
-        match l.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false).ok();
-                s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-                let mut line = String::new();
-                if BufReader::new(&s).read_line(&mut line).is_err() {
-                    continue;
-                }
-                let f: Vec<&str> = line.split_whitespace().collect();
-                let r = match (
-                    f.first(),
-                    f.get(1).and_then(|t| t.parse::<u64>().ok()),
-                    f.get(2).and_then(|r| r.parse::<usize>().ok()),
-                ) {
-                    (Some(&"PHXWD"), Some(t), Some(r)) if t == token && r > 0 && r < size && peers[r].is_none() => r,
-                    _ => continue, // Someone else's connection: ignore it.
-                };
-                s.set_nonblocking(true).ok();
-                let pid = f.get(3).and_then(|p| p.parse().ok()).unwrap_or(0);
-                peers[r] = Some((s, f.get(4).unwrap_or(&"?").to_string(), pid));
-                missing -= 1;
+/// Start-up lines about strangers rank 0 prints at most (then how many more it dropped).
+const STRANGER_LINES: usize = 10;
+
+/// Opens and authenticates the heartbeat connections (collective): on rank 0, one per other rank;
+/// on the others, the one to rank 0. Errors are agreed, so every rank returns the same verdict.
+fn handshake(comm: &Comm) -> Result<(Option<Channel>, Vec<Option<Joined>>)> {
+    let rank = comm.rank();
+    let host = hostname();
+    let addrs = wire::ipv4_addresses();
+    let mut place = vec![xxhash_rust::xxh3::xxh3_64(host.as_bytes())];
+    place.extend(addrs.iter().map(|a| u32::from(*a) as u64));
+    let places = comm.gatherv(&place, 0)?;
+    // Rank 0: the job's secret, where each rank finds it, and the listeners.
+    let prepared = places.map(|places| -> std::result::Result<_, String> {
+        let places: Vec<wire::Place> = places
+            .iter()
+            .map(|p| wire::Place { host: p[0], addrs: p[1..].iter().map(|a| Ipv4Addr::from(*a as u32)).collect() })
+            .collect();
+        let plan = wire::plan(&places)?;
+        let listeners = wire::listen(&plan)?;
+        let mut table = vec![0u64; 2];
+        for a in plan.iter().skip(1) {
+            let port = listeners.iter().find(|(b, _)| b == a).map(|(_, l)| l.local_addr().map(|x| x.port()));
+            let port = port.expect("a listener per address").map_err(|e| e.to_string())?;
+            table.extend([u32::from(*a) as u64, port as u64]);
+        }
+        Ok((Secret::random()?, listeners, table))
+    });
+    let prepared = comm.agree_result("watchdog start", prepared.transpose().map_err(|m| err(rank, m)))?;
+    let mut words = prepared.as_ref().map_or([0u64; 4], |p| p.0.to_words());
+    comm.broadcast_slice(&mut words, 0)?;
+    let secret = Secret::from_words(words);
+    let mine = comm.scatter(prepared.as_ref().map(|p| p.2.as_slice()), 0)?;
+    let mut conn = None;
+    let mut peers = Vec::new();
+    let mut problem = String::new();
+    if let Some((_, listeners, _)) = prepared {
+        let ls: Vec<TcpListener> = listeners.into_iter().map(|(_, l)| l).collect();
+        let mut told = 0usize;
+        let mut log = |m: String| {
+            told += 1;
+            if told <= STRANGER_LINES {
+                eprintln!("phalanx watchdog: rank 0 dropped a connection during start-up from {m}");
             }
-            Err(e) if e.kind() == IoKind::WouldBlock => {
-                if Instant::now() > deadline {
-                    return Err(format!("{missing} rank(s) did not connect to the watchdog within {within:?}"));
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(format!("accept: {e}")),
+        };
+        match wire::accept_all(&ls, comm.size() as usize, &secret, STARTUP_DEADLINE, &mut log) {
+            Ok(p) => peers = p,
+            Err(e) => problem = e,
+        }
+        if told > STRANGER_LINES {
+            eprintln!("phalanx watchdog: rank 0 dropped {} more connections during start-up", told - STRANGER_LINES);
+        }
+    } else {
+        let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(mine[0] as u32), mine[1] as u16));
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        match wire::connect(addr, &secret, rank, std::process::id(), &host, deadline) {
+            Ok(c) => conn = Some(c),
+            Err(e) => problem = format!("cannot join rank 0's watchdog: {e}"),
         }
     }
-    Ok(peers)
+    let failed = comm.allreduce(if problem.is_empty() { -1 } else { rank }, Op::Max)?;
+    if failed >= 0 {
+        return Err(err(
+            rank,
+            if problem.is_empty() { format!("rank {failed} could not join the watchdog") } else { problem },
+        ));
+    }
+    Ok((conn, peers))
 }
 
 fn tick(limit: Duration) -> Duration {
     (limit / 8).max(Duration::from_millis(25))
-}
-
-/// What a non-blocking read of a watchdog connection found.
-enum Got {
-    /// The connection is open (complete lines were appended, possibly none).
-    Open,
-    /// The other side closed it or it failed: its process ended.
-    Closed,
-}
-
-/// Reads what `s` has without blocking and appends its complete lines to `lines`.
-fn read_lines(s: &mut TcpStream, buf: &mut Vec<u8>, lines: &mut Vec<String>) -> Got {
-    let mut chunk = [0u8; 4096];
-    let got = loop {
-        match s.read(&mut chunk) {
-            Ok(0) => break Got::Closed,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == IoKind::WouldBlock => break Got::Open,
-            Err(e) if e.kind() == IoKind::Interrupted => continue,
-            Err(_) => break Got::Closed,
-        }
-    };
-    while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-        let line: Vec<u8> = buf.drain(..=nl).collect();
-        lines.push(String::from_utf8_lossy(&line).trim_end().to_string());
-    }
-    got
 }
 
 /// Notices when the watchdog thread itself did not run for a while (its process was stopped,
@@ -371,9 +307,9 @@ fn leave() -> ! {
 /// One rank, the *deputy* (the first on another host than rank 0, else rank 1), reports rank 0
 /// after the limit; the others wait twice as long, in case the deputy is gone too, so that a job
 /// of a thousand ranks prints one report, not a thousand.
-fn beat(mut s: TcpStream, rank: i32, limit: Duration, done: &AtomicBool) {
-    let _ = s.set_nonblocking(true);
-    let (mut buf, mut lines) = (Vec::new(), Vec::new());
+fn beat(mut s: Channel, rank: i32, limit: Duration, done: &AtomicBool) {
+    let mut lines = Vec::new();
+    let mut told = 0;
     let mut clock = Clock { last: Instant::now(), limit };
     let mut heard = Instant::now();
     let (mut coord_host, mut coord_pid, mut deputy) = (String::from("?"), 0u32, 1i32);
@@ -397,7 +333,8 @@ fn beat(mut s: TcpStream, rank: i32, limit: Duration, done: &AtomicBool) {
         }
         let a = current_activity();
         if watching {
-            let got = read_lines(&mut s, &mut buf, &mut lines);
+            let got = s.recv(&mut lines);
+            told = tell_rejected(rank as usize, 0, s.rejected, told);
             for line in lines.drain(..) {
                 heard = now;
                 let f: Vec<&str> = line.split_whitespace().collect();
@@ -438,10 +375,24 @@ fn beat(mut s: TcpStream, rank: i32, limit: Duration, done: &AtomicBool) {
         }
         // A full socket (the coordinator is not reading) drops this beat; the coordinator
         // notices the silence.
-        let _ = s.write_all(format!("{} {} {}\n", a.count, a.peer.unwrap_or(-1), a.op).as_bytes());
+        s.send(&format!("{} {} {}", a.count, a.peer.unwrap_or(-1), a.op));
     }
     // Still non-blocking: a coordinator that is not reading must not hold up `halt`.
-    let _ = s.write_all(b"bye\n");
+    s.send("bye");
+}
+
+/// Says, once per connection and then at every tenfold, that lines which failed their check were
+/// dropped (a stranger writing into the connection; nothing of it was acted on). Returns the
+/// count told so far.
+fn tell_rejected(rank: usize, other: usize, rejected: u64, told: u64) -> u64 {
+    if rejected > told && (told == 0 || rejected >= told * 10) {
+        eprintln!(
+            "phalanx watchdog: rank {rank} dropped {rejected} message(s) on its connection with rank {other} that failed \
+             their authentication (not sent by the job's watchdog; ignored)"
+        );
+        return rejected;
+    }
+    told
 }
 
 fn describe(op: &str, peer: i32) -> String {
@@ -455,7 +406,7 @@ fn describe(op: &str, peer: i32) -> String {
 /// A rank other than 0 ends the job because the coordinator stopped answering (`dying`: its
 /// process has ended). A stopped rank 0 that is continued (as `mpirun` does before it kills) is
 /// told to leave quietly.
-fn report_coordinator(s: &mut TcpStream, rank: i32, a: &Activity, what: &str, dying: bool) -> ! {
+fn report_coordinator(s: &mut Channel, rank: i32, a: &Activity, what: &str, dying: bool) -> ! {
     // One write, so that the reports of several ranks do not interleave.
     eprint!(
         "phalanx watchdog: rank {rank} (host {}, pid {}, now {}) lost the coordinator:\n  {what}\n\
@@ -464,30 +415,30 @@ fn report_coordinator(s: &mut TcpStream, rank: i32, a: &Activity, what: &str, dy
         std::process::id(),
         describe(a.op, a.peer.unwrap_or(-1)),
     );
-    let _ = s.write_all(b"abort\n");
+    s.send("abort");
     end_job(dying)
 }
 
 /// Rank 0: collects heartbeats, watches everyone (itself included), answers each rank every tick
 /// so that they can watch it in turn, reports and aborts.
-fn coordinate(accepted: Accepted, host: String, limit: Duration, done: &AtomicBool) {
+fn coordinate(accepted: Vec<Option<Joined>>, host: String, limit: Duration, done: &AtomicBool) {
     let now = Instant::now();
-    let deputy = accepted.iter().position(|a| a.as_ref().is_some_and(|(_, h, _)| *h != host)).unwrap_or(1);
-    let hello = format!("hi {host} {} {deputy}\n", std::process::id());
+    let deputy = accepted.iter().position(|a| a.as_ref().is_some_and(|j| j.host != host)).unwrap_or(1);
+    let hello = format!("hi {host} {} {deputy}", std::process::id());
     let blank =
         Peer { host, pid: std::process::id(), act: (0, String::new(), -1), heard: now, changed: now, gone: false };
     let mut peers = vec![blank; accepted.len()];
-    let mut conns: Vec<Option<TcpStream>> = Vec::new();
+    let mut conns: Vec<Option<Channel>> = Vec::new();
     for (p, a) in peers.iter_mut().zip(accepted) {
-        if let Some((mut s, host, pid)) = a {
+        if let Some(Joined { mut chan, host, pid }) = a {
             (p.host, p.pid) = (host, pid);
-            let _ = s.write_all(hello.as_bytes());
-            conns.push(Some(s));
+            chan.send(&hello);
+            conns.push(Some(chan));
         } else {
             conns.push(None); // rank 0 itself
         }
     }
-    let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); conns.len()];
+    let mut told = vec![0u64; conns.len()];
     let mut lines = Vec::new();
     let mut clock = Clock { last: now, limit };
     loop {
@@ -505,7 +456,8 @@ fn coordinate(accepted: Accepted, host: String, limit: Duration, done: &AtomicBo
         update(&mut peers[0], a.count, a.op.to_string(), a.peer.unwrap_or(-1), now);
         for (r, c) in conns.iter_mut().enumerate() {
             let Some(s) = c else { continue };
-            let got = read_lines(s, &mut bufs[r], &mut lines);
+            let got = s.recv(&mut lines);
+            told[r] = tell_rejected(0, r, s.rejected, told[r]);
             for line in lines.drain(..) {
                 if line == "bye" {
                     peers[r].gone = true;
@@ -527,7 +479,7 @@ fn coordinate(accepted: Accepted, host: String, limit: Duration, done: &AtomicBo
                 }
             } else if !peers[r].gone {
                 // As with the beats: a full socket drops this answer.
-                let _ = s.write_all(b"ok\n");
+                s.send("ok");
             }
         }
         let stuck = peers.iter().any(|p| !p.gone && (now - p.changed > limit || now - p.heard > limit));
@@ -536,16 +488,16 @@ fn coordinate(accepted: Accepted, host: String, limit: Duration, done: &AtomicBo
         }
     }
     for s in conns.iter_mut().flatten() {
-        let _ = s.write_all(b"bye\n"); // non-blocking, as above
+        s.send("bye"); // non-blocking, as above
     }
 }
 
 /// Rank 0: prints the report, tells the other ranks not to report the coordinator's end in
 /// turn, and ends the job.
-fn end_all(conns: &mut [Option<TcpStream>], report: &str, dying: bool) -> ! {
+fn end_all(conns: &mut [Option<Channel>], report: &str, dying: bool) -> ! {
     eprintln!("{report}\nphalanx watchdog: aborting the job (exit code {EXIT_CODE})");
     for s in conns.iter_mut().flatten() {
-        let _ = s.write_all(b"abort\n");
+        s.send("abort");
     }
     end_job(dying)
 }
