@@ -321,8 +321,8 @@ pub(crate) fn finalize() {
 /// Ends every process of the job. Never returns.
 pub(crate) fn abort(code: c_int) -> ! {
     if initialized() && !finalized() {
-        // SAFETY: MPI is initialised and not finalised; MPI_Abort on MPI_COMM_WORLD may be called from
-        // any thread and does not return.
+        // SAFETY: MPI is initialised and not finalised, and the caller (runtime::abort_job) calls
+        // this only from a thread the thread level allows to call MPI; MPI_Abort does not return.
         unsafe { sys::MPI_Abort(comm_world(), code) };
     }
     std::process::exit(code)

@@ -7,7 +7,12 @@
 //! - `phalanx::run` aborts the job at once with exit code 3 and the error's message;
 //! - a clean run through either path exits 0;
 //! - a communicator used after the runtime was dropped returns a clear error (it used to call into
-//!   a finalised MPI, which Open MPI answers by aborting the process).
+//!   a finalised MPI, which Open MPI answers by aborting the process);
+//! - a panic on a rayon worker, and the watchdog ending a deadlocked job, under the default thread
+//!   level (`Funneled`) end the job without calling `MPI_Abort` from a thread other than the main
+//!   one (which the MPI standard forbids there); at `Multiple` they still use `MPI_Abort`. A PMPI
+//!   shim loaded into the ranks (`tests/shim/abort_thread.c`) reports from which thread
+//!   `MPI_Abort` is called: Open MPI 4.1 itself does not show the violation.
 //!
 //! The program is its own MPI job: started with `PHALANX_END_MODE` set, it is a rank; without it,
 //! it launches itself (through `ci/mpi run`) for each case. Plain `harness = false` program.
@@ -17,7 +22,12 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use phalanx::ThreadLevel;
+
 const MODE: &str = "PHALANX_END_MODE";
+/// The PMPI shim each rank loads (by re-executing itself with `LD_PRELOAD`): set for the cases
+/// about the thread that aborts.
+const SHIM: &str = "PHALANX_END_SHIM";
 
 fn body(rt: &phalanx::Runtime, fail: bool) -> phalanx::Result<()> {
     let world = rt.world();
@@ -62,6 +72,30 @@ fn child(mode: &str) -> std::process::ExitCode {
             println!("after drop: {e} / {e2}");
             std::process::ExitCode::SUCCESS
         }
+        "worker-panic" | "worker-panic-multiple" => {
+            let level = if mode == "worker-panic" { ThreadLevel::Funneled } else { ThreadLevel::Multiple };
+            let rt = phalanx::Runtime::builder().thread_level(level).init().expect("init");
+            let world = rt.world();
+            if world.rank() == 1 {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+                pool.install(|| {
+                    assert_ne!(std::thread::current().name(), Some("main"));
+                    panic!("a rayon worker panics on purpose");
+                });
+            }
+            world.barrier().expect("barrier");
+            std::process::ExitCode::SUCCESS
+        }
+        "watchdog-deadlock" => {
+            let rt = phalanx::init().expect("init");
+            let world = rt.world();
+            let _dog = phalanx::services::watchdog::Watchdog::start(&world, Duration::from_secs(1)).expect("watchdog");
+            if world.rank() == 1 {
+                let _ = world.recv_one::<u64>(0, 9);
+            }
+            world.barrier().expect("barrier");
+            std::process::ExitCode::SUCCESS
+        }
         "run-fail" => phalanx::run(|rt| body(rt, true)),
         "run-ok" => phalanx::run(|rt| body(rt, false)),
         _ => panic!("unknown {MODE} {mode}"),
@@ -70,6 +104,10 @@ fn child(mode: &str) -> std::process::ExitCode {
 
 struct Case {
     mode: &'static str,
+    /// Run with the PMPI shim that reports the thread calling `MPI_Abort`.
+    shim: bool,
+    /// Texts that must not be in the output.
+    absent: &'static [&'static str],
     /// The expected exit code (None: any non-zero) and texts in the output.
     code: Option<i32>,
     nonzero: bool,
@@ -77,13 +115,73 @@ struct Case {
     within: Duration,
 }
 
+/// What the shim prints when `MPI_Abort` comes from a thread that may not call MPI.
+const VIOLATION: &str = "PMPI-SHIM VIOLATION";
+
+/// Builds `tests/shim/abort_thread.c` with the MPI's own `mpicc` (the MPI `PHALANX_MPI` names).
+fn build_shim() -> Result<std::path::PathBuf, String> {
+    let root = common::root();
+    let mpicc = Command::new(root.join("ci/mpi")).args(["bin", "mpicc"]).output().map_err(|e| e.to_string())?;
+    let mpicc = String::from_utf8_lossy(&mpicc.stdout).trim().to_string();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = exe.with_file_name(format!("end_of_run-abort-shim-{}.so", std::process::id()));
+    let o = Command::new(&mpicc)
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&out)
+        .arg(root.join("tests/shim/abort_thread.c"))
+        .output()
+        .map_err(|e| format!("{mpicc}: {e}"))?;
+    if !o.status.success() {
+        return Err(format!("{mpicc} failed: {}", String::from_utf8_lossy(&o.stderr)));
+    }
+    Ok(out)
+}
+
 fn main() -> std::process::ExitCode {
     if let Ok(mode) = std::env::var(MODE) {
+        if let Ok(shim) = std::env::var(SHIM) {
+            if std::env::var_os("LD_PRELOAD").is_none() {
+                // Load the shim into this rank only (not into the launcher): run this program again.
+                use std::os::unix::process::CommandExt;
+                let e = Command::new(std::env::current_exe().expect("current_exe")).env("LD_PRELOAD", shim).exec();
+                panic!("cannot re-execute with the shim: {e}");
+            }
+        }
         return child(&mode);
     }
     let exe = std::env::current_exe().expect("current_exe");
+    let shim = build_shim();
     let cases = [
         Case {
+            mode: "worker-panic",
+            shim: true,
+            code: None,
+            nonzero: true,
+            texts: &["a rayon worker panics on purpose", "ending this process with exit code 101"],
+            absent: &[VIOLATION, "PMPI-SHIM: MPI_Abort called"],
+            within: Duration::from_secs(10),
+        },
+        Case {
+            mode: "worker-panic-multiple",
+            shim: true,
+            code: None,
+            nonzero: true,
+            texts: &["a rayon worker panics on purpose", "PMPI-SHIM: MPI_Abort called (main thread: no"],
+            absent: &[VIOLATION],
+            within: Duration::from_secs(10),
+        },
+        Case {
+            mode: "watchdog-deadlock",
+            shim: true,
+            code: Some(124),
+            nonzero: true,
+            texts: &["phalanx watchdog", "in \"recv\" with rank 0", "ending this process with exit code 124"],
+            absent: &[VIOLATION, "PMPI-SHIM: MPI_Abort called"],
+            within: Duration::from_secs(10),
+        },
+        Case {
+            shim: false,
+            absent: &[],
             mode: "plain-fail",
             code: None,
             nonzero: true,
@@ -91,6 +189,8 @@ fn main() -> std::process::ExitCode {
             within: Duration::from_secs(10),
         },
         Case {
+            shim: false,
+            absent: &[],
             mode: "run-fail",
             code: Some(3),
             nonzero: true,
@@ -98,14 +198,26 @@ fn main() -> std::process::ExitCode {
             within: Duration::from_secs(10),
         },
         Case {
+            shim: false,
+            absent: &[],
             mode: "plain-ok",
             code: Some(0),
             nonzero: false,
             texts: &["clean end"],
             within: Duration::from_secs(60),
         },
-        Case { mode: "run-ok", code: Some(0), nonzero: false, texts: &["clean end"], within: Duration::from_secs(60) },
         Case {
+            shim: false,
+            absent: &[],
+            mode: "run-ok",
+            code: Some(0),
+            nonzero: false,
+            texts: &["clean end"],
+            within: Duration::from_secs(60),
+        },
+        Case {
+            shim: false,
+            absent: &[],
             mode: "use-after-drop",
             code: Some(0),
             nonzero: false,
@@ -115,8 +227,20 @@ fn main() -> std::process::ExitCode {
     ];
     let (mut passed, mut failed) = (0, 0);
     for c in &cases {
-        let mut cmd: Command = common::launcher(3, &[MODE, "PHALANX_FINALIZE_TIMEOUT"]);
+        let mut cmd: Command = common::launcher(3, &[MODE, "PHALANX_FINALIZE_TIMEOUT", SHIM]);
         cmd.arg(&exe).env(MODE, c.mode).env("PHALANX_FINALIZE_TIMEOUT", "2");
+        if c.shim {
+            match &shim {
+                Ok(path) => {
+                    cmd.env(SHIM, path);
+                }
+                Err(why) => {
+                    failed += 1;
+                    println!("end_of_run: {} at 3 ranks ... FAILED: cannot build the PMPI shim: {why}", c.mode);
+                    continue;
+                }
+            }
+        }
         let t = Instant::now();
         // The harness limit is far above the budget: a hang shows as a failure, not a stuck test.
         let o = common::run(&mut cmd, Duration::from_secs(120));
@@ -136,6 +260,11 @@ fn main() -> std::process::ExitCode {
         for x in c.texts {
             if !out.contains(x) {
                 why.push(format!("no {x:?} in the output"));
+            }
+        }
+        for x in c.absent {
+            if out.contains(x) {
+                why.push(format!("{x:?} in the output"));
             }
         }
         if why.is_empty() {

@@ -6,7 +6,9 @@
 //! peers wait in a collective leaves them waiting forever (rsmpi's `Universe` does exactly that). phalanx
 //! installs a panic hook that prints the message with the rank and calls `MPI_Abort` on
 //! `MPI_COMM_WORLD`, so the launcher tears down every rank within seconds and the job exits non-zero.
-//! A panic inside a rayon worker takes the same path.
+//! A panic inside a rayon worker takes the same path, except that below `ThreadLevel::Multiple` a
+//! thread other than the one that initialised MPI may not call `MPI_Abort`: it ends its own process
+//! with `_exit` and the launcher ends the others (see [`abort_job`]).
 //!
 //! Errors that are *values* ([`crate::Error`]) do not abort: the caller decides.
 //!
@@ -139,6 +141,8 @@ impl RuntimeBuilder {
         library::check_before_init(&launch)?;
         let provided = ThreadLevel::from_raw(ffi::init_thread(self.level.to_raw())?);
         INITIALISED_BY_US.store(true, Ordering::SeqCst);
+        PROVIDED.store(provided.to_raw(), Ordering::SeqCst);
+        MPI_MAIN.with(|m| m.set(true));
         let world = ffi::comm_world();
         ffi::set_errors_return(world);
         let world_rank = ffi::comm_rank(world);
@@ -372,19 +376,57 @@ pub fn world_rank() -> Option<i32> {
     (r >= 0).then_some(r)
 }
 
-/// Ends every process of the job with exit code `code` (`MPI_Abort` on `MPI_COMM_WORLD`), or this
-/// process alone if MPI is not running.
+/// Ends every process of the job with exit code `code`, or this process alone if MPI is not
+/// running.
+///
+/// From a thread that may call MPI (any thread at [`ThreadLevel::Multiple`]; at the lower levels,
+/// the thread that initialised MPI) this is `MPI_Abort` on `MPI_COMM_WORLD`. Any other thread (the
+/// watchdog's, a rayon worker that panicked) may not call MPI at all under `Funneled`, and under
+/// `Serialized` not while the main thread is inside MPI, which is where a stuck job's main thread
+/// is: there, the process says so and ends itself with `_exit(code)`, and the launcher ends the
+/// other ranks because one ended without `MPI_Finalize` (`mpirun` and `mpiexec` always do; `srun`
+/// only with `-K`/`--kill-on-bad-exit`, which the Slurm scripts pass).
 pub fn abort_job(code: i32) -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    let running = ffi::initialized() && !ffi::finalized();
+    let mpi_here = running && may_call_mpi_here();
+    if running && !mpi_here {
+        let level = ThreadLevel::from_raw(PROVIDED.load(Ordering::Relaxed));
+        eprintln!(
+            "phalanx: rank {}: ending this process with exit code {code}; the launcher ends the other ranks \
+             (MPI_Abort may not be called from this thread at thread level {level:?})",
+            WORLD_RANK.load(Ordering::Relaxed)
+        );
+    }
     let _ = std::io::stderr().flush();
-    if ffi::initialized() && !ffi::finalized() {
+    if running {
         // MPI_Abort makes the launcher kill every rank at once, and MPICH's hydra then drops what
         // it had not yet forwarded from the ranks' pipes: the error that explains the abort was lost
         // in 2 of 6 runs of examples_cli's checkpoint case. A moment lets the last lines through.
         std::thread::sleep(ABORT_FLUSH);
     }
+    if running && !mpi_here {
+        // SAFETY: _exit has no preconditions; it ends the process at once without running atexit
+        // handlers or destructors (the MPI library's among them), which is what we want here.
+        unsafe { libc::_exit(code) }
+    }
     ffi::abort(code)
+}
+
+/// The thread level MPI provided, as [`ThreadLevel::to_raw`] gives it.
+static PROVIDED: AtomicI32 = AtomicI32::new(0);
+
+thread_local! {
+    /// Set on the thread that initialised MPI.
+    static MPI_MAIN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread may call MPI while another thread may be inside it: any thread at
+/// `Multiple`, else only the thread that initialised MPI (the "main" thread of the MPI standard).
+pub(crate) fn may_call_mpi_here() -> bool {
+    ThreadLevel::from_raw(PROVIDED.load(Ordering::Relaxed)) == ThreadLevel::Multiple
+        || MPI_MAIN.try_with(std::cell::Cell::get).unwrap_or(false)
 }
 
 /// How long [`abort_job`] waits for the launcher to forward this rank's last output.
@@ -398,7 +440,7 @@ fn install_abort_hook() {
             previous(info);
             if ffi::initialized() && !ffi::finalized() && INITIALISED_BY_US.load(Ordering::SeqCst) {
                 let rank = WORLD_RANK.load(Ordering::Relaxed);
-                eprintln!("phalanx: rank {rank} panicked; aborting every rank of the job (MPI_Abort)");
+                eprintln!("phalanx: rank {rank} panicked; ending every rank of the job");
                 abort_job(101);
             }
         }));

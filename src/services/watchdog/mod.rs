@@ -6,7 +6,9 @@
 //! watchdog of rank 0, the *coordinator*, which answers every rank at the same pace. When any
 //! rank's counter has not moved, or its heartbeats have stopped, for longer than the limit, the
 //! coordinator prints a table of the stuck ranks (host, pid, operation, peer, how long) and ends
-//! the job with `MPI_Abort` (exit code [`EXIT_CODE`]). The other ranks watch the coordinator in
+//! the job (exit code [`EXIT_CODE`]: `MPI_Abort` at `ThreadLevel::Multiple`; below it, where the
+//! watchdog's thread may not call MPI, `_exit` and the launcher ends the others, see
+//! [`crate::runtime::abort_job`]). The other ranks watch the coordinator in
 //! turn: when its answers stop for longer than the limit (rank 0 stopped, or its node gone) they
 //! report it and abort the job themselves. A connection that closes without a goodbye means its
 //! process ended with the watchdog running (killed, or crashed): the job is aborted at once rather
