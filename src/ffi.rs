@@ -996,10 +996,15 @@ pub(crate) struct OwnedDatatype(pub(crate) MPI_Datatype);
 
 impl OwnedDatatype {
     pub(crate) fn contiguous_bytes(bytes: usize, op: &'static str, rank: i32) -> Result<Self> {
-        let n = to_count(bytes, 1, op, rank)?;
+        Self::contiguous(bytes, byte_type(), op, rank)
+    }
+
+    /// `n` consecutive elements of the predefined datatype `base`, as a new committed datatype.
+    pub(crate) fn contiguous(n: usize, base: MPI_Datatype, op: &'static str, rank: i32) -> Result<Self> {
+        let n = to_count(n, 1, op, rank)?;
         let mut dt = MaybeUninit::<MPI_Datatype>::uninit();
         // SAFETY: `dt` is a valid out-pointer; the base type is predefined.
-        check(unsafe { sys::MPI_Type_contiguous(n, byte_type(), dt.as_mut_ptr()) }, op, rank)?;
+        check(unsafe { sys::MPI_Type_contiguous(n, base, dt.as_mut_ptr()) }, op, rank)?;
         // SAFETY: success means `dt` was written.
         let mut dt = unsafe { dt.assume_init() };
         // SAFETY: `dt` is a freshly created, uncommitted datatype.

@@ -118,39 +118,13 @@ struct Case {
 /// What the shim prints when `MPI_Abort` comes from a thread that may not call MPI.
 const VIOLATION: &str = "PMPI-SHIM VIOLATION";
 
-/// Builds `tests/shim/abort_thread.c` with the MPI's own `mpicc` (the MPI `PHALANX_MPI` names).
-fn build_shim() -> Result<std::path::PathBuf, String> {
-    let root = common::root();
-    let mpicc = Command::new(root.join("ci/mpi")).args(["bin", "mpicc"]).output().map_err(|e| e.to_string())?;
-    let mpicc = String::from_utf8_lossy(&mpicc.stdout).trim().to_string();
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = exe.with_file_name(format!("end_of_run-abort-shim-{}.so", std::process::id()));
-    let o = Command::new(&mpicc)
-        .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(&out)
-        .arg(root.join("tests/shim/abort_thread.c"))
-        .output()
-        .map_err(|e| format!("{mpicc}: {e}"))?;
-    if !o.status.success() {
-        return Err(format!("{mpicc} failed: {}", String::from_utf8_lossy(&o.stderr)));
-    }
-    Ok(out)
-}
-
 fn main() -> std::process::ExitCode {
     if let Ok(mode) = std::env::var(MODE) {
-        if let Ok(shim) = std::env::var(SHIM) {
-            if std::env::var_os("LD_PRELOAD").is_none() {
-                // Load the shim into this rank only (not into the launcher): run this program again.
-                use std::os::unix::process::CommandExt;
-                let e = Command::new(std::env::current_exe().expect("current_exe")).env("LD_PRELOAD", shim).exec();
-                panic!("cannot re-execute with the shim: {e}");
-            }
-        }
+        common::preload_shim(SHIM);
         return child(&mode);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let shim = build_shim();
+    let shim = common::build_shim("abort_thread");
     let cases = [
         Case {
             mode: "worker-panic",

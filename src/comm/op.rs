@@ -1,14 +1,17 @@
 //! Reduction operations (MPI-4.1 section 6.9): the predefined ones, and user closures on `Pod` types.
 //!
 //! # User closures
-//! `MPI_Op_create` takes a bare C function without a context pointer. phalanx passes the closure
-//! through a thread-local slot that is set for the duration of one *blocking* reduction: MPI calls
-//! the user function from inside that call, on the calling thread (Open MPI and MPICH both do, and
-//! the standard gives a blocking reduction no other thread to run it on). Closures are therefore
-//! offered for blocking reductions only, never for `MPI_Iallreduce`.
+//! `MPI_Op_create` takes a bare C function without a context pointer; the one argument that tells
+//! one reduction from another is the datatype MPI hands to it. So every closure reduction gets a
+//! datatype of its own (a committed `MPI_Type_contiguous` of one element), and a process-wide
+//! table lends the closure to that datatype for the duration of the *blocking* call. The trampoline
+//! finds the closure by the datatype it is given, on whichever thread MPI runs it (an MPI whose
+//! progress thread runs reduction steps, or two threads reducing at once under `SharedComm`).
+//! Closures are offered for blocking reductions only, never for `MPI_Iallreduce`: the closure is
+//! borrowed for the call.
 
-use std::cell::Cell;
 use std::ffi::{c_int, c_void};
+use std::sync::Mutex;
 
 use bytemuck::{Pod, Zeroable};
 
@@ -125,12 +128,43 @@ unsafe impl<T: Pod> Pod for PackedLoc<T> {}
 // Closure trampoline
 // ---------------------------------------------------------------------------------------------
 
-/// The erased closure currently lent to MPI: a pointer to the closure and the monomorphised function
-/// that knows its type and the element type.
-type Erased = (*const (), unsafe fn(*const (), *const u8, *mut u8, usize));
+/// An erased closure lent to MPI: a pointer to the closure and the monomorphised function that
+/// knows its type and the element type.
+#[derive(Clone, Copy)]
+struct Erased(*const (), unsafe fn(*const (), *const u8, *mut u8, usize));
 
-thread_local! {
-    static CURRENT: Cell<Option<Erased>> = const { Cell::new(None) };
+// SAFETY: the closure behind the pointer is only called while the reduction that lent it is in
+// progress (it is removed from the table before `with_closure` returns); closures passed to the
+// reductions are `Fn` and shared by reference, and the reductions are blocking calls whose caller
+// waits, so calling it from MPI's thread is calling it through a shared borrow.
+unsafe impl Send for Erased {}
+
+/// The closures lent to MPI, by the key of the datatype made for their reduction.
+static LENT: Mutex<Vec<(u64, Erased)>> = Mutex::new(Vec::new());
+
+/// A datatype handle as a number (Open MPI's are pointers, MPICH's integers).
+fn key(dt: MPI_Datatype) -> u64 {
+    let mut k = 0u64;
+    let n = std::mem::size_of::<MPI_Datatype>().min(8);
+    // SAFETY: copies the first `n <= 8` bytes of a live handle into a u64; both are plain data.
+    unsafe {
+        std::ptr::copy_nonoverlapping((&dt as *const MPI_Datatype).cast::<u8>(), (&mut k as *mut u64).cast::<u8>(), n)
+    };
+    k
+}
+
+fn lent() -> std::sync::MutexGuard<'static, Vec<(u64, Erased)>> {
+    // A panic while the lock is held cannot leave the table half-changed (push and remove only).
+    LENT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes a lent closure when its reduction ends, also when the reduction unwinds.
+struct Lending(u64);
+
+impl Drop for Lending {
+    fn drop(&mut self) {
+        lent().retain(|(k, _)| *k != self.0);
+    }
 }
 
 /// Applies `f` element-wise: `inout[i] = f(in[i], inout[i])` (the MPI order: `in` is the left operand).
@@ -153,14 +187,18 @@ unsafe fn apply<T: Pod, F: Fn(&T, &T) -> T>(f: *const (), inv: *const u8, inout:
     }
 }
 
-unsafe extern "C" fn trampoline(inv: *mut c_void, inout: *mut c_void, len: *mut c_int, _dt: *mut MPI_Datatype) {
-    let Some((f, call)) = CURRENT.with(Cell::get) else {
-        // Unreachable while phalanx sets the slot around every reduction that uses this op.
+unsafe extern "C" fn trampoline(inv: *mut c_void, inout: *mut c_void, len: *mut c_int, dt: *mut MPI_Datatype) {
+    // SAFETY: MPI passes a valid pointer to the datatype of the reduction it runs.
+    let k = key(unsafe { *dt });
+    let found = lent().iter().find(|(x, _)| *x == k).map(|(_, e)| *e);
+    let Some(Erased(f, call)) = found else {
+        // Unreachable while phalanx lends a closure to every datatype it reduces with this op.
+        eprintln!("phalanx: an MPI reduction called a phalanx closure for a datatype it was not lent to");
         crate::runtime::abort_job(70);
     };
-    // SAFETY: `len` points at MPI's element count for this call; `CURRENT` was set by `with_closure`
-    // on this thread for the duration of the blocking reduction that invoked us, so `f` is live and
-    // `call` matches its type; MPI hands us `len` elements in each buffer.
+    // SAFETY: `len` points at MPI's element count for this call; the table holds `f` only while the
+    // reduction that lent it (the one MPI runs now, the datatype tells) is in progress, so `f` is
+    // live and `call` matches its type; MPI hands us `len` elements in each buffer.
     unsafe { call(f, inv as *const u8, inout as *mut u8, (*len).max(0) as usize) };
 }
 
@@ -171,20 +209,16 @@ pub(crate) fn with_closure<T: Pod, F: Fn(&T, &T) -> T, R>(
     rank: i32,
     body: impl FnOnce(ffi::MPI_Op, MPI_Datatype) -> Result<R>,
 ) -> Result<R> {
-    // Primitive types reduce in their own datatype; anything else as one contiguous block of bytes.
-    let owned_dt;
+    // A datatype of this call's own, so that the trampoline can tell which closure to run: one
+    // element of the primitive type, or one block of bytes for anything else.
     let dt = match Primitive::of::<T>() {
-        Primitive::Bytes => {
-            owned_dt = ffi::OwnedDatatype::contiguous_bytes(std::mem::size_of::<T>(), op, rank)?;
-            owned_dt.0
-        }
-        _ => ffi::layout::<T>().datatype,
+        Primitive::Bytes => ffi::OwnedDatatype::contiguous_bytes(std::mem::size_of::<T>(), op, rank)?,
+        _ => ffi::OwnedDatatype::contiguous(1, ffi::layout::<T>().datatype, op, rank)?,
     };
     // Non-commutative: MPI then combines in rank order, so results do not depend on the algorithm.
     let mpi_op = ffi::OwnedOp::new(trampoline, false, op, rank)?;
-    let erased: Erased = (f as *const F as *const (), apply::<T, F>);
-    let previous = CURRENT.with(|c| c.replace(Some(erased)));
-    let out = body(mpi_op.0, dt);
-    CURRENT.with(|c| c.set(previous));
-    out
+    let k = key(dt.0);
+    lent().push((k, Erased(f as *const F as *const (), apply::<T, F>)));
+    let _lending = Lending(k);
+    body(mpi_op.0, dt.0)
 }

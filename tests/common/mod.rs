@@ -65,3 +65,34 @@ pub(crate) fn alive(pid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).is_some_and(|st| st != "Z" && st != "X")
 }
+
+/// Builds `tests/shim/NAME.c` (a PMPI shim) with the `mpicc` of the MPI `PHALANX_MPI` names, into a
+/// shared library next to the test program.
+pub(crate) fn build_shim(name: &str) -> Result<PathBuf, String> {
+    let root = root();
+    let mpicc = Command::new(root.join("ci/mpi")).args(["bin", "mpicc"]).output().map_err(|e| e.to_string())?;
+    let mpicc = String::from_utf8_lossy(&mpicc.stdout).trim().to_string();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = exe.with_file_name(format!("shim-{name}-{}.so", std::process::id()));
+    let o = Command::new(&mpicc)
+        .args(["-shared", "-fPIC", "-O1", "-pthread", "-o"])
+        .arg(&out)
+        .arg(root.join(format!("tests/shim/{name}.c")))
+        .output()
+        .map_err(|e| format!("{mpicc}: {e}"))?;
+    if !o.status.success() {
+        return Err(format!("{mpicc} failed: {}", String::from_utf8_lossy(&o.stderr)));
+    }
+    Ok(out)
+}
+
+/// In a rank: when the variable `var` names a shim that is not loaded yet, runs this program again
+/// with it in `LD_PRELOAD` (so that the shim is in the ranks only, not in the launcher).
+pub(crate) fn preload_shim(var: &str) {
+    if let (Ok(shim), None) = (std::env::var(var), std::env::var_os("LD_PRELOAD")) {
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().expect("current_exe");
+        let e = Command::new(exe).args(std::env::args_os().skip(1)).env("LD_PRELOAD", &shim).exec();
+        panic!("cannot run this program again with the shim {shim}: {e}");
+    }
+}
