@@ -9,7 +9,13 @@
 //!   the bindings, not from here: mpi-sys's build script does not rerun when `MPICC` changes, so in
 //!   a reused target directory the bindings are the truth about what was compiled;
 //! - `PHALANX_MPI_INCLUDE` / `PHALANX_MPI_LIBDIR`: where the header and library were found (for
-//!   messages).
+//!   messages);
+//! - the cfg `phalanx_ulfm`, with `PHALANX_ERR_PROC_FAILED` / `PHALANX_ERR_REVOKED`: the headers
+//!   declare the ULFM calls (`MPIX_Comm_revoke`, `_shrink`, `_agree`, `_failure_ack`,
+//!   `_failure_get_acked`, in `mpi-ext.h` or a header it includes, which bindgen on `mpi.h` does not
+//!   see) and the values of their error classes. Whether the job can survive a failure is decided
+//!   at run time (src/runtime/ft.rs); without the cfg nothing refers to the MPIX symbols, so an MPI
+//!   without them (Debian's Open MPI 4.1) links as before.
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +40,70 @@ fn main() {
         header.as_deref().and_then(Path::parent).unwrap_or(Path::new("")).display()
     );
     println!("cargo:rustc-env=PHALANX_MPI_LIBDIR={}", libdir.display());
+    println!("cargo:rustc-check-cfg=cfg(phalanx_ulfm)");
+    if let Some(dir) = header.as_deref().and_then(Path::parent) {
+        if let Some((failed, revoked)) = ulfm(dir) {
+            println!("cargo:rustc-cfg=phalanx_ulfm");
+            println!("cargo:rustc-env=PHALANX_ERR_PROC_FAILED={failed}");
+            println!("cargo:rustc-env=PHALANX_ERR_REVOKED={revoked}");
+            if let Some(pending) = define_value(&headers(dir), "MPIX_ERR_PROC_FAILED_PENDING") {
+                println!("cargo:rustc-env=PHALANX_ERR_PROC_FAILED_PENDING={pending}");
+            }
+        }
+    }
+}
+
+/// The ULFM calls phalanx uses.
+const ULFM_CALLS: [&str; 5] =
+    ["MPIX_Comm_revoke", "MPIX_Comm_shrink", "MPIX_Comm_agree", "MPIX_Comm_failure_ack", "MPIX_Comm_failure_get_acked"];
+
+/// When the headers in `dir` (`mpi.h`, `mpi-ext.h` and the headers below `dir`) declare every call
+/// of [`ULFM_CALLS`] and define both error classes: their values (process failed, revoked).
+fn ulfm(dir: &Path) -> Option<(i64, i64)> {
+    let text = headers(dir);
+    if !ULFM_CALLS.iter().all(|c| text.contains(&format!("{c}("))) {
+        return None;
+    }
+    Some((define_value(&text, "MPIX_ERR_PROC_FAILED")?, define_value(&text, "MPIX_ERR_REVOKED")?))
+}
+
+/// The text of the MPI headers in `dir`: its `mpi*.h` files (`mpi.h`, `mpi-ext.h`, MPICH's
+/// `mpi_proto.h`) and Open MPI's extension headers (`openmpi/mpiext/*.h`, `mpiext/*.h`). Not every
+/// header below `dir`: that may be `/usr/include`.
+fn headers(dir: &Path) -> String {
+    let mut text = String::new();
+    for d in [dir.to_path_buf(), dir.join("openmpi/mpiext"), dir.join("mpiext")] {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours = d != dir || name.starts_with("mpi");
+            if ours && name.ends_with(".h") && p.is_file() {
+                text.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+                text.push('\n');
+            }
+        }
+    }
+    text
+}
+
+/// The integer a macro expands to, following other macros and `A+B` sums (MPICH writes
+/// `MPICH_ERR_FIRST_MPIX+1`, Open MPI `MPI_ERR_PROC_FAILED`).
+fn define_value(text: &str, name: &str) -> Option<i64> {
+    let body = text.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next() == Some("#define") && w.next() == Some(name)).then(|| {
+            let rest: String = w.collect::<Vec<_>>().join(" ");
+            rest.split("/*").next().unwrap_or("").trim().to_string()
+        })
+    })?;
+    let body = body.trim_start_matches('(').trim_end_matches(')');
+    body.split('+')
+        .map(|t| {
+            let t = t.trim();
+            t.parse::<i64>().ok().or_else(|| if t == name { None } else { define_value(text, t) })
+        })
+        .sum()
 }
 
 /// The cfg value for the family whose version macros an `mpi.h` defines (the version itself is

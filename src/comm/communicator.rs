@@ -117,6 +117,9 @@ impl Runtime {
 impl Comm {
     fn wrap(raw: MPI_Comm, owned: bool, level: ThreadLevel) -> Comm {
         ffi::set_errors_return(raw);
+        if owned && crate::runtime::ft::fault_tolerant() {
+            ffi::ulfm::created(raw);
+        }
         Comm {
             raw,
             rank: ffi::comm_rank(raw),
@@ -225,6 +228,69 @@ impl Comm {
         let c = Comm::wrap(raw, true, self.level);
         c.set_check_mode(self.check_mode());
         Ok(c)
+    }
+
+    /// Revokes this communicator (ULFM's `MPIX_Comm_revoke`): every operation pending or later
+    /// posted on it, on every rank, fails with [`ErrorKind::Revoked`]. The way one rank that noticed
+    /// a failure makes every rank stop and recover, also those blocked with live peers.
+    ///
+    /// Local (its effect reaches every rank).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Runtime`] when the MPI library has no ULFM.
+    #[doc(alias = "MPIX_Comm_revoke")]
+    pub fn revoke(&self) -> Result<()> {
+        let _busy = self.begin("revoke")?;
+        ffi::ulfm::revoke(self.raw, self.rank)
+    }
+
+    /// A new communicator of the ranks that have not failed (ULFM's `MPIX_Comm_shrink`), in the
+    /// same order. Works on a revoked communicator.
+    ///
+    /// Collective over the survivors.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Runtime`] when the MPI library has no ULFM; MPI errors.
+    #[doc(alias = "MPIX_Comm_shrink")]
+    pub fn shrink(&self) -> Result<Comm> {
+        let _busy = self.begin("shrink")?;
+        let raw = ffi::ulfm::shrink(self.raw, self.rank)?;
+        let c = Comm::wrap(raw, true, self.level);
+        c.set_check_mode(self.check_mode());
+        Ok(c)
+    }
+
+    /// Fault-tolerant agreement (ULFM's `MPIX_Comm_agree`): whether `flag` holds on every
+    /// surviving rank, the same answer on each even when ranks fail during the call. Works on a
+    /// revoked communicator. Also returns whether a failure was noticed during the call that this
+    /// rank had not seen before ([`Comm::failed_ranks`] names the ranks).
+    ///
+    /// Collective over the survivors.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Runtime`] when the MPI library has no ULFM; MPI errors other than a failure.
+    #[doc(alias = "MPIX_Comm_agree")]
+    pub fn agree_all(&self, flag: bool) -> Result<(bool, bool)> {
+        let _busy = self.begin("agree")?;
+        let (f, r) = ffi::ulfm::agree(self.raw, i32::from(flag), self.rank);
+        match r {
+            Ok(()) => Ok((f != 0, false)),
+            Err(e) if e.kind() == ErrorKind::ProcessFailed => Ok((f != 0, true)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The ranks of this communicator whose failure this rank has noticed so far (ULFM's
+    /// `MPIX_Comm_failure_ack` and `_get_acked`), in increasing order. Acknowledging them lets
+    /// wildcard receives and [`Comm::agree_all`] go on.
+    ///
+    /// Local.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Runtime`] when the MPI library has no ULFM.
+    pub fn failed_ranks(&self) -> Result<Vec<i32>> {
+        let _busy = self.begin("failed_ranks")?;
+        ffi::ulfm::failed_ranks(self.raw, self.rank)
     }
 
     /// Splits into sub-communicators: ranks with the same `color` end up together, ordered by `key`
@@ -413,6 +479,9 @@ impl Comm {
 impl Drop for Comm {
     fn drop(&mut self) {
         if self.owned && !ffi::finalized() {
+            if crate::runtime::ft::fault_tolerant() {
+                ffi::ulfm::freed(self.raw);
+            }
             ffi::comm_free(&mut self.raw);
         }
     }

@@ -26,6 +26,7 @@
 //!   printed `main`'s error, so the launcher ends the others.
 
 pub(crate) mod activity;
+pub mod ft;
 mod level;
 mod library;
 pub(crate) mod orphans;
@@ -50,6 +51,8 @@ use crate::ffi;
 static INITIALISED_BY_US: AtomicBool = AtomicBool::new(false);
 /// Set when the [`Runtime`] is dropped: MPI is finalised (or abandoned), no call may reach it.
 static ENDED: AtomicBool = AtomicBool::new(false);
+/// Set when the run ended with processes lost (fault-tolerant mode): MPI is not finalised.
+static SURVIVORS_ONLY: AtomicBool = AtomicBool::new(false);
 
 /// Whether the runtime has ended (dropped): communicators check it before every MPI call, so that
 /// a `Comm` used after `drop(rt)` is an error instead of a call into a finalised MPI.
@@ -80,11 +83,12 @@ pub struct Runtime {
 #[derive(Clone, Debug)]
 pub struct RuntimeBuilder {
     level: ThreadLevel,
+    fault_tolerant: bool,
 }
 
 impl Default for RuntimeBuilder {
     fn default() -> Self {
-        Self { level: ThreadLevel::Funneled }
+        Self { level: ThreadLevel::Funneled, fault_tolerant: ft::requested_by_env() }
     }
 }
 
@@ -111,6 +115,16 @@ impl RuntimeBuilder {
     /// once; it costs latency in most MPI libraries, so ask for it only when you use it.
     pub fn thread_level(mut self, level: ThreadLevel) -> Self {
         self.level = level;
+        self
+    }
+
+    /// Asks for fault-tolerant mode (also `PHALANX_FT=1`): the survivors of a failed process get
+    /// [`ErrorKind::ProcessFailed`] / [`ErrorKind::Revoked`] and may recover (see
+    /// [`crate::services::recovery`]) instead of the job ending. On only where the MPI library and the
+    /// launcher can do it ([`ft`] says which); elsewhere `init` says why and the job behaves as
+    /// without it.
+    pub fn fault_tolerant(mut self, on: bool) -> Self {
+        self.fault_tolerant = on;
         self
     }
 
@@ -162,6 +176,7 @@ impl RuntimeBuilder {
                 format!("requested MPI thread level {:?} but the library provides only {:?}", self.level, provided),
             ));
         }
+        ft::decide(self.fault_tolerant, world_rank);
         install_abort_hook();
         let end = ffi::comm_dup(world, world_rank)?;
         Ok(Runtime { level: provided, world_rank, world_size, end, _not_send: PhantomData })
@@ -318,6 +333,16 @@ impl Drop for Runtime {
         ENDED.store(true, Ordering::SeqCst);
         if agreed {
             ffi::comm_free(&mut self.end);
+            if SURVIVORS_ONLY.load(Ordering::SeqCst) {
+                // Open MPI 5.0.11's MPI_Finalize waited forever in 1 of 11 runs whose job had lost
+                // processes; the survivors have agreed that the run is over, so they leave without it
+                // (the launcher in fault-tolerant mode expects processes to end that way).
+                eprintln!(
+                    "phalanx: rank {}: the job lost processes during the run; leaving without MPI_Finalize",
+                    self.world_rank
+                );
+                return;
+            }
             ffi::finalize();
             return;
         }
@@ -338,16 +363,35 @@ impl Runtime {
     /// The end-of-run agreement: a nonblocking barrier on the private communicator, polled until
     /// every rank has started it or `limit` has passed.
     fn every_rank_ended(&self, limit: std::time::Duration) -> bool {
-        let Ok(mut req) = ffi::ibarrier(self.end, "end of run", self.world_rank) else { return false };
+        let mut req = match ffi::ibarrier(self.end, "end of run", self.world_rank) {
+            Ok(r) => r,
+            Err(e) => return self.survivors_ended(&e),
+        };
         let start = std::time::Instant::now();
         loop {
             match ffi::test(&mut req, "end of run", self.world_rank).0 {
                 Ok(true) => return true,
-                Err(_) => return false,
+                Err(e) => return self.survivors_ended(&e),
                 Ok(false) if start.elapsed() >= limit => return false,
                 Ok(false) => std::thread::sleep(std::time::Duration::from_millis(1)),
             }
         }
+    }
+}
+
+impl Runtime {
+    /// In fault-tolerant mode, when the end-of-run barrier failed because processes failed during
+    /// the run (the program recovered from them): the survivors agree instead (revoke, so that
+    /// every survivor's barrier ends too, then `MPIX_Comm_agree`, which does not wait for the dead).
+    fn survivors_ended(&self, e: &Error) -> bool {
+        if !ft::fault_tolerant() || !matches!(e.kind(), ErrorKind::ProcessFailed | ErrorKind::Revoked) {
+            return false;
+        }
+        let _ = ffi::ulfm::revoke(self.end, self.world_rank);
+        let (_, r) = ffi::ulfm::agree(self.end, 1, self.world_rank);
+        let ok = r.is_ok() || r.is_err_and(|e| e.kind() == ErrorKind::ProcessFailed);
+        SURVIVORS_ONLY.store(ok, Ordering::SeqCst);
+        ok
     }
 }
 
@@ -386,16 +430,30 @@ pub fn world_rank() -> Option<i32> {
 /// is: there, the process says so and ends itself with `_exit(code)`, and the launcher ends the
 /// other ranks because one ended without `MPI_Finalize` (`mpirun` and `mpiexec` always do; `srun`
 /// only with `-K`/`--kill-on-bad-exit`, which the Slurm scripts pass).
+///
+/// In fault-tolerant mode ([`ft`]) every rank ends itself this way: Open MPI 5 started with
+/// `--with-ft ulfm` does not end the job reliably on `MPI_Abort`, and treats a rank that ends as a
+/// failed process. A rank that ends with an error is then recovered from like a failed one (see
+/// [`crate::services::recovery`]); an error every survivor reaches (a lost partner copy) ends them all.
 pub fn abort_job(code: i32) -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let running = ffi::initialized() && !ffi::finalized();
-    let mpi_here = running && may_call_mpi_here();
+    // In fault-tolerant mode the launcher does not reliably end the job on MPI_Abort (Open MPI
+    // 5.0.11 with `--with-ft ulfm` left the other ranks running in 1 of 3 runs, and reported exit
+    // status 0 in another): every survivor reaches the same unrecoverable error, so each ends itself.
+    let mpi_here = running && may_call_mpi_here() && !ft::fault_tolerant();
     if running && !mpi_here {
         let level = ThreadLevel::from_raw(PROVIDED.load(Ordering::Relaxed));
+        let why = if ft::fault_tolerant() {
+            "fault-tolerant mode: the other ranks end too when they reach the same error, or recover without \
+             this one"
+                .to_string()
+        } else {
+            format!("the launcher ends the other ranks (MPI_Abort may not be called from this thread at thread level {level:?})")
+        };
         eprintln!(
-            "phalanx: rank {}: ending this process with exit code {code}; the launcher ends the other ranks \
-             (MPI_Abort may not be called from this thread at thread level {level:?})",
+            "phalanx: rank {}: ending this process with exit code {code}; {why}",
             WORLD_RANK.load(Ordering::Relaxed)
         );
     }

@@ -3,7 +3,8 @@
 //!
 //! `PHALANX_FAULT` is `kill:RANK:STEP` (world rank RANK dies when the program reports the start
 //! of step STEP through [`at_step`]) or `kill-in-checkpoint:RANK:STEP` (it dies half-way through
-//! writing its file of the checkpoint generation of step STEP). When `PHALANX_FAULT_STAMP` names a
+//! writing its file of the checkpoint generation of step STEP), or several of them separated by
+//! commas (successive failures in one run, for in-job recovery). When `PHALANX_FAULT_STAMP` names a
 //! file, the dying rank first writes the Unix time in seconds to it, so that a test can measure how
 //! long the rest of the job takes to end.
 
@@ -16,9 +17,14 @@ enum Fault {
     InCheckpoint(usize, u64),
 }
 
-fn configured() -> Option<Fault> {
-    static F: OnceLock<Option<Fault>> = OnceLock::new();
-    *F.get_or_init(|| parse(&std::env::var("PHALANX_FAULT").ok()?))
+fn configured() -> &'static [Fault] {
+    static F: OnceLock<Vec<Fault>> = OnceLock::new();
+    F.get_or_init(|| std::env::var("PHALANX_FAULT").ok().map(|s| parse_all(&s)).unwrap_or_default())
+}
+
+/// Every fault of a comma-separated list; a list with a malformed entry configures none.
+fn parse_all(spec: &str) -> Vec<Fault> {
+    spec.split(',').map(parse).collect::<Option<Vec<_>>>().unwrap_or_default()
 }
 
 fn parse(spec: &str) -> Option<Fault> {
@@ -39,13 +45,13 @@ fn world_rank() -> usize {
 ///
 /// Local.
 pub fn at_step(step: u64) {
-    if configured() == Some(Fault::AtStep(world_rank(), step)) {
+    if configured().contains(&Fault::AtStep(world_rank(), step)) {
         die(&format!("at step {step}"));
     }
 }
 
 pub(crate) fn kill_during_checkpoint(rank: usize, step: u64) -> bool {
-    configured() == Some(Fault::InCheckpoint(rank, step))
+    configured().contains(&Fault::InCheckpoint(rank, step))
 }
 
 pub(crate) fn die(when: &str) -> ! {
@@ -72,5 +78,7 @@ mod tests {
         assert_eq!(parse("kill-in-checkpoint:0:40"), Some(Fault::InCheckpoint(0, 40)));
         assert_eq!(parse("kill:x:3"), None);
         assert_eq!(parse("explode:1:2"), None);
+        assert_eq!(parse_all("kill:1:5,kill:3:12"), vec![Fault::AtStep(1, 5), Fault::AtStep(3, 12)]);
+        assert_eq!(parse_all("kill:1:5,oops"), vec![]);
     }
 }

@@ -244,8 +244,9 @@ fn judge(expect: Expect, r: &JobResult) -> (bool, String) {
     }
     match (expect, &r.outcome) {
         (Expect::AbortWithin(limit), Outcome::Exited(s, t)) => {
-            let ok = !s.success() && *t <= limit && r.output.contains("aborting every rank");
-            (ok, format!("expected a non-zero exit within {limit:?}: {s} after {t:.1?}"))
+            let said = r.output.contains("ending every rank of the job");
+            let ok = !s.success() && *t <= limit && said;
+            (ok, format!("expected a non-zero exit within {limit:?} saying \"ending every rank of the job\": {s} after {t:.1?}, said it: {said}"))
         }
         (Expect::AbortPrinting(limit, texts), Outcome::Exited(s, t)) => {
             let missing: Vec<_> = texts.iter().filter(|x| !r.output.contains(**x)).collect();

@@ -20,6 +20,8 @@ pub(crate) use sys::{MPI_Comm, MPI_Datatype, MPI_Message, MPI_Op, MPI_Request, M
 use crate::error::{Error, ErrorKind, Result};
 use crate::runtime::activity;
 
+pub(crate) mod ulfm;
+
 // ---------------------------------------------------------------------------------------------
 // Handles and constants
 // ---------------------------------------------------------------------------------------------
@@ -270,7 +272,10 @@ fn mpi_error(code: c_int, op: &'static str, rank: i32) -> Error {
     unsafe { sys::MPI_Error_string(code, buf.as_mut_ptr(), &mut len) };
     // SAFETY: the buffer was zeroed and MPI writes at most MPI_MAX_ERROR_STRING bytes, so a NUL exists.
     let text = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned();
+    let is = |c: Option<i32>| c == Some(class);
     let kind = match class as u32 {
+        _ if is(ulfm::ERR_PROC_FAILED) || is(ulfm::ERR_PROC_FAILED_PENDING) => ErrorKind::ProcessFailed,
+        _ if is(ulfm::ERR_REVOKED) => ErrorKind::Revoked,
         sys::MPI_ERR_TRUNCATE => ErrorKind::Truncated,
         sys::MPI_ERR_RANK => ErrorKind::InvalidRank,
         sys::MPI_ERR_ROOT => ErrorKind::InvalidRoot,

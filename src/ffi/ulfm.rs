@@ -1,0 +1,232 @@
+//! The ULFM calls (User-Level Failure Mitigation: `MPIX_Comm_revoke`, `_shrink`, `_agree`,
+//! `_failure_ack`, `_failure_get_acked`) and their error classes.
+//!
+//! They are declared in `mpi-ext.h` (Open MPI) or `mpi_proto.h` (MPICH), which the bindings made
+//! from `mpi.h` do not see, so they are declared here by hand: only when `build.rs` found them in
+//! the headers (cfg `phalanx_ulfm`), so that an MPI without them (Debian's Open MPI 4.1) still links.
+//! Without the cfg every call returns an error saying so.
+
+#![cfg_attr(not(phalanx_ulfm), allow(unused_imports))]
+
+use std::ffi::c_int;
+
+use super::{check, sys, MPI_Comm};
+use crate::error::Result;
+
+/// The error class of a failed process, if this MPI has one.
+pub(crate) const ERR_PROC_FAILED: Option<i32> = parse(option_env!("PHALANX_ERR_PROC_FAILED"));
+/// The error class of a revoked communicator, if this MPI has one.
+pub(crate) const ERR_REVOKED: Option<i32> = parse(option_env!("PHALANX_ERR_REVOKED"));
+/// The error class of a wildcard receive that a failure may have made unmatchable.
+pub(crate) const ERR_PROC_FAILED_PENDING: Option<i32> = parse(option_env!("PHALANX_ERR_PROC_FAILED_PENDING"));
+
+const fn parse(s: Option<&str>) -> Option<i32> {
+    let Some(s) = s else { return None };
+    let b = s.as_bytes();
+    if b.is_empty() {
+        return None;
+    }
+    let mut i = 0;
+    let mut v: i32 = 0;
+    while i < b.len() {
+        if b[i] < b'0' || b[i] > b'9' {
+            return None;
+        }
+        v = v * 10 + (b[i] - b'0') as i32;
+        i += 1;
+    }
+    Some(v)
+}
+
+/// Whether the headers declared the ULFM calls (cfg `phalanx_ulfm`).
+pub(crate) const DECLARED: bool = cfg!(phalanx_ulfm);
+
+#[cfg(phalanx_ulfm)]
+mod decl {
+    use super::{c_int, sys, MPI_Comm};
+    extern "C" {
+        pub(super) fn MPIX_Comm_revoke(comm: MPI_Comm) -> c_int;
+        pub(super) fn MPIX_Comm_shrink(comm: MPI_Comm, newcomm: *mut MPI_Comm) -> c_int;
+        pub(super) fn MPIX_Comm_agree(comm: MPI_Comm, flag: *mut c_int) -> c_int;
+        pub(super) fn MPIX_Comm_failure_ack(comm: MPI_Comm) -> c_int;
+        pub(super) fn MPIX_Comm_failure_get_acked(comm: MPI_Comm, failed: *mut sys::MPI_Group) -> c_int;
+    }
+}
+
+#[cfg(not(phalanx_ulfm))]
+fn missing(op: &'static str, rank: i32) -> crate::error::Error {
+    crate::error::Error::new(
+        crate::error::ErrorKind::Runtime,
+        op,
+        Some(rank),
+        "the MPI library phalanx was built against has no ULFM calls (MPIX_Comm_revoke, MPIX_Comm_shrink, ...)",
+    )
+}
+
+/// `MPIX_Comm_revoke`: every pending and later operation on `comm` fails with "revoked" on every rank.
+pub(crate) fn revoke(comm: MPI_Comm, rank: i32) -> Result<()> {
+    #[cfg(phalanx_ulfm)]
+    {
+        // SAFETY: `comm` is a live communicator handle.
+        check(unsafe { decl::MPIX_Comm_revoke(comm) }, "revoke", rank)
+    }
+    #[cfg(not(phalanx_ulfm))]
+    {
+        let _ = comm;
+        Err(missing("revoke", rank))
+    }
+}
+
+/// `MPIX_Comm_shrink`: a new communicator of the processes of `comm` that have not failed.
+pub(crate) fn shrink(comm: MPI_Comm, rank: i32) -> Result<MPI_Comm> {
+    #[cfg(phalanx_ulfm)]
+    {
+        let mut out = super::comm_null();
+        // SAFETY: `comm` is a live communicator; `out` is a valid out-pointer.
+        check(unsafe { decl::MPIX_Comm_shrink(comm, &mut out) }, "shrink", rank)?;
+        Ok(out)
+    }
+    #[cfg(not(phalanx_ulfm))]
+    {
+        let _ = comm;
+        Err(missing("shrink", rank))
+    }
+}
+
+/// `MPIX_Comm_agree`: the bitwise AND of `flag` over the surviving processes, the same on each.
+/// The value is agreed even when the call reports a failure it had not acknowledged before, so it
+/// is returned with the error code rather than as a `Result`.
+pub(crate) fn agree(comm: MPI_Comm, flag: i32, rank: i32) -> (i32, Result<()>) {
+    #[cfg(phalanx_ulfm)]
+    {
+        let mut f: c_int = flag;
+        // SAFETY: `comm` is a live communicator; `f` is a valid in/out pointer.
+        let rc = unsafe { decl::MPIX_Comm_agree(comm, &mut f) };
+        (f, check(rc, "agree", rank))
+    }
+    #[cfg(not(phalanx_ulfm))]
+    {
+        let _ = (comm, flag);
+        (0, Err(missing("agree", rank)))
+    }
+}
+
+/// The ranks of `comm` whose failure this process has noticed (`MPIX_Comm_failure_ack`, then
+/// `MPIX_Comm_failure_get_acked`, translated to ranks of `comm`), in increasing order.
+pub(crate) fn failed_ranks(comm: MPI_Comm, rank: i32) -> Result<Vec<i32>> {
+    #[cfg(phalanx_ulfm)]
+    {
+        const OP: &str = "failed_ranks";
+        // SAFETY: `comm` is a live communicator.
+        check(unsafe { decl::MPIX_Comm_failure_ack(comm) }, OP, rank)?;
+        let mut failed = MaybeUninitGroup::new();
+        // SAFETY: `comm` is live; the out-pointer is valid.
+        check(unsafe { decl::MPIX_Comm_failure_get_acked(comm, failed.as_mut_ptr()) }, OP, rank)?;
+        let failed = failed.get();
+        let mut all = MaybeUninitGroup::new();
+        // SAFETY: as above.
+        check(unsafe { sys::MPI_Comm_group(comm, all.as_mut_ptr()) }, OP, rank)?;
+        let all = all.get();
+        let mut n: c_int = 0;
+        // SAFETY: `failed` is a group just returned by MPI; `n` is a valid out-pointer.
+        check(unsafe { sys::MPI_Group_size(failed.0, &mut n) }, OP, rank)?;
+        let from: Vec<c_int> = (0..n).collect();
+        let mut to = vec![0 as c_int; n as usize];
+        if n > 0 {
+            // SAFETY: both groups are live; `from` and `to` hold `n` ranks each.
+            let rc = unsafe { sys::MPI_Group_translate_ranks(failed.0, n, from.as_ptr(), all.0, to.as_mut_ptr()) };
+            check(rc, OP, rank)?;
+        }
+        to.sort_unstable();
+        Ok(to)
+    }
+    #[cfg(not(phalanx_ulfm))]
+    {
+        let _ = comm;
+        Err(missing("failed_ranks", rank))
+    }
+}
+
+/// A group handle freed on drop.
+#[cfg(phalanx_ulfm)]
+struct Group(sys::MPI_Group);
+
+#[cfg(phalanx_ulfm)]
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: the group was returned by MPI and is freed once, here.
+        unsafe { sys::MPI_Group_free(&mut self.0) };
+    }
+}
+
+/// An out-parameter for a group.
+#[cfg(phalanx_ulfm)]
+struct MaybeUninitGroup(std::mem::MaybeUninit<sys::MPI_Group>);
+
+#[cfg(phalanx_ulfm)]
+impl MaybeUninitGroup {
+    fn new() -> Self {
+        MaybeUninitGroup(std::mem::MaybeUninit::uninit())
+    }
+    fn as_mut_ptr(&mut self) -> *mut sys::MPI_Group {
+        self.0.as_mut_ptr()
+    }
+    /// After MPI wrote the handle.
+    fn get(self) -> Group {
+        // SAFETY: called only after a successful MPI call wrote the handle.
+        Group(unsafe { self.0.assume_init() })
+    }
+}
+
+/// A communicator handle as a number (Open MPI's are pointers, MPICH's integers), to keep in a
+/// process-wide table.
+fn key(c: MPI_Comm) -> u64 {
+    let mut k = 0u64;
+    let n = std::mem::size_of::<MPI_Comm>().min(8);
+    // SAFETY: copies the first `n <= 8` bytes of a handle (a pointer or an integer) into a u64.
+    unsafe {
+        std::ptr::copy_nonoverlapping((&c as *const MPI_Comm).cast::<u8>(), (&mut k as *mut u64).cast::<u8>(), n)
+    };
+    k
+}
+
+/// The handle [`key`] made `k` from.
+fn handle(k: u64) -> MPI_Comm {
+    let mut c = std::mem::MaybeUninit::<MPI_Comm>::zeroed();
+    let n = std::mem::size_of::<MPI_Comm>().min(8);
+    // SAFETY: writes back the bytes `key` took from a handle; a handle is a pointer or an integer,
+    // for which the zeroed rest and those bytes form a valid value.
+    unsafe {
+        std::ptr::copy_nonoverlapping((&k as *const u64).cast::<u8>(), c.as_mut_ptr().cast::<u8>(), n);
+        c.assume_init()
+    }
+}
+
+/// The communicators phalanx created and has not freed, in fault-tolerant mode: recovery revokes
+/// them all, so that a rank blocked on any of them (a decomposition's own duplicate, say) learns
+/// of the failure too.
+static LIVE: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<u64>> {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Records a communicator phalanx created.
+pub(crate) fn created(c: MPI_Comm) {
+    live().push(key(c));
+}
+
+/// Forgets a communicator about to be freed.
+pub(crate) fn freed(c: MPI_Comm) {
+    let k = key(c);
+    live().retain(|x| *x != k);
+}
+
+/// Revokes every communicator phalanx created and has not freed (errors ignored: some may be
+/// revoked already).
+pub(crate) fn revoke_all(rank: i32) {
+    let all: Vec<u64> = live().clone();
+    for k in all {
+        let _ = revoke(handle(k), rank);
+    }
+}

@@ -1,0 +1,568 @@
+//! In-job recovery from failed processes: the survivors shrink the job and continue from in-memory
+//! copies of the state, kept by partner ranks, without a restart and without the file system.
+//!
+//! Needs fault-tolerant mode ([`crate::RuntimeBuilder::fault_tolerant`], `PHALANX_FT=1`, and an MPI
+//! with ULFM, see [`crate::runtime::ft`]); without it a failed process ends the job as before.
+//!
+//! # The recovery loop
+//! [`run`] calls the program's body with an [`Attempt`]: the communicator to compute on, and, after a
+//! failure, the state [`Restored`] from the copies. When the body returns
+//! [`ErrorKind::ProcessFailed`] or [`ErrorKind::Revoked`] (any MPI call on a rank that noticed the
+//! failure, or on any rank after another revoked), `run` revokes every communicator phalanx made
+//! (so that ranks blocked with live peers stop too), shrinks to the survivors, agrees on the newest
+//! step whose copies survived, and calls the body again. The body rebuilds what it derived from the
+//! communicator (decompositions, arrays) from [`Attempt::comm`], as Fenix and Reinit do: no handle
+//! the program holds has to change behind its back.
+//!
+//! ```no_run
+//! use phalanx::services::recovery::{self, Snapshot};
+//! # fn main() -> phalanx::Result<()> {
+//! let rt = phalanx::Runtime::builder().fault_tolerant(true).init()?;
+//! let (n, steps, every) = (1000usize, 100u64, 10u64);
+//! let total = recovery::run(&rt.world(), |at| {
+//!     let comm = at.comm();
+//!     let (r, p) = (comm.rank() as usize, comm.size() as usize);
+//!     let mine = n * r / p..n * (r + 1) / p;
+//!     let (mut step, mut x) = match at.restored() {
+//!         Some(s) => (s.step(), s.segment::<f64>(comm, "x", mine.clone())?),
+//!         None => (0, vec![1.0; mine.len()]),
+//!     };
+//!     while step < steps {
+//!         if step % every == 0 {
+//!             let mut snap = Snapshot::new(step);
+//!             snap.segment("x", mine.start, n, &x);
+//!             at.copy(&snap)?; // before the step: a restored step is copied again at once
+//!         }
+//!         x.iter_mut().for_each(|v| *v *= 1.01);
+//!         comm.barrier()?;
+//!         step += 1;
+//!     }
+//!     comm.allreduce(x.iter().sum::<f64>(), phalanx::comm::Op::Sum)
+//! })?;
+//! # let _ = total; Ok(()) }
+//! ```
+//!
+//! # Partner copies
+//! [`Attempt::copy`] sends this rank's snapshot to its partner and keeps the partner's (collective).
+//! Partners are on different nodes where the job spans several (the rank as many places further on
+//! in node order as the largest node has ranks), so losing a node loses no state. Each rank keeps
+//! the last two copies of its own snapshot and of its partner's: a failure in the middle of a copy
+//! leaves the previous one whole, and the survivors roll back to the newest step that every
+//! survivor and every failed rank's partner holds. When a rank and its partner both fail, their state
+//! is lost: [`run`] returns an error naming both, on every survivor (fall back to a disk checkpoint).
+//! Memory: twice this rank's snapshot plus twice its partner's ([`Attempt::copy_bytes`]).
+
+use std::ops::Range;
+
+use bytemuck::Pod;
+
+use crate::comm::Comm;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ffi;
+
+const OP: &str = "recovery";
+const NONE: u64 = u64::MAX;
+
+/// Named pieces of global vectors that one rank copies to its partner at a step.
+#[derive(Debug)]
+pub struct Snapshot<'a> {
+    step: u64,
+    items: Vec<(String, usize, usize, usize, &'a [u8])>,
+}
+
+impl<'a> Snapshot<'a> {
+    /// An empty snapshot of `step`.
+    pub fn new(step: u64) -> Snapshot<'a> {
+        Snapshot { step, items: Vec::new() }
+    }
+
+    /// This rank's elements `offset..offset + data.len()` of the global vector `name` of
+    /// `global_len` elements.
+    pub fn segment<T: Pod>(&mut self, name: &str, offset: usize, global_len: usize, data: &'a [T]) -> &mut Self {
+        self.items.push((name.to_string(), std::mem::size_of::<T>(), offset, global_len, bytemuck::cast_slice(data)));
+        self
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut put = |v: u64| out.extend_from_slice(&v.to_le_bytes());
+        put(self.step);
+        put(self.items.len() as u64);
+        for (name, elem, offset, global, data) in &self.items {
+            for v in [name.len(), *elem, *offset, *global, data.len()] {
+                put(v as u64);
+            }
+        }
+        for (name, .., data) in &self.items {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(data);
+        }
+        out
+    }
+}
+
+/// One segment piece inside an encoded snapshot.
+#[derive(Clone, Debug, PartialEq)]
+struct Piece {
+    name: String,
+    elem: usize,
+    offset: usize,
+    global: usize,
+    bytes: Range<usize>,
+}
+
+/// The step and pieces of an encoded snapshot, or `None` when it is not one (checked: the bytes
+/// came over the network).
+fn decode(b: &[u8]) -> Option<(u64, Vec<Piece>)> {
+    let word = |i: usize| -> Option<u64> { Some(u64::from_le_bytes(b.get(i * 8..i * 8 + 8)?.try_into().ok()?)) };
+    let (step, n) = (word(0)?, usize::try_from(word(1)?).ok()?);
+    let head = n.checked_mul(5)?.checked_add(2)?.checked_mul(8)?;
+    let mut at = head;
+    let mut out = Vec::with_capacity(n.min(b.len() / 40));
+    for i in 0..n {
+        let f = |k: usize| word(2 + i * 5 + k).and_then(|v| usize::try_from(v).ok());
+        let (name_len, elem, offset, global, len) = (f(0)?, f(1)?, f(2)?, f(3)?, f(4)?);
+        let name = std::str::from_utf8(b.get(at..at.checked_add(name_len)?)?).ok()?.to_string();
+        at += name_len;
+        let end = at.checked_add(len)?;
+        if elem == 0 || len % elem != 0 || offset.checked_add(len / elem)? > global || end > b.len() {
+            return None;
+        }
+        out.push(Piece { name, elem, offset, global, bytes: at..end });
+        at = end;
+    }
+    (at == b.len()).then_some((step, out))
+}
+
+/// A copy: the step and the encoded snapshot.
+#[derive(Clone, Debug)]
+struct Copy {
+    step: u64,
+    bytes: Vec<u8>,
+}
+
+/// One run of the body: the communicator, the restored state, the copies.
+#[derive(Debug)]
+pub struct Attempt {
+    comm: Comm,
+    restored: Option<Restored>,
+    recoveries: u32,
+    /// For every rank, the rank that keeps its copies.
+    keeper: Vec<i32>,
+    to: i32,
+    from: i32,
+    /// This rank's own snapshots, newest first.
+    own: [Option<Copy>; 2],
+    /// The copies of rank `from`'s snapshots, newest first.
+    held: [Option<Copy>; 2],
+}
+
+impl Attempt {
+    fn new(comm: Comm, restored: Option<Restored>, recoveries: u32) -> Result<Attempt> {
+        let keeper = partners(&comm)?;
+        let me = comm.rank();
+        let to = keeper[me as usize];
+        let from = keeper.iter().position(|k| *k == me).unwrap_or(me as usize) as i32;
+        Ok(Attempt { comm, restored, recoveries, keeper, to, from, own: [None, None], held: [None, None] })
+    }
+
+    /// The communicator of this attempt: every surviving rank.
+    pub fn comm(&self) -> &Comm {
+        &self.comm
+    }
+
+    /// After a failure, the state to continue from; `None` on the first attempt (and after a
+    /// failure before the first copy: the body starts over on the survivors).
+    pub fn restored(&self) -> Option<&Restored> {
+        self.restored.as_ref()
+    }
+
+    /// How many failures were recovered from before this attempt.
+    pub fn recoveries(&self) -> u32 {
+        self.recoveries
+    }
+
+    /// The rank this rank copies to, and the rank whose copies it keeps.
+    pub fn partners(&self) -> (i32, i32) {
+        (self.to, self.from)
+    }
+
+    /// The bytes of copies this rank keeps (its own two and its partner's two).
+    pub fn copy_bytes(&self) -> usize {
+        self.own.iter().chain(&self.held).flatten().map(|c| c.bytes.len()).sum()
+    }
+
+    /// Sends `snap` to this rank's partner and keeps the partner's snapshot of the same step; the
+    /// previous copies stay until this one is complete.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] (on every rank) when the ranks copy different steps;
+    /// [`ErrorKind::ProcessFailed`] / [`ErrorKind::Revoked`] when a rank failed (return it from the
+    /// body: [`run`] recovers); [`ErrorKind::Checkpoint`] when the partner's bytes are not a snapshot.
+    pub fn copy(&mut self, snap: &Snapshot<'_>) -> Result<()> {
+        let c = &self.comm;
+        let (lo, hi) = c.min_max(&[snap.step as i64])?;
+        if lo != hi {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "recovery copy",
+                Some(c.rank()),
+                format!("the ranks copy different steps ({} to {}); this rank copies step {}", lo[0], hi[0], snap.step),
+            ));
+        }
+        let mine = snap.encode();
+        let local = match decode(&mine) {
+            Some(_) => Ok(()),
+            None => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "recovery copy",
+                Some(c.rank()),
+                format!(
+                    "a segment of the snapshot of step {} does not fit its global length: {}",
+                    snap.step,
+                    snap.items
+                        .iter()
+                        .map(|(n, e, o, g, d)| format!("{n}: elements {o}..{} of {g}", o + d.len() / e.max(&1)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        };
+        c.agree_result("recovery copy", local)?;
+        let mut len = [0u64];
+        c.sendrecv(&[mine.len() as u64], self.to, TAG, &mut len, self.from, TAG)?;
+        let len = usize::try_from(len[0]).ok().filter(|n| *n <= isize::MAX as usize / 2).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Checkpoint,
+                "recovery copy",
+                Some(c.rank()),
+                "the partner's copy size is not credible",
+            )
+        })?;
+        let mut theirs = vec![0u8; len];
+        c.sendrecv(&mine, self.to, TAG + 1, &mut theirs, self.from, TAG + 1)?;
+        match decode(&theirs) {
+            Some((step, _)) if step == snap.step => {}
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Checkpoint,
+                    "recovery copy",
+                    Some(c.rank()),
+                    format!("the copy from rank {} is not a snapshot of step {}", self.from, snap.step),
+                ))
+            }
+        }
+        // Complete: the newest becomes the previous.
+        self.own = [Some(Copy { step: snap.step, bytes: mine }), self.own[0].take()];
+        self.held = [Some(Copy { step: snap.step, bytes: theirs }), self.held[0].take()];
+        Ok(())
+    }
+}
+
+const TAG: i32 = 31_000;
+
+/// Each rank's partner: for every rank, the rank it copies to (so `to[r]` keeps rank r's copies).
+/// In node order, the rank as many places on as the largest node has ranks: on another node when
+/// the job spans several.
+fn partners(comm: &Comm) -> Result<Vec<i32>> {
+    let n = comm.size() as usize;
+    let node = comm.split_node()?;
+    let nodes = comm.allgather(node.node)?;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|r| (nodes[*r], *r));
+    let mut per_node = std::collections::HashMap::new();
+    for x in &nodes {
+        *per_node.entry(*x).or_insert(0usize) += 1;
+    }
+    let widest = per_node.values().copied().max().unwrap_or(1);
+    let shift = if per_node.len() > 1 && widest < n { widest } else { 1 };
+    let mut to = vec![0i32; n];
+    for (at, r) in order.iter().enumerate() {
+        to[*r] = order[(at + shift) % n] as i32;
+    }
+    Ok(to)
+}
+
+/// The state restored after a failure: the step, and the copies this rank brings (its own, and a
+/// failed rank's when this rank kept them).
+#[derive(Debug)]
+pub struct Restored {
+    step: u64,
+    failed: Vec<i32>,
+    copies: Vec<Vec<u8>>,
+}
+
+impl Restored {
+    /// The step every survivor rolled back to.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The ranks (of the communicator before the failure) that failed.
+    pub fn failed(&self) -> &[i32] {
+        &self.failed
+    }
+
+    /// Elements `range` of the global vector `name` as it was at [`Restored::step`], gathered from
+    /// the survivors' copies (each rank asks for its own range, on the new communicator).
+    ///
+    /// Collective over `comm` (the attempt's communicator).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Checkpoint`] on every rank when some element of a rank's range is in no copy,
+    /// or the element size differs from the copied one; MPI errors.
+    pub fn segment<T: Pod>(&self, comm: &Comm, name: &str, range: Range<usize>) -> Result<Vec<T>> {
+        let elem = std::mem::size_of::<T>();
+        // The pieces of `name` this rank brings: (offset, elements, element size), and their bytes.
+        let mut meta: Vec<u64> = Vec::new();
+        let mut pieces: Vec<(usize, &[u8])> = Vec::new();
+        for c in &self.copies {
+            let (_, ps) = decode(c).expect("checked when copied");
+            for p in ps.into_iter().filter(|p| p.name == name) {
+                meta.extend([p.offset as u64, ((p.bytes.end - p.bytes.start) / p.elem) as u64, p.elem as u64]);
+                pieces.push((p.offset, &c[p.bytes]));
+            }
+        }
+        let all_meta = comm.allgatherv(&meta)?;
+        let wants = comm.allgather([range.start as u64, range.end as u64])?;
+        // What goes to each rank: the overlaps of this rank's pieces with its range, in piece order.
+        let mut send = Vec::new();
+        let mut counts = Vec::with_capacity(wants.len());
+        for w in &wants {
+            let before = send.len();
+            for (i, (off, bytes)) in pieces.iter().enumerate() {
+                let pelem = meta[i * 3 + 2] as usize;
+                if pelem != elem {
+                    continue;
+                }
+                let n = bytes.len() / elem;
+                let (lo, hi) = ((w[0] as usize).max(*off), (w[1] as usize).min(off + n));
+                if lo < hi {
+                    send.extend_from_slice(&bytes[(lo - off) * elem..(hi - off) * elem]);
+                }
+            }
+            counts.push(send.len() - before);
+        }
+        let got = comm.alltoallv(&send, &counts)?;
+        let mut out = vec![T::zeroed(); range.len()];
+        let out_bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
+        let mut covered = 0usize;
+        let mut bad_elem = None;
+        for (src, m) in all_meta.iter().enumerate() {
+            let block = got.block(src);
+            let mut at = 0;
+            for p in m.chunks_exact(3) {
+                let (off, n, pelem) = (p[0] as usize, p[1] as usize, p[2] as usize);
+                if pelem != elem {
+                    if off < range.end && off + n > range.start {
+                        bad_elem = Some(pelem);
+                    }
+                    continue;
+                }
+                let (lo, hi) = (range.start.max(off), range.end.min(off + n));
+                if lo < hi {
+                    let len = (hi - lo) * elem;
+                    out_bytes[(lo - range.start) * elem..(lo - range.start) * elem + len]
+                        .copy_from_slice(&block[at..at + len]);
+                    at += len;
+                    covered += hi - lo;
+                }
+            }
+        }
+        let problem = match bad_elem {
+            Some(e) => Some(format!("{name} was copied with {e}-byte elements, read as {elem}-byte ones")),
+            None if covered != range.len() => Some(format!(
+                "{} of the {} elements {}..{} of {name} are in no survivor's copy of step {}",
+                range.len() - covered.min(range.len()),
+                range.len(),
+                range.start,
+                range.end,
+                self.step
+            )),
+            None => None,
+        };
+        let local = match problem {
+            Some(m) => Err(Error::new(ErrorKind::Checkpoint, "restored segment", Some(comm.rank()), m)),
+            None => Ok(out),
+        };
+        comm.agree_result("restored segment", local)
+    }
+}
+
+/// Runs `body` until it returns something other than a process failure, recovering from each
+/// failure on the survivors (see the module's documentation).
+///
+/// Collective over `comm`.
+///
+/// # Errors
+/// What the body returns, except [`ErrorKind::ProcessFailed`] and [`ErrorKind::Revoked`] in
+/// fault-tolerant mode; [`ErrorKind::ProcessFailed`] on every survivor when a failed rank's state is
+/// in no survivor's copy (a rank and its partner both failed); MPI errors of the recovery.
+pub fn run<T>(comm: &Comm, mut body: impl FnMut(&mut Attempt) -> Result<T>) -> Result<T> {
+    let mut at = Attempt::new(comm.dup()?, None, 0)?;
+    loop {
+        let result = body(&mut at);
+        if !crate::runtime::ft::fault_tolerant() {
+            return result;
+        }
+        let failure = |e: &Error| matches!(e.kind(), ErrorKind::ProcessFailed | ErrorKind::Revoked);
+        if result.as_ref().is_err_and(|e| !failure(e)) {
+            // This rank's own error: it ends the run (and, under `phalanx::run`, the job), as
+            // without fault tolerance. Agreeing first could wait for ranks blocked on this one.
+            return result;
+        }
+        let cause = match &result {
+            Err(e) if failure(e) => {
+                // Stop every rank, also those blocked with live peers, before agreeing.
+                ffi::ulfm::revoke_all(at.comm.rank());
+                Some(e.clone())
+            }
+            _ => None,
+        };
+        // Every rank agrees whether every rank finished: a rank whose last operations completed
+        // before the failure was noticed elsewhere recovers with the others.
+        let (all_done, _) = at.comm.agree_all(cause.is_none())?;
+        if all_done {
+            return result;
+        }
+        let cause = cause.unwrap_or_else(|| {
+            Error::new(ErrorKind::ProcessFailed, OP, Some(at.comm.rank()), "another rank noticed a failed process")
+        });
+        at = recover(at, &cause)?;
+    }
+}
+
+/// After a failure: shrink to the survivors, choose the step, and make the next attempt. A failure
+/// during this starts it over on the old communicator (shrinking it again leaves the new failure out).
+fn recover(old: Attempt, cause: &Error) -> Result<Attempt> {
+    let t = std::time::Instant::now();
+    ffi::ulfm::revoke_all(old.comm.rank());
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match decide(&old) {
+            Ok((survivors, restored)) => {
+                if survivors.rank() == 0 {
+                    let r = restored.as_ref();
+                    eprintln!(
+                        "phalanx recovery: rank(s) {:?} of {} failed ({cause}); continuing on {} ranks from {} \
+                         (recovered in {:.2} s)",
+                        r.map_or_else(|| failed_of(&old, &survivors), |r| r.failed.clone()),
+                        old.comm.size(),
+                        survivors.size(),
+                        r.map_or("the start (no copy was complete yet)".to_string(), |r| format!(
+                            "the partner copies of step {}",
+                            r.step
+                        )),
+                        t.elapsed().as_secs_f64()
+                    );
+                }
+                let recoveries = old.recoveries + 1;
+                drop(old);
+                return Attempt::new(survivors, restored, recoveries);
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::ProcessFailed | ErrorKind::Revoked) && tries < 8 => {
+                if e.message().contains(LOST) {
+                    return Err(e);
+                }
+                ffi::ulfm::revoke_all(old.comm.rank());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The failed ranks of the old communicator, from the survivors' old ranks.
+fn failed_of(old: &Attempt, survivors: &Comm) -> Vec<i32> {
+    let alive = survivors.allgather(old.comm.rank()).unwrap_or_default();
+    (0..old.comm.size()).filter(|r| !alive.contains(r)).collect()
+}
+
+const LOST: &str = "no step's copies survived on every rank";
+
+/// Shrinks the old communicator and decides the step to continue from (collective over the
+/// survivors).
+fn decide(old: &Attempt) -> Result<(Comm, Option<Restored>)> {
+    let (old_rank, old_size) = (old.comm.rank(), old.comm.size());
+    let survivors = old.comm.shrink()?;
+    // Each survivor: its old rank, its own copies' steps, whose copies it keeps and their steps.
+    let step = |c: &Option<Copy>| c.as_ref().map_or(NONE, |c| c.step);
+    let mine = [
+        old_rank as u64,
+        step(&old.own[0]),
+        step(&old.own[1]),
+        old.from as u64,
+        step(&old.held[0]),
+        step(&old.held[1]),
+    ];
+    let all = survivors.allgatherv(&mine)?;
+    let rows: Vec<&[u64]> = all.iter().collect();
+    let alive: Vec<i32> = rows.iter().map(|r| r[0] as i32).collect();
+    let failed: Vec<i32> = (0..old_size).filter(|r| !alive.contains(r)).collect();
+    let own_everywhere = |s: u64| rows.iter().all(|r| r[1] == s || r[2] == s);
+    let kept = |s: u64| failed.iter().all(|d| rows.iter().any(|r| r[3] == *d as u64 && (r[4] == s || r[5] == s)));
+    let steps: Vec<u64> = rows[0][1..3].iter().copied().filter(|s| *s != NONE && own_everywhere(*s)).collect();
+    if steps.is_empty() {
+        // No copy was complete on every survivor yet: start over.
+        return Ok((survivors, None));
+    }
+    let Some(s) = steps.iter().copied().filter(|s| kept(*s)).max() else {
+        let lost: Vec<String> = failed
+            .iter()
+            .filter(|d| !rows.iter().any(|r| r[3] == **d as u64))
+            .map(|d| format!("rank {d} and rank {}, which kept its copies, both failed", old.keeper[*d as usize]))
+            .collect();
+        return Err(Error::new(
+            ErrorKind::ProcessFailed,
+            OP,
+            Some(survivors.rank()),
+            format!(
+                "rank(s) {failed:?} of {old_size} failed and {LOST}: {}; continue from a disk checkpoint",
+                if lost.is_empty() { "the copies in progress were incomplete".to_string() } else { lost.join("; ") }
+            ),
+        ));
+    };
+    let pick = |c: &[Option<Copy>; 2]| c.iter().flatten().find(|c| c.step == s).map(|c| c.bytes.clone());
+    let mut copies: Vec<Vec<u8>> = pick(&old.own).into_iter().collect();
+    if failed.contains(&old.from) {
+        copies.extend(pick(&old.held));
+    }
+    Ok((survivors, Some(Restored { step: s, failed, copies })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_round_trip_and_bad_bytes_are_refused() {
+        let (a, b) = ([1.0f64, 2.0, 3.0], [7u32]);
+        let mut s = Snapshot::new(40);
+        s.segment("x", 3, 10, &a).segment("n", 0, 1, &b);
+        let bytes = s.encode();
+        let (step, p) = decode(&bytes).unwrap();
+        assert_eq!(step, 40);
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].name.as_str(), p[0].elem, p[0].offset, p[0].global), ("x", 8, 3, 10));
+        assert_eq!(bytemuck::pod_collect_to_vec::<u8, f64>(&bytes[p[0].bytes.clone()]), a);
+        assert_eq!(&bytes[p[1].bytes.clone()], &7u32.to_le_bytes());
+        // Every truncation and every single-byte change of the header is refused or decodes to
+        // pieces inside the buffer.
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_none(), "cut at {cut}");
+        }
+        for i in 0..(2 + 2 * 5) * 8 {
+            let mut m = bytes.clone();
+            m[i] ^= 0x40;
+            if let Some((_, ps)) = decode(&m) {
+                assert!(ps.iter().all(|p| p.bytes.end <= m.len() && p.offset + (p.bytes.len() / p.elem) <= p.global));
+            }
+        }
+        // A piece that does not fit its global length.
+        let mut bad = Snapshot::new(1);
+        bad.segment("y", 9, 10, &a);
+        assert!(decode(&bad.encode()).is_none());
+    }
+}

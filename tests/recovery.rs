@@ -1,0 +1,224 @@
+//! In-job recovery (ULFM) with in-memory partner copies: a user-written loop, not an example
+//! program, survives killed ranks and ends with the result of an uninterrupted run.
+//!
+//! The loop is a 1-D diffusion of a global vector distributed in contiguous ranges: every step
+//! exchanges the edge values with both neighbours (point-to-point) and sums the vector
+//! (a collective), so a failure surfaces in either; every `EVERY` steps it copies its range to its
+//! partner. Each element's update depends only on its neighbours' values, so the final vector is
+//! the same bits on any number of ranks: its hash is compared with an uninterrupted run's.
+//!
+//! Ranks are killed with the fault injection (`PHALANX_FAULT=kill:RANK:STEP[,...]`, world ranks).
+//! The recovery cases need an MPI that survives a failed process: Open MPI 5 started with
+//! `--with-ft ulfm` (`PHALANX_MPI=openmpi5`, as `ci/test` runs this program). Under another MPI
+//! they print SKIPPED with the reason, and the program checks the fallback instead: fault-tolerant
+//! mode asked for, refused with the reason, and the run completes as without it.
+//!
+//! The program is its own MPI job: started with `PHALANX_RECOVERY_MODE` set, it is a rank; without
+//! it, it launches itself (through `ci/mpi run`) for each case. Plain `harness = false` program.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use phalanx::prelude::*;
+use phalanx::services::recovery::{self, Snapshot};
+
+const MODE: &str = "PHALANX_RECOVERY_MODE";
+const N: usize = 240;
+const STEPS: u64 = 40;
+const EVERY: u64 = 5;
+
+/// The loop: returns the hash of the final global vector (on rank 0) and the recoveries.
+fn simulate(at: &mut recovery::Attempt) -> Result<(u64, u32)> {
+    let comm = at.comm();
+    let (r, p) = (comm.rank() as usize, comm.size() as usize);
+    let mine = N * r / p..N * (r + 1) / p;
+    let (mut step, mut x): (u64, Vec<f64>) = match at.restored() {
+        Some(s) => (s.step(), s.segment(comm, "x", mine.clone())?),
+        None => (0, mine.clone().map(|i| ((i * 37) % 101) as f64).collect()),
+    };
+    let left = (comm.rank() + comm.size() - 1) % comm.size();
+    let right = (comm.rank() + 1) % comm.size();
+    while step < STEPS {
+        if step % EVERY == 0 {
+            let mut snap = Snapshot::new(step);
+            snap.segment("x", mine.start, N, &x);
+            at.copy(&snap)?;
+        }
+        let comm = at.comm();
+        phalanx::services::fault::at_step(step);
+        // Periodic neighbours' edge values.
+        let (mut from_left, mut from_right) = ([0.0f64], [0.0f64]);
+        comm.sendrecv(&x[x.len() - 1..], right, 1, &mut from_left, left, 1)?;
+        comm.sendrecv(&x[..1], left, 2, &mut from_right, right, 2)?;
+        let old = x.clone();
+        for i in 0..x.len() {
+            let l = if i == 0 { from_left[0] } else { old[i - 1] };
+            let rr = if i + 1 == old.len() { from_right[0] } else { old[i + 1] };
+            x[i] = 0.25 * l + 0.5 * old[i] + 0.25 * rr;
+        }
+        let total = comm.allreduce(x.iter().sum::<f64>(), Op::Sum)?;
+        assert!(total.is_finite());
+        step += 1;
+    }
+    let comm = at.comm();
+    let all = comm.gatherv(&x, 0)?;
+    let hash = all.map_or(0, |b| xxhash_rust::xxh3::xxh3_64(bytemuck::cast_slice(&b.data)));
+    Ok((hash, at.recoveries()))
+}
+
+fn child() -> std::process::ExitCode {
+    phalanx::run(|rt| {
+        let world = rt.world();
+        let (hash, recoveries) = recovery::run(&world, simulate)?;
+        if hash != 0 {
+            println!(
+                "result hash {hash:016x} after {STEPS} steps, {recoveries} recoveries, fault tolerant {}",
+                phalanx::runtime::ft::fault_tolerant()
+            );
+        }
+        Ok::<(), phalanx::Error>(())
+    })
+}
+
+struct Case {
+    name: &'static str,
+    ranks: usize,
+    fault: &'static str,
+    /// Texts the output must have (besides the reference hash, when `same_hash`).
+    texts: &'static [&'static str],
+    same_hash: bool,
+    ok: bool,
+}
+
+fn hash_of(out: &str) -> Option<String> {
+    out.lines().find_map(|l| l.strip_prefix("result hash ")).and_then(|l| l.split_whitespace().next()).map(String::from)
+}
+
+fn launch(ranks: usize, ft: bool, fault: &str) -> (std::process::Output, Duration) {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut a = common::launcher_args(ranks, &[MODE, "PHALANX_FT", "PHALANX_FAULT"]);
+    if ft {
+        let dashdash = a.iter().position(|x| x == "--").expect("--");
+        a.insert(dashdash, "--ft".into());
+    }
+    let mut cmd = Command::new(&a[0]);
+    cmd.args(&a[1..]).arg(&exe).env(MODE, "1").env("PHALANX_FT", "1").env("PHALANX_FAULT", fault);
+    let t = Instant::now();
+    let o = common::run(&mut cmd, Duration::from_secs(180));
+    (o, t.elapsed())
+}
+
+fn main() -> std::process::ExitCode {
+    if std::env::var(MODE).is_ok() {
+        return child();
+    }
+    let ulfm = std::env::var("PHALANX_MPI").is_ok_and(|m| m == "openmpi5");
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let mut report = |name: &str, why: Vec<String>, line: String, out: &str| {
+        if why.is_empty() {
+            passed += 1;
+            println!("recovery: {name} ... ok ({line})");
+        } else {
+            failed += 1;
+            println!("recovery: {name} ... FAILED: {}\n{out}", why.join("; "));
+        }
+    };
+    if !ulfm {
+        // The fallback: asked for, refused with the reason, and the run completes as without it.
+        let (o, took) = launch(3, false, "");
+        let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let mut why = Vec::new();
+        if !o.status.success() {
+            why.push(format!("exit {:?}", o.status));
+        }
+        for t in ["fault-tolerant mode was asked for, but", "fault tolerant false", "0 recoveries"] {
+            if !out.contains(t) {
+                why.push(format!("no {t:?} in the output"));
+            }
+        }
+        report("fault-tolerant mode without ULFM falls back", why, format!("{took:.1?}"), &out);
+        skipped += 1;
+        println!(
+            "recovery: SKIPPED the killed-rank cases: they need an MPI that survives a failed process (Open MPI 5 \
+             with ULFM: PHALANX_MPI=openmpi5, as ci/test runs this program); this is {}",
+            std::env::var("PHALANX_MPI").unwrap_or_else(|_| "system".into())
+        );
+    } else {
+        let (o, took) = launch(4, true, "");
+        let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let reference = hash_of(&out);
+        let mut why = Vec::new();
+        if !o.status.success() || reference.is_none() || !out.contains("fault tolerant true") {
+            why.push(format!("exit {:?}, hash {reference:?}", o.status));
+        }
+        report("uninterrupted reference at 4 ranks", why, format!("{took:.1?}"), &out);
+        let cases = [
+            Case {
+                name: "kill rank 2 of 4 at step 12",
+                ranks: 4,
+                fault: "kill:2:12",
+                texts: &["rank(s) [2] of 4 failed", "from the partner copies of step 10", "1 recoveries"],
+                same_hash: true,
+                ok: true,
+            },
+            Case {
+                name: "kill rank 0 of 4 at step 7",
+                ranks: 4,
+                fault: "kill:0:7",
+                texts: &["rank(s) [0] of 4 failed", "from the partner copies of step 5", "1 recoveries"],
+                same_hash: true,
+                ok: true,
+            },
+            Case {
+                name: "kill rank 1 of 4 before the first step",
+                ranks: 4,
+                fault: "kill:1:0",
+                texts: &["rank(s) [1] of 4 failed", "1 recoveries"],
+                same_hash: true,
+                ok: true,
+            },
+            Case {
+                name: "three successive kills in one run",
+                ranks: 5,
+                fault: "kill:1:6,kill:3:17,kill:4:31",
+                texts: &["rank(s) [1] of 5 failed", "of 4 failed", "of 3 failed", "3 recoveries"],
+                same_hash: true,
+                ok: true,
+            },
+            Case {
+                name: "kill a rank and its partner",
+                ranks: 4,
+                fault: "kill:1:12,kill:2:12",
+                texts: &["no step's copies survived on every rank", "continue from a disk checkpoint"],
+                same_hash: false,
+                ok: false,
+            },
+        ];
+        for c in &cases {
+            let (o, took) = launch(c.ranks, true, c.fault);
+            let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+            let mut why = Vec::new();
+            if o.status.success() != c.ok {
+                why.push(format!("exit {:?}", o.status));
+            }
+            if c.same_hash && (hash_of(&out) != reference || reference.is_none()) {
+                why.push(format!("hash {:?}, uninterrupted {reference:?}", hash_of(&out)));
+            }
+            for t in c.texts {
+                if !out.contains(t) {
+                    why.push(format!("no {t:?} in the output"));
+                }
+            }
+            let line = out.lines().find(|l| l.contains("phalanx recovery:")).unwrap_or("").to_string();
+            report(c.name, why, format!("{took:.1?}; {line}"), &out);
+        }
+    }
+    println!("recovery: {passed} passed, {failed} failed, {skipped} skipped");
+    if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
