@@ -9,6 +9,11 @@
 //!
 //! The low face of dimension 0 is held at 1, the other faces at 0, the interior starts at 0.
 //!
+//! In-job recovery: `--recover --partner-every K` (fault-tolerant mode: Open MPI 5 started with
+//! `mpiexec --with-ft ulfm`, `ci/mpi run --ft`) copies the field to a partner rank every K steps; when
+//! ranks die, the survivors continue from the newest complete copy, re-decomposed, to the same final
+//! `field_hash`.
+//!
 //! Checkpoints: `--checkpoint-dir DIR --checkpoint-every K` writes a generation every K steps;
 //! `--restart` continues from the newest valid one, on any number of ranks, to the same final
 //! field (same `field_hash`). With a checkpoint directory, SIGUSR1 or SIGTERM make every rank write
@@ -24,11 +29,12 @@ use clap::Parser;
 
 #[path = "common/resilience.rs"]
 mod common;
-use phalanx::comm::{Op, ThreadConfig};
+use phalanx::comm::{Comm, Op, ThreadConfig};
 use phalanx::kernels::heat::{serial_reference, HeatSolver};
 use phalanx::runtime::PinPolicy;
 use phalanx::services::checkpoint::{Checkpoint, CheckpointStore};
 use phalanx::services::metrics::{Metrics, MetricsReport, Phase};
+use phalanx::services::recovery::{self, Snapshot};
 use phalanx::services::{fault, signals, watchdog::Watchdog};
 
 #[derive(Parser, Debug)]
@@ -157,19 +163,30 @@ fn copy_bandwidth(pool: &rayon::ThreadPool, len: usize) -> f64 {
 }
 
 fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
-    let world = rt.world();
+    if !args.resilience.recover {
+        return solve(args, &rt.world(), None);
+    }
+    if !phalanx::runtime::ft::fault_tolerant() && rt.world_rank() == 0 {
+        eprintln!("heat: --recover without fault-tolerant mode (see above): a failed rank ends the job");
+    }
+    recovery::run(&rt.world(), |at| solve(args, at.comm(), Some(at)))
+}
+
+/// The run on `world` (the survivors' communicator under --recover, with the attempt that makes
+/// partner copies and holds the restored state).
+fn solve(args: &Args, world: &Comm, at: Option<&recovery::Attempt>) -> phalanx::Result<i32> {
     let dims = args.dims as usize;
     let n = args.n.unwrap_or(if dims == 2 { 2048 } else { 160 });
     let threads = world.start_threads(ThreadConfig::from_options(args.threads, args.pin))?;
     if args.report_bindings {
-        if let Some(r) = threads.report(&world)? {
+        if let Some(r) = threads.report(world)? {
             eprintln!("{r}");
         }
     }
     let overlap = args.overlap == "on";
     let root = world.rank() == 0;
     let block = args.time_block as usize;
-    let mut solver = HeatSolver::with_time_block(&world, dims, n, threads.pool(), block)?;
+    let mut solver = HeatSolver::with_time_block(world, dims, n, threads.pool(), block)?;
     solver.set_streaming_stores(args.stores == "streaming");
     let store =
         args.resilience.checkpoint_dir.as_ref().map(|d| CheckpointStore::new(d, args.resilience.checkpoint_keep));
@@ -178,7 +195,7 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
     }
     let mut restarted_from = None;
     if let (Some(store), true) = (&store, args.resilience.restart) {
-        if let Some(g) = store.latest(&world)? {
+        if let Some(g) = store.latest(world)? {
             solver.restore(&g, "u")?;
             restarted_from = Some(g.step());
             if root {
@@ -188,11 +205,24 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
             println!("restart: no checkpoint in {}, starting at step 0", store.dir().display());
         }
     }
+    if let Some(r) = at.and_then(|a| a.restored()) {
+        solver.restore_recovered(r, "u")?;
+        restarted_from = Some(r.step());
+        if root {
+            println!("recovered: step {} on {} ranks after rank(s) {:?} failed", r.step(), world.size(), r.failed());
+        }
+    }
+    let partner_every = if at.is_some() { args.resilience.partner_every as usize } else { 0 };
+    let copy = |solver: &HeatSolver| -> phalanx::Result<()> {
+        let mut snap = Snapshot::new(solver.steps() as u64);
+        snap.array("u", solver.field());
+        at.expect("an attempt").copy(&snap)
+    };
     let first = solver.steps();
     let checkpoint = |solver: &HeatSolver| -> phalanx::Result<std::path::PathBuf> {
         let mut c = Checkpoint::new(solver.steps() as u64);
         c.array("u", solver.field()).attr("n", n).attr("dims", dims);
-        store.as_ref().expect("checkpoint dir").write(&world, &c)
+        store.as_ref().expect("checkpoint dir").write(world, &c)
     };
     let copy_gbs = if args.roofline {
         let bw = copy_bandwidth(threads.pool(), solver.field().as_slice().len());
@@ -219,7 +249,7 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
         }
         Ok(())
     };
-    let dog = args.resilience.watchdog.map(|s| Watchdog::start(&world, Duration::from_secs_f64(s))).transpose()?;
+    let dog = args.resilience.watchdog.map(|s| Watchdog::start(world, Duration::from_secs_f64(s))).transpose()?;
     world.barrier()?;
     let mut metrics = Metrics::new(args.trace.is_some());
     let start = Instant::now();
@@ -233,6 +263,15 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
         if every > 0 {
             limit = limit.min(every - s % every);
         }
+        if partner_every > 0 {
+            // Copies are made before the step, so that a restored step is copied again at once.
+            if s % partner_every == 0 {
+                let t0 = Instant::now();
+                copy(&solver)?;
+                metrics.add(Phase::Io, t0, Instant::now(), 16 * solver.local_cells() as u64);
+            }
+            limit = limit.min(partner_every - s % partner_every);
+        }
         for t in s..s + limit {
             fault::at_step(t as u64);
         }
@@ -245,7 +284,7 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
             s += solver.step_block(threads.pool(), limit, timers)?;
         }
         if store.is_some() {
-            stopped_by = signals::stop_requested(&world)?;
+            stopped_by = signals::stop_requested(world)?;
             if (every > 0 && s % every == 0) || stopped_by.is_some() {
                 let t0 = Instant::now();
                 let path = checkpoint(&solver)?;
@@ -267,7 +306,7 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
         let crossed = |k: usize| k > 0 && s / k != before / k;
         if args.prometheus.is_some() && crossed(args.metrics_every) {
             let rate = (n as f64).powi(dims as i32) * (s - first) as f64 / start.elapsed().as_secs_f64() / 1e6;
-            if let Some(r) = metrics.report(&world)? {
+            if let Some(r) = metrics.report(world)? {
                 publish(&r, s, rate)?;
             }
         }
@@ -279,7 +318,7 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
         }
     }
     if let Some(d) = dog {
-        d.stop(&world)?;
+        d.stop(world)?;
     }
     world.barrier()?;
     let seconds = world.allreduce(start.elapsed().as_secs_f64(), Op::Max)?;
@@ -290,7 +329,7 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
     let cells = (n as f64).powi(dims as i32);
     let mlups = cells * done as f64 / seconds / 1e6;
     let hash = solver.field().field_hash()?;
-    let report = metrics.report(&world)?;
+    let report = metrics.report(world)?;
     if let Some(r) = &report {
         publish(r, args.steps, mlups)?;
         if let Some(p) = &args.metrics {
@@ -298,7 +337,7 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
         }
     }
     if let Some(p) = &args.trace {
-        metrics.write_trace(&world, p)?;
+        metrics.write_trace(world, p)?;
     }
     let need_global = (args.check && stopped_by.is_none()) || args.png.is_some();
     let global = if need_global { solver.field().gather(0)? } else { None };
@@ -351,6 +390,7 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
                 "copy_gbs": copy_gbs, "roofline_fraction": copy_gbs.map(|bw| mlups / (bw * 1e9 / 24.0 / 1e6)),
                 "example": "heat", "ranks": world.size(), "threads": threads.threads(), "dims": dims, "n": n,
                 "steps": solver.steps(), "steps_this_run": done, "restarted_from": restarted_from,
+                "recoveries": at.map(|a| a.recoveries()),
                 "stopped_by": stopped_by.map(signals::signal_name), "seconds": seconds, "mlups": mlups, "field_hash": format!("{hash:032x}"),
                 "overlap": overlap && block == 1, "time_block": block, "pinned": threads.is_pinned(), "check": check,
                 "imbalance": report.as_ref().map(|r| r.imbalance), "slowest_rank": report.as_ref().map(|r| r.slowest_rank),
@@ -366,5 +406,5 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     // An error on any rank prints it with the rank and ends the whole job (exit code 3) instead of
     // leaving the others waiting in a collective.
-    phalanx::run(|rt| run(rt, &args))
+    phalanx::Runtime::builder().fault_tolerant(args.resilience.recover).run(|rt| run(rt, &args))
 }

@@ -30,7 +30,7 @@ const STEPS: u64 = 40;
 const EVERY: u64 = 5;
 
 /// The loop: returns the hash of the final global vector (on rank 0) and the recoveries.
-fn simulate(at: &mut recovery::Attempt) -> Result<(u64, u32)> {
+fn simulate(at: &recovery::Attempt) -> Result<(u64, u32)> {
     let comm = at.comm();
     let (r, p) = (comm.rank() as usize, comm.size() as usize);
     let mine = N * r / p..N * (r + 1) / p;
@@ -46,7 +46,6 @@ fn simulate(at: &mut recovery::Attempt) -> Result<(u64, u32)> {
             snap.segment("x", mine.start, N, &x);
             at.copy(&snap)?;
         }
-        let comm = at.comm();
         phalanx::services::fault::at_step(step);
         // Periodic neighbours' edge values.
         let (mut from_left, mut from_right) = ([0.0f64], [0.0f64]);
@@ -62,7 +61,6 @@ fn simulate(at: &mut recovery::Attempt) -> Result<(u64, u32)> {
         assert!(total.is_finite());
         step += 1;
     }
-    let comm = at.comm();
     let all = comm.gatherv(&x, 0)?;
     let hash = all.map_or(0, |b| xxhash_rust::xxh3::xxh3_64(bytemuck::cast_slice(&b.data)));
     Ok((hash, at.recoveries()))
@@ -213,6 +211,53 @@ fn main() -> std::process::ExitCode {
             }
             let line = out.lines().find(|l| l.contains("phalanx recovery:")).unwrap_or("").to_string();
             report(c.name, why, format!("{took:.1?}; {line}"), &out);
+        }
+    }
+    if ulfm {
+        // heat --recover: the field hash of an uninterrupted run, after ranks die at a halo exchange,
+        // rank 0, twice, and in 3-D (re-decomposed on the survivors each time).
+        let heat = common::example("heat");
+        let hash =
+            |out: &str| out.split("\"field_hash\":\"").nth(1).and_then(|t| t.split('"').next()).map(String::from);
+        for (dims, n, steps) in [("2", "48", "40"), ("3", "16", "30")] {
+            let args = ["--dims", dims, "--n", n, "--steps", steps, "--threads", "1", "--json"];
+            let mut plain = common::launcher(1, &[]);
+            plain.arg(&heat).args(args);
+            let reference = hash(&String::from_utf8_lossy(&common::run(&mut plain, Duration::from_secs(120)).stdout));
+            let faults: &[(&str, usize)] = if dims == "2" {
+                &[("kill:2:17", 1), ("kill:0:3", 1), ("kill:1:9,kill:3:30", 2)]
+            } else {
+                &[("kill:1:14", 1)]
+            };
+            for (fault, recoveries) in faults {
+                let mut a = common::launcher_args(4, &["PHALANX_FAULT"]);
+                let dashdash = a.iter().position(|x| x == "--").expect("--");
+                a.insert(dashdash, "--ft".into());
+                let mut cmd = Command::new(&a[0]);
+                cmd.args(&a[1..]).arg(&heat).args(args).args(["--recover", "--partner-every", "4"]);
+                cmd.env("PHALANX_FAULT", fault);
+                let t = Instant::now();
+                let o = common::run(&mut cmd, Duration::from_secs(180));
+                let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+                let mut why = Vec::new();
+                if !o.status.success() {
+                    why.push(format!("exit {:?}", o.status));
+                }
+                if hash(&out) != reference || reference.is_none() {
+                    why.push(format!("field hash {:?}, uninterrupted {reference:?}", hash(&out)));
+                }
+                let seen = out.matches("recovered: step").count();
+                if seen != *recoveries {
+                    why.push(format!("{seen} recoveries, want {recoveries}"));
+                }
+                let line = out.lines().filter(|l| l.starts_with("recovered:")).collect::<Vec<_>>().join("; ");
+                report(
+                    &format!("heat {dims}-D --recover at 4 ranks, {fault}"),
+                    why,
+                    format!("{:.1?}; {line}", t.elapsed()),
+                    &out,
+                );
+            }
         }
     }
     println!("recovery: {passed} passed, {failed} failed, {skipped} skipped");

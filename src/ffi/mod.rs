@@ -285,6 +285,12 @@ fn mpi_error(code: c_int, op: &'static str, rank: i32) -> Error {
         }
         _ => ErrorKind::Mpi,
     };
+    if matches!(kind, ErrorKind::ProcessFailed | ErrorKind::Revoked) && crate::runtime::ft::fault_tolerant() {
+        // Tell every rank at once, on every communicator phalanx made, before the program unwinds
+        // (and frees) the communicators it was using: a rank blocked with live peers on one of them
+        // would otherwise wait forever (see services::recovery).
+        ulfm::revoke_all(rank);
+    }
     Error::new(kind, op, Some(rank), format!("MPI reported: {text} (error class {class})")).with_mpi_class(class)
 }
 
@@ -721,16 +727,44 @@ pub(crate) fn waitall(
     }
     // SAFETY: `reqs` and `statuses` are valid arrays of the same length for the blocking call;
     // completed requests are set to MPI_REQUEST_NULL by MPI.
-    check(unsafe { sys::MPI_Waitall(reqs.len() as c_int, reqs.as_mut_ptr(), statuses.as_mut_ptr()) }, op, rank)
+    let code = unsafe { sys::MPI_Waitall(reqs.len() as c_int, reqs.as_mut_ptr(), statuses.as_mut_ptr()) };
+    check(in_status(code, statuses), op, rank)
+}
+
+/// For `MPI_ERR_IN_STATUS` from a multiple-completion call: the first request's own error (a
+/// failed peer's, say), so that the error names what happened; any other code unchanged.
+fn in_status(code: c_int, statuses: &[MPI_Status]) -> c_int {
+    if code == sys::MPI_SUCCESS as c_int {
+        return code;
+    }
+    let mut class: c_int = 0;
+    // SAFETY: `class` is a valid out-pointer.
+    unsafe { sys::MPI_Error_class(code, &mut class) };
+    if class != sys::MPI_ERR_IN_STATUS as c_int {
+        return code;
+    }
+    let own = |e: c_int| e != sys::MPI_SUCCESS as c_int && e != sys::MPI_ERR_PENDING as c_int;
+    statuses.iter().map(|s| s.MPI_ERROR).find(|e| own(*e)).unwrap_or(code)
 }
 
 /// `MPI_Testall`: true when all requests have completed (and were set to MPI_REQUEST_NULL).
 pub(crate) fn testall(reqs: &mut [MPI_Request], op: &'static str, rank: i32) -> Result<bool> {
     let mut flag: c_int = 0;
-    // SAFETY: `reqs` is a valid array for the call; MPI_STATUSES_IGNORE is predefined.
-    let code =
-        unsafe { sys::MPI_Testall(reqs.len() as c_int, reqs.as_mut_ptr(), &mut flag, sys::RSMPI_STATUSES_IGNORE) };
-    check(code, op, rank)?;
+    // Statuses so that a failed request's own error can be reported (on the stack: this is polled
+    // while a halo exchange is in flight).
+    // SAFETY: an all-zero MPI_Status is a valid value of the plain C struct.
+    let mut on_stack: [MPI_Status; 32] = unsafe { std::mem::zeroed() };
+    let mut on_heap: Vec<MPI_Status> = Vec::new();
+    let statuses: &mut [MPI_Status] = if reqs.len() <= on_stack.len() {
+        &mut on_stack[..reqs.len()]
+    } else {
+        // SAFETY: as above.
+        on_heap.resize_with(reqs.len(), || unsafe { std::mem::zeroed() });
+        &mut on_heap
+    };
+    // SAFETY: `reqs` and `statuses` are valid arrays of the same length for the call.
+    let code = unsafe { sys::MPI_Testall(reqs.len() as c_int, reqs.as_mut_ptr(), &mut flag, statuses.as_mut_ptr()) };
+    check(in_status(code, statuses), op, rank)?;
     Ok(flag != 0)
 }
 

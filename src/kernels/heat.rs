@@ -32,6 +32,7 @@ use crate::decomp::{Decomposition, DistArray, Stencil};
 use crate::error::{Error, ErrorKind, Result};
 use crate::services::checkpoint::Generation;
 use crate::services::metrics::{Metrics, Phase};
+use crate::services::recovery::Restored;
 
 /// The diffusion number used for `dims` dimensions (stable: below 1 / (2 dims)).
 pub fn default_r(dims: usize) -> f64 {
@@ -791,6 +792,19 @@ impl HeatSolver {
         // construction) and interior ghosts come with the next exchange.
         g.read_array(name, &mut self.u)?;
         self.steps = g.step() as usize;
+        Ok(())
+    }
+
+    /// Restores the state of step [`Restored::step`] from the partner copies of an in-job recovery
+    /// (array item `name`, copied from [`field`](HeatSolver::field) on the ranks before the failure).
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// Those of [`Restored::array`].
+    pub fn restore_recovered(&mut self, r: &Restored, name: &str) -> Result<()> {
+        r.array(name, &mut self.u)?;
+        self.steps = r.step() as usize;
         Ok(())
     }
 

@@ -52,11 +52,14 @@
 //! is lost: [`run`] returns an error naming both, on every survivor (fall back to a disk checkpoint).
 //! Memory: twice this rank's snapshot plus twice its partner's ([`Attempt::copy_bytes`]).
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use bytemuck::Pod;
+use ndarray::Dimension;
 
 use crate::comm::Comm;
+use crate::decomp::DistArray;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ffi;
 
@@ -80,6 +83,17 @@ impl<'a> Snapshot<'a> {
     /// `global_len` elements.
     pub fn segment<T: Pod>(&mut self, name: &str, offset: usize, global_len: usize, data: &'a [T]) -> &mut Self {
         self.items.push((name.to_string(), std::mem::size_of::<T>(), offset, global_len, bytemuck::cast_slice(data)));
+        self
+    }
+
+    /// The owned block of a distributed array (the ghosts are not copied), restored onto any
+    /// decomposition of the same global shape with [`Restored::array`].
+    pub fn array<T: Pod + Send + Sync, D: Dimension>(&mut self, name: &str, a: &'a DistArray<T, D>) -> &mut Self {
+        let d = a.decomposition();
+        let (total, data) = (d.shape().iter().product::<usize>(), a.as_slice());
+        for (local, global, len) in rows(d.owned_box().start(), d.owned_box().len(), d.ghost_width(), d.shape()) {
+            self.segment(name, global, total, &data[local..local + len]);
+        }
         self
     }
 
@@ -152,9 +166,9 @@ pub struct Attempt {
     to: i32,
     from: i32,
     /// This rank's own snapshots, newest first.
-    own: [Option<Copy>; 2],
+    own: RefCell<[Option<Copy>; 2]>,
     /// The copies of rank `from`'s snapshots, newest first.
-    held: [Option<Copy>; 2],
+    held: RefCell<[Option<Copy>; 2]>,
 }
 
 impl Attempt {
@@ -163,7 +177,8 @@ impl Attempt {
         let me = comm.rank();
         let to = keeper[me as usize];
         let from = keeper.iter().position(|k| *k == me).unwrap_or(me as usize) as i32;
-        Ok(Attempt { comm, restored, recoveries, keeper, to, from, own: [None, None], held: [None, None] })
+        let (own, held) = (RefCell::new([None, None]), RefCell::new([None, None]));
+        Ok(Attempt { comm, restored, recoveries, keeper, to, from, own, held })
     }
 
     /// The communicator of this attempt: every surviving rank.
@@ -189,7 +204,8 @@ impl Attempt {
 
     /// The bytes of copies this rank keeps (its own two and its partner's two).
     pub fn copy_bytes(&self) -> usize {
-        self.own.iter().chain(&self.held).flatten().map(|c| c.bytes.len()).sum()
+        let (own, held) = (self.own.borrow(), self.held.borrow());
+        own.iter().chain(held.iter()).flatten().map(|c| c.bytes.len()).sum()
     }
 
     /// Sends `snap` to this rank's partner and keeps the partner's snapshot of the same step; the
@@ -201,7 +217,7 @@ impl Attempt {
     /// [`ErrorKind::InvalidArgument`] (on every rank) when the ranks copy different steps;
     /// [`ErrorKind::ProcessFailed`] / [`ErrorKind::Revoked`] when a rank failed (return it from the
     /// body: [`run`] recovers); [`ErrorKind::Checkpoint`] when the partner's bytes are not a snapshot.
-    pub fn copy(&mut self, snap: &Snapshot<'_>) -> Result<()> {
+    pub fn copy(&self, snap: &Snapshot<'_>) -> Result<()> {
         let c = &self.comm;
         let (lo, hi) = c.min_max(&[snap.step as i64])?;
         if lo != hi {
@@ -255,8 +271,9 @@ impl Attempt {
             }
         }
         // Complete: the newest becomes the previous.
-        self.own = [Some(Copy { step: snap.step, bytes: mine }), self.own[0].take()];
-        self.held = [Some(Copy { step: snap.step, bytes: theirs }), self.held[0].take()];
+        let (mut own, mut held) = (self.own.borrow_mut(), self.held.borrow_mut());
+        *own = [Some(Copy { step: snap.step, bytes: mine }), own[0].take()];
+        *held = [Some(Copy { step: snap.step, bytes: theirs }), held[0].take()];
         Ok(())
     }
 }
@@ -311,84 +328,166 @@ impl Restored {
     /// Collective over `comm` (the attempt's communicator).
     ///
     /// # Errors
-    /// [`ErrorKind::Checkpoint`] on every rank when some element of a rank's range is in no copy,
+    /// [`ErrorKind::Checkpoint`] on every rank when some element a rank asks for is in no copy,
     /// or the element size differs from the copied one; MPI errors.
     pub fn segment<T: Pod>(&self, comm: &Comm, name: &str, range: Range<usize>) -> Result<Vec<T>> {
-        let elem = std::mem::size_of::<T>();
-        // The pieces of `name` this rank brings: (offset, elements, element size), and their bytes.
-        let mut meta: Vec<u64> = Vec::new();
-        let mut pieces: Vec<(usize, &[u8])> = Vec::new();
+        let mut out = vec![T::zeroed(); range.len()];
+        self.gather(
+            comm,
+            name,
+            std::mem::size_of::<T>(),
+            &[(range.start, range.end)],
+            bytemuck::cast_slice_mut(&mut out),
+        )?;
+        Ok(out)
+    }
+
+    /// Fills the owned block of `a` (on the new decomposition, any of the same global shape) with
+    /// the array `name` as it was at [`Restored::step`]; the ghosts are left for the next exchange.
+    ///
+    /// Collective over `a`'s communicator.
+    ///
+    /// # Errors
+    /// As [`Restored::segment`].
+    pub fn array<T: Pod + Send + Sync, D: Dimension>(&self, name: &str, a: &mut DistArray<T, D>) -> Result<()> {
+        let d = a.decomposition().clone();
+        let rows = rows(d.owned_box().start(), d.owned_box().len(), d.ghost_width(), d.shape());
+        let wants: Vec<(usize, usize)> = rows.iter().map(|(_, g, n)| (*g, g + n)).collect();
+        let mut block = vec![T::zeroed(); rows.iter().map(|r| r.2).sum()];
+        self.gather(d.comm(), name, std::mem::size_of::<T>(), &wants, bytemuck::cast_slice_mut(&mut block))?;
+        let data = a.as_slice_mut();
+        let mut at = 0;
+        for (local, _, n) in rows {
+            data[local..local + n].copy_from_slice(&block[at..at + n]);
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// The elements `wants` (sorted, disjoint global ranges) of `name`, in that order, into `out`:
+    /// every survivor sends the overlaps of its pieces with every rank's wants (one all-to-all).
+    fn gather(&self, comm: &Comm, name: &str, elem: usize, wants: &[(usize, usize)], out: &mut [u8]) -> Result<()> {
+        // The pieces of `name` this rank brings, sorted: (offset, elements, element size), bytes.
+        let mut pieces: Vec<(usize, usize, usize, &[u8])> = Vec::new();
         for c in &self.copies {
             let (_, ps) = decode(c).expect("checked when copied");
             for p in ps.into_iter().filter(|p| p.name == name) {
-                meta.extend([p.offset as u64, ((p.bytes.end - p.bytes.start) / p.elem) as u64, p.elem as u64]);
-                pieces.push((p.offset, &c[p.bytes]));
+                pieces.push((p.offset, (p.bytes.end - p.bytes.start) / p.elem, p.elem, &c[p.bytes]));
             }
         }
+        pieces.sort_by_key(|p| p.0);
+        let meta: Vec<u64> = pieces.iter().flat_map(|p| [p.0 as u64, p.1 as u64, p.2 as u64]).collect();
         let all_meta = comm.allgatherv(&meta)?;
-        let wants = comm.allgather([range.start as u64, range.end as u64])?;
-        // What goes to each rank: the overlaps of this rank's pieces with its range, in piece order.
+        let flat: Vec<u64> = wants.iter().flat_map(|w| [w.0 as u64, w.1 as u64]).collect();
+        let all_wants = comm.allgatherv(&flat)?;
+        let spans = |m: &[u64]| -> Vec<(usize, usize, usize)> {
+            m.chunks_exact(3).map(|p| (p[0] as usize, p[0] as usize + p[1] as usize, p[2] as usize)).collect()
+        };
+        let mine = spans(&meta);
         let mut send = Vec::new();
-        let mut counts = Vec::with_capacity(wants.len());
-        for w in &wants {
+        let mut counts = Vec::with_capacity(comm.size() as usize);
+        for w in all_wants.iter() {
             let before = send.len();
-            for (i, (off, bytes)) in pieces.iter().enumerate() {
-                let pelem = meta[i * 3 + 2] as usize;
-                if pelem != elem {
-                    continue;
-                }
-                let n = bytes.len() / elem;
-                let (lo, hi) = ((w[0] as usize).max(*off), (w[1] as usize).min(off + n));
-                if lo < hi {
-                    send.extend_from_slice(&bytes[(lo - off) * elem..(hi - off) * elem]);
-                }
-            }
+            let w: Vec<(usize, usize)> = w.chunks_exact(2).map(|x| (x[0] as usize, x[1] as usize)).collect();
+            overlaps(&mine, &w, elem, |k, lo, hi, _, _| {
+                let (off, _, _, bytes) = pieces[k];
+                send.extend_from_slice(&bytes[(lo - off) * elem..(hi - off) * elem]);
+            });
             counts.push(send.len() - before);
         }
         let got = comm.alltoallv(&send, &counts)?;
-        let mut out = vec![T::zeroed(); range.len()];
-        let out_bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
-        let mut covered = 0usize;
-        let mut bad_elem = None;
+        // Where each want starts in `out`.
+        let mut starts = Vec::with_capacity(wants.len());
+        let mut total = 0usize;
+        for w in wants {
+            starts.push(total);
+            total += w.1 - w.0;
+        }
+        let (mut covered, mut bad_elem) = (0usize, None);
         for (src, m) in all_meta.iter().enumerate() {
+            let theirs = spans(m);
+            if let Some(p) = theirs.iter().find(|p| p.2 != elem && wants.iter().any(|w| p.0 < w.1 && p.1 > w.0)) {
+                bad_elem = Some(p.2);
+            }
             let block = got.block(src);
             let mut at = 0;
-            for p in m.chunks_exact(3) {
-                let (off, n, pelem) = (p[0] as usize, p[1] as usize, p[2] as usize);
-                if pelem != elem {
-                    if off < range.end && off + n > range.start {
-                        bad_elem = Some(pelem);
-                    }
-                    continue;
-                }
-                let (lo, hi) = (range.start.max(off), range.end.min(off + n));
-                if lo < hi {
-                    let len = (hi - lo) * elem;
-                    out_bytes[(lo - range.start) * elem..(lo - range.start) * elem + len]
-                        .copy_from_slice(&block[at..at + len]);
-                    at += len;
-                    covered += hi - lo;
-                }
-            }
+            overlaps(&theirs, wants, elem, |_, lo, hi, wi, w| {
+                let len = (hi - lo) * elem;
+                let to = (starts[wi] + lo - w.0) * elem;
+                out[to..to + len].copy_from_slice(&block[at..at + len]);
+                at += len;
+                covered += hi - lo;
+            });
         }
         let problem = match bad_elem {
             Some(e) => Some(format!("{name} was copied with {e}-byte elements, read as {elem}-byte ones")),
-            None if covered != range.len() => Some(format!(
-                "{} of the {} elements {}..{} of {name} are in no survivor's copy of step {}",
-                range.len() - covered.min(range.len()),
-                range.len(),
-                range.start,
-                range.end,
+            None if covered != total => Some(format!(
+                "{} of the {total} elements of {name} this rank asked for are in no survivor's copy of step {}",
+                total - covered.min(total),
                 self.step
             )),
             None => None,
         };
         let local = match problem {
-            Some(m) => Err(Error::new(ErrorKind::Checkpoint, "restored segment", Some(comm.rank()), m)),
-            None => Ok(out),
+            Some(m) => Err(Error::new(ErrorKind::Checkpoint, "restored data", Some(comm.rank()), m)),
+            None => Ok(()),
         };
-        comm.agree_result("restored segment", local)
+        comm.agree_result("restored data", local)
     }
+}
+
+/// Calls `f(piece, lo, hi, want index, want)` for every overlap `lo..hi` of the sorted, disjoint
+/// `pieces` (start, end, element size; those of another element size skipped) with the sorted,
+/// disjoint `wants`, in want order: the order both the sender and the receiver walk.
+fn overlaps(
+    pieces: &[(usize, usize, usize)],
+    wants: &[(usize, usize)],
+    elem: usize,
+    mut f: impl FnMut(usize, usize, usize, usize, (usize, usize)),
+) {
+    let (mut i, mut k) = (0, 0);
+    while i < wants.len() && k < pieces.len() {
+        let (w, p) = (wants[i], pieces[k]);
+        let (lo, hi) = (w.0.max(p.0), w.1.min(p.1));
+        if lo < hi && p.2 == elem {
+            f(k, lo, hi, i, w);
+        }
+        if w.1 <= p.1 {
+            i += 1;
+        } else {
+            k += 1;
+        }
+    }
+}
+
+/// The rows (runs along the last dimension) of an owned box: for each, its offset in the ghosted
+/// local storage, its offset in the global row-major array, and its length.
+fn rows(start: &[usize], len: &[usize], ghost: &[usize], shape: &[usize]) -> Vec<(usize, usize, usize)> {
+    let nd = shape.len();
+    if nd == 0 || len.contains(&0) {
+        return Vec::new();
+    }
+    let stored: Vec<usize> = (0..nd).map(|d| len[d] + 2 * ghost[d]).collect();
+    let stride = |dims: &[usize], d: usize| dims[d + 1..].iter().product::<usize>();
+    let count: usize = len[..nd - 1].iter().product();
+    let mut out = Vec::with_capacity(count);
+    let mut idx = vec![0usize; nd - 1];
+    for _ in 0..count {
+        let (mut local, mut global) = (ghost[nd - 1], start[nd - 1]);
+        for d in 0..nd - 1 {
+            local += (ghost[d] + idx[d]) * stride(&stored, d);
+            global += (start[d] + idx[d]) * stride(shape, d);
+        }
+        out.push((local, global, len[nd - 1]));
+        for d in (0..nd - 1).rev() {
+            idx[d] += 1;
+            if idx[d] < len[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
 }
 
 /// Runs `body` until it returns something other than a process failure, recovering from each
@@ -400,10 +499,10 @@ impl Restored {
 /// What the body returns, except [`ErrorKind::ProcessFailed`] and [`ErrorKind::Revoked`] in
 /// fault-tolerant mode; [`ErrorKind::ProcessFailed`] on every survivor when a failed rank's state is
 /// in no survivor's copy (a rank and its partner both failed); MPI errors of the recovery.
-pub fn run<T>(comm: &Comm, mut body: impl FnMut(&mut Attempt) -> Result<T>) -> Result<T> {
+pub fn run<T>(comm: &Comm, mut body: impl FnMut(&Attempt) -> Result<T>) -> Result<T> {
     let mut at = Attempt::new(comm.dup()?, None, 0)?;
     loop {
-        let result = body(&mut at);
+        let result = body(&at);
         if !crate::runtime::ft::fault_tolerant() {
             return result;
         }
@@ -489,14 +588,8 @@ fn decide(old: &Attempt) -> Result<(Comm, Option<Restored>)> {
     let survivors = old.comm.shrink()?;
     // Each survivor: its old rank, its own copies' steps, whose copies it keeps and their steps.
     let step = |c: &Option<Copy>| c.as_ref().map_or(NONE, |c| c.step);
-    let mine = [
-        old_rank as u64,
-        step(&old.own[0]),
-        step(&old.own[1]),
-        old.from as u64,
-        step(&old.held[0]),
-        step(&old.held[1]),
-    ];
+    let (own, held) = (old.own.borrow(), old.held.borrow());
+    let mine = [old_rank as u64, step(&own[0]), step(&own[1]), old.from as u64, step(&held[0]), step(&held[1])];
     let all = survivors.allgatherv(&mine)?;
     let rows: Vec<&[u64]> = all.iter().collect();
     let alive: Vec<i32> = rows.iter().map(|r| r[0] as i32).collect();
@@ -525,9 +618,9 @@ fn decide(old: &Attempt) -> Result<(Comm, Option<Restored>)> {
         ));
     };
     let pick = |c: &[Option<Copy>; 2]| c.iter().flatten().find(|c| c.step == s).map(|c| c.bytes.clone());
-    let mut copies: Vec<Vec<u8>> = pick(&old.own).into_iter().collect();
+    let mut copies: Vec<Vec<u8>> = pick(&own).into_iter().collect();
     if failed.contains(&old.from) {
-        copies.extend(pick(&old.held));
+        copies.extend(pick(&held));
     }
     Ok((survivors, Some(Restored { step: s, failed, copies })))
 }
@@ -535,6 +628,27 @@ fn decide(old: &Attempt) -> Result<(Comm, Option<Restored>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_of_owned_boxes() {
+        // A 2-D box of 2 x 3 at (1, 2) in a 4 x 6 array, ghost width 1: stored 4 x 5.
+        assert_eq!(rows(&[1, 2], &[2, 3], &[1, 1], &[4, 6]), vec![(6, 8, 3), (11, 14, 3)]);
+        // 1-D: one row.
+        assert_eq!(rows(&[5], &[4], &[2], &[20]), vec![(2, 5, 4)]);
+        // 3-D, no ghosts: rows in global order.
+        let r = rows(&[0, 1, 0], &[2, 1, 2], &[0, 0, 0], &[2, 2, 2]);
+        assert_eq!(r, vec![(0, 2, 2), (2, 6, 2)]);
+        assert!(rows(&[0, 0], &[0, 3], &[1, 1], &[4, 6]).is_empty());
+    }
+
+    #[test]
+    fn overlaps_walk_in_want_order() {
+        let pieces = [(0, 4, 8), (4, 10, 8), (10, 12, 4)];
+        let wants = [(2, 5), (9, 12)];
+        let mut seen = Vec::new();
+        overlaps(&pieces, &wants, 8, |k, lo, hi, wi, _| seen.push((k, lo, hi, wi)));
+        assert_eq!(seen, vec![(0, 2, 4, 0), (1, 4, 5, 0), (1, 9, 10, 1)]);
+    }
 
     #[test]
     fn snapshots_round_trip_and_bad_bytes_are_refused() {
