@@ -205,9 +205,12 @@ fn solve(args: &Args, world: &Comm, at: Option<&recovery::Attempt>) -> phalanx::
             println!("restart: no checkpoint in {}, starting at step 0", store.dir().display());
         }
     }
+    let mut recovered_at = None;
     if let Some(r) = at.and_then(|a| a.restored()) {
         solver.restore_recovered(r, "u")?;
         restarted_from = Some(r.step());
+        // When the survivors are ready for their first step (to time a recovery from a kill).
+        recovered_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
         if root {
             println!("recovered: step {} on {} ranks after rank(s) {:?} failed", r.step(), world.size(), r.failed());
         }
@@ -390,7 +393,8 @@ fn solve(args: &Args, world: &Comm, at: Option<&recovery::Attempt>) -> phalanx::
                 "copy_gbs": copy_gbs, "roofline_fraction": copy_gbs.map(|bw| mlups / (bw * 1e9 / 24.0 / 1e6)),
                 "example": "heat", "ranks": world.size(), "threads": threads.threads(), "dims": dims, "n": n,
                 "steps": solver.steps(), "steps_this_run": done, "restarted_from": restarted_from,
-                "recoveries": at.map(|a| a.recoveries()),
+                "recoveries": at.map(|a| a.recoveries()), "recovered_at_unix": recovered_at,
+                "partner_copy_bytes": at.map(|a| a.copy_bytes()),
                 "stopped_by": stopped_by.map(signals::signal_name), "seconds": seconds, "mlups": mlups, "field_hash": format!("{hash:032x}"),
                 "overlap": overlap && block == 1, "time_block": block, "pinned": threads.is_pinned(), "check": check,
                 "imbalance": report.as_ref().map(|r| r.imbalance), "slowest_rank": report.as_ref().map(|r| r.slowest_rank),
