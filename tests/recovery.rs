@@ -224,17 +224,26 @@ fn main() -> std::process::ExitCode {
             let mut plain = common::launcher(1, &[]);
             plain.arg(&heat).args(args);
             let reference = hash(&String::from_utf8_lossy(&common::run(&mut plain, Duration::from_secs(120)).stdout));
-            let faults: &[(&str, usize)] = if dims == "2" {
-                &[("kill:2:17", 1), ("kill:0:3", 1), ("kill:1:9,kill:3:30", 2)]
+            // (fault, recoveries, with the watchdog)
+            let faults: &[(&str, usize, bool)] = if dims == "2" {
+                &[
+                    ("kill:2:17", 1, false),
+                    ("kill:0:3", 1, false),
+                    ("kill:1:9,kill:3:30", 2, false),
+                    ("kill:2:17", 1, true),
+                ]
             } else {
-                &[("kill:1:14", 1)]
+                &[("kill:1:14", 1, false)]
             };
-            for (fault, recoveries) in faults {
+            for (fault, recoveries, dog) in faults {
                 let mut a = common::launcher_args(4, &["PHALANX_FAULT"]);
                 let dashdash = a.iter().position(|x| x == "--").expect("--");
                 a.insert(dashdash, "--ft".into());
                 let mut cmd = Command::new(&a[0]);
                 cmd.args(&a[1..]).arg(&heat).args(args).args(["--recover", "--partner-every", "4"]);
+                if *dog {
+                    cmd.args(["--watchdog", "5"]);
+                }
                 cmd.env("PHALANX_FAULT", fault);
                 let t = Instant::now();
                 let o = common::run(&mut cmd, Duration::from_secs(180));
@@ -251,8 +260,9 @@ fn main() -> std::process::ExitCode {
                     why.push(format!("{seen} recoveries, want {recoveries}"));
                 }
                 let line = out.lines().filter(|l| l.starts_with("recovered:")).collect::<Vec<_>>().join("; ");
+                let with = if *dog { " with --watchdog 5" } else { "" };
                 report(
-                    &format!("heat {dims}-D --recover at 4 ranks, {fault}"),
+                    &format!("heat {dims}-D --recover at 4 ranks{with}, {fault}"),
                     why,
                     format!("{:.1?}; {line}", t.elapsed()),
                     &out,

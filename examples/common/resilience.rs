@@ -22,12 +22,12 @@ pub(crate) struct Resilience {
     pub(crate) restart: bool,
     /// End the job, naming the stuck ranks and operations, when a rank makes no progress for this
     /// many seconds.
-    #[arg(long, conflicts_with = "recover")]
+    #[arg(long)]
     pub(crate) watchdog: Option<f64>,
     /// Survive failed ranks in the job (fault-tolerant mode: Open MPI 5 started with
     /// `mpiexec --with-ft ulfm`, or `ci/mpi run --ft`): the survivors continue from in-memory
-    /// partner copies made every --partner-every steps. Not with --watchdog yet (it ends the job
-    /// when a rank dies).
+    /// partner copies made every --partner-every steps (with --watchdog, a dead rank is left to
+    /// the recovery; a stuck one still ends the job).
     #[arg(long)]
     pub(crate) recover: bool,
     /// With --recover: copy the state to the partner rank every this many steps.

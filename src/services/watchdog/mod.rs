@@ -39,6 +39,11 @@
 //! well above the longest step and checkpoint. A process stopped with `SIGSTOP` stops its
 //! watchdog thread too: it is reported as silent.
 //!
+//! In fault-tolerant mode ([`crate::runtime::ft`]) a rank whose process ended is left to the
+//! recovery ([`crate::services::recovery`]) instead of ending the job; a program that recovers
+//! starts a new watchdog on the survivors' communicator in each attempt (as heat does). A stopped or
+//! stuck rank still ends the job.
+//!
 //! The coordinator keeps one connection per rank; at tens of thousands of ranks a tree of
 //! coordinators would be needed.
 
@@ -355,6 +360,12 @@ fn beat(mut s: Channel, rank: i32, limit: Duration, done: &AtomicBool) {
                 }
             }
             let who = || format!("rank 0 (host {coord_host}, pid {coord_pid})");
+            if watching && matches!(got, Got::Closed) && crate::runtime::ft::fault_tolerant() {
+                // A failed process is the recovery's to handle (services::recovery), not a reason
+                // to end the job.
+                eprintln!("phalanx watchdog: rank {rank}: {} ended; fault-tolerant mode: left to the recovery", who());
+                watching = false;
+            }
             if watching && matches!(got, Got::Closed) {
                 if rank != deputy {
                     leave(); // the job is ending; the deputy says why
@@ -476,6 +487,14 @@ fn coordinate(accepted: Vec<Option<Joined>>, host: String, limit: Duration, done
             }
             if matches!(got, Got::Closed) {
                 *c = None;
+                if !peers[r].gone && crate::runtime::ft::fault_tolerant() {
+                    // As above: the recovery's to handle.
+                    eprintln!(
+                        "phalanx watchdog: rank {r} (host {}, pid {}) ended; fault-tolerant mode: left to the recovery",
+                        peers[r].host, peers[r].pid
+                    );
+                    peers[r].gone = true;
+                }
                 if !peers[r].gone {
                     end_all(&mut conns, &ended_report(r, &peers[r], limit, away), true);
                 }
