@@ -169,12 +169,21 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
     if !phalanx::runtime::ft::fault_tolerant() && rt.world_rank() == 0 {
         eprintln!("heat: --recover without fault-tolerant mode (see above): a failed rank ends the job");
     }
-    recovery::run(&rt.world(), |at| solve(args, at.comm(), Some(at)))
+    let progress = Progress::default();
+    recovery::run(&rt.world(), |at| solve(args, at.comm(), Some((at, &progress))))
+}
+
+/// Under --recover: the furthest step reached, and the steps computed again after recoveries.
+#[derive(Default)]
+struct Progress {
+    reached: std::cell::Cell<usize>,
+    recomputed: std::cell::Cell<usize>,
 }
 
 /// The run on `world` (the survivors' communicator under --recover, with the attempt that makes
 /// partner copies and holds the restored state).
-fn solve(args: &Args, world: &Comm, at: Option<&recovery::Attempt>) -> phalanx::Result<i32> {
+fn solve(args: &Args, world: &Comm, recovering: Option<(&recovery::Attempt, &Progress)>) -> phalanx::Result<i32> {
+    let at = recovering.map(|r| r.0);
     let dims = args.dims as usize;
     let n = args.n.unwrap_or(if dims == 2 { 2048 } else { 160 });
     let threads = world.start_threads(ThreadConfig::from_options(args.threads, args.pin))?;
@@ -209,6 +218,9 @@ fn solve(args: &Args, world: &Comm, at: Option<&recovery::Attempt>) -> phalanx::
     if let Some(r) = at.and_then(|a| a.restored()) {
         solver.restore_recovered(r, "u")?;
         restarted_from = Some(r.step());
+        if let Some((_, p)) = recovering {
+            p.recomputed.set(p.recomputed.get() + p.reached.get().saturating_sub(r.step() as usize));
+        }
         // When the survivors are ready for their first step (to time a recovery from a kill).
         recovered_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
         if root {
@@ -285,6 +297,9 @@ fn solve(args: &Args, world: &Comm, at: Option<&recovery::Attempt>) -> phalanx::
             s += 1;
         } else {
             s += solver.step_block(threads.pool(), limit, timers)?;
+        }
+        if let Some((_, p)) = recovering {
+            p.reached.set(p.reached.get().max(s));
         }
         if store.is_some() {
             stopped_by = signals::stop_requested(world)?;
@@ -394,6 +409,8 @@ fn solve(args: &Args, world: &Comm, at: Option<&recovery::Attempt>) -> phalanx::
                 "example": "heat", "ranks": world.size(), "threads": threads.threads(), "dims": dims, "n": n,
                 "steps": solver.steps(), "steps_this_run": done, "restarted_from": restarted_from,
                 "recoveries": at.map(|a| a.recoveries()), "recovered_at_unix": recovered_at,
+                "recovery_seconds": at.map(|a| a.recovery_seconds()),
+                "steps_recomputed": recovering.map(|r| r.1.recomputed.get()),
                 "partner_copy_bytes": at.map(|a| a.copy_bytes()),
                 "stopped_by": stopped_by.map(signals::signal_name), "seconds": seconds, "mlups": mlups, "field_hash": format!("{hash:032x}"),
                 "overlap": overlap && block == 1, "time_block": block, "pinned": threads.is_pinned(), "check": check,

@@ -44,7 +44,7 @@ pub enum ErrorKind {
     /// A checkpoint that is truncated, corrupted, of another version, type or shape.
     Checkpoint,
     /// A process of the communicator failed (ULFM's `MPIX_ERR_PROC_FAILED`): in fault-tolerant
-    /// mode, the survivors recover (see [`crate::services::recovery`]); [`crate::Comm::failed_ranks`]
+    /// mode, the survivors recover (see [`crate::services::recovery`]); [`crate::comm::Comm::failed_ranks`]
     /// names the ranks.
     ProcessFailed,
     /// The communicator was revoked (ULFM's `MPIX_ERR_REVOKED`): another rank noticed a failure and

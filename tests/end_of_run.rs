@@ -225,7 +225,12 @@ fn main() -> std::process::ExitCode {
         if c.nonzero == o.status.success() {
             why.push(format!("exit {:?}", o.status));
         }
-        if c.code.is_some() && code != c.code {
+        // MPICH's hydra reports the status of whichever rank it saw end first, one it killed
+        // (SIGKILL, 9) included, when the job ends with a rank's own exit: there only a non-zero
+        // status is required (the texts below still name the code the ranks chose).
+        let hydra = std::env::var("PHALANX_MPI").is_ok_and(|m| m == "mpich");
+        let relaxed = hydra && c.nonzero && c.shim;
+        if c.code.is_some() && code != c.code && !relaxed {
             why.push(format!("exit code {code:?}, want {:?}", c.code));
         }
         if took > c.within {

@@ -7,7 +7,8 @@
 //! partner. Each element's update depends only on its neighbours' values, so the final vector is
 //! the same bits on any number of ranks: its hash is compared with an uninterrupted run's.
 //!
-//! Ranks are killed with the fault injection (`PHALANX_FAULT=kill:RANK:STEP[,...]`, world ranks).
+//! Ranks are killed with the fault injection (`PHALANX_FAULT=kill:RANK:STEP[,...]`, world ranks;
+//! `kill-in-copy:RANK:STEP` in the middle of a partner copy).
 //! The recovery cases need an MPI that survives a failed process: Open MPI 5 started with
 //! `--with-ft ulfm` (`PHALANX_MPI=openmpi5`, as `ci/test` runs this program). Under another MPI
 //! they print SKIPPED with the reason, and the program checks the fallback instead: fault-tolerant
@@ -186,6 +187,14 @@ fn main() -> std::process::ExitCode {
                 ok: true,
             },
             Case {
+                name: "kill rank 2 of 4 in the middle of the partner copy of step 10",
+                ranks: 4,
+                fault: "kill-in-copy:2:10",
+                texts: &["rank(s) [2] of 4 failed", "from the partner copies of step 5", "1 recoveries"],
+                same_hash: true,
+                ok: true,
+            },
+            Case {
                 name: "kill a rank and its partner",
                 ranks: 4,
                 fault: "kill:1:12,kill:2:12",
@@ -270,10 +279,103 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
+    if ulfm {
+        let (why, line, out) = stopped_rank_under_ft();
+        report("heat --recover --watchdog 2 at 3 ranks, rank 1 stopped (SIGSTOP)", why, line, &out);
+    }
     println!("recovery: {passed} passed, {failed} failed, {skipped} skipped");
     if failed == 0 {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::FAILURE
     }
+}
+
+/// The ranks of the job whose launcher is `launcher_pid` (its children with
+/// `OMPI_COMM_WORLD_RANK`): (rank, pid).
+fn ranks_of(launcher_pid: u32) -> Vec<(usize, i32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1)).and_then(|p| p.parse().ok());
+        if ppid != Some(launcher_pid) {
+            continue;
+        }
+        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        for var in env.split(|b| *b == 0) {
+            if let Some(r) = var.strip_prefix(b"OMPI_COMM_WORLD_RANK=") {
+                if let Ok(r) = String::from_utf8_lossy(r).parse() {
+                    out.push((r, pid));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A stopped rank in fault-tolerant mode: the watchdog still ends the job (the launcher of a
+/// fault-tolerant job does not end it when a rank merely stops), and no process outlives it.
+fn stopped_rank_under_ft() -> (Vec<String>, String, String) {
+    use std::process::Stdio;
+    let heat = common::example("heat");
+    let mut a = common::launcher_args(3, &[]);
+    let dashdash = a.iter().position(|x| x == "--").expect("--");
+    a.insert(dashdash, "--ft".into());
+    let mut cmd = Command::new(&a[0]);
+    cmd.args(&a[1..]).arg(&heat);
+    cmd.args(["--n", "48", "--steps", "100000000", "--threads", "1", "--recover", "--partner-every", "1000"]);
+    cmd.args(["--watchdog", "2"]);
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let start = Instant::now();
+    let pids = loop {
+        let p = ranks_of(child.id());
+        if p.len() == 3 || start.elapsed() > Duration::from_secs(60) {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if pids.len() != 3 {
+        let _ = child.kill();
+        let _ = child.wait();
+        return (vec![format!("found {} ranks under the launcher", pids.len())], String::new(), String::new());
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    // SAFETY: kill has no memory-safety preconditions; the pid is a rank of this test's job.
+    unsafe { libc::kill(pids[1].1, libc::SIGSTOP) };
+    let sent = Instant::now();
+    let mut why = Vec::new();
+    while child.try_wait().expect("wait").is_none() {
+        if sent.elapsed() > Duration::from_secs(30) {
+            why.push("the job did not end within 30 s of the stop".to_string());
+            let _ = child.kill();
+            for (_, p) in &pids {
+                // SAFETY: as above.
+                unsafe { libc::kill(*p, libc::SIGKILL) };
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = sent.elapsed().as_secs_f64();
+    let o = child.wait_with_output().expect("output");
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    // The watchdog ends the job within 1.25 limits; 8 s is twice the 4 s budget of the same case
+    // without fault tolerance (tests/resilience.rs).
+    if took > 8.0 {
+        why.push(format!("the job ended {took:.1} s after the stop, budget 8 s"));
+    }
+    if o.status.success() || !out.contains("SILENT") {
+        why.push(format!("exit {:?}; want a non-zero exit and the watchdog's report", o.status));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for (r, p) in &pids {
+        if common::alive(*p) {
+            why.push(format!("rank {r} (pid {p}) still runs after the job ended"));
+            // SAFETY: as above.
+            unsafe { libc::kill(*p, libc::SIGKILL) };
+        }
+    }
+    (why, format!("{took:.1} s from the stop to the end of the job"), out)
 }

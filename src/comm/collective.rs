@@ -302,7 +302,7 @@ impl Comm {
     /// # Errors
     /// Mismatched lengths in checked mode; MPI errors.
     #[doc(alias = "MPI_Op_create")]
-    pub fn allreduce_with<T: Pod, F: Fn(&T, &T) -> T>(&self, send: &[T], f: F) -> Result<Vec<T>> {
+    pub fn allreduce_with<T: Pod, F: Fn(&T, &T) -> T + Sync>(&self, send: &[T], f: F) -> Result<Vec<T>> {
         const OP: &str = "allreduce_with";
         let _busy = self.begin(OP)?;
         self.agree(OP, Ok(()), self.reduce_sig::<T>(None, send.len(), None))?;
@@ -320,7 +320,12 @@ impl Comm {
     /// # Errors
     /// [`ErrorKind::InvalidRoot`]; as [`allreduce_with`](Comm::allreduce_with).
     #[doc(alias = "MPI_Reduce")]
-    pub fn reduce_with<T: Pod, F: Fn(&T, &T) -> T>(&self, send: &[T], root: i32, f: F) -> Result<Option<Vec<T>>> {
+    pub fn reduce_with<T: Pod, F: Fn(&T, &T) -> T + Sync>(
+        &self,
+        send: &[T],
+        root: i32,
+        f: F,
+    ) -> Result<Option<Vec<T>>> {
         const OP: &str = "reduce_with";
         let _busy = self.begin(OP)?;
         let local = self.check_root(root, OP);

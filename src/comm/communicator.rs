@@ -480,9 +480,10 @@ impl Drop for Comm {
     fn drop(&mut self) {
         if self.owned && !ffi::finalized() {
             if crate::runtime::ft::fault_tolerant() {
-                ffi::ulfm::freed(self.raw);
+                ffi::ulfm::free_registered(&mut self.raw);
+            } else {
+                ffi::comm_free(&mut self.raw);
             }
-            ffi::comm_free(&mut self.raw);
         }
     }
 }

@@ -135,8 +135,8 @@ struct Erased(*const (), unsafe fn(*const (), *const u8, *mut u8, usize));
 
 // SAFETY: the closure behind the pointer is only called while the reduction that lent it is in
 // progress (it is removed from the table before `with_closure` returns); closures passed to the
-// reductions are `Fn` and shared by reference, and the reductions are blocking calls whose caller
-// waits, so calling it from MPI's thread is calling it through a shared borrow.
+// reductions are `Fn + Sync` and shared by reference, and the reductions are blocking calls whose
+// caller waits, so calling it from MPI's thread is calling it through a shared borrow.
 unsafe impl Send for Erased {}
 
 /// The closures lent to MPI, by the key of the datatype made for their reduction.
@@ -203,7 +203,7 @@ unsafe extern "C" fn trampoline(inv: *mut c_void, inout: *mut c_void, len: *mut 
 }
 
 /// Runs `body` with an `MPI_Op` and datatype that apply `f` to `T` elements.
-pub(crate) fn with_closure<T: Pod, F: Fn(&T, &T) -> T, R>(
+pub(crate) fn with_closure<T: Pod, F: Fn(&T, &T) -> T + Sync, R>(
     f: &F,
     op: &'static str,
     rank: i32,

@@ -289,6 +289,7 @@ fn mpi_error(code: c_int, op: &'static str, rank: i32) -> Error {
         // Tell every rank at once, on every communicator phalanx made, before the program unwinds
         // (and frees) the communicators it was using: a rank blocked with live peers on one of them
         // would otherwise wait forever (see services::recovery).
+        ulfm::FAILURE_SEEN.store(true, std::sync::atomic::Ordering::SeqCst);
         ulfm::revoke_all(rank);
     }
     Error::new(kind, op, Some(rank), format!("MPI reported: {text} (error class {class})")).with_mpi_class(class)
@@ -711,6 +712,17 @@ pub(crate) fn test(req: &mut MPI_Request, op: &'static str, rank: i32) -> (Resul
     // SAFETY: as in `wait`; `flag` is a valid out-pointer.
     let code = unsafe { sys::MPI_Test(req, &mut flag, &mut status) };
     (check(code, op, rank).map(|_| flag != 0), status)
+}
+
+/// `MPI_Test` for the runtime's own bookkeeping (adopted sends): whether the request is over,
+/// successfully or not, without turning an error into an [`Error`] (which, in fault-tolerant mode,
+/// would revoke the communicators of a run that has already recovered).
+pub(crate) fn test_quiet(req: &mut MPI_Request) -> bool {
+    let mut flag: c_int = 0;
+    let mut status = new_status();
+    // SAFETY: as in `wait`; `flag` is a valid out-pointer.
+    let code = unsafe { sys::MPI_Test(req, &mut flag, &mut status) };
+    code != sys::MPI_SUCCESS as c_int || flag != 0
 }
 
 /// Waits for all requests; statuses are written into `statuses` (same length as `reqs`).

@@ -2,9 +2,11 @@
 //! `_failure_ack`, `_failure_get_acked`) and their error classes.
 //!
 //! They are declared in `mpi-ext.h` (Open MPI) or `mpi_proto.h` (MPICH), which the bindings made
-//! from `mpi.h` do not see, so they are declared here by hand: only when `build.rs` found them in
-//! the headers (cfg `phalanx_ulfm`), so that an MPI without them (Debian's Open MPI 4.1) still links.
-//! Without the cfg every call returns an error saying so.
+//! from `mpi.h` do not see, so their signatures are written here by hand, used only when `build.rs`
+//! found them in the headers (cfg `phalanx_ulfm`), and the functions are looked up in the loaded
+//! library at first use rather than linked, so that a binary never fails in the dynamic linker for
+//! want of them. Without the cfg, or without the symbols at run time, every call returns an error
+//! saying so.
 
 #![cfg_attr(not(phalanx_ulfm), allow(unused_imports))]
 
@@ -41,16 +43,67 @@ const fn parse(s: Option<&str>) -> Option<i32> {
 /// Whether the headers declared the ULFM calls (cfg `phalanx_ulfm`).
 pub(crate) const DECLARED: bool = cfg!(phalanx_ulfm);
 
+/// The ULFM calls, looked up in the loaded MPI library at first use (`dlsym`), not linked: a
+/// program built against Open MPI 5 but started with another library loaded (Open MPI 4.1 shares
+/// its soname) must still reach `init`'s check that names the mismatch, instead of failing in the
+/// dynamic linker on a missing MPIX symbol.
 #[cfg(phalanx_ulfm)]
 mod decl {
     use super::{c_int, sys, MPI_Comm};
-    extern "C" {
-        pub(super) fn MPIX_Comm_revoke(comm: MPI_Comm) -> c_int;
-        pub(super) fn MPIX_Comm_shrink(comm: MPI_Comm, newcomm: *mut MPI_Comm) -> c_int;
-        pub(super) fn MPIX_Comm_agree(comm: MPI_Comm, flag: *mut c_int) -> c_int;
-        pub(super) fn MPIX_Comm_failure_ack(comm: MPI_Comm) -> c_int;
-        pub(super) fn MPIX_Comm_failure_get_acked(comm: MPI_Comm, failed: *mut sys::MPI_Group) -> c_int;
+    use std::sync::OnceLock;
+
+    type Revoke = unsafe extern "C" fn(MPI_Comm) -> c_int;
+    type Shrink = unsafe extern "C" fn(MPI_Comm, *mut MPI_Comm) -> c_int;
+    type Agree = unsafe extern "C" fn(MPI_Comm, *mut c_int) -> c_int;
+    type Ack = unsafe extern "C" fn(MPI_Comm) -> c_int;
+    type GetAcked = unsafe extern "C" fn(MPI_Comm, *mut sys::MPI_Group) -> c_int;
+
+    /// The five calls, or the name of the first one the loaded library lacks.
+    pub(super) struct Calls {
+        pub(super) revoke: Revoke,
+        pub(super) shrink: Shrink,
+        pub(super) agree: Agree,
+        pub(super) failure_ack: Ack,
+        pub(super) failure_get_acked: GetAcked,
     }
+
+    fn find(name: &std::ffi::CStr) -> Result<*mut std::ffi::c_void, String> {
+        // SAFETY: dlsym with RTLD_DEFAULT searches the loaded objects for a NUL-terminated name.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+        if p.is_null() {
+            Err(format!("the loaded MPI library has no {}", name.to_string_lossy()))
+        } else {
+            Ok(p)
+        }
+    }
+
+    pub(super) fn calls() -> Result<&'static Calls, &'static str> {
+        static CALLS: OnceLock<Result<Calls, String>> = OnceLock::new();
+        CALLS
+            .get_or_init(|| {
+                // SAFETY: each symbol is the MPI library's function of that name, whose C signature
+                // (mpi-ext.h, mpi_proto.h) is the function pointer type it is converted to.
+                unsafe {
+                    Ok(Calls {
+                        revoke: std::mem::transmute::<*mut std::ffi::c_void, Revoke>(find(c"MPIX_Comm_revoke")?),
+                        shrink: std::mem::transmute::<*mut std::ffi::c_void, Shrink>(find(c"MPIX_Comm_shrink")?),
+                        agree: std::mem::transmute::<*mut std::ffi::c_void, Agree>(find(c"MPIX_Comm_agree")?),
+                        failure_ack: std::mem::transmute::<*mut std::ffi::c_void, Ack>(find(c"MPIX_Comm_failure_ack")?),
+                        failure_get_acked: std::mem::transmute::<*mut std::ffi::c_void, GetAcked>(find(
+                            c"MPIX_Comm_failure_get_acked",
+                        )?),
+                    })
+                }
+            })
+            .as_ref()
+            .map_err(|e| e.as_str())
+    }
+}
+
+/// The ULFM calls of the loaded library, or an error naming the missing one.
+#[cfg(phalanx_ulfm)]
+fn calls(op: &'static str, rank: i32) -> Result<&'static decl::Calls> {
+    decl::calls().map_err(|m| crate::error::Error::new(crate::error::ErrorKind::Runtime, op, Some(rank), m))
 }
 
 #[cfg(not(phalanx_ulfm))]
@@ -67,8 +120,9 @@ fn missing(op: &'static str, rank: i32) -> crate::error::Error {
 pub(crate) fn revoke(comm: MPI_Comm, rank: i32) -> Result<()> {
     #[cfg(phalanx_ulfm)]
     {
+        let f = calls("revoke", rank)?.revoke;
         // SAFETY: `comm` is a live communicator handle.
-        check(unsafe { decl::MPIX_Comm_revoke(comm) }, "revoke", rank)
+        check(unsafe { f(comm) }, "revoke", rank)
     }
     #[cfg(not(phalanx_ulfm))]
     {
@@ -81,9 +135,10 @@ pub(crate) fn revoke(comm: MPI_Comm, rank: i32) -> Result<()> {
 pub(crate) fn shrink(comm: MPI_Comm, rank: i32) -> Result<MPI_Comm> {
     #[cfg(phalanx_ulfm)]
     {
+        let f = calls("shrink", rank)?.shrink;
         let mut out = super::comm_null();
         // SAFETY: `comm` is a live communicator; `out` is a valid out-pointer.
-        check(unsafe { decl::MPIX_Comm_shrink(comm, &mut out) }, "shrink", rank)?;
+        check(unsafe { f(comm, &mut out) }, "shrink", rank)?;
         Ok(out)
     }
     #[cfg(not(phalanx_ulfm))]
@@ -99,9 +154,13 @@ pub(crate) fn shrink(comm: MPI_Comm, rank: i32) -> Result<MPI_Comm> {
 pub(crate) fn agree(comm: MPI_Comm, flag: i32, rank: i32) -> (i32, Result<()>) {
     #[cfg(phalanx_ulfm)]
     {
+        let agree = match calls("agree", rank) {
+            Ok(c) => c.agree,
+            Err(e) => return (0, Err(e)),
+        };
         let mut f: c_int = flag;
         // SAFETY: `comm` is a live communicator; `f` is a valid in/out pointer.
-        let rc = unsafe { decl::MPIX_Comm_agree(comm, &mut f) };
+        let rc = unsafe { agree(comm, &mut f) };
         (f, check(rc, "agree", rank))
     }
     #[cfg(not(phalanx_ulfm))]
@@ -117,11 +176,12 @@ pub(crate) fn failed_ranks(comm: MPI_Comm, rank: i32) -> Result<Vec<i32>> {
     #[cfg(phalanx_ulfm)]
     {
         const OP: &str = "failed_ranks";
+        let c = calls(OP, rank)?;
         // SAFETY: `comm` is a live communicator.
-        check(unsafe { decl::MPIX_Comm_failure_ack(comm) }, OP, rank)?;
+        check(unsafe { (c.failure_ack)(comm) }, OP, rank)?;
         let mut failed = MaybeUninitGroup::new();
         // SAFETY: `comm` is live; the out-pointer is valid.
-        check(unsafe { decl::MPIX_Comm_failure_get_acked(comm, failed.as_mut_ptr()) }, OP, rank)?;
+        check(unsafe { (c.failure_get_acked)(comm, failed.as_mut_ptr()) }, OP, rank)?;
         let failed = failed.get();
         let mut all = MaybeUninitGroup::new();
         // SAFETY: as above.
@@ -216,17 +276,34 @@ pub(crate) fn created(c: MPI_Comm) {
     live().push(key(c));
 }
 
-/// Forgets a communicator about to be freed.
-pub(crate) fn freed(c: MPI_Comm) {
-    let k = key(c);
-    live().retain(|x| *x != k);
+/// Set once a process failure or a revocation has been seen in this process.
+pub(crate) static FAILURE_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+thread_local! {
+    /// Set while this thread revokes: a revocation that fails is not to revoke again.
+    static REVOKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Revokes every communicator phalanx created and has not freed (errors ignored: some may be
-/// revoked already).
+/// revoked already). The table stays locked meanwhile, so that no communicator is freed (and its
+/// handle reused) under the revocation.
 pub(crate) fn revoke_all(rank: i32) {
-    let all: Vec<u64> = live().clone();
-    for k in all {
-        let _ = revoke(handle(k), rank);
+    if REVOKING.with(|r| r.replace(true)) {
+        return;
     }
+    let all = live();
+    for k in all.iter() {
+        let _ = revoke(handle(*k), rank);
+    }
+    drop(all);
+    REVOKING.with(|r| r.set(false));
+}
+
+/// Frees a communicator phalanx created, after taking it out of the table, with the table locked
+/// (see [`revoke_all`]).
+pub(crate) fn free_registered(c: &mut MPI_Comm) {
+    let mut all = live();
+    let k = key(*c);
+    all.retain(|x| *x != k);
+    super::comm_free(c);
 }

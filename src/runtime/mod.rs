@@ -387,6 +387,19 @@ impl Runtime {
         if !ft::fault_tolerant() || !matches!(e.kind(), ErrorKind::ProcessFailed | ErrorKind::Revoked) {
             return false;
         }
+        // MPIX_Comm_agree has no deadline: a rank that never gets here would hold the others. The
+        // end of the run keeps its bound (PHALANX_FINALIZE_TIMEOUT) with a timer.
+        let (rank, limit) = (self.world_rank, finalize_timeout());
+        let _ = std::thread::Builder::new().name("phalanx-end".into()).spawn(move || {
+            std::thread::sleep(limit);
+            eprintln!(
+                "phalanx: rank {rank}: the survivors did not agree on the end of the run within {:.0} s; leaving, \
+                 exit status 1",
+                limit.as_secs_f64()
+            );
+            // SAFETY: _exit has no preconditions.
+            unsafe { libc::_exit(1) }
+        });
         let _ = ffi::ulfm::revoke(self.end, self.world_rank);
         let (_, r) = ffi::ulfm::agree(self.end, 1, self.world_rank);
         let ok = r.is_ok() || r.is_err_and(|e| e.kind() == ErrorKind::ProcessFailed);

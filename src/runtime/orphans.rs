@@ -29,19 +29,20 @@ thread_local! {
 
 /// Takes over sends `reqs` that read from `buf`, and frees the buffers of earlier ones that completed.
 ///
-/// In fault-tolerant mode the sends are abandoned because a process failed: they are cancelled
+/// In fault-tolerant mode, once a process failure has been seen, sends are abandoned because of it:
+/// they are cancelled
 /// (ULFM grants the cancel of a send to a failed peer) and waited for, for at most
 /// [`FT_SETTLE`]. Open MPI 5.0.11 otherwise completes a rendezvous send to the failed peer with an
 /// error after the request was released and ends the job from inside the library ("Send error
 /// after request freed", seen with heat --recover at 1024 x 1024).
 pub(crate) fn adopt(mut reqs: Vec<MPI_Request>, buf: Box<dyn Any>) {
-    if super::ft::fault_tolerant() {
+    if super::ft::fault_tolerant() && ffi::ulfm::FAILURE_SEEN.load(std::sync::atomic::Ordering::SeqCst) {
         for r in reqs.iter_mut().filter(|r| **r != ffi::request_null()) {
             ffi::cancel(r);
         }
         let start = std::time::Instant::now();
         while start.elapsed() < FT_SETTLE {
-            reqs.retain_mut(|r| *r != ffi::request_null() && matches!(ffi::test(r, "abandoned send", -1).0, Ok(false)));
+            reqs.retain_mut(|r| *r != ffi::request_null() && !ffi::test_quiet(r));
             if reqs.is_empty() {
                 return;
             }
@@ -62,9 +63,7 @@ pub(crate) fn reap() -> usize {
         list.retain_mut(|orphan| {
             // A send that completed with an error (its peer failed, its communicator was revoked)
             // is over too: MPI has released the request.
-            orphan.reqs.retain_mut(|r| {
-                *r != ffi::request_null() && !matches!(ffi::test(r, "orphaned send", -1).0, Ok(true) | Err(_))
-            });
+            orphan.reqs.retain_mut(|r| *r != ffi::request_null() && !ffi::test_quiet(r));
             !orphan.reqs.is_empty()
         });
         list.len()

@@ -3,8 +3,9 @@
 //!
 //! `PHALANX_FAULT` is `kill:RANK:STEP` (world rank RANK dies when the program reports the start
 //! of step STEP through [`at_step`]) or `kill-in-checkpoint:RANK:STEP` (it dies half-way through
-//! writing its file of the checkpoint generation of step STEP), or several of them separated by
-//! commas (successive failures in one run, for in-job recovery). When `PHALANX_FAULT_STAMP` names a
+//! writing its file of the checkpoint generation of step STEP), `kill-in-copy:RANK:STEP` (it dies
+//! half-way through the in-memory partner copy of step STEP, see [`crate::services::recovery`]), or
+//! several of them separated by commas (successive failures in one run, for in-job recovery). When `PHALANX_FAULT_STAMP` names a
 //! file, the dying rank first writes the Unix time in seconds to it, so that a test can measure how
 //! long the rest of the job takes to end.
 
@@ -15,6 +16,7 @@ use std::sync::OnceLock;
 enum Fault {
     AtStep(usize, u64),
     InCheckpoint(usize, u64),
+    InCopy(usize, u64),
 }
 
 fn configured() -> &'static [Fault] {
@@ -33,6 +35,7 @@ fn parse(spec: &str) -> Option<Fault> {
     match kind {
         "kill" => Some(Fault::AtStep(rank, step)),
         "kill-in-checkpoint" => Some(Fault::InCheckpoint(rank, step)),
+        "kill-in-copy" => Some(Fault::InCopy(rank, step)),
         _ => None,
     }
 }
@@ -52,6 +55,14 @@ pub fn at_step(step: u64) {
 
 pub(crate) fn kill_during_checkpoint(rank: usize, step: u64) -> bool {
     configured().contains(&Fault::InCheckpoint(rank, step))
+}
+
+/// Kills this process if `PHALANX_FAULT` asks for it in the middle of the partner copy of `step`
+/// (after the sizes were exchanged, before the data).
+pub(crate) fn in_partner_copy(step: u64) {
+    if configured().contains(&Fault::InCopy(world_rank(), step)) {
+        die(&format!("in the middle of the partner copy of step {step}"));
+    }
 }
 
 pub(crate) fn die(when: &str) -> ! {
@@ -76,6 +87,7 @@ mod tests {
     fn specs_parse() {
         assert_eq!(parse("kill:1:23"), Some(Fault::AtStep(1, 23)));
         assert_eq!(parse("kill-in-checkpoint:0:40"), Some(Fault::InCheckpoint(0, 40)));
+        assert_eq!(parse("kill-in-copy:2:10"), Some(Fault::InCopy(2, 10)));
         assert_eq!(parse("kill:x:3"), None);
         assert_eq!(parse("explode:1:2"), None);
         assert_eq!(parse_all("kill:1:5,kill:3:12"), vec![Fault::AtStep(1, 5), Fault::AtStep(3, 12)]);

@@ -44,8 +44,10 @@
 //!
 //! # Partner copies
 //! [`Attempt::copy`] sends this rank's snapshot to its partner and keeps the partner's (collective).
-//! Partners are on different nodes where the job spans several (the rank as many places further on
-//! in node order as the largest node has ranks), so losing a node loses no state. Each rank keeps
+//! Partners are on different nodes where the job spans several and no node holds more than half
+//! the ranks (the rank as many places further on in node order as the largest node has ranks), so
+//! losing a node loses no state; otherwise (one node, or after a recovery left one node with most
+//! of the ranks) some partners share a node, and rank 0 says so when the attempt starts. Each rank keeps
 //! the last two copies of its own snapshot and of its partner's: a failure in the middle of a copy
 //! leaves the previous one whole, and the survivors roll back to the newest step that every
 //! survivor and every failed rank's partner holds. When a rank and its partner both fail, their state
@@ -80,7 +82,7 @@ impl<'a> Snapshot<'a> {
     }
 
     /// This rank's elements `offset..offset + data.len()` of the global vector `name` of
-    /// `global_len` elements.
+    /// `global_len` elements. The segments of one name (over all ranks) must not overlap.
     pub fn segment<T: Pod>(&mut self, name: &str, offset: usize, global_len: usize, data: &'a [T]) -> &mut Self {
         self.items.push((name.to_string(), std::mem::size_of::<T>(), offset, global_len, bytemuck::cast_slice(data)));
         self
@@ -161,6 +163,8 @@ pub struct Attempt {
     comm: Comm,
     restored: Option<Restored>,
     recoveries: u32,
+    /// Seconds this rank spent recovering so far (all attempts before this one).
+    spent: f64,
     /// For every rank, the rank that keeps its copies.
     keeper: Vec<i32>,
     to: i32,
@@ -172,13 +176,17 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    fn new(comm: Comm, restored: Option<Restored>, recoveries: u32) -> Result<Attempt> {
+    fn new(comm: Comm) -> Result<Attempt> {
         let keeper = partners(&comm)?;
+        Ok(Attempt::with_partners(comm, None, 0, 0.0, keeper))
+    }
+
+    fn with_partners(comm: Comm, restored: Option<Restored>, recoveries: u32, spent: f64, keeper: Vec<i32>) -> Attempt {
         let me = comm.rank();
         let to = keeper[me as usize];
         let from = keeper.iter().position(|k| *k == me).unwrap_or(me as usize) as i32;
         let (own, held) = (RefCell::new([None, None]), RefCell::new([None, None]));
-        Ok(Attempt { comm, restored, recoveries, keeper, to, from, own, held })
+        Attempt { comm, restored, recoveries, spent, keeper, to, from, own, held }
     }
 
     /// The communicator of this attempt: every surviving rank.
@@ -195,6 +203,13 @@ impl Attempt {
     /// How many failures were recovered from before this attempt.
     pub fn recoveries(&self) -> u32 {
         self.recoveries
+    }
+
+    /// Seconds this rank spent in recoveries so far, from entering each recovery to the next
+    /// attempt (agreement, shrinking, choosing the step; not the time to notice the failure, nor
+    /// the steps recomputed, which only the program knows).
+    pub fn recovery_seconds(&self) -> f64 {
+        self.spent
     }
 
     /// The rank this rank copies to, and the rank whose copies it keeps.
@@ -214,9 +229,11 @@ impl Attempt {
     /// Collective.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidArgument`] (on every rank) when the ranks copy different steps;
-    /// [`ErrorKind::ProcessFailed`] / [`ErrorKind::Revoked`] when a rank failed (return it from the
-    /// body: [`run`] recovers); [`ErrorKind::Checkpoint`] when the partner's bytes are not a snapshot.
+    /// [`ErrorKind::InvalidArgument`] when the ranks copy different steps, a segment does not fit its
+    /// global length or the snapshot exceeds 2 GiB (on the rank concerned; [`ErrorKind::PeerFailed`]
+    /// naming it on the others); [`ErrorKind::ProcessFailed`] / [`ErrorKind::Revoked`] when a rank
+    /// failed (return it from the body: [`run`] recovers); [`ErrorKind::Checkpoint`] when the
+    /// partner's bytes are not a snapshot (and `PeerFailed` on the others).
     pub fn copy(&self, snap: &Snapshot<'_>) -> Result<()> {
         let c = &self.comm;
         let (lo, hi) = c.min_max(&[snap.step as i64])?;
@@ -229,47 +246,43 @@ impl Attempt {
             ));
         }
         let mine = snap.encode();
-        let local = match decode(&mine) {
-            Some(_) => Ok(()),
-            None => Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "recovery copy",
-                Some(c.rank()),
-                format!(
-                    "a segment of the snapshot of step {} does not fit its global length: {}",
-                    snap.step,
-                    snap.items
-                        .iter()
-                        .map(|(n, e, o, g, d)| format!("{n}: elements {o}..{} of {g}", o + d.len() / e.max(&1)))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )),
+        let local = if decode(&mine).is_none() {
+            Err(format!(
+                "a segment of the snapshot of step {} does not fit its global length: {}",
+                snap.step,
+                snap.items
+                    .iter()
+                    .map(|(n, e, o, g, d)| format!("{n}: elements {o}..{} of {g}", o + d.len() / e.max(&1)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        } else if mine.len() > MAX_COPY {
+            Err(format!(
+                "the snapshot of step {} is {} bytes; a partner copy is one MPI message, at most {MAX_COPY} bytes",
+                snap.step,
+                mine.len()
+            ))
+        } else {
+            Ok(())
         };
+        let local = local.map_err(|m| Error::new(ErrorKind::InvalidArgument, "recovery copy", Some(c.rank()), m));
         c.agree_result("recovery copy", local)?;
+        // The sizes were checked by their senders (and agreed) above.
         let mut len = [0u64];
         c.sendrecv(&[mine.len() as u64], self.to, TAG, &mut len, self.from, TAG)?;
-        let len = usize::try_from(len[0]).ok().filter(|n| *n <= isize::MAX as usize / 2).ok_or_else(|| {
-            Error::new(
+        crate::services::fault::in_partner_copy(snap.step);
+        let mut theirs = vec![0u8; (len[0] as usize).min(MAX_COPY)];
+        c.sendrecv(&mine, self.to, TAG + 1, &mut theirs, self.from, TAG + 1)?;
+        let local = match decode(&theirs) {
+            Some((step, _)) if step == snap.step => Ok(()),
+            _ => Err(Error::new(
                 ErrorKind::Checkpoint,
                 "recovery copy",
                 Some(c.rank()),
-                "the partner's copy size is not credible",
-            )
-        })?;
-        let mut theirs = vec![0u8; len];
-        c.sendrecv(&mine, self.to, TAG + 1, &mut theirs, self.from, TAG + 1)?;
-        match decode(&theirs) {
-            Some((step, _)) if step == snap.step => {}
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::Checkpoint,
-                    "recovery copy",
-                    Some(c.rank()),
-                    format!("the copy from rank {} is not a snapshot of step {}", self.from, snap.step),
-                ))
-            }
-        }
+                format!("the copy from rank {} is not a snapshot of step {}", self.from, snap.step),
+            )),
+        };
+        c.agree_result("recovery copy", local)?;
         // Complete: the newest becomes the previous.
         let (mut own, mut held) = (self.own.borrow_mut(), self.held.borrow_mut());
         *own = [Some(Copy { step: snap.step, bytes: mine }), own[0].take()];
@@ -279,6 +292,9 @@ impl Attempt {
 }
 
 const TAG: i32 = 31_000;
+
+/// The largest snapshot one rank copies (one MPI message of bytes, whose count is an `int`).
+const MAX_COPY: usize = i32::MAX as usize;
 
 /// Each rank's partner: for every rank, the rank it copies to (so `to[r]` keeps rank r's copies).
 /// In node order, the rank as many places on as the largest node has ranks: on another node when
@@ -295,6 +311,12 @@ fn partners(comm: &Comm) -> Result<Vec<i32>> {
     }
     let widest = per_node.values().copied().max().unwrap_or(1);
     let shift = if per_node.len() > 1 && widest < n { widest } else { 1 };
+    if per_node.len() > 1 && 2 * widest > n && comm.rank() == 0 {
+        eprintln!(
+            "phalanx recovery: one node holds {widest} of the {n} ranks: some partner copies are kept on the same node, \
+             so losing that node can lose state"
+        );
+    }
     let mut to = vec![0i32; n];
     for (at, r) in order.iter().enumerate() {
         to[*r] = order[(at + shift) % n] as i32;
@@ -328,8 +350,9 @@ impl Restored {
     /// Collective over `comm` (the attempt's communicator).
     ///
     /// # Errors
-    /// [`ErrorKind::Checkpoint`] on every rank when some element a rank asks for is in no copy,
-    /// or the element size differs from the copied one; MPI errors.
+    /// [`ErrorKind::Checkpoint`] when some element a rank asks for is in no copy (or in several),
+    /// or the element size differs from the copied one (on that rank; [`ErrorKind::PeerFailed`]
+    /// naming it on the others); MPI errors.
     pub fn segment<T: Pod>(&self, comm: &Comm, name: &str, range: Range<usize>) -> Result<Vec<T>> {
         let mut out = vec![T::zeroed(); range.len()];
         self.gather(
@@ -421,9 +444,13 @@ impl Restored {
         }
         let problem = match bad_elem {
             Some(e) => Some(format!("{name} was copied with {e}-byte elements, read as {elem}-byte ones")),
-            None if covered != total => Some(format!(
+            None if covered > total => Some(format!(
+                "{name}'s copied segments overlap ({covered} elements found for the {total} asked for); segments of \
+                 one name must not overlap"
+            )),
+            None if covered < total => Some(format!(
                 "{} of the {total} elements of {name} this rank asked for are in no survivor's copy of step {}",
-                total - covered.min(total),
+                total - covered,
                 self.step
             )),
             None => None,
@@ -500,7 +527,7 @@ fn rows(start: &[usize], len: &[usize], ghost: &[usize], shape: &[usize]) -> Vec
 /// fault-tolerant mode; [`ErrorKind::ProcessFailed`] on every survivor when a failed rank's state is
 /// in no survivor's copy (a rank and its partner both failed); MPI errors of the recovery.
 pub fn run<T>(comm: &Comm, mut body: impl FnMut(&Attempt) -> Result<T>) -> Result<T> {
-    let mut at = Attempt::new(comm.dup()?, None, 0)?;
+    let mut at = Attempt::new(comm.dup()?)?;
     loop {
         let result = body(&at);
         if !crate::runtime::ft::fault_tolerant() {
@@ -541,51 +568,54 @@ fn recover(old: Attempt, cause: &Error) -> Result<Attempt> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match decide(&old) {
-            Ok((survivors, restored)) => {
+        let survivors = old.comm.shrink()?;
+        // Everything after the shrink may meet a new failure on some ranks only: the survivors
+        // agree (fault-tolerantly) whether every one of them got through before going on, and
+        // otherwise all shrink again.
+        let local = decide(&old, &survivors).and_then(|d| Ok((d, partners(&survivors)?)));
+        let (all_ok, _) = survivors.agree_all(local.is_ok())?;
+        match local {
+            Ok(((restored, failed), keeper)) if all_ok => {
                 if survivors.rank() == 0 {
-                    let r = restored.as_ref();
                     eprintln!(
-                        "phalanx recovery: rank(s) {:?} of {} failed ({cause}); continuing on {} ranks from {} \
+                        "phalanx recovery: rank(s) {failed:?} of {} failed ({cause}); continuing on {} ranks from {} \
                          (recovered in {:.2} s)",
-                        r.map_or_else(|| failed_of(&old, &survivors), |r| r.failed.clone()),
                         old.comm.size(),
                         survivors.size(),
-                        r.map_or("the start (no copy was complete yet)".to_string(), |r| format!(
+                        restored.as_ref().map_or("the start (no copy was complete yet)".to_string(), |r| format!(
                             "the partner copies of step {}",
                             r.step
                         )),
                         t.elapsed().as_secs_f64()
                     );
                 }
-                let recoveries = old.recoveries + 1;
+                let (recoveries, spent) = (old.recoveries + 1, old.spent + t.elapsed().as_secs_f64());
                 drop(old);
-                return Attempt::new(survivors, restored, recoveries);
+                return Ok(Attempt::with_partners(survivors, restored, recoveries, spent, keeper));
             }
-            Err(e) if matches!(e.kind(), ErrorKind::ProcessFailed | ErrorKind::Revoked) && tries < 8 => {
-                if e.message().contains(LOST) {
-                    return Err(e);
-                }
-                ffi::ulfm::revoke_all(old.comm.rank());
+            // The copies are lost: the same verdict on every survivor (it follows from the rows all
+            // of them gathered).
+            Err(e) if e.message().contains(LOST) => return Err(e),
+            Err(e) if !matches!(e.kind(), ErrorKind::ProcessFailed | ErrorKind::Revoked) => return Err(e),
+            _ if tries >= 8 => {
+                return Err(Error::new(
+                    ErrorKind::ProcessFailed,
+                    OP,
+                    Some(survivors.rank()),
+                    format!("processes kept failing during the recovery ({tries} tries)"),
+                ))
             }
-            Err(e) => return Err(e),
+            _ => ffi::ulfm::revoke_all(old.comm.rank()),
         }
     }
-}
-
-/// The failed ranks of the old communicator, from the survivors' old ranks.
-fn failed_of(old: &Attempt, survivors: &Comm) -> Vec<i32> {
-    let alive = survivors.allgather(old.comm.rank()).unwrap_or_default();
-    (0..old.comm.size()).filter(|r| !alive.contains(r)).collect()
 }
 
 const LOST: &str = "no step's copies survived on every rank";
 
 /// Shrinks the old communicator and decides the step to continue from (collective over the
 /// survivors).
-fn decide(old: &Attempt) -> Result<(Comm, Option<Restored>)> {
+fn decide(old: &Attempt, survivors: &Comm) -> Result<(Option<Restored>, Vec<i32>)> {
     let (old_rank, old_size) = (old.comm.rank(), old.comm.size());
-    let survivors = old.comm.shrink()?;
     // Each survivor: its old rank, its own copies' steps, whose copies it keeps and their steps.
     let step = |c: &Option<Copy>| c.as_ref().map_or(NONE, |c| c.step);
     let (own, held) = (old.own.borrow(), old.held.borrow());
@@ -599,7 +629,7 @@ fn decide(old: &Attempt) -> Result<(Comm, Option<Restored>)> {
     let steps: Vec<u64> = rows[0][1..3].iter().copied().filter(|s| *s != NONE && own_everywhere(*s)).collect();
     if steps.is_empty() {
         // No copy was complete on every survivor yet: start over.
-        return Ok((survivors, None));
+        return Ok((None, failed));
     }
     let Some(s) = steps.iter().copied().filter(|s| kept(*s)).max() else {
         let lost: Vec<String> = failed
@@ -622,7 +652,7 @@ fn decide(old: &Attempt) -> Result<(Comm, Option<Restored>)> {
     if failed.contains(&old.from) {
         copies.extend(pick(&held));
     }
-    Ok((survivors, Some(Restored { step: s, failed, copies })))
+    Ok((Some(Restored { step: s, failed: failed.clone(), copies }), failed))
 }
 
 #[cfg(test)]

@@ -42,7 +42,9 @@
 //! In fault-tolerant mode ([`crate::runtime::ft`]) a rank whose process ended is left to the
 //! recovery ([`crate::services::recovery`]) instead of ending the job; a program that recovers
 //! starts a new watchdog on the survivors' communicator in each attempt (as heat does). A stopped or
-//! stuck rank still ends the job.
+//! stuck rank still ends the job: every rank told by rank 0 leaves at once (the MPI library does not
+//! take the processes of a fault-tolerant job down), and Open MPI 5's launcher then ends the stopped
+//! one (`tests/recovery.rs`).
 //!
 //! The coordinator keeps one connection per rank; at tens of thousands of ranks a tree of
 //! coordinators would be needed.
@@ -348,7 +350,11 @@ fn beat(mut s: Channel, rank: i32, limit: Duration, done: &AtomicBool) {
                 match f.as_slice() {
                     ["bye"] => watching = false,
                     ["abort"] => {
-                        // Rank 0 reported and is ending the job.
+                        // Rank 0 reported and is ending the job. In fault-tolerant mode the MPI
+                        // library does not take this process down: it leaves at once.
+                        if crate::runtime::ft::fault_tolerant() {
+                            leave();
+                        }
                         watching = false;
                         leave_at = Some(now + ABORT_GRACE);
                     }
@@ -401,7 +407,7 @@ fn tell_rejected(rank: usize, other: usize, rejected: u64, told: u64) -> u64 {
     if rejected > told && (told == 0 || rejected >= told * 10) {
         eprintln!(
             "phalanx watchdog: rank {rank} dropped {rejected} message(s) on its connection with rank {other} that failed \
-             their authentication (not sent by the job's watchdog; ignored)"
+             their check (a line torn by a full socket, or bytes not sent by the job's watchdog; ignored)"
         );
         return rejected;
     }

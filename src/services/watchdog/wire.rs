@@ -268,9 +268,31 @@ fn read_line_by(s: &mut TcpStream, deadline: Instant) -> Result<String, String> 
     }
 }
 
-/// A rank other than 0: connects to rank 0's watchdog at `addr` and runs the handshake, by
-/// `deadline`. Fails when whatever answers there cannot prove it holds the job's secret.
+/// A rank other than 0: connects to rank 0's watchdog at `addr` and runs the handshake, tried
+/// again until `deadline` when the connection breaks (rank 0 drops the oldest unfinished handshake
+/// when strangers flood it). Fails when whatever answers there cannot prove it holds the job's
+/// secret, or at the deadline.
 pub(super) fn connect(
+    addr: SocketAddr,
+    secret: &Secret,
+    rank: i32,
+    pid: u32,
+    host: &str,
+    deadline: Instant,
+) -> Result<Channel, String> {
+    loop {
+        match connect_once(addr, secret, rank, pid, host, deadline) {
+            Ok(c) => return Ok(c),
+            Err(e) if e.contains("not this job's rank 0") || Instant::now() + RETRY >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(RETRY),
+        }
+    }
+}
+
+/// The pause between tries of [`connect`].
+const RETRY: Duration = Duration::from_millis(50);
+
+fn connect_once(
     addr: SocketAddr,
     secret: &Secret,
     rank: i32,
