@@ -390,8 +390,12 @@ impl Runtime {
         // MPIX_Comm_agree has no deadline: a rank that never gets here would hold the others. The
         // end of the run keeps its bound (PHALANX_FINALIZE_TIMEOUT) with a timer.
         let (rank, limit) = (self.world_rank, finalize_timeout());
+        static AGREED: AtomicBool = AtomicBool::new(false);
         let _ = std::thread::Builder::new().name("phalanx-end".into()).spawn(move || {
             std::thread::sleep(limit);
+            if AGREED.load(Ordering::SeqCst) {
+                return; // the program may go on long after the runtime ended
+            }
             eprintln!(
                 "phalanx: rank {rank}: the survivors did not agree on the end of the run within {:.0} s; leaving, \
                  exit status 1",
@@ -403,6 +407,7 @@ impl Runtime {
         let _ = ffi::ulfm::revoke(self.end, self.world_rank);
         let (_, r) = ffi::ulfm::agree(self.end, 1, self.world_rank);
         let ok = r.is_ok() || r.is_err_and(|e| e.kind() == ErrorKind::ProcessFailed);
+        AGREED.store(true, Ordering::SeqCst);
         SURVIVORS_ONLY.store(ok, Ordering::SeqCst);
         ok
     }
