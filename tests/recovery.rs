@@ -291,30 +291,6 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The ranks of the job whose launcher is `launcher_pid` (its children with
-/// `OMPI_COMM_WORLD_RANK`): (rank, pid).
-fn ranks_of(launcher_pid: u32) -> Vec<(usize, i32)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let ppid = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1)).and_then(|p| p.parse().ok());
-        if ppid != Some(launcher_pid) {
-            continue;
-        }
-        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
-        for var in env.split(|b| *b == 0) {
-            if let Some(r) = var.strip_prefix(b"OMPI_COMM_WORLD_RANK=") {
-                if let Ok(r) = String::from_utf8_lossy(r).parse() {
-                    out.push((r, pid));
-                }
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// A stopped rank in fault-tolerant mode: the watchdog still ends the job (the launcher of a
 /// fault-tolerant job does not end it when a rank merely stops), and no process outlives it.
 fn stopped_rank_under_ft() -> (Vec<String>, String, String) {
@@ -330,7 +306,7 @@ fn stopped_rank_under_ft() -> (Vec<String>, String, String) {
     let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
     let start = Instant::now();
     let pids = loop {
-        let p = ranks_of(child.id());
+        let p = common::ranks_of(child.id());
         if p.len() == 3 || start.elapsed() > Duration::from_secs(60) {
             break p;
         }

@@ -139,28 +139,6 @@ fn kill_and_restart(i: usize, r: &KillRun, dir: &Path, reference: &str) -> Resul
 }
 
 /// The world rank of each process below `mpirun` (from its environment).
-fn ranks_of(mpirun_pid: u32) -> Vec<(usize, i32)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let ppid = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1)).and_then(|p| p.parse().ok());
-        if ppid != Some(mpirun_pid) {
-            continue;
-        }
-        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
-        for var in env.split(|b| *b == 0) {
-            if let Some(r) = var.strip_prefix(b"OMPI_COMM_WORLD_RANK=") {
-                if let Ok(r) = String::from_utf8_lossy(r).parse() {
-                    out.push((r, pid));
-                }
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Starts `prog` under mpirun, waits until every rank is running for `settle`, sends `sig` to
 /// `target` (a rank, or `None` for mpirun itself) and returns the output and the seconds from the
 /// signal to the end of the job.
@@ -173,7 +151,7 @@ fn signal_job(ranks: usize, prog: &str, args: &str, target: Option<usize>, sig: 
         .expect("spawn mpirun");
     let start = Instant::now();
     let pids = loop {
-        let p = ranks_of(child.id());
+        let p = common::ranks_of(child.id());
         if p.len() == ranks {
             break p;
         }

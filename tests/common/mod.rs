@@ -96,3 +96,27 @@ pub(crate) fn preload_shim(var: &str) {
         panic!("cannot run this program again with the shim {shim}: {e}");
     }
 }
+
+/// The ranks of the job whose launcher is `launcher_pid` (its children with
+/// `OMPI_COMM_WORLD_RANK`, which Open MPI 4 and 5 set): (rank, pid), by rank.
+pub(crate) fn ranks_of(launcher_pid: u32) -> Vec<(usize, i32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1)).and_then(|p| p.parse().ok());
+        if ppid != Some(launcher_pid) {
+            continue;
+        }
+        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        for var in env.split(|b| *b == 0) {
+            if let Some(r) = var.strip_prefix(b"OMPI_COMM_WORLD_RANK=") {
+                if let Ok(r) = String::from_utf8_lossy(r).parse() {
+                    out.push((r, pid));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
