@@ -163,14 +163,27 @@ fn copy_bandwidth(pool: &rayon::ThreadPool, len: usize) -> f64 {
 }
 
 fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
+    // The run's checkpoint store: it outlives the attempts of a recovering run, which continue the
+    // same lineage of generations.
+    let store =
+        args.resilience.checkpoint_dir.as_ref().map(|d| CheckpointStore::new(d, args.resilience.checkpoint_keep));
+    if store.is_some() {
+        signals::install_stop_handler()?;
+    }
+    let store = store.as_ref();
     if !args.resilience.recover {
-        return solve(args, &rt.world(), None);
+        return solve(args, &rt.world(), store, None);
     }
     if !phalanx::runtime::ft::fault_tolerant() && rt.world_rank() == 0 {
         eprintln!("heat: --recover without fault-tolerant mode (see above): a failed rank ends the job");
     }
     let progress = Progress::default();
-    recovery::run(&rt.world(), |at| solve(args, at.comm(), Some((at, &progress))))
+    let mut how = recovery::Recovery::new().spares(args.resilience.spares);
+    if let Some(dir) = &args.resilience.checkpoint_dir {
+        how = how.disk_fallback(dir);
+    }
+    // A spare never needed has nothing to report.
+    Ok(how.run(&rt.world(), |at| solve(args, at.comm(), store, Some((at, &progress))))?.unwrap_or(0))
 }
 
 /// Under --recover: the furthest step reached, and the steps computed again after recoveries.
@@ -182,7 +195,12 @@ struct Progress {
 
 /// The run on `world` (the survivors' communicator under --recover, with the attempt that makes
 /// partner copies and holds the restored state).
-fn solve(args: &Args, world: &Comm, recovering: Option<(&recovery::Attempt, &Progress)>) -> phalanx::Result<i32> {
+fn solve(
+    args: &Args,
+    world: &Comm,
+    store: Option<&CheckpointStore>,
+    recovering: Option<(&recovery::Attempt, &Progress)>,
+) -> phalanx::Result<i32> {
     let at = recovering.map(|r| r.0);
     let dims = args.dims as usize;
     let n = args.n.unwrap_or(if dims == 2 { 2048 } else { 160 });
@@ -197,13 +215,9 @@ fn solve(args: &Args, world: &Comm, recovering: Option<(&recovery::Attempt, &Pro
     let block = args.time_block as usize;
     let mut solver = HeatSolver::with_time_block(world, dims, n, threads.pool(), block)?;
     solver.set_streaming_stores(args.stores == "streaming");
-    let store =
-        args.resilience.checkpoint_dir.as_ref().map(|d| CheckpointStore::new(d, args.resilience.checkpoint_keep));
-    if store.is_some() {
-        signals::install_stop_handler()?;
-    }
     let mut restarted_from = None;
-    if let (Some(store), true) = (&store, args.resilience.restart) {
+    let first_attempt = at.is_none_or(|a| a.recoveries() == 0);
+    if let (Some(store), true) = (store, args.resilience.restart && first_attempt) {
         if let Some(g) = store.latest(world)? {
             solver.restore(&g, "u")?;
             restarted_from = Some(g.step());
@@ -215,16 +229,33 @@ fn solve(args: &Args, world: &Comm, recovering: Option<(&recovery::Attempt, &Pro
         }
     }
     let mut recovered_at = None;
-    if let Some(r) = at.and_then(|a| a.restored()) {
-        solver.restore_recovered(r, "u")?;
-        restarted_from = Some(r.step());
-        if let Some((_, p)) = recovering {
-            p.recomputed.set(p.recomputed.get() + p.reached.get().saturating_sub(r.step() as usize));
-        }
+    if let Some((at, p)) = recovering.filter(|(a, _)| a.recoveries() > 0) {
+        let from = if let Some(r) = at.restored() {
+            solver.restore_recovered(r, "u")?;
+            Some(r.step())
+        } else if let Some(g) = at.disk_checkpoint() {
+            // The partner copies of some rank were lost with it: continue from the disk.
+            solver.restore(g, "u")?;
+            Some(g.step())
+        } else {
+            None
+        };
+        // A spare that took a failed rank's place has not seen the steps: the furthest any rank saw.
+        let [reached, recomputed] =
+            [p.reached.get(), p.recomputed.get()].map(|v| world.allreduce(v as u64, Op::Max).map(|v| v as usize));
+        let (reached, recomputed) = (reached?, recomputed?);
+        p.recomputed.set(recomputed + reached.saturating_sub(from.unwrap_or(0) as usize));
+        p.reached.set(reached);
+        restarted_from = from;
         // When the survivors are ready for their first step (to time a recovery from a kill).
         recovered_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
         if root {
-            println!("recovered: step {} on {} ranks after rank(s) {:?} failed", r.step(), world.size(), r.failed());
+            let failed = at.restored().map_or(String::new(), |r| format!(" after rank(s) {:?} failed", r.failed()));
+            match (from, at.disk_checkpoint()) {
+                (Some(s), Some(_)) => println!("recovered: step {s} from the disk checkpoint on {} ranks", world.size()),
+                (Some(s), None) => println!("recovered: step {s} on {} ranks{failed}", world.size()),
+                (None, _) => println!("recovered: starting over on {} ranks", world.size()),
+            }
         }
     }
     let partner_every = if at.is_some() { args.resilience.partner_every as usize } else { 0 };
@@ -237,7 +268,7 @@ fn solve(args: &Args, world: &Comm, recovering: Option<(&recovery::Attempt, &Pro
     let checkpoint = |solver: &HeatSolver| -> phalanx::Result<std::path::PathBuf> {
         let mut c = Checkpoint::new(solver.steps() as u64);
         c.array("u", solver.field()).attr("n", n).attr("dims", dims);
-        store.as_ref().expect("checkpoint dir").write(world, &c)
+        store.expect("checkpoint dir").write(world, &c)
     };
     let copy_gbs = if args.roofline {
         let bw = copy_bandwidth(threads.pool(), solver.field().as_slice().len());

@@ -25,6 +25,7 @@ use phalanx::decomp::field_hash_of;
 use phalanx::kernels::nbody::{serial_reference, uses_avx2, NBody};
 use phalanx::runtime::PinPolicy;
 use phalanx::services::checkpoint::{Checkpoint, CheckpointStore};
+use phalanx::services::recovery::{self, Snapshot};
 use phalanx::services::{fault, signals, watchdog::Watchdog};
 
 #[derive(Parser, Debug)]
@@ -65,43 +66,94 @@ fn max_rel(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
-    if args.resilience.recover {
-        return Err(phalanx::Error::new(
-            phalanx::ErrorKind::InvalidArgument,
-            "nbody --recover",
-            Some(rt.world_rank()),
-            "not supported yet: the all-pairs sums depend on the number of ranks, so a run shrunk to the \
-             survivors would not reproduce the uninterrupted particles_hash, and spare ranks are not \
-             implemented; use --checkpoint-dir and --restart",
-        ));
-    }
-    let world = rt.world();
-    let threads = world.start_threads(ThreadConfig::from_options(args.threads, args.pin))?;
-    let pool = threads.pool();
-    let mut sim = NBody::new(&world, args.bodies, args.eps)?;
-    let root = world.rank() == 0;
+    // The run's checkpoint store: it outlives the attempts of a recovering run, which continue the
+    // same lineage of generations.
     let store =
         args.resilience.checkpoint_dir.as_ref().map(|d| CheckpointStore::new(d, args.resilience.checkpoint_keep));
     if store.is_some() {
         signals::install_stop_handler()?;
     }
+    let store = store.as_ref();
+    if !args.resilience.recover {
+        return solve(args, &rt.world(), store, None);
+    }
+    if !phalanx::runtime::ft::fault_tolerant() && rt.world_rank() == 0 {
+        eprintln!("nbody: --recover without fault-tolerant mode (see above): a failed rank ends the job");
+    }
+    let mut how = recovery::Recovery::new().spares(args.resilience.spares);
+    if let Some(dir) = &args.resilience.checkpoint_dir {
+        how = how.disk_fallback(dir);
+    }
+    // The furthest step reached, and the steps computed again after recoveries.
+    let progress = [std::cell::Cell::new(0usize), std::cell::Cell::new(0usize)];
+    // A spare never needed has nothing to report.
+    Ok(how.run(&rt.world(), |at| solve(args, at.comm(), store, Some((at, &progress))))?.unwrap_or(0))
+}
+
+/// The run on `world` (under --recover, the survivors' communicator, with the attempt that makes
+/// partner copies and holds the restored state, and the furthest step reached so far).
+fn solve(
+    args: &Args,
+    world: &phalanx::comm::Comm,
+    store: Option<&CheckpointStore>,
+    recovering: Option<(&recovery::Attempt, &[std::cell::Cell<usize>; 2])>,
+) -> phalanx::Result<i32> {
+    let at = recovering.map(|r| r.0);
+    let threads = world.start_threads(ThreadConfig::from_options(args.threads, args.pin))?;
+    let pool = threads.pool();
+    let mut sim = NBody::new(&world, args.bodies, args.eps)?;
+    let root = world.rank() == 0;
     let mut first = 0;
     let mut e0 = None;
     let mut restarted_from = None;
-    let restored = match (&store, args.resilience.restart) {
-        (Some(store), true) => store.latest(&world)?,
+    let first_attempt = at.is_none_or(|a| a.recoveries() == 0);
+    let restored = match (store, args.resilience.restart && first_attempt) {
+        (Some(store), true) => store.latest(world)?,
         _ => None,
     };
-    if let Some(g) = restored {
-        sim.restore(&world, pool, &g)?;
+    let mut recovered = None;
+    let mut furthest = None;
+    if let Some((at, [reached, recomputed])) = recovering.filter(|(a, _)| a.recoveries() > 0) {
+        if let Some(r) = at.restored() {
+            sim.restore_recovered(&world, pool, r)?;
+            // The initial energy travels in rank 0's copies (one element), to every rank.
+            e0 = Some(r.segment::<f64>(&world, "initial_energy", 0..1)?[0]);
+            first = r.step() as usize;
+            recovered = Some(r.step());
+        }
+        // A spare in a failed rank's place has not seen the steps: the furthest any rank saw.
+        reached.set(world.allreduce(reached.get() as u64, Op::Max)? as usize);
+        recomputed.set(world.allreduce(recomputed.get() as u64, Op::Max)? as usize);
+        furthest = Some(reached.get());
+        if root {
+            match recovered {
+                Some(s) => println!("recovered: step {s} on {} ranks", world.size()),
+                None if at.disk_checkpoint().is_some() => println!("recovered: from the disk on {} ranks", world.size()),
+                None => println!("recovered: starting over on {} ranks", world.size()),
+            }
+            if at.restored().is_some_and(|r| r.failed().len() > args.resilience.spares) || at.disk_checkpoint().is_some() {
+                println!(
+                    "recovered: note: on other ranks than the uninterrupted run, the all-pairs sums are added in \
+                     another order: particles_hash differs in the last bits (use --spares to keep the ranks)"
+                );
+            }
+        }
+    }
+    let from_disk = at.and_then(|a| a.disk_checkpoint());
+    if let Some(g) = restored.as_ref().or(from_disk).filter(|_| recovered.is_none()) {
+        sim.restore(&world, pool, g)?;
         first = g.step() as usize;
         e0 = g.attr("initial_energy").and_then(|e| e.as_f64());
         restarted_from = Some(g.step());
         if root {
             println!("restart: step {first} from {} (written by {} ranks)", g.path().display(), g.ranks());
         }
-    } else {
+    } else if recovered.is_none() {
         sim.compute_forces(&world, pool)?;
+    }
+    if let (Some(f), Some((_, [_, recomputed]))) = (furthest, recovering) {
+        recomputed.set(recomputed.get() + f.saturating_sub(first));
+        restarted_from = restarted_from.or(recovered);
     }
     let e0 = match e0 {
         Some(e) => e,
@@ -113,14 +165,28 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
     let start = Instant::now();
     let mut step = first;
     let mut stopped_by = None;
+    let partner_every = if at.is_some() { args.resilience.partner_every as usize } else { 0 };
     while step < args.steps {
+        if partner_every > 0 && step % partner_every == 0 {
+            // Before the step, so that a restored step is copied again at once.
+            let e = [e0];
+            let mut snap = Snapshot::new(step as u64);
+            sim.snapshot(world, &mut snap);
+            if root {
+                snap.segment("initial_energy", 0, 1, &e);
+            }
+            at.expect("an attempt").copy(&snap)?;
+        }
+        if let Some((_, [reached, _])) = recovering {
+            reached.set(reached.get().max(step));
+        }
         fault::at_step(step as u64);
         sim.step(&world, pool, args.dt)?;
         step += 1;
         if root && start.elapsed().as_secs() >= 5 && step % 10 == 0 {
             eprintln!("nbody: step {step}/{} ({:.1} s)", args.steps, start.elapsed().as_secs_f64());
         }
-        if let Some(store) = &store {
+        if let Some(store) = store {
             stopped_by = signals::stop_requested(&world)?;
             if (args.resilience.checkpoint_every > 0 && step % args.resilience.checkpoint_every == 0)
                 || stopped_by.is_some()
@@ -188,6 +254,8 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
                 "example": "nbody", "ranks": world.size(), "threads": threads.threads(), "bodies": args.bodies,
                 "steps": step, "steps_this_run": done, "restarted_from": restarted_from,
                 "stopped_by": stopped_by.map(signals::signal_name), "particles_hash": format!("{phash:032x}"),
+                "recoveries": at.map(|a| a.recoveries()), "recovery_seconds": at.map(|a| a.recovery_seconds()),
+                "steps_recomputed": recovering.map(|(_, [_, r])| r.get()),
                 "seconds": seconds, "interactions_per_s": ips, "energy_drift": drift,
                 "avx2": uses_avx2(), "check": check,
             });
@@ -201,5 +269,5 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     // An error on any rank prints it with the rank and ends the whole job (exit code 3) instead of
     // leaving the others waiting in a collective.
-    phalanx::run(|rt| run(rt, &args))
+    phalanx::Runtime::builder().fault_tolerant(args.resilience.recover).run(|rt| run(rt, &args))
 }

@@ -33,4 +33,8 @@ pub(crate) struct Resilience {
     /// With --recover: copy the state to the partner rank every this many steps.
     #[arg(long, default_value_t = 10, requires = "recover", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) partner_every: u64,
+    /// With --recover: keep this many of the ranks (the last ones) as spares that take the place
+    /// of failed ranks, so the run continues on as many ranks as before.
+    #[arg(long, default_value_t = 0, requires = "recover")]
+    pub(crate) spares: usize,
 }

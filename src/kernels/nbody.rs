@@ -19,6 +19,7 @@ use crate::comm::{Comm, Op};
 use crate::decomp::Partition;
 use crate::error::Result;
 use crate::services::checkpoint::{Checkpoint, Generation};
+use crate::services::recovery::{Restored, Snapshot};
 
 /// Gravitational constant in the simulation's units.
 pub const G: f64 = 1.0;
@@ -244,6 +245,42 @@ impl NBody {
             ("m", &mut b.m),
         ] {
             *v = g.read_segment(comm, name, r.clone())?;
+        }
+        self.compute_forces(comm, pool)
+    }
+
+    /// Adds this rank's bodies to the partner-copy snapshot `s` (the items of
+    /// [`NBody::checkpoint`]), for in-job recovery ([`crate::services::recovery`]).
+    pub fn snapshot<'a>(&'a self, comm: &Comm, s: &mut Snapshot<'a>) {
+        let (r, n, b) = (self.range(comm), self.total(), &self.bodies);
+        for (name, v) in
+            [("x", &b.x), ("y", &b.y), ("z", &b.z), ("vx", &b.vx), ("vy", &b.vy), ("vz", &b.vz), ("m", &b.m)]
+        {
+            s.segment(name, r.start, n, v);
+        }
+    }
+
+    /// Replaces this rank's bodies (on `comm`, the survivors' communicator) with those of the
+    /// restored partner copies, and recomputes the forces. On as many ranks as before (spare ranks
+    /// in the failed ones' places) the continued run is bit-identical to an uninterrupted one.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// Those of [`Restored::segment`]; MPI errors.
+    pub fn restore_recovered(&mut self, comm: &Comm, pool: &rayon::ThreadPool, r: &Restored) -> Result<()> {
+        let range = self.range(comm);
+        let b = &mut self.bodies;
+        for (name, v) in [
+            ("x", &mut b.x),
+            ("y", &mut b.y),
+            ("z", &mut b.z),
+            ("vx", &mut b.vx),
+            ("vy", &mut b.vy),
+            ("vz", &mut b.vz),
+            ("m", &mut b.m),
+        ] {
+            *v = r.segment(comm, name, range.clone())?;
         }
         self.compute_forces(comm, pool)
     }

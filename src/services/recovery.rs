@@ -56,6 +56,7 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
+use std::path::PathBuf;
 
 use bytemuck::Pod;
 use ndarray::Dimension;
@@ -64,6 +65,7 @@ use crate::comm::Comm;
 use crate::decomp::DistArray;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ffi;
+use crate::services::checkpoint::{CheckpointStore, Generation};
 
 const OP: &str = "recovery";
 const NONE: u64 = u64::MAX;
@@ -160,12 +162,19 @@ struct Copy {
 /// One run of the body: the communicator, the restored state, the copies.
 #[derive(Debug)]
 pub struct Attempt {
+    /// Every rank of the run: the workers and the spares waiting.
+    all: Comm,
+    /// The workers (the ranks that run the body); for a spare, the spares.
     comm: Comm,
+    spare: bool,
+    /// How many workers there are.
+    width: i32,
     restored: Option<Restored>,
+    disk: Option<Generation>,
     recoveries: u32,
     /// Seconds this rank spent recovering so far (all attempts before this one).
     spent: f64,
-    /// For every rank, the rank that keeps its copies.
+    /// For every worker, the worker that keeps its copies (empty on a spare).
     keeper: Vec<i32>,
     to: i32,
     from: i32,
@@ -176,17 +185,29 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    fn new(comm: Comm) -> Result<Attempt> {
-        let keeper = partners(&comm)?;
-        Ok(Attempt::with_partners(comm, None, 0, 0.0, keeper))
+    /// The first attempt: the last `spares` ranks of `comm` wait, the others work.
+    fn first(comm: &Comm, spares: usize) -> Result<Attempt> {
+        let all = comm.dup()?;
+        let spare = (all.rank() as usize) >= all.size() as usize - spares;
+        let workers = all.split(Some(i32::from(spare)), all.rank())?.expect("a color was given");
+        let keeper = if spare { Vec::new() } else { partners(&workers)? };
+        let width = all.size() - spares as i32;
+        Ok(Attempt::with_partners((all, workers, width), spare, (None, None), 0, 0.0, keeper))
     }
 
-    fn with_partners(comm: Comm, restored: Option<Restored>, recoveries: u32, spent: f64, keeper: Vec<i32>) -> Attempt {
+    fn with_partners(
+        (all, comm, width): (Comm, Comm, i32),
+        spare: bool,
+        (restored, disk): (Option<Restored>, Option<Generation>),
+        recoveries: u32,
+        spent: f64,
+        keeper: Vec<i32>,
+    ) -> Attempt {
         let me = comm.rank();
-        let to = keeper[me as usize];
-        let from = keeper.iter().position(|k| *k == me).unwrap_or(me as usize) as i32;
+        let to = keeper.get(me as usize).copied().unwrap_or(-1);
+        let from = keeper.iter().position(|k| *k == me).map_or(to, |r| r as i32);
         let (own, held) = (RefCell::new([None, None]), RefCell::new([None, None]));
-        Attempt { comm, restored, recoveries, spent, keeper, to, from, own, held }
+        Attempt { all, comm, spare, width, restored, disk, recoveries, spent, keeper, to, from, own, held }
     }
 
     /// The communicator of this attempt: every surviving rank.
@@ -195,9 +216,18 @@ impl Attempt {
     }
 
     /// After a failure, the state to continue from; `None` on the first attempt (and after a
-    /// failure before the first copy: the body starts over on the survivors).
+    /// failure before the first copy: the body starts over on the survivors; and when the copies
+    /// were lost and the run falls back to a disk checkpoint, see [`Attempt::disk_checkpoint`]).
     pub fn restored(&self) -> Option<&Restored> {
         self.restored.as_ref()
+    }
+
+    /// After a failure that lost the partner copies of some rank (it and its partner failed), the
+    /// newest disk checkpoint to continue from, when the run was given a directory with
+    /// [`Recovery::disk_fallback`] and it holds one (read it as on a restart:
+    /// [`Generation::read_array`], [`Generation::read_segment`]).
+    pub fn disk_checkpoint(&self) -> Option<&Generation> {
+        self.disk.as_ref()
     }
 
     /// How many failures were recovered from before this attempt.
@@ -517,8 +547,263 @@ fn rows(start: &[usize], len: &[usize], ghost: &[usize], shape: &[usize]) -> Vec
     out
 }
 
+/// How a run recovers: spare ranks, and a disk checkpoint to fall back to. [`run`] is
+/// `Recovery::new().run(..)` without spares.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    spares: usize,
+    disk: Option<PathBuf>,
+}
+
+impl Recovery {
+    /// No spares, no disk fallback.
+    pub fn new() -> Recovery {
+        Recovery::default()
+    }
+
+    /// Keeps the last `n` ranks of the communicator as spares: they do not run the body but wait,
+    /// and after a failure each takes the place (the rank) of a failed one, so the body continues
+    /// on as many ranks as before while spares last (then on the survivors). A spare that was never
+    /// needed returns `Ok(None)` from [`Recovery::run`] when the workers finish. Without
+    /// fault-tolerant mode the spares wait for the workers to finish.
+    pub fn spares(mut self, n: usize) -> Recovery {
+        self.spares = n;
+        self
+    }
+
+    /// When a failure loses the state of some rank (it and its partner both failed), continue from
+    /// the newest checkpoint generation in `dir` ([`Attempt::disk_checkpoint`]) instead of ending
+    /// with an error; the error stays when `dir` holds none.
+    pub fn disk_fallback(mut self, dir: impl Into<PathBuf>) -> Recovery {
+        self.disk = Some(dir.into());
+        self
+    }
+
+    /// Runs `body` on the workers until it returns something other than a process failure,
+    /// recovering from each failure on the survivors (see the module's documentation). Returns the
+    /// body's value on the workers, `None` on the spares never needed.
+    ///
+    /// Collective over `comm`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] (on every rank) when there are as many spares as ranks; what
+    /// the body returns, except [`ErrorKind::ProcessFailed`] and [`ErrorKind::Revoked`] in
+    /// fault-tolerant mode; [`ErrorKind::ProcessFailed`] on every survivor when a failed rank's
+    /// state is in no survivor's copy (a rank and its partner both failed) and no disk checkpoint
+    /// was found; MPI errors of the recovery.
+    pub fn run<T>(&self, comm: &Comm, mut body: impl FnMut(&Attempt) -> Result<T>) -> Result<Option<T>> {
+        if self.spares >= comm.size() as usize {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                OP,
+                Some(comm.rank()),
+                format!("{} spare rank(s) asked for among {} ranks: no rank left to work", self.spares, comm.size()),
+            ));
+        }
+        let ft = crate::runtime::ft::fault_tolerant();
+        if self.spares > 0 && !ft && comm.rank() == 0 {
+            eprintln!(
+                "phalanx recovery: not in fault-tolerant mode: the {} spare rank(s) only wait for the others to finish",
+                self.spares
+            );
+        }
+        let mut at = Attempt::first(comm, self.spares)?;
+        loop {
+            let result = if at.spare { None } else { Some(body(&at)) };
+            if !ft {
+                // A failure ends the job; the spares wait for the workers to finish.
+                let value = result.transpose()?;
+                at.all.barrier()?;
+                return Ok(value);
+            }
+            let failure = |e: &Error| matches!(e.kind(), ErrorKind::ProcessFailed | ErrorKind::Revoked);
+            if let Some(Err(e)) = &result {
+                if !failure(e) {
+                    // This rank's own error: it ends the run (and, under `phalanx::run`, the job),
+                    // as without fault tolerance. Agreeing first could wait for ranks blocked on
+                    // this one.
+                    return result.transpose();
+                }
+            }
+            let cause = match &result {
+                Some(Err(e)) => {
+                    // Stop every rank, also those blocked with live peers, before agreeing.
+                    ffi::ulfm::revoke_all(at.all.rank());
+                    Some(e.clone())
+                }
+                _ => None,
+            };
+            // Every rank agrees whether every worker finished: a rank whose last operations
+            // completed before the failure was noticed elsewhere recovers with the others; the
+            // spares wait here (the agreement is not stopped by a revocation).
+            let (all_done, _) = at.all.agree_all(cause.is_none())?;
+            if all_done {
+                return result.transpose();
+            }
+            let cause = cause.unwrap_or_else(|| {
+                Error::new(ErrorKind::ProcessFailed, OP, Some(at.all.rank()), "another rank noticed a failed process")
+            });
+            at = self.recover(at, &cause)?;
+        }
+    }
+
+    /// After a failure: shrink to the survivors, put spares in the failed ranks' places, choose the
+    /// step, and make the next attempt. A failure during this starts it over on the old
+    /// communicator (shrinking it again leaves the new failure out).
+    fn recover(&self, old: Attempt, cause: &Error) -> Result<Attempt> {
+        let t = std::time::Instant::now();
+        ffi::ulfm::revoke_all(old.all.rank());
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let all = old.all.shrink()?;
+            // Everything after the shrink may meet a new failure on some ranks only: the survivors
+            // agree (fault-tolerantly) whether every one of them got through before going on, and
+            // otherwise all shrink again.
+            let local = self.decide(&old, &all);
+            let (all_ok, _) = all.agree_all(local.is_ok())?;
+            match local {
+                Ok(d) if all_ok => {
+                    let Decision { workers, spare, restored, disk, failed, replaced, keeper } = d;
+                    if all.rank() == 0 {
+                        let from = match (&restored, &disk) {
+                            (Some(r), _) => format!("the partner copies of step {}", r.step),
+                            (None, Some(g)) => {
+                                format!("the disk checkpoint of step {} (the partner copies were lost)", g.step())
+                            }
+                            (None, None) => "the start (no copy was complete yet)".to_string(),
+                        };
+                        let spares = if replaced.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; spare(s) took the place of rank(s) {replaced:?}")
+                        };
+                        eprintln!(
+                            "phalanx recovery: rank(s) {failed:?} of {} failed ({cause}){spares}; continuing on {} \
+                             ranks from {from} (recovered in {:.2} s)",
+                            old.width,
+                            old.width as usize - failed.len() + replaced.len(),
+                            t.elapsed().as_secs_f64()
+                        );
+                    }
+                    let (recoveries, spent) = (old.recoveries + 1, old.spent + t.elapsed().as_secs_f64());
+                    let width = old.width - failed.len() as i32 + replaced.len() as i32;
+                    drop(old);
+                    let comms = (all, workers, width);
+                    return Ok(Attempt::with_partners(comms, spare, (restored, disk), recoveries, spent, keeper));
+                }
+                // The copies are lost: the same verdict on every survivor (it follows from the
+                // rows all of them gathered).
+                Err(e) if e.message().contains(LOST) => return Err(e),
+                Err(e) if !matches!(e.kind(), ErrorKind::ProcessFailed | ErrorKind::Revoked) => return Err(e),
+                _ if tries >= 8 => {
+                    return Err(Error::new(
+                        ErrorKind::ProcessFailed,
+                        OP,
+                        Some(all.rank()),
+                        format!("processes kept failing during the recovery ({tries} tries)"),
+                    ))
+                }
+                _ => ffi::ulfm::revoke_all(old.all.rank()),
+            }
+        }
+    }
+
+    /// Decides, on the survivors `all`, who works in which place, and the step and state to
+    /// continue from (collective over `all`).
+    fn decide(&self, old: &Attempt, all: &Comm) -> Result<Decision> {
+        let (old_rank, old_size) = (old.comm.rank(), old.width);
+        // Each survivor: its old rank among the workers (NONE for a spare), its own copies' steps,
+        // whose copies it keeps and their steps.
+        let step = |c: &Option<Copy>| c.as_ref().map_or(NONE, |c| c.step);
+        let (own, held) = (old.own.borrow(), old.held.borrow());
+        let mine = if old.spare {
+            [NONE; 6]
+        } else {
+            [old_rank as u64, step(&own[0]), step(&own[1]), old.from as u64, step(&held[0]), step(&held[1])]
+        };
+        let everyone = all.allgatherv(&mine)?;
+        let rows: Vec<&[u64]> = everyone.iter().filter(|r| r[0] != NONE).collect();
+        let alive: Vec<i32> = rows.iter().map(|r| r[0] as i32).collect();
+        let failed: Vec<i32> = (0..old_size).filter(|r| !alive.contains(r)).collect();
+        // The spares (ranks of `all`, in order) take the failed places, lowest first.
+        let spares: Vec<i32> = (0..all.size()).filter(|r| everyone.block(*r as usize)[0] == NONE).collect();
+        let replaced: Vec<i32> = failed.iter().copied().take(spares.len()).collect();
+        let me = all.rank();
+        let (color, key) = if !old.spare {
+            (0, old_rank)
+        } else {
+            match spares.iter().position(|s| *s == me).and_then(|i| replaced.get(i)) {
+                Some(place) => (0, *place),
+                None => (1, me),
+            }
+        };
+        let workers = all.split(Some(color), key)?.expect("a color was given");
+        let spare = color == 1;
+        let keeper = if spare { Vec::new() } else { partners(&workers)? };
+        let decision = |restored, disk| Decision {
+            workers,
+            spare,
+            restored,
+            disk,
+            failed: failed.clone(),
+            replaced: replaced.clone(),
+            keeper,
+        };
+        let own_everywhere = |s: u64| rows.iter().all(|r| r[1] == s || r[2] == s);
+        let kept = |s: u64| failed.iter().all(|d| rows.iter().any(|r| r[3] == *d as u64 && (r[4] == s || r[5] == s)));
+        let steps: Vec<u64> =
+            rows.first().map_or(&[][..], |r| &r[1..3]).iter().copied().filter(|s| *s != NONE && own_everywhere(*s)).collect();
+        if steps.is_empty() {
+            // No copy was complete on every survivor yet: start over.
+            return Ok(decision(None, None));
+        }
+        let Some(s) = steps.iter().copied().filter(|s| kept(*s)).max() else {
+            let lost: Vec<String> = failed
+                .iter()
+                .filter(|d| !rows.iter().any(|r| r[3] == **d as u64))
+                .map(|d| format!("rank {d} and rank {}, which kept its copies, both failed", old.keeper[*d as usize]))
+                .collect();
+            let lost = if lost.is_empty() { "the copies in progress were incomplete".to_string() } else { lost.join("; ") };
+            // Every survivor looks for a disk checkpoint (collective over `all`: the same answer).
+            let disk = match &self.disk {
+                Some(dir) => CheckpointStore::new(dir, 1).latest(all)?.ok_or_else(|| format!("no checkpoint in {}", dir.display())),
+                None => Err("no disk checkpoint to fall back to (see Recovery::disk_fallback)".to_string()),
+            };
+            return match disk {
+                Ok(g) => Ok(decision(None, Some(g))),
+                Err(why) => Err(Error::new(
+                    ErrorKind::ProcessFailed,
+                    OP,
+                    Some(all.rank()),
+                    format!("rank(s) {failed:?} of {old_size} failed and {LOST}: {lost}; {why}"),
+                )),
+            };
+        };
+        let pick = |c: &[Option<Copy>; 2]| c.iter().flatten().find(|c| c.step == s).map(|c| c.bytes.clone());
+        let mut copies: Vec<Vec<u8>> = if old.spare { Vec::new() } else { pick(&own).into_iter().collect() };
+        if !old.spare && failed.contains(&old.from) {
+            copies.extend(pick(&held));
+        }
+        let restored = (!spare).then(|| Restored { step: s, failed: failed.clone(), copies });
+        Ok(decision(restored, None))
+    }
+}
+
+/// Who works where after a recovery, and from what.
+struct Decision {
+    workers: Comm,
+    spare: bool,
+    restored: Option<Restored>,
+    disk: Option<Generation>,
+    failed: Vec<i32>,
+    replaced: Vec<i32>,
+    keeper: Vec<i32>,
+}
+
 /// Runs `body` until it returns something other than a process failure, recovering from each
-/// failure on the survivors (see the module's documentation).
+/// failure on the survivors (see the module's documentation); [`Recovery`] adds spare ranks and a
+/// disk fallback.
 ///
 /// Collective over `comm`.
 ///
@@ -526,134 +811,11 @@ fn rows(start: &[usize], len: &[usize], ghost: &[usize], shape: &[usize]) -> Vec
 /// What the body returns, except [`ErrorKind::ProcessFailed`] and [`ErrorKind::Revoked`] in
 /// fault-tolerant mode; [`ErrorKind::ProcessFailed`] on every survivor when a failed rank's state is
 /// in no survivor's copy (a rank and its partner both failed); MPI errors of the recovery.
-pub fn run<T>(comm: &Comm, mut body: impl FnMut(&Attempt) -> Result<T>) -> Result<T> {
-    let mut at = Attempt::new(comm.dup()?)?;
-    loop {
-        let result = body(&at);
-        if !crate::runtime::ft::fault_tolerant() {
-            return result;
-        }
-        let failure = |e: &Error| matches!(e.kind(), ErrorKind::ProcessFailed | ErrorKind::Revoked);
-        if result.as_ref().is_err_and(|e| !failure(e)) {
-            // This rank's own error: it ends the run (and, under `phalanx::run`, the job), as
-            // without fault tolerance. Agreeing first could wait for ranks blocked on this one.
-            return result;
-        }
-        let cause = match &result {
-            Err(e) if failure(e) => {
-                // Stop every rank, also those blocked with live peers, before agreeing.
-                ffi::ulfm::revoke_all(at.comm.rank());
-                Some(e.clone())
-            }
-            _ => None,
-        };
-        // Every rank agrees whether every rank finished: a rank whose last operations completed
-        // before the failure was noticed elsewhere recovers with the others.
-        let (all_done, _) = at.comm.agree_all(cause.is_none())?;
-        if all_done {
-            return result;
-        }
-        let cause = cause.unwrap_or_else(|| {
-            Error::new(ErrorKind::ProcessFailed, OP, Some(at.comm.rank()), "another rank noticed a failed process")
-        });
-        at = recover(at, &cause)?;
-    }
-}
-
-/// After a failure: shrink to the survivors, choose the step, and make the next attempt. A failure
-/// during this starts it over on the old communicator (shrinking it again leaves the new failure out).
-fn recover(old: Attempt, cause: &Error) -> Result<Attempt> {
-    let t = std::time::Instant::now();
-    ffi::ulfm::revoke_all(old.comm.rank());
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let survivors = old.comm.shrink()?;
-        // Everything after the shrink may meet a new failure on some ranks only: the survivors
-        // agree (fault-tolerantly) whether every one of them got through before going on, and
-        // otherwise all shrink again.
-        let local = decide(&old, &survivors).and_then(|d| Ok((d, partners(&survivors)?)));
-        let (all_ok, _) = survivors.agree_all(local.is_ok())?;
-        match local {
-            Ok(((restored, failed), keeper)) if all_ok => {
-                if survivors.rank() == 0 {
-                    eprintln!(
-                        "phalanx recovery: rank(s) {failed:?} of {} failed ({cause}); continuing on {} ranks from {} \
-                         (recovered in {:.2} s)",
-                        old.comm.size(),
-                        survivors.size(),
-                        restored.as_ref().map_or("the start (no copy was complete yet)".to_string(), |r| format!(
-                            "the partner copies of step {}",
-                            r.step
-                        )),
-                        t.elapsed().as_secs_f64()
-                    );
-                }
-                let (recoveries, spent) = (old.recoveries + 1, old.spent + t.elapsed().as_secs_f64());
-                drop(old);
-                return Ok(Attempt::with_partners(survivors, restored, recoveries, spent, keeper));
-            }
-            // The copies are lost: the same verdict on every survivor (it follows from the rows all
-            // of them gathered).
-            Err(e) if e.message().contains(LOST) => return Err(e),
-            Err(e) if !matches!(e.kind(), ErrorKind::ProcessFailed | ErrorKind::Revoked) => return Err(e),
-            _ if tries >= 8 => {
-                return Err(Error::new(
-                    ErrorKind::ProcessFailed,
-                    OP,
-                    Some(survivors.rank()),
-                    format!("processes kept failing during the recovery ({tries} tries)"),
-                ))
-            }
-            _ => ffi::ulfm::revoke_all(old.comm.rank()),
-        }
-    }
+pub fn run<T>(comm: &Comm, body: impl FnMut(&Attempt) -> Result<T>) -> Result<T> {
+    Ok(Recovery::new().run(comm, body)?.expect("without spares every rank runs the body"))
 }
 
 const LOST: &str = "no step's copies survived on every rank";
-
-/// Shrinks the old communicator and decides the step to continue from (collective over the
-/// survivors).
-fn decide(old: &Attempt, survivors: &Comm) -> Result<(Option<Restored>, Vec<i32>)> {
-    let (old_rank, old_size) = (old.comm.rank(), old.comm.size());
-    // Each survivor: its old rank, its own copies' steps, whose copies it keeps and their steps.
-    let step = |c: &Option<Copy>| c.as_ref().map_or(NONE, |c| c.step);
-    let (own, held) = (old.own.borrow(), old.held.borrow());
-    let mine = [old_rank as u64, step(&own[0]), step(&own[1]), old.from as u64, step(&held[0]), step(&held[1])];
-    let all = survivors.allgatherv(&mine)?;
-    let rows: Vec<&[u64]> = all.iter().collect();
-    let alive: Vec<i32> = rows.iter().map(|r| r[0] as i32).collect();
-    let failed: Vec<i32> = (0..old_size).filter(|r| !alive.contains(r)).collect();
-    let own_everywhere = |s: u64| rows.iter().all(|r| r[1] == s || r[2] == s);
-    let kept = |s: u64| failed.iter().all(|d| rows.iter().any(|r| r[3] == *d as u64 && (r[4] == s || r[5] == s)));
-    let steps: Vec<u64> = rows[0][1..3].iter().copied().filter(|s| *s != NONE && own_everywhere(*s)).collect();
-    if steps.is_empty() {
-        // No copy was complete on every survivor yet: start over.
-        return Ok((None, failed));
-    }
-    let Some(s) = steps.iter().copied().filter(|s| kept(*s)).max() else {
-        let lost: Vec<String> = failed
-            .iter()
-            .filter(|d| !rows.iter().any(|r| r[3] == **d as u64))
-            .map(|d| format!("rank {d} and rank {}, which kept its copies, both failed", old.keeper[*d as usize]))
-            .collect();
-        return Err(Error::new(
-            ErrorKind::ProcessFailed,
-            OP,
-            Some(survivors.rank()),
-            format!(
-                "rank(s) {failed:?} of {old_size} failed and {LOST}: {}; continue from a disk checkpoint",
-                if lost.is_empty() { "the copies in progress were incomplete".to_string() } else { lost.join("; ") }
-            ),
-        ));
-    };
-    let pick = |c: &[Option<Copy>; 2]| c.iter().flatten().find(|c| c.step == s).map(|c| c.bytes.clone());
-    let mut copies: Vec<Vec<u8>> = pick(&own).into_iter().collect();
-    if failed.contains(&old.from) {
-        copies.extend(pick(&held));
-    }
-    Ok((Some(Restored { step: s, failed: failed.clone(), copies }), failed))
-}
 
 #[cfg(test)]
 mod tests {
