@@ -289,6 +289,12 @@ fn solve(
     let run_id = std::env::var("SLURM_JOB_ID")
         .unwrap_or_else(|_| world.broadcast(std::process::id(), 0).unwrap_or(0).to_string());
     let labels = [("job", "heat"), ("run", run_id.as_str())];
+    // The recoveries so far (rank 0's account) go into every metrics report.
+    let with_recovery = |r: &mut MetricsReport| {
+        if let (Some(a), Some((_, p))) = (at, recovering) {
+            r.set_recovery(a.recoveries(), a.recovery_seconds(), p.recomputed.get() as u64);
+        }
+    };
     let publish = |r: &MetricsReport, step: usize, mlups: f64| -> phalanx::Result<()> {
         if let Some(p) = &args.prometheus {
             r.write_prometheus_with(p, &labels, &[("step", step as f64), ("mlups", mlups)])?;
@@ -355,7 +361,8 @@ fn solve(
         let crossed = |k: usize| k > 0 && s / k != before / k;
         if args.prometheus.is_some() && crossed(args.metrics_every) {
             let rate = (n as f64).powi(dims as i32) * (s - first) as f64 / start.elapsed().as_secs_f64() / 1e6;
-            if let Some(r) = metrics.report(world)? {
+            if let Some(mut r) = metrics.report(world)? {
+                with_recovery(&mut r);
                 publish(&r, s, rate)?;
             }
         }
@@ -378,7 +385,10 @@ fn solve(
     let cells = (n as f64).powi(dims as i32);
     let mlups = cells * done as f64 / seconds / 1e6;
     let hash = solver.field().field_hash()?;
-    let report = metrics.report(world)?;
+    let mut report = metrics.report(world)?;
+    if let Some(r) = report.as_mut() {
+        with_recovery(r);
+    }
     if let Some(r) = &report {
         publish(r, args.steps, mlups)?;
         if let Some(p) = &args.metrics {

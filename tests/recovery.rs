@@ -23,21 +23,28 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use phalanx::prelude::*;
+use phalanx::services::checkpoint::{Checkpoint, CheckpointStore};
 use phalanx::services::recovery::{self, Snapshot};
 
 const MODE: &str = "PHALANX_RECOVERY_MODE";
+/// Spare ranks (the last ones) for the run.
+const SPARES: &str = "PHALANX_RECOVERY_SPARES";
+/// A directory for disk checkpoints every `DISK_EVERY` steps, the fallback when copies are lost.
+const DISK: &str = "PHALANX_RECOVERY_DISK";
+const DISK_EVERY: u64 = 10;
 const N: usize = 240;
 const STEPS: u64 = 40;
 const EVERY: u64 = 5;
 
 /// The loop: returns the hash of the final global vector (on rank 0) and the recoveries.
-fn simulate(at: &recovery::Attempt) -> Result<(u64, u32)> {
+fn simulate(at: &recovery::Attempt, disk: Option<&CheckpointStore>) -> Result<(u64, u32)> {
     let comm = at.comm();
     let (r, p) = (comm.rank() as usize, comm.size() as usize);
     let mine = N * r / p..N * (r + 1) / p;
-    let (mut step, mut x): (u64, Vec<f64>) = match at.restored() {
-        Some(s) => (s.step(), s.segment(comm, "x", mine.clone())?),
-        None => (0, mine.clone().map(|i| ((i * 37) % 101) as f64).collect()),
+    let (mut step, mut x): (u64, Vec<f64>) = match (at.restored(), at.disk_checkpoint()) {
+        (Some(s), _) => (s.step(), s.segment(comm, "x", mine.clone())?),
+        (None, Some(g)) => (g.step(), g.read_segment(comm, "x", mine.clone())?),
+        (None, None) => (0, mine.clone().map(|i| ((i * 37) % 101) as f64).collect()),
     };
     let left = (comm.rank() + comm.size() - 1) % comm.size();
     let right = (comm.rank() + 1) % comm.size();
@@ -46,6 +53,11 @@ fn simulate(at: &recovery::Attempt) -> Result<(u64, u32)> {
             let mut snap = Snapshot::new(step);
             snap.segment("x", mine.start, N, &x);
             at.copy(&snap)?;
+        }
+        if let Some(store) = disk.filter(|_| step % DISK_EVERY == 0 && step > 0) {
+            let mut c = Checkpoint::new(step);
+            c.segment("x", mine.start, N, &x);
+            store.write(comm, &c)?;
         }
         phalanx::services::fault::at_step(step);
         // Periodic neighbours' edge values.
@@ -70,7 +82,16 @@ fn simulate(at: &recovery::Attempt) -> Result<(u64, u32)> {
 fn child() -> std::process::ExitCode {
     phalanx::run(|rt| {
         let world = rt.world();
-        let (hash, recoveries) = recovery::run(&world, simulate)?;
+        let spares = std::env::var(SPARES).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let store = std::env::var(DISK).ok().map(|d| CheckpointStore::new(d, 2));
+        let mut how = recovery::Recovery::new().spares(spares);
+        if let Some(s) = &store {
+            how = how.disk_fallback(s.dir());
+        }
+        // A spare never needed returns None.
+        let Some((hash, recoveries)) = how.run(&world, |at| simulate(at, store.as_ref()))? else {
+            return Ok(());
+        };
         if hash != 0 {
             println!(
                 "result hash {hash:016x} after {STEPS} steps, {recoveries} recoveries, fault tolerant {}",
@@ -89,21 +110,27 @@ struct Case {
     texts: &'static [&'static str],
     same_hash: bool,
     ok: bool,
+    spares: usize,
+    disk: bool,
 }
 
 fn hash_of(out: &str) -> Option<String> {
     out.lines().find_map(|l| l.strip_prefix("result hash ")).and_then(|l| l.split_whitespace().next()).map(String::from)
 }
 
-fn launch(ranks: usize, ft: bool, fault: &str) -> (std::process::Output, Duration) {
+fn launch(ranks: usize, ft: bool, fault: &str, spares: usize, disk: Option<&std::path::Path>) -> (std::process::Output, Duration) {
     let exe = std::env::current_exe().expect("current_exe");
-    let mut a = common::launcher_args(ranks, &[MODE, "PHALANX_FT", "PHALANX_FAULT"]);
+    let mut a = common::launcher_args(ranks, &[MODE, "PHALANX_FT", "PHALANX_FAULT", SPARES, DISK]);
     if ft {
         let dashdash = a.iter().position(|x| x == "--").expect("--");
         a.insert(dashdash, "--ft".into());
     }
     let mut cmd = Command::new(&a[0]);
     cmd.args(&a[1..]).arg(&exe).env(MODE, "1").env("PHALANX_FT", "1").env("PHALANX_FAULT", fault);
+    cmd.env(SPARES, spares.to_string());
+    if let Some(d) = disk {
+        cmd.env(DISK, d);
+    }
     let t = Instant::now();
     let o = common::run(&mut cmd, Duration::from_secs(180));
     (o, t.elapsed())
@@ -126,7 +153,7 @@ fn main() -> std::process::ExitCode {
     };
     if !ulfm {
         // The fallback: asked for, refused with the reason, and the run completes as without it.
-        let (o, took) = launch(3, false, "");
+        let (o, took) = launch(3, false, "", 0, None);
         let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         let mut why = Vec::new();
         if !o.status.success() {
@@ -145,7 +172,7 @@ fn main() -> std::process::ExitCode {
             std::env::var("PHALANX_MPI").unwrap_or_else(|_| "system".into())
         );
     } else {
-        let (o, took) = launch(4, true, "");
+        let (o, took) = launch(4, true, "", 0, None);
         let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         let reference = hash_of(&out);
         let mut why = Vec::new();
@@ -161,6 +188,8 @@ fn main() -> std::process::ExitCode {
                 texts: &["rank(s) [2] of 4 failed", "from the partner copies of step 10", "1 recoveries"],
                 same_hash: true,
                 ok: true,
+                spares: 0,
+                disk: false,
             },
             Case {
                 name: "kill rank 0 of 4 at step 7",
@@ -169,6 +198,8 @@ fn main() -> std::process::ExitCode {
                 texts: &["rank(s) [0] of 4 failed", "from the partner copies of step 5", "1 recoveries"],
                 same_hash: true,
                 ok: true,
+                spares: 0,
+                disk: false,
             },
             Case {
                 name: "kill rank 1 of 4 before the first step",
@@ -177,6 +208,8 @@ fn main() -> std::process::ExitCode {
                 texts: &["rank(s) [1] of 4 failed", "1 recoveries"],
                 same_hash: true,
                 ok: true,
+                spares: 0,
+                disk: false,
             },
             Case {
                 name: "three successive kills in one run",
@@ -185,6 +218,8 @@ fn main() -> std::process::ExitCode {
                 texts: &["rank(s) [1] of 5 failed", "of 4 failed", "of 3 failed", "3 recoveries"],
                 same_hash: true,
                 ok: true,
+                spares: 0,
+                disk: false,
             },
             Case {
                 name: "kill rank 2 of 4 in the middle of the partner copy of step 10",
@@ -193,18 +228,70 @@ fn main() -> std::process::ExitCode {
                 texts: &["rank(s) [2] of 4 failed", "from the partner copies of step 5", "1 recoveries"],
                 same_hash: true,
                 ok: true,
+                spares: 0,
+                disk: false,
             },
             Case {
                 name: "kill a rank and its partner",
                 ranks: 4,
                 fault: "kill:1:12,kill:2:12",
-                texts: &["no step's copies survived on every rank", "continue from a disk checkpoint"],
+                texts: &["no step's copies survived on every rank", "rank 1 and rank 2, which kept its copies, both failed", "no disk checkpoint to fall back to"],
                 same_hash: false,
                 ok: false,
+                spares: 0,
+                disk: false,
+            },
+            Case {
+                name: "kill a rank and its partner, falling back to the disk checkpoint",
+                ranks: 4,
+                fault: "kill:1:14,kill:2:14",
+                texts: &["from the disk checkpoint of step 10", "1 recoveries"],
+                same_hash: true,
+                ok: true,
+                spares: 0,
+                disk: true,
+            },
+            Case {
+                name: "kill a rank and its partner before any disk checkpoint",
+                ranks: 4,
+                fault: "kill:1:7,kill:2:7",
+                texts: &["rank 1 and rank 2, which kept its copies, both failed", "no checkpoint in"],
+                same_hash: false,
+                ok: false,
+                spares: 0,
+                disk: true,
+            },
+            Case {
+                name: "kill rank 2 of 4 workers with 1 spare",
+                ranks: 5,
+                fault: "kill:2:12",
+                texts: &["rank(s) [2] of 4 failed", "spare(s) took the place of rank(s) [2]; continuing on 4 ranks", "1 recoveries"],
+                same_hash: true,
+                ok: true,
+                spares: 1,
+                disk: false,
+            },
+            Case {
+                name: "kill rank 0, then rank 3, with 1 spare (then shrinking)",
+                ranks: 5,
+                fault: "kill:0:7,kill:3:22",
+                texts: &[
+                    "spare(s) took the place of rank(s) [0]; continuing on 4 ranks",
+                    "rank(s) [3] of 4 failed",
+                    "continuing on 3 ranks",
+                    "2 recoveries",
+                ],
+                same_hash: true,
+                ok: true,
+                spares: 1,
+                disk: false,
             },
         ];
         for c in &cases {
-            let (o, took) = launch(c.ranks, true, c.fault);
+            let dir = std::env::temp_dir().join(format!("phalanx-recovery-{}-{}", std::process::id(), c.fault));
+            let _ = std::fs::remove_dir_all(&dir);
+            let (o, took) = launch(c.ranks, true, c.fault, c.spares, c.disk.then_some(dir.as_path()));
+            let _ = std::fs::remove_dir_all(&dir);
             let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
             let mut why = Vec::new();
             if o.status.success() != c.ok {
@@ -233,26 +320,28 @@ fn main() -> std::process::ExitCode {
             let mut plain = common::launcher(1, &[]);
             plain.arg(&heat).args(args);
             let reference = hash(&String::from_utf8_lossy(&common::run(&mut plain, Duration::from_secs(120)).stdout));
-            // (fault, recoveries, with the watchdog)
-            let faults: &[(&str, usize, bool)] = if dims == "2" {
-                &[
-                    ("kill:2:17", 1, false),
-                    ("kill:0:3", 1, false),
-                    ("kill:1:9,kill:3:30", 2, false),
-                    ("kill:2:17", 1, true),
+            // (fault, recoveries, ranks, extra arguments: the watchdog, spares, a disk fallback)
+            let disk = std::env::temp_dir().join(format!("phalanx-recovery-heat-{}", std::process::id()));
+            let d = disk.to_str().expect("a UTF-8 temporary directory");
+            let faults: Vec<(&str, usize, usize, Vec<&str>)> = if dims == "2" {
+                vec![
+                    ("kill:2:17", 1, 4, vec![]),
+                    ("kill:0:3", 1, 4, vec![]),
+                    ("kill:1:9,kill:3:30", 2, 4, vec![]),
+                    ("kill:2:17", 1, 4, vec!["--watchdog", "5"]),
+                    ("kill:2:17", 1, 5, vec!["--spares", "1"]),
+                    ("kill:1:14,kill:2:14", 1, 4, vec!["--checkpoint-dir", d, "--checkpoint-every", "10"]),
                 ]
             } else {
-                &[("kill:1:14", 1, false)]
+                vec![("kill:1:14", 1, 4, vec![])]
             };
-            for (fault, recoveries, dog) in faults {
-                let mut a = common::launcher_args(4, &["PHALANX_FAULT"]);
+            for (fault, recoveries, ranks, extra) in &faults {
+                let _ = std::fs::remove_dir_all(&disk);
+                let mut a = common::launcher_args(*ranks, &["PHALANX_FAULT"]);
                 let dashdash = a.iter().position(|x| x == "--").expect("--");
                 a.insert(dashdash, "--ft".into());
                 let mut cmd = Command::new(&a[0]);
-                cmd.args(&a[1..]).arg(&heat).args(args).args(["--recover", "--partner-every", "4"]);
-                if *dog {
-                    cmd.args(["--watchdog", "5"]);
-                }
+                cmd.args(&a[1..]).arg(&heat).args(args).args(["--recover", "--partner-every", "4"]).args(extra);
                 cmd.env("PHALANX_FAULT", fault);
                 let t = Instant::now();
                 let o = common::run(&mut cmd, Duration::from_secs(180));
@@ -268,16 +357,71 @@ fn main() -> std::process::ExitCode {
                 if seen != *recoveries {
                     why.push(format!("{seen} recoveries, want {recoveries}"));
                 }
+                // The metrics report has them too.
+                let metrics = format!("\nrecoveries {recoveries}: ");
+                if !out.contains(&metrics) {
+                    why.push(format!("no {metrics:?} line in the metrics report"));
+                }
+                // With a spare the run continues on as many ranks; with the disk, from the disk.
+                let want = if extra.contains(&"--spares") { "\"ranks\":4" } else { "" };
+                if !out.contains(want) {
+                    why.push(format!("no {want} in the JSON"));
+                }
+                if extra.contains(&"--checkpoint-dir") && !out.contains("from the disk checkpoint") {
+                    why.push("not recovered from the disk checkpoint".into());
+                }
+                let _ = std::fs::remove_dir_all(&disk);
                 let line = out.lines().filter(|l| l.starts_with("recovered:")).collect::<Vec<_>>().join("; ");
-                let with = if *dog { " with --watchdog 5" } else { "" };
+                let with = if extra.is_empty() { String::new() } else { format!(" {}", extra.join(" ")) };
                 report(
-                    &format!("heat {dims}-D --recover at 4 ranks{with}, {fault}"),
+                    &format!("heat {dims}-D --recover at {ranks} ranks{with}, {fault}"),
                     why,
                     format!("{:.1?}; {line}", t.elapsed()),
                     &out,
                 );
             }
         }
+    }
+    if ulfm {
+        // nbody --recover with spares: the all-pairs sums depend on the number of ranks, so the run
+        // keeps 4 workers (spares in the failed ranks' places, rank 0 among them) and must end with
+        // the particles hash of an uninterrupted run at 4 ranks.
+        let nbody = common::example("nbody");
+        let phash =
+            |out: &str| out.split("\"particles_hash\":\"").nth(1).and_then(|t| t.split('"').next()).map(String::from);
+        let args = ["--bodies", "300", "--steps", "30", "--threads", "1", "--json"];
+        let mut plain = common::launcher(4, &[]);
+        plain.arg(&nbody).args(args);
+        let reference = phash(&String::from_utf8_lossy(&common::run(&mut plain, Duration::from_secs(120)).stdout));
+        let fault = "kill:2:17,kill:0:23";
+        let mut a = common::launcher_args(6, &["PHALANX_FAULT"]);
+        let dashdash = a.iter().position(|x| x == "--").expect("--");
+        a.insert(dashdash, "--ft".into());
+        let mut cmd = Command::new(&a[0]);
+        cmd.args(&a[1..]).arg(&nbody).args(args).args(["--recover", "--partner-every", "5", "--spares", "2"]);
+        cmd.env("PHALANX_FAULT", fault);
+        let t = Instant::now();
+        let o = common::run(&mut cmd, Duration::from_secs(180));
+        let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let mut why = Vec::new();
+        if !o.status.success() {
+            why.push(format!("exit {:?}", o.status));
+        }
+        if phash(&out) != reference || reference.is_none() {
+            why.push(format!("particles hash {:?}, uninterrupted {reference:?}", phash(&out)));
+        }
+        for t in ["\"recoveries\":2", "\"ranks\":4", "took the place of rank(s) [0]"] {
+            if !out.contains(t) {
+                why.push(format!("no {t:?} in the output"));
+            }
+        }
+        let line = out.lines().filter(|l| l.starts_with("recovered:")).collect::<Vec<_>>().join("; ");
+        report(
+            &format!("nbody --recover --spares 2 at 6 ranks, {fault}"),
+            why,
+            format!("{:.1?}; {line}", t.elapsed()),
+            &out,
+        );
     }
     if ulfm {
         let (why, line, out) = stopped_rank_under_ft();

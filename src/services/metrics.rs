@@ -212,6 +212,7 @@ impl Metrics {
             busiest_rank: busy.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(r, _)| r),
             phases,
             per_rank,
+            recovery: None,
         }))
     }
 
@@ -374,12 +375,37 @@ pub struct MetricsReport {
     pub busiest_rank: usize,
     /// Every rank's totals.
     pub per_rank: Vec<RankTotals>,
+    /// The in-job recoveries of the run, when the program reports them
+    /// ([`MetricsReport::set_recovery`]).
+    pub recovery: Option<RecoveryTotals>,
+}
+
+/// What in-job recoveries ([`crate::services::recovery`]) cost a run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RecoveryTotals {
+    /// Failures recovered from.
+    pub recoveries: u32,
+    /// Seconds spent recovering (agreeing, shrinking, choosing the step:
+    /// [`crate::services::recovery::Attempt::recovery_seconds`]).
+    pub seconds: f64,
+    /// Steps computed again after rolling back to the copies.
+    pub steps_recomputed: u64,
 }
 
 impl MetricsReport {
+    /// Adds the run's in-job recoveries to the report (in the table, the JSON and the Prometheus
+    /// text): how many, the seconds spent recovering, and the steps computed again.
+    pub fn set_recovery(&mut self, recoveries: u32, seconds: f64, steps_recomputed: u64) -> &mut Self {
+        self.recovery = Some(RecoveryTotals { recoveries, seconds, steps_recomputed });
+        self
+    }
+
     /// The report as JSON.
     pub fn to_json(&self) -> Value {
         json!({
+            "recovery": self.recovery.map(|r| json!({
+                "recoveries": r.recoveries, "seconds": r.seconds, "steps_recomputed": r.steps_recomputed,
+            })),
             "ranks": self.ranks,
             "wall_seconds": self.wall,
             "imbalance": self.imbalance,
@@ -462,6 +488,21 @@ impl MetricsReport {
             "Rank with the most compute time.",
             vec![(with(&[]), self.slowest_rank as f64)],
         );
+        if let Some(r) = self.recovery {
+            metric(
+                "phalanx_recoveries_total",
+                "counter",
+                "Failed processes recovered from in the job.",
+                vec![(with(&[]), f64::from(r.recoveries))],
+            );
+            metric("phalanx_recovery_seconds", "gauge", "Seconds spent recovering.", vec![(with(&[]), r.seconds)]);
+            metric(
+                "phalanx_steps_recomputed_total",
+                "counter",
+                "Steps computed again after recoveries.",
+                vec![(with(&[]), r.steps_recomputed as f64)],
+            );
+        }
         for (name, v) in extra {
             metric(
                 &format!("phalanx_{name}"),
@@ -516,7 +557,15 @@ impl fmt::Display for MetricsReport {
             f,
             "load imbalance (compute max/mean) {:.3}, slowest rank {}, wall {:.3} s",
             self.imbalance, self.slowest_rank, self.wall
-        )
+        )?;
+        if let Some(r) = self.recovery {
+            write!(
+                f,
+                "\nrecoveries {}: {:.3} s recovering, {} steps computed again",
+                r.recoveries, r.seconds, r.steps_recomputed
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -555,5 +604,34 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
         assert_eq!(left.len(), 3, "{left:?}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn recoveries_are_in_every_form_of_the_report() {
+        let phases = PHASES.map(|phase| PhaseSummary { phase, min: 0.0, mean: 0.0, max: 0.0, max_rank: 0, bytes: 0, count: 0 });
+        let mut r = MetricsReport {
+            ranks: 3,
+            wall: 1.0,
+            phases,
+            imbalance: 1.0,
+            slowest_rank: 0,
+            busiest_rank: 0,
+            per_rank: Vec::new(),
+            recovery: None,
+        };
+        assert!(!r.to_string().contains("recoveries"));
+        assert!(!r.to_prometheus(&[], &[]).contains("phalanx_recoveries_total"));
+        assert_eq!(r.to_json()["recovery"], Value::Null);
+        r.set_recovery(2, 0.25, 17);
+        assert!(r.to_string().ends_with("recoveries 2: 0.250 s recovering, 17 steps computed again"), "{r}");
+        let prom = r.to_prometheus(&[("job", "t")], &[]);
+        for line in [
+            "phalanx_recoveries_total{job=\"t\"} 2\n",
+            "phalanx_recovery_seconds{job=\"t\"} 0.25\n",
+            "phalanx_steps_recomputed_total{job=\"t\"} 17\n",
+        ] {
+            assert!(prom.contains(line), "{line} not in {prom}");
+        }
+        assert_eq!(r.to_json()["recovery"], json!({"recoveries": 2, "seconds": 0.25, "steps_recomputed": 17}));
     }
 }
