@@ -252,7 +252,9 @@ fn solve(
         if root {
             let failed = at.restored().map_or(String::new(), |r| format!(" after rank(s) {:?} failed", r.failed()));
             match (from, at.disk_checkpoint()) {
-                (Some(s), Some(_)) => println!("recovered: step {s} from the disk checkpoint on {} ranks", world.size()),
+                (Some(s), Some(_)) => {
+                    println!("recovered: step {s} from the disk checkpoint on {} ranks", world.size())
+                }
                 (Some(s), None) => println!("recovered: step {s} on {} ranks{failed}", world.size()),
                 (None, _) => println!("recovered: starting over on {} ranks", world.size()),
             }

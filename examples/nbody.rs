@@ -128,10 +128,14 @@ fn solve(
         if root {
             match recovered {
                 Some(s) => println!("recovered: step {s} on {} ranks", world.size()),
-                None if at.disk_checkpoint().is_some() => println!("recovered: from the disk on {} ranks", world.size()),
+                None if at.disk_checkpoint().is_some() => {
+                    println!("recovered: from the disk on {} ranks", world.size())
+                }
                 None => println!("recovered: starting over on {} ranks", world.size()),
             }
-            if at.restored().is_some_and(|r| r.failed().len() > args.resilience.spares) || at.disk_checkpoint().is_some() {
+            if at.restored().is_some_and(|r| r.failed().len() > args.resilience.spares)
+                || at.disk_checkpoint().is_some()
+            {
                 println!(
                     "recovered: note: on other ranks than the uninterrupted run, the all-pairs sums are added in \
                      another order: particles_hash differs in the last bits (use --spares to keep the ranks)"

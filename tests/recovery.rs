@@ -118,7 +118,13 @@ fn hash_of(out: &str) -> Option<String> {
     out.lines().find_map(|l| l.strip_prefix("result hash ")).and_then(|l| l.split_whitespace().next()).map(String::from)
 }
 
-fn launch(ranks: usize, ft: bool, fault: &str, spares: usize, disk: Option<&std::path::Path>) -> (std::process::Output, Duration) {
+fn launch(
+    ranks: usize,
+    ft: bool,
+    fault: &str,
+    spares: usize,
+    disk: Option<&std::path::Path>,
+) -> (std::process::Output, Duration) {
     let exe = std::env::current_exe().expect("current_exe");
     let mut a = common::launcher_args(ranks, &[MODE, "PHALANX_FT", "PHALANX_FAULT", SPARES, DISK]);
     if ft {
@@ -235,7 +241,11 @@ fn main() -> std::process::ExitCode {
                 name: "kill a rank and its partner",
                 ranks: 4,
                 fault: "kill:1:12,kill:2:12",
-                texts: &["no step's copies survived on every rank", "rank 1 and rank 2, which kept its copies, both failed", "no disk checkpoint to fall back to"],
+                texts: &[
+                    "no step's copies survived on every rank",
+                    "rank 1 and rank 2, which kept its copies, both failed",
+                    "no disk checkpoint to fall back to",
+                ],
                 same_hash: false,
                 ok: false,
                 spares: 0,
@@ -265,7 +275,11 @@ fn main() -> std::process::ExitCode {
                 name: "kill rank 2 of 4 workers with 1 spare",
                 ranks: 5,
                 fault: "kill:2:12",
-                texts: &["rank(s) [2] of 4 failed", "spare(s) took the place of rank(s) [2]; continuing on 4 ranks", "1 recoveries"],
+                texts: &[
+                    "rank(s) [2] of 4 failed",
+                    "spare(s) took the place of rank(s) [2]; continuing on 4 ranks",
+                    "1 recoveries",
+                ],
                 same_hash: true,
                 ok: true,
                 spares: 1,
@@ -424,6 +438,14 @@ fn main() -> std::process::ExitCode {
         );
     }
     if ulfm {
+        match node_killed() {
+            Some((why, line, out)) => {
+                report("2 emulated nodes x 2 ranks, every rank of node 2 killed", why, line, &out)
+            }
+            None => skipped += 1,
+        }
+    }
+    if ulfm {
         let (why, line, out) = stopped_rank_under_ft();
         report("heat --recover --watchdog 2 at 3 ranks, rank 1 stopped (SIGSTOP)", why, line, &out);
     }
@@ -498,4 +520,71 @@ fn stopped_rank_under_ft() -> (Vec<String>, String, String) {
         }
     }
     (why, format!("{took:.1} s from the stop to the end of the job"), out)
+}
+
+/// On the emulated cluster (`ci/cluster`, 2 nodes x 2 ranks over TCP), both ranks of node 2 die
+/// at the same step: their partner copies are on node 1, so heat continues there on 2 ranks with
+/// the uninterrupted field hash. `None` (after printing SKIPPED and the reason) where this machine
+/// cannot create network namespaces.
+fn node_killed() -> Option<(Vec<String>, String, String)> {
+    let dir = std::env::temp_dir().join(format!("phalanx-recovery-cluster-{}", std::process::id()));
+    let cluster = |args: &[&str]| {
+        let mut c = Command::new(common::root().join("ci/cluster"));
+        c.args(args).env("PHALANX_CLUSTER_DIR", &dir).env("PHALANX_CLUSTER_SLOTS", "2");
+        common::run(&mut c, Duration::from_secs(180))
+    };
+    let check = cluster(&["check"]);
+    if !check.status.success() {
+        println!(
+            "recovery: SKIPPED the node failure on the emulated cluster: {}",
+            String::from_utf8_lossy(&check.stdout).trim()
+        );
+        return None;
+    }
+    struct Down<F: Fn()>(F);
+    impl<F: Fn()> Drop for Down<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let _down = Down(|| drop(cluster(&["down"])));
+    let up = cluster(&["up", "2"]);
+    if !up.status.success() {
+        return Some((
+            vec![format!("ci/cluster up 2 failed: {}", String::from_utf8_lossy(&up.stderr))],
+            String::new(),
+            String::new(),
+        ));
+    }
+    let heat = common::example("heat");
+    let args = ["--n", "48", "--steps", "40", "--threads", "1", "--pin", "none", "--json"];
+    let mut plain = common::launcher(1, &[]);
+    plain.arg(&heat).args(args);
+    let hash = |out: &str| out.split("\"field_hash\":\"").nth(1).and_then(|t| t.split('"').next()).map(String::from);
+    let reference = hash(&String::from_utf8_lossy(&common::run(&mut plain, Duration::from_secs(120)).stdout));
+    let h = heat.to_str().expect("a UTF-8 path");
+    let mut run = vec!["run", "--ft", "4", h];
+    run.extend(args);
+    run.extend(["--recover", "--partner-every", "4"]);
+    // Ranks 2 and 3 are node 2's (the hostfile's slots fill node 1 first).
+    std::env::set_var("PHALANX_FAULT", "kill:2:17,kill:3:17");
+    let t = Instant::now();
+    let o = cluster(&run);
+    std::env::remove_var("PHALANX_FAULT");
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let mut why = Vec::new();
+    if !o.status.success() {
+        why.push(format!("exit {:?}", o.status));
+    }
+    if hash(&out) != reference || reference.is_none() {
+        why.push(format!("field hash {:?}, uninterrupted {reference:?}", hash(&out)));
+    }
+    if !out.contains("\"ranks\":2") {
+        why.push("not continued on node 1's 2 ranks".into());
+    }
+    if out.contains("kept on the same node") {
+        why.push("partners were placed on the same node".into());
+    }
+    let line = out.lines().filter(|l| l.starts_with("recovered:")).collect::<Vec<_>>().join("; ");
+    Some((why, format!("{:.1?}; {line}", t.elapsed()), out))
 }

@@ -608,7 +608,8 @@ mod tests {
 
     #[test]
     fn recoveries_are_in_every_form_of_the_report() {
-        let phases = PHASES.map(|phase| PhaseSummary { phase, min: 0.0, mean: 0.0, max: 0.0, max_rank: 0, bytes: 0, count: 0 });
+        let phases =
+            PHASES.map(|phase| PhaseSummary { phase, min: 0.0, mean: 0.0, max: 0.0, max_rank: 0, bytes: 0, count: 0 });
         let mut r = MetricsReport {
             ranks: 3,
             wall: 1.0,

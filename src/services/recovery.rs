@@ -752,8 +752,13 @@ impl Recovery {
         };
         let own_everywhere = |s: u64| rows.iter().all(|r| r[1] == s || r[2] == s);
         let kept = |s: u64| failed.iter().all(|d| rows.iter().any(|r| r[3] == *d as u64 && (r[4] == s || r[5] == s)));
-        let steps: Vec<u64> =
-            rows.first().map_or(&[][..], |r| &r[1..3]).iter().copied().filter(|s| *s != NONE && own_everywhere(*s)).collect();
+        let steps: Vec<u64> = rows
+            .first()
+            .map_or(&[][..], |r| &r[1..3])
+            .iter()
+            .copied()
+            .filter(|s| *s != NONE && own_everywhere(*s))
+            .collect();
         if steps.is_empty() {
             // No copy was complete on every survivor yet: start over.
             return Ok(decision(None, None));
@@ -764,10 +769,13 @@ impl Recovery {
                 .filter(|d| !rows.iter().any(|r| r[3] == **d as u64))
                 .map(|d| format!("rank {d} and rank {}, which kept its copies, both failed", old.keeper[*d as usize]))
                 .collect();
-            let lost = if lost.is_empty() { "the copies in progress were incomplete".to_string() } else { lost.join("; ") };
+            let lost =
+                if lost.is_empty() { "the copies in progress were incomplete".to_string() } else { lost.join("; ") };
             // Every survivor looks for a disk checkpoint (collective over `all`: the same answer).
             let disk = match &self.disk {
-                Some(dir) => CheckpointStore::new(dir, 1).latest(all)?.ok_or_else(|| format!("no checkpoint in {}", dir.display())),
+                Some(dir) => CheckpointStore::new(dir, 1)
+                    .latest(all)?
+                    .ok_or_else(|| format!("no checkpoint in {}", dir.display())),
                 None => Err("no disk checkpoint to fall back to (see Recovery::disk_fallback)".to_string()),
             };
             return match disk {
