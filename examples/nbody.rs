@@ -101,7 +101,7 @@ fn solve(
     let at = recovering.map(|r| r.0);
     let threads = world.start_threads(ThreadConfig::from_options(args.threads, args.pin))?;
     let pool = threads.pool();
-    let mut sim = NBody::new(&world, args.bodies, args.eps)?;
+    let mut sim = NBody::new(world, args.bodies, args.eps)?;
     let root = world.rank() == 0;
     let mut first = 0;
     let mut e0 = None;
@@ -115,9 +115,9 @@ fn solve(
     let mut furthest = None;
     if let Some((at, [reached, recomputed])) = recovering.filter(|(a, _)| a.recoveries() > 0) {
         if let Some(r) = at.restored() {
-            sim.restore_recovered(&world, pool, r)?;
+            sim.restore_recovered(world, pool, r)?;
             // The initial energy travels in rank 0's copies (one element), to every rank.
-            e0 = Some(r.segment::<f64>(&world, "initial_energy", 0..1)?[0]);
+            e0 = Some(r.segment::<f64>(world, "initial_energy", 0..1)?[0]);
             first = r.step() as usize;
             recovered = Some(r.step());
         }
@@ -145,7 +145,7 @@ fn solve(
     }
     let from_disk = at.and_then(|a| a.disk_checkpoint());
     if let Some(g) = restored.as_ref().or(from_disk).filter(|_| recovered.is_none()) {
-        sim.restore(&world, pool, g)?;
+        sim.restore(world, pool, g)?;
         first = g.step() as usize;
         e0 = g.attr("initial_energy").and_then(|e| e.as_f64());
         restarted_from = Some(g.step());
@@ -153,7 +153,7 @@ fn solve(
             println!("restart: step {first} from {} (written by {} ranks)", g.path().display(), g.ranks());
         }
     } else if recovered.is_none() {
-        sim.compute_forces(&world, pool)?;
+        sim.compute_forces(world, pool)?;
     }
     if let (Some(f), Some((_, [_, recomputed]))) = (furthest, recovering) {
         recomputed.set(recomputed.get() + f.saturating_sub(first));
@@ -161,10 +161,10 @@ fn solve(
     }
     let e0 = match e0 {
         Some(e) => e,
-        None => sim.energy(&world)?,
+        None => sim.energy(world)?,
     };
     let dog =
-        args.resilience.watchdog.map(|s| Watchdog::start(&world, std::time::Duration::from_secs_f64(s))).transpose()?;
+        args.resilience.watchdog.map(|s| Watchdog::start(world, std::time::Duration::from_secs_f64(s))).transpose()?;
     world.barrier()?;
     let start = Instant::now();
     let mut step = first;
@@ -185,20 +185,20 @@ fn solve(
             reached.set(reached.get().max(step));
         }
         fault::at_step(step as u64);
-        sim.step(&world, pool, args.dt)?;
+        sim.step(world, pool, args.dt)?;
         step += 1;
         if root && start.elapsed().as_secs() >= 5 && step % 10 == 0 {
             eprintln!("nbody: step {step}/{} ({:.1} s)", args.steps, start.elapsed().as_secs_f64());
         }
         if let Some(store) = store {
-            stopped_by = signals::stop_requested(&world)?;
+            stopped_by = signals::stop_requested(world)?;
             if (args.resilience.checkpoint_every > 0 && step % args.resilience.checkpoint_every == 0)
                 || stopped_by.is_some()
             {
                 let mut c = Checkpoint::new(step as u64);
-                sim.checkpoint(&world, &mut c);
+                sim.checkpoint(world, &mut c);
                 c.attr("initial_energy", e0).attr("dt", args.dt).attr("eps", args.eps);
-                let path = store.write(&world, &c)?;
+                let path = store.write(world, &c)?;
                 if root && stopped_by.is_some() {
                     println!("stopped: checkpoint of step {step} in {}", path.display());
                 }
@@ -215,16 +215,16 @@ fn solve(
         }
     }
     if let Some(d) = dog {
-        d.stop(&world)?;
+        d.stop(world)?;
     }
     let done = step - first;
     world.barrier()?;
     let seconds = world.allreduce(start.elapsed().as_secs_f64(), Op::Max)?;
-    let e1 = sim.energy(&world)?;
+    let e1 = sim.energy(world)?;
     let drift = ((e1 - e0) / e0).abs();
     let n = args.bodies as f64;
     let ips = n * n * done as f64 / seconds;
-    let all = sim.gather_all(&world)?;
+    let all = sim.gather_all(world)?;
     let phash = field_hash_of(&[&all.x[..], &all.y, &all.z, &all.vx, &all.vy, &all.vz].concat());
     let mut code = 0;
     let mut check = serde_json::Value::Null;
