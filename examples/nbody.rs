@@ -7,6 +7,11 @@
 //! mpirun -n 3 --oversubscribe target/release/examples/nbody --bodies 300 --steps 5 --check
 //! ```
 //!
+//! In-job recovery (`--recover --partner-every K --spares S`, fault-tolerant mode: Open MPI 5 with
+//! `ci/mpi run --ft`) works as in heat; the all-pairs sums depend on the rank count, so spare ranks
+//! in the failed ranks' places keep the particles hash of an uninterrupted run, and without them the
+//! run continues on fewer ranks with a hash that differs in the last bits.
+//!
 //! Checkpoints (`--checkpoint-dir`, `--checkpoint-every`, `--restart`) and the clean stop on
 //! SIGUSR1/SIGTERM work as in the heat example. `particles_hash` in the JSON summary is a hash of
 //! every body's position and velocity, to compare runs bit for bit.

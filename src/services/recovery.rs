@@ -51,8 +51,17 @@
 //! the last two copies of its own snapshot and of its partner's: a failure in the middle of a copy
 //! leaves the previous one whole, and the survivors roll back to the newest step that every
 //! survivor and every failed rank's partner holds. When a rank and its partner both fail, their state
-//! is lost: [`run`] returns an error naming both, on every survivor (fall back to a disk checkpoint).
+//! is lost: with [`Recovery::disk_fallback`] the survivors continue from the newest disk checkpoint
+//! ([`Attempt::disk_checkpoint`]); otherwise [`run`] returns an error naming both, on every survivor.
 //! Memory: twice this rank's snapshot plus twice its partner's ([`Attempt::copy_bytes`]).
+//!
+//! # Spare ranks
+//! With [`Recovery::spares`] the last ranks of the communicator do not run the body: they wait in
+//! the agreement that ends each attempt (which a revocation does not interrupt). After a failure
+//! each spare takes the place of a failed rank, lowest first: it gets that rank's number in the
+//! new communicator and its state from the partner's copy, so the body continues on as many ranks
+//! as before; when the spares are used up, the run shrinks. A program whose result depends on the
+//! rank count (nbody's all-pairs sums) keeps it this way.
 
 use std::cell::RefCell;
 use std::ops::Range;
