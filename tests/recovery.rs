@@ -148,7 +148,15 @@ fn main() -> std::process::ExitCode {
     }
     let ulfm = std::env::var("PHALANX_MPI").is_ok_and(|m| m == "openmpi5");
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    let mut report = |name: &str, why: Vec<String>, line: String, out: &str| {
+    let mut report = |name: &str, mut why: Vec<String>, line: String, out: &str| {
+        // A nonblocking collective that met a dead member: Open MPI 5.0.11 frees its sends, and one
+        // that fails afterwards ends the job ("Send error after request freed"; 1 in 4-8 runs on
+        // the emulated cluster). The survivors must not start one.
+        for bad in ["NBC_Progress", "Send error after request freed"] {
+            if out.contains(bad) {
+                why.push(format!("{bad:?} in the output: a nonblocking collective ran with dead members"));
+            }
+        }
         if why.is_empty() {
             passed += 1;
             println!("recovery: {name} ... ok ({line})");
@@ -222,6 +230,16 @@ fn main() -> std::process::ExitCode {
                 ranks: 5,
                 fault: "kill:1:6,kill:3:17,kill:4:31",
                 texts: &["rank(s) [1] of 5 failed", "of 4 failed", "of 3 failed", "3 recoveries"],
+                same_hash: true,
+                ok: true,
+                spares: 0,
+                disk: false,
+            },
+            Case {
+                name: "kill two ranks that are not partners at the same step",
+                ranks: 4,
+                fault: "kill:0:12,kill:2:12",
+                texts: &["rank(s) [0, 2] of 4 failed", "continuing on 2 ranks from the partner copies of step 10"],
                 same_hash: true,
                 ok: true,
                 spares: 0,

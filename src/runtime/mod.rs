@@ -363,6 +363,13 @@ impl Runtime {
     /// The end-of-run agreement: a nonblocking barrier on the private communicator, polled until
     /// every rank has started it or `limit` has passed.
     fn every_rank_ended(&self, limit: std::time::Duration) -> bool {
+        if ft::fault_tolerant() && ffi::ulfm::FAILURE_SEEN.load(Ordering::SeqCst) {
+            // Not a nonblocking barrier with dead members: Open MPI 5.0.11's schedule gives up on
+            // the dead peer and frees its sends, and a send that fails after that ends the job
+            // ("Send error after request freed", seen over TCP). The survivors agree instead.
+            let e = Error::new(ErrorKind::ProcessFailed, "end of run", Some(self.world_rank), "processes failed");
+            return self.survivors_ended(&e);
+        }
         let mut req = match ffi::ibarrier(self.end, "end of run", self.world_rank) {
             Ok(r) => r,
             Err(e) => return self.survivors_ended(&e),

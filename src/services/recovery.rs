@@ -661,6 +661,9 @@ impl Recovery {
     /// communicator (shrinking it again leaves the new failure out).
     fn recover(&self, old: Attempt, cause: &Error) -> Result<Attempt> {
         let t = std::time::Instant::now();
+        // Every survivor knows from here that processes failed (also one whose MPI calls all
+        // succeeded): the end of the run and abandoned sends take the survivors' paths.
+        ffi::ulfm::FAILURE_SEEN.store(true, std::sync::atomic::Ordering::SeqCst);
         ffi::ulfm::revoke_all(old.all.rank());
         let mut tries = 0;
         loop {
