@@ -118,6 +118,11 @@ fn missing(op: &'static str, rank: i32) -> crate::error::Error {
 
 /// `MPIX_Comm_revoke`: every pending and later operation on `comm` fails with "revoked" on every rank.
 pub(crate) fn revoke(comm: MPI_Comm, rank: i32) -> Result<()> {
+    let mut r = revoked();
+    if !r.contains(&key(comm)) {
+        r.push(key(comm));
+    }
+    drop(r);
     #[cfg(phalanx_ulfm)]
     {
         let f = calls("revoke", rank)?.revoke;
@@ -299,11 +304,27 @@ pub(crate) fn revoke_all(rank: i32) {
     REVOKING.with(|r| r.set(false));
 }
 
+/// The communicators this process revoked (or tried to). They are never freed: a peer that had
+/// not yet seen the revocation may still have a message to this process in flight on one, and
+/// freeing it would let the next new communicator take its context id, so that the late message
+/// is matched there. Open MPI 5.0.11 then ended the job inside `MPIX_Comm_shrink` ("PML OB1
+/// received a message from a rank outside the valid range of the communicator", in about 1 of 15
+/// recoveries on a busy machine). Kept alive, a revoked communicator drops such messages. The cost
+/// is the communicators alive at each failure, never reused.
+static REVOKED: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+fn revoked() -> std::sync::MutexGuard<'static, Vec<u64>> {
+    REVOKED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Frees a communicator phalanx created, after taking it out of the table, with the table locked
-/// (see [`revoke_all`]).
+/// (see [`revoke_all`]); a revoked one is left allocated (see [`REVOKED`]).
 pub(crate) fn free_registered(c: &mut MPI_Comm) {
     let mut all = live();
     let k = key(*c);
     all.retain(|x| *x != k);
+    if revoked().contains(&k) {
+        return;
+    }
     super::comm_free(c);
 }
