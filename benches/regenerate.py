@@ -268,15 +268,15 @@ def recovery(rounds=3, kills=5):
             sys.exit(f"regenerate: heat under openmpi5 --ft failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}")
         return last_json(res.stdout)
 
-    # 400: halo rows of 3.2 KB stay under the 4 KiB eager limit. At 1024 (rendezvous-size rows) Open
-    # MPI 5.0.11 ended 1 of 3, then 4 of 8, such runs from inside the library ("Send error after request freed").
-    log(f"recovery: heat 400^2 on 4 ranks, rank 2 killed at step 105, copies every 10 steps, {kills} runs")
+    # 1024: halo rows of 8 KB, over the 4 KiB shared-memory eager limit (rendezvous), the case Open
+    # MPI 5.0.11 ended from inside the library before the halo wait kept failed requests.
+    log(f"recovery: heat 1024^2 on 4 ranks, rank 2 killed at step 105, copies every 10 steps, {kills} runs")
     stamp = os.path.join(OUT, "kill-stamp")
     times = []
     for _ in range(kills):
         if os.path.exists(stamp):
             os.remove(stamp)
-        j = run(4, ["--n", 400, "--steps", 120, "--threads", 1, "--recover", "--partner-every", 10],
+        j = run(4, ["--n", 1024, "--steps", 120, "--threads", 1, "--recover", "--partner-every", 10],
                 {"PHALANX_FAULT": "kill:2:105", "PHALANX_FAULT_STAMP": stamp})
         killed = float(open(stamp).read().strip())
         times.append({"s": j["recovered_at_unix"] - killed, "from_step": j["restarted_from"], "hash": j["field_hash"],
@@ -286,11 +286,11 @@ def recovery(rounds=3, kills=5):
     for _ in range(kills):
         if os.path.exists(stamp):
             os.remove(stamp)
-        j = run(5, ["--n", 400, "--steps", 120, "--threads", 1, "--recover", "--partner-every", 10, "--spares", 1],
+        j = run(5, ["--n", 1024, "--steps", 120, "--threads", 1, "--recover", "--partner-every", 10, "--spares", 1],
                 {"PHALANX_FAULT": "kill:2:105", "PHALANX_FAULT_STAMP": stamp})
         killed = float(open(stamp).read().strip())
         spare.append({"s": j["recovered_at_unix"] - killed, "ranks": j["ranks"], "hash": j["field_hash"]})
-    plain = run(1, ["--n", 400, "--steps", 120, "--threads", 1])
+    plain = run(1, ["--n", 1024, "--steps", 120, "--threads", 1])
     log(f"recovery: partner copies every 1, 10, 100 steps against none, heat 1024^2 on 2 ranks, {rounds} rounds")
     cost = {k: [] for k in ("none", "1", "10", "100", "disk 10")}
     ckpt = os.path.join(OUT, "recovery-ckpt")
@@ -338,15 +338,14 @@ def render_recovery(rc):
     w("```sh\nbenches/regenerate --recovery-table   # heat --recover under Open MPI 5.0.11, ci/mpi run --ft\n```\n")
     ks = rc["kills"]
     same = all(k["hash"] == rc["uninterrupted_hash"] for k in ks)
-    w(f"heat 400 x 400 on 4 ranks (2 cores, so oversubscribed), copies every 10 steps, rank 2 killed with SIGKILL at")
+    w(f"heat 1024 x 1024 on 4 ranks (2 cores, so oversubscribed; halo rows of 8 KB, rendezvous-size), copies every 10 steps, rank 2 killed with SIGKILL at")
     w(f"step 105 by the fault injection; {len(ks)} runs. Time from the kill (the dying rank's timestamp) to the")
     w(f"survivors' first step after restoring (heat's `recovered_at_unix`): median **{med([k['s'] for k in ks]):.2f} s**,")
     w(f"range {min(k['s'] for k in ks):.2f}-{max(k['s'] for k in ks):.2f} s; then the steps since the copy of step "
       f"{ks[0]['from_step']} are recomputed. Final field hash equal to the uninterrupted run's in every run: "
       f"**{'yes' if same else 'NO'}**. Partner copies held per survivor at the end (3 ranks): "
-      f"{ks[0]['copy_bytes'] / 2**20:.1f} MiB (its own two and its partner's two). At 1024 x 1024, whose halo rows are rendezvous-size messages, Open MPI "
-      f"5.0.11 ended 1 of 3, then 4 of 8, such runs from inside the library after the kill (\"Send error after request freed\", "
-      f"a send to the dead rank completing after its request was released): see the README's limits.\n")
+      f"{ks[0]['copy_bytes'] / 2**20:.1f} MiB (its own two and its partner's two). Before the halo wait kept the requests of a failed exchange, Open MPI "
+      f"5.0.11 ended 3 to 4 of 8 such runs from inside the library after the kill (\"Send error after request freed\").\n")
     sp = rc.get("spare", [])
     if sp:
         same = all(k["hash"] == rc["uninterrupted_hash"] for k in sp)

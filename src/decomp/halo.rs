@@ -253,6 +253,7 @@ impl<T: Pod> HaloPlan<T> {
             abandoned: Rc::clone(&self.abandoned),
             array_id: self.array_id,
             rank: comm.rank(),
+            comm: comm.as_raw(),
             done: false,
             _not_send: PhantomData,
         };
@@ -293,7 +294,12 @@ impl<T: Pod> HaloPlan<T> {
         }
         // The status array is the plan's own: finishing an exchange allocates nothing.
         self.statuses.resize(ex.reqs.len(), ffi::new_status());
-        ffi::waitall(&mut ex.reqs, &mut self.statuses, OP, ex.rank)?;
+        if crate::runtime::ft::fault_tolerant() {
+            // A failed exchange leaves its requests to MPI, and so its buffers (see waitall_keep).
+            ffi::ulfm::waitall_keep(&mut ex.reqs, &mut self.statuses, ex.comm, false, OP, ex.rank)?;
+        } else {
+            ffi::waitall(&mut ex.reqs, &mut self.statuses, OP, ex.rank)?;
+        }
         ex.done = true;
         for m in &self.msgs {
             let c = m.recv.count();
@@ -328,6 +334,8 @@ pub struct HaloExchange<T: Pod> {
     abandoned: Rc<Cell<bool>>,
     array_id: u64,
     rank: i32,
+    /// The communicator of the exchange (the array's, alive while the array is).
+    comm: ffi::MPI_Comm,
     done: bool,
     _not_send: PhantomData<*const ()>,
 }
@@ -343,6 +351,18 @@ impl<T: Pod> HaloExchange<T> {
     /// An MPI error reported by a completed request.
     #[doc(alias = "MPI_Testall")]
     pub fn progress(&mut self) -> Result<bool> {
+        if crate::runtime::ft::fault_tolerant() {
+            // Statuses on the stack for the usual few messages: this is polled during the compute.
+            let mut on_stack = [ffi::new_status(); 32];
+            let mut on_heap = Vec::new();
+            let st = if self.reqs.len() <= on_stack.len() {
+                &mut on_stack[..self.reqs.len()]
+            } else {
+                on_heap.resize(self.reqs.len(), ffi::new_status());
+                &mut on_heap[..]
+            };
+            return ffi::ulfm::waitall_keep(&mut self.reqs, st, self.comm, true, "halo progress", self.rank);
+        }
         ffi::testall(&mut self.reqs, "halo progress", self.rank)
     }
 }
@@ -350,6 +370,15 @@ impl<T: Pod> HaloExchange<T> {
 impl<T: Pod> Drop for HaloExchange<T> {
     fn drop(&mut self) {
         if self.done || ffi::finalized() {
+            return;
+        }
+        if crate::runtime::ft::fault_tolerant() && ffi::ulfm::FAILURE_SEEN.load(std::sync::atomic::Ordering::SeqCst) {
+            // After a process failure the requests are MPI's for good (see ulfm::waitall_keep):
+            // neither cancelled nor waited for, and the buffers they may still use are leaked.
+            std::mem::forget(std::mem::take(&mut self.send_buf));
+            std::mem::forget(std::mem::take(&mut self.recv_buf));
+            self.abandoned.set(true);
+            self.busy.set(false);
             return;
         }
         // Receives: cancelled, then waited for (a cancelled receive completes). Sends: not waited

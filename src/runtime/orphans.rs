@@ -29,32 +29,20 @@ thread_local! {
 
 /// Takes over sends `reqs` that read from `buf`, and frees the buffers of earlier ones that completed.
 ///
-/// In fault-tolerant mode, once a process failure has been seen, sends are abandoned because of it:
-/// they are cancelled
-/// (ULFM grants the cancel of a send to a failed peer) and waited for, for at most
-/// [`FT_SETTLE`]. Open MPI 5.0.11 otherwise completes a rendezvous send to the failed peer with an
-/// error after the request was released and ends the job from inside the library ("Send error
-/// after request freed", seen with heat --recover at 1024 x 1024).
-pub(crate) fn adopt(mut reqs: Vec<MPI_Request>, buf: Box<dyn Any>) {
+/// In fault-tolerant mode, once a process failure has been seen, sends abandoned because of it are
+/// left alone for good: neither cancelled nor tested, their buffers leaked. Open MPI 5.0.11 grants
+/// the cancel of a send to a failed peer, and completes a send on a revoked communicator with an
+/// error, while its rendezvous transfer may still be under way; a test or wait then releases the
+/// request, and when the transfer fails afterwards the library ends the job ("Send error after
+/// request freed", see `ffi::ulfm::waitall_keep`).
+pub(crate) fn adopt(reqs: Vec<MPI_Request>, buf: Box<dyn Any>) {
     if super::ft::fault_tolerant() && ffi::ulfm::FAILURE_SEEN.load(std::sync::atomic::Ordering::SeqCst) {
-        for r in reqs.iter_mut().filter(|r| **r != ffi::request_null()) {
-            ffi::cancel(r);
-        }
-        let start = std::time::Instant::now();
-        while start.elapsed() < FT_SETTLE {
-            reqs.retain_mut(|r| *r != ffi::request_null() && !ffi::test_quiet(r));
-            if reqs.is_empty() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        std::mem::forget(buf);
+        return;
     }
     ORPHANS.with(|o| o.borrow_mut().push(Orphan { reqs, buf }));
     reap();
 }
-
-/// How long an abandoned send is waited for after its cancel in fault-tolerant mode.
-const FT_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Frees the buffers of adopted sends that have completed. Returns how many are still pending.
 pub(crate) fn reap() -> usize {
