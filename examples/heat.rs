@@ -179,8 +179,8 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
     }
     let progress = Progress::default();
     let mut how = recovery::Recovery::new().spares(args.resilience.spares);
-    if let Some(dir) = &args.resilience.checkpoint_dir {
-        how = how.disk_fallback(dir);
+    if let Some(s) = store {
+        how = how.disk_fallback(s);
     }
     // A spare never needed has nothing to report.
     Ok(how.run(&rt.world(), |at| solve(args, at.comm(), store, Some((at, &progress))))?.unwrap_or(0))

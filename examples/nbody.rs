@@ -86,8 +86,8 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<i32> {
         eprintln!("nbody: --recover without fault-tolerant mode (see above): a failed rank ends the job");
     }
     let mut how = recovery::Recovery::new().spares(args.resilience.spares);
-    if let Some(dir) = &args.resilience.checkpoint_dir {
-        how = how.disk_fallback(dir);
+    if let Some(s) = store {
+        how = how.disk_fallback(s);
     }
     // The furthest step reached, and the steps computed again after recoveries.
     let progress = [std::cell::Cell::new(0usize), std::cell::Cell::new(0usize)];

@@ -86,7 +86,7 @@ fn child() -> std::process::ExitCode {
         let store = std::env::var(DISK).ok().map(|d| CheckpointStore::new(d, 2));
         let mut how = recovery::Recovery::new().spares(spares);
         if let Some(s) = &store {
-            how = how.disk_fallback(s.dir());
+            how = how.disk_fallback(s);
         }
         // A spare never needed returns None.
         let Some((hash, recoveries)) = how.run(&world, |at| simulate(at, store.as_ref()))? else {
@@ -179,6 +179,22 @@ fn main() -> std::process::ExitCode {
             }
         }
         report("fault-tolerant mode without ULFM falls back", why, format!("{took:.1?}"), &out);
+        // Spares without fault tolerance wait for the workers and end with them.
+        let (o, took) = launch(3, false, "", 1, None);
+        let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let mut why = Vec::new();
+        if !o.status.success() {
+            why.push(format!("exit {:?}", o.status));
+        }
+        for t in ["the 1 spare rank(s) only wait", "0 recoveries"] {
+            if !out.contains(t) {
+                why.push(format!("no {t:?} in the output"));
+            }
+        }
+        if out.matches("result hash").count() != 1 {
+            why.push("want one result line (rank 0 of the 2 workers)".into());
+        }
+        report("1 spare without ULFM waits for the workers", why, format!("{took:.1?}"), &out);
         skipped += 1;
         println!(
             "recovery: SKIPPED the killed-rank cases: they need an MPI that survives a failed process (Open MPI 5 \
@@ -290,6 +306,29 @@ fn main() -> std::process::ExitCode {
                 disk: true,
             },
             Case {
+                name: "1 spare never needed",
+                ranks: 5,
+                fault: "",
+                texts: &["0 recoveries"],
+                same_hash: true,
+                ok: true,
+                spares: 1,
+                disk: false,
+            },
+            Case {
+                name: "kill a rank and its partner with 1 spare, falling back to the disk checkpoint",
+                ranks: 5,
+                fault: "kill:1:14,kill:2:14",
+                texts: &[
+                    "spare(s) took the place of rank(s) [1]; continuing on 3 ranks from the disk checkpoint of step 10",
+                    "1 recoveries",
+                ],
+                same_hash: true,
+                ok: true,
+                spares: 1,
+                disk: true,
+            },
+            Case {
                 name: "kill rank 2 of 4 workers with 1 spare",
                 ranks: 5,
                 fault: "kill:2:12",
@@ -363,6 +402,8 @@ fn main() -> std::process::ExitCode {
                     ("kill:2:17", 1, 4, vec!["--watchdog", "5"]),
                     ("kill:2:17", 1, 5, vec!["--spares", "1"]),
                     ("kill:1:14,kill:2:14", 1, 4, vec!["--checkpoint-dir", d, "--checkpoint-every", "10"]),
+                    // Rank 0's roles (watchdog coordinator, checkpoint commits, JSON) move to the new rank 0.
+                    ("kill:0:13", 1, 4, vec!["--watchdog", "5", "--checkpoint-dir", d, "--checkpoint-every", "10"]),
                 ]
             } else {
                 vec![("kill:1:14", 1, 4, vec![])]
@@ -399,8 +440,16 @@ fn main() -> std::process::ExitCode {
                 if !out.contains(want) {
                     why.push(format!("no {want} in the JSON"));
                 }
-                if extra.contains(&"--checkpoint-dir") && !out.contains("from the disk checkpoint") {
+                if fault.contains("kill:1:14,kill:2:14") && !out.contains("from the disk checkpoint") {
                     why.push("not recovered from the disk checkpoint".into());
+                }
+                if extra.contains(&"--checkpoint-dir") {
+                    // The generation of the last step was committed (by rank 0 of the survivors).
+                    let name = format!("gen-{:0>12}", steps);
+                    let newest = disk.join(&name).is_dir();
+                    if !newest {
+                        why.push(format!("no checkpoint generation of step {steps} in {}", disk.display()));
+                    }
                 }
                 let _ = std::fs::remove_dir_all(&disk);
                 let line = out.lines().filter(|l| l.starts_with("recovered:")).collect::<Vec<_>>().join("; ");
@@ -441,6 +490,9 @@ fn main() -> std::process::ExitCode {
             }
             if hash(&out) != reference || reference.is_none() {
                 why.push(format!("field hash {:?}, uninterrupted {reference:?}", hash(&out)));
+            }
+            if !out.contains("recovered: step 15 on 3 ranks") {
+                why.push("no recovery from the copies of step 15 on 3 ranks".into());
             }
             let line = out.lines().filter(|l| l.starts_with("recovered:")).collect::<Vec<_>>().join("; ");
             report(
@@ -578,8 +630,11 @@ fn stopped_rank_under_ft() -> (Vec<String>, String, String) {
 }
 
 /// On the emulated cluster (`ci/cluster`, 2 nodes x 2 ranks over TCP), both ranks of node 2 die
-/// at the same step: their partner copies are on node 1, so heat continues there on 2 ranks with
-/// the uninterrupted field hash. `None` (after printing SKIPPED and the reason) where this machine
+/// at the same step of the program (the fault injection): their partner copies are on node 1, so
+/// heat continues there on 2 ranks with the uninterrupted field hash. The deaths are usually
+/// noticed one after the other (two recoveries; after the first, node 1 holds 2 of the 3 ranks and
+/// rank 0 says that some copies share a node). Both ranks killed at the same instant from outside
+/// is not tested: Open MPI 5.0.11's launcher then often ends the whole job itself (README, limits). `None` (after printing SKIPPED and the reason) where this machine
 /// cannot create network namespaces.
 fn node_killed() -> Option<(Vec<String>, String, String)> {
     let dir = std::env::temp_dir().join(format!("phalanx-recovery-cluster-{}", std::process::id()));
@@ -636,9 +691,6 @@ fn node_killed() -> Option<(Vec<String>, String, String)> {
     }
     if !out.contains("\"ranks\":2") {
         why.push("not continued on node 1's 2 ranks".into());
-    }
-    if out.contains("kept on the same node") {
-        why.push("partners were placed on the same node".into());
     }
     let line = out.lines().filter(|l| l.starts_with("recovered:")).collect::<Vec<_>>().join("; ");
     Some((why, format!("{:.1?}; {line}", t.elapsed()), out))

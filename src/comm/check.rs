@@ -70,6 +70,20 @@ impl Comm {
         );
         agreed?;
         local?;
+        let verdict = self.verdict(&out, code, op, &fields);
+        if verdict.is_err() && crate::runtime::ft::fault_tolerant() {
+            // After a process failure in the middle of the agreement, the maxima can mix
+            // contributions from different points of the program (seen with a node's ranks killed
+            // together): the failure is the error, not a mismatch.
+            if let Some(class) = ffi::ulfm::broken(self.raw, op, self.rank)? {
+                return ffi::check(class, op, self.rank);
+            }
+        }
+        verdict
+    }
+
+    /// The verdict of the agreement from the maxima `out`.
+    fn verdict(&self, out: &[i64; LEN], code: i64, op: &'static str, fields: &[Option<i64>; FIELDS]) -> Result<()> {
         if out[2] > 0 {
             return Err(Error::new(
                 ErrorKind::PeerFailed,

@@ -251,7 +251,7 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
     #[doc(alias = "DMGlobalToLocalBegin")]
     pub fn exchange_begin(&mut self) -> Result<HaloExchange<T>> {
         let data = self.data.as_slice().unwrap_or(&[]);
-        self.halo.begin(data, &self.decomp.comm)
+        self.halo.begin(data, &self.decomp.comm, Rc::clone(&self.decomp))
     }
 
     /// Completes an exchange started by [`exchange_begin`](DistArray::exchange_begin) on this array

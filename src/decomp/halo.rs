@@ -212,7 +212,8 @@ impl<T: Pod> HaloPlan<T> {
     }
 
     /// Packs the owned boundary cells of `data` and starts every receive and send.
-    pub(crate) fn begin(&mut self, data: &[T], comm: &Comm) -> Result<HaloExchange<T>> {
+    /// `keep`: the decomposition whose communicator `comm` is, kept alive by the exchange.
+    pub(crate) fn begin(&mut self, data: &[T], comm: &Comm, keep: Rc<Decomposition>) -> Result<HaloExchange<T>> {
         const OP: &str = "halo exchange_begin";
         if self.abandoned.get() {
             return Err(Error::new(
@@ -254,6 +255,7 @@ impl<T: Pod> HaloPlan<T> {
             array_id: self.array_id,
             rank: comm.rank(),
             comm: comm.as_raw(),
+            _keep: keep,
             done: false,
             _not_send: PhantomData,
         };
@@ -263,7 +265,8 @@ impl<T: Pod> HaloPlan<T> {
         for m in &self.msgs {
             let c = m.recv.count();
             // SAFETY: the receive buffer is owned by `ex`, which waits for (after cancelling) every
-            // posted request in `finish` or Drop before the buffer can be freed; leaking `ex` leaks
+            // posted request in `finish` or Drop before the buffer can be freed, or, in
+            // fault-tolerant mode after a failure, leaks it with the requests; leaking `ex` leaks
             // the buffer. Segments of different messages do not overlap (offsets are disjoint).
             let req = unsafe {
                 ffi::irecv(ex.recv_buf.as_mut_ptr().add(m.recv_off), c, m.peer, m.recv_tag, raw, OP, ex.rank)?
@@ -320,9 +323,11 @@ impl<T: Pod> HaloPlan<T> {
 ///
 /// Dropping it unfinished (an error path) cancels the receives and hands the sends with their buffer
 /// to the runtime, which frees it once MPI is done (waiting for them could block forever: the peers
-/// may have dropped their exchanges too). The ghosts are then not updated, and the array refuses to
-/// exchange again, since the abandoned messages could be taken for the next exchange's. Leaking it
-/// leaks its buffers, never leaving MPI with freed memory.
+/// may have dropped their exchanges too); in fault-tolerant mode after a process failure both
+/// buffers are leaked with the requests instead (see the ULFM notes in [`crate::services::recovery`]).
+/// The ghosts are then not updated, and the array refuses to exchange again, since the abandoned
+/// messages could be taken for the next exchange's. Leaking it leaks its buffers, never leaving MPI
+/// with freed memory.
 #[must_use = "a halo exchange must be finished with DistArray::exchange_finish"]
 #[derive(Debug)]
 pub struct HaloExchange<T: Pod> {
@@ -334,8 +339,9 @@ pub struct HaloExchange<T: Pod> {
     abandoned: Rc<Cell<bool>>,
     array_id: u64,
     rank: i32,
-    /// The communicator of the exchange (the array's, alive while the array is).
+    /// The communicator of the exchange: `_keep`'s, so alive while the exchange is.
     comm: ffi::MPI_Comm,
+    _keep: Rc<Decomposition>,
     done: bool,
     _not_send: PhantomData<*const ()>,
 }

@@ -278,7 +278,7 @@ pub(crate) fn waitall_keep(
 }
 
 /// The error class to report when `comm` is revoked or has a failed process this process noticed.
-fn broken(comm: MPI_Comm, op: &'static str, rank: i32) -> Result<Option<c_int>> {
+pub(crate) fn broken(comm: MPI_Comm, op: &'static str, rank: i32) -> Result<Option<c_int>> {
     #[cfg(phalanx_ulfm)]
     {
         let c = calls(op, rank)?;

@@ -61,10 +61,16 @@ pub(crate) fn reap() -> usize {
 /// At the end of the run, before `MPI_Finalize`: the sends that never completed are released to MPI
 /// and their buffers leaked (MPI may still read them).
 pub(crate) fn release_all() {
+    let ft = super::ft::fault_tolerant();
+    if ft && ffi::ulfm::FAILURE_SEEN.load(std::sync::atomic::Ordering::SeqCst) {
+        // Not even tested: a test would release a send that completed with an error while its
+        // transfer may be under way (see `adopt`).
+        ORPHANS.with(|o| o.borrow_mut().drain(..).for_each(|orphan| std::mem::forget(orphan.buf)));
+        return;
+    }
     if reap() == 0 {
         return;
     }
-    let ft = super::ft::fault_tolerant();
     ORPHANS.with(|o| {
         for mut orphan in o.borrow_mut().drain(..) {
             // In fault-tolerant mode a released send to a failed peer fails later, and Open MPI

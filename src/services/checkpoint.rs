@@ -602,7 +602,40 @@ impl CheckpointStore {
             Some(blocks) => self.commit(comm, c, &tmp, blocks.iter()),
         };
         let committed = comm.agree_result(OP, committed)?;
+        self.share_lineage(comm)?;
         Ok(if rank == 0 { committed } else { self.dir.join(gen_name(c.step)) })
+    }
+
+    /// Rank 0's view of this run's lineage, given to every rank of `comm`, so that whichever rank
+    /// is rank 0 later (after an in-job recovery from the loss of rank 0) goes on with it.
+    ///
+    /// Collective.
+    fn share_lineage(&self, comm: &Comm) -> Result<()> {
+        let mut bytes = if comm.rank() == 0 {
+            let run = self.run.lock().map(|r| r.clone()).unwrap_or_default();
+            serde_json::to_vec(&run.map(|l| json!({"id": l.id, "seq": l.seq, "parent": l.parent}))).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        comm.broadcast_vec(&mut bytes, 0)?;
+        if comm.rank() != 0 {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let lineage = v["id"].as_str().map(|id| Lineage {
+                id: id.to_string(),
+                seq: v["seq"].as_u64().unwrap_or(0),
+                parent: v["parent"][0].as_str().zip(v["parent"][1].as_u64()).map(|(n, q)| (n.to_string(), q)),
+            });
+            if let (Some(l), Ok(mut r)) = (lineage, self.run.lock()) {
+                *r = Some(l);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this process knows this run's lineage (it wrote or restarted from a generation, or
+    /// was told by rank 0): the directory's generations are then this run's own.
+    pub(crate) fn knows_lineage(&self) -> bool {
+        self.run.lock().map(|r| r.is_some()).unwrap_or(false)
     }
 
     /// Rank 0: the manifest, the rename that commits the generation, the pruning of old ones.
@@ -679,7 +712,9 @@ impl CheckpointStore {
                 op,
                 rank,
                 format!(
-                    "{} already holds checkpoints of another run (steps {}); this run did not restart from                      them, so it neither writes over nor deletes them: restart from them (--restart) or                      use another directory",
+                    "{} already holds checkpoints of another run (steps {}); this run did not restart from \
+                     them, so it neither writes over nor deletes them: restart from them (--restart) or \
+                     use another directory",
                     self.dir.display(),
                     steps.join(", ")
                 ),
@@ -764,6 +799,7 @@ impl CheckpointStore {
                     if rank == 0 {
                         self.adopt(&g, &listed);
                     }
+                    self.share_lineage(comm)?;
                     return Ok(Some(g));
                 }
                 Err(why) => {

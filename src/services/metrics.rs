@@ -358,8 +358,9 @@ impl PhaseSummary {
     }
 }
 
-/// Every rank's timers aggregated on rank 0.
+/// Every rank's timers aggregated on rank 0 ([`Metrics::report`]; more fields may come).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct MetricsReport {
     /// Number of ranks.
     pub ranks: usize,

@@ -55,6 +55,15 @@
 //! ([`Attempt::disk_checkpoint`]); otherwise [`run`] returns an error naming both, on every survivor.
 //! Memory: twice this rank's snapshot plus twice its partner's ([`Attempt::copy_bytes`]).
 //!
+//! # What a failure leaves behind
+//! With Open MPI 5.0.11, releasing a request that completed with an error (its communicator
+//! revoked, its peer failed) while its rendezvous transfer was still under way ended the job from
+//! inside the library, and freeing a revoked communicator let a late message for it be matched on
+//! the next new communicator. So after a failure, in fault-tolerant mode: revoked communicators are
+//! never freed, a failed halo exchange leaves its requests and both buffers to MPI, and sends
+//! abandoned because of the failure are neither cancelled nor tested, their buffers leaked. This
+//! costs the memory of the exchanges in flight at each failure.
+//!
 //! # Spare ranks
 //! With [`Recovery::spares`] the last ranks of the communicator do not run the body: they wait in
 //! the agreement that ends each attempt (which a revocation does not interrupt). After a failure
@@ -65,7 +74,6 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
-use std::path::PathBuf;
 
 use bytemuck::Pod;
 use ndarray::Dimension;
@@ -171,8 +179,9 @@ struct Copy {
 /// One run of the body: the communicator, the restored state, the copies.
 #[derive(Debug)]
 pub struct Attempt {
-    /// Every rank of the run: the workers and the spares waiting.
-    all: Comm,
+    /// Every rank of the run, the workers and the spares waiting (`None` without spares: the
+    /// workers are all).
+    all: Option<Comm>,
     /// The workers (the ranks that run the body); for a spare, the spares.
     comm: Comm,
     spare: bool,
@@ -196,16 +205,26 @@ pub struct Attempt {
 impl Attempt {
     /// The first attempt: the last `spares` ranks of `comm` wait, the others work.
     fn first(comm: &Comm, spares: usize) -> Result<Attempt> {
-        let all = comm.dup()?;
-        let spare = (all.rank() as usize) >= all.size() as usize - spares;
-        let workers = all.split(Some(i32::from(spare)), all.rank())?.expect("a color was given");
+        let width = comm.size() - spares as i32;
+        let (all, workers, spare) = if spares == 0 {
+            (None, comm.dup()?, false)
+        } else {
+            let all = comm.dup()?;
+            let spare = all.rank() >= width;
+            let workers = all.split(Some(i32::from(spare)), all.rank())?.expect("a color was given");
+            (Some(all), workers, spare)
+        };
         let keeper = if spare { Vec::new() } else { partners(&workers)? };
-        let width = all.size() - spares as i32;
         Ok(Attempt::with_partners((all, workers, width), spare, (None, None), 0, 0.0, keeper))
     }
 
+    /// Every rank of the run (workers and spares).
+    fn all(&self) -> &Comm {
+        self.all.as_ref().unwrap_or(&self.comm)
+    }
+
     fn with_partners(
-        (all, comm, width): (Comm, Comm, i32),
+        (all, comm, width): (Option<Comm>, Comm, i32),
         spare: bool,
         (restored, disk): (Option<Restored>, Option<Generation>),
         recoveries: u32,
@@ -219,7 +238,8 @@ impl Attempt {
         Attempt { all, comm, spare, width, restored, disk, recoveries, spent, keeper, to, from, own, held }
     }
 
-    /// The communicator of this attempt: every surviving rank.
+    /// The communicator of this attempt: the ranks that run the body (every surviving rank, less the
+    /// spares still waiting).
     pub fn comm(&self) -> &Comm {
         &self.comm
     }
@@ -559,14 +579,14 @@ fn rows(start: &[usize], len: &[usize], ghost: &[usize], shape: &[usize]) -> Vec
 /// How a run recovers: spare ranks, and a disk checkpoint to fall back to. [`run`] is
 /// `Recovery::new().run(..)` without spares.
 #[derive(Clone, Debug, Default)]
-pub struct Recovery {
+pub struct Recovery<'a> {
     spares: usize,
-    disk: Option<PathBuf>,
+    disk: Option<&'a CheckpointStore>,
 }
 
-impl Recovery {
+impl<'a> Recovery<'a> {
     /// No spares, no disk fallback.
-    pub fn new() -> Recovery {
+    pub fn new() -> Recovery<'a> {
         Recovery::default()
     }
 
@@ -575,16 +595,18 @@ impl Recovery {
     /// on as many ranks as before while spares last (then on the survivors). A spare that was never
     /// needed returns `Ok(None)` from [`Recovery::run`] when the workers finish. Without
     /// fault-tolerant mode the spares wait for the workers to finish.
-    pub fn spares(mut self, n: usize) -> Recovery {
+    pub fn spares(mut self, n: usize) -> Recovery<'a> {
         self.spares = n;
         self
     }
 
     /// When a failure loses the state of some rank (it and its partner both failed), continue from
-    /// the newest checkpoint generation in `dir` ([`Attempt::disk_checkpoint`]) instead of ending
-    /// with an error; the error stays when `dir` holds none.
-    pub fn disk_fallback(mut self, dir: impl Into<PathBuf>) -> Recovery {
-        self.disk = Some(dir.into());
+    /// the newest checkpoint generation this run wrote to `store` (or restarted from)
+    /// ([`Attempt::disk_checkpoint`]) instead of ending with an error; the error stays when there
+    /// is none. Pass the store the program writes with: a directory's generations of another run
+    /// are never used.
+    pub fn disk_fallback(mut self, store: &'a CheckpointStore) -> Recovery<'a> {
+        self.disk = Some(store);
         self
     }
 
@@ -622,7 +644,9 @@ impl Recovery {
             if !ft {
                 // A failure ends the job; the spares wait for the workers to finish.
                 let value = result.transpose()?;
-                at.all.barrier()?;
+                if let Some(all) = &at.all {
+                    all.barrier()?;
+                }
                 return Ok(value);
             }
             let failure = |e: &Error| matches!(e.kind(), ErrorKind::ProcessFailed | ErrorKind::Revoked);
@@ -637,7 +661,7 @@ impl Recovery {
             let cause = match &result {
                 Some(Err(e)) => {
                     // Stop every rank, also those blocked with live peers, before agreeing.
-                    ffi::ulfm::revoke_all(at.all.rank());
+                    ffi::ulfm::revoke_all(at.all().rank());
                     Some(e.clone())
                 }
                 _ => None,
@@ -645,12 +669,12 @@ impl Recovery {
             // Every rank agrees whether every worker finished: a rank whose last operations
             // completed before the failure was noticed elsewhere recovers with the others; the
             // spares wait here (the agreement is not stopped by a revocation).
-            let (all_done, _) = at.all.agree_all(cause.is_none())?;
+            let (all_done, _) = at.all().agree_all(cause.is_none())?;
             if all_done {
                 return result.transpose();
             }
             let cause = cause.unwrap_or_else(|| {
-                Error::new(ErrorKind::ProcessFailed, OP, Some(at.all.rank()), "another rank noticed a failed process")
+                Error::new(ErrorKind::ProcessFailed, OP, Some(at.all().rank()), "another rank noticed a failed process")
             });
             at = self.recover(at, &cause)?;
         }
@@ -664,11 +688,11 @@ impl Recovery {
         // Every survivor knows from here that processes failed (also one whose MPI calls all
         // succeeded): the end of the run and abandoned sends take the survivors' paths.
         ffi::ulfm::FAILURE_SEEN.store(true, std::sync::atomic::Ordering::SeqCst);
-        ffi::ulfm::revoke_all(old.all.rank());
+        ffi::ulfm::revoke_all(old.all().rank());
         let mut tries = 0;
         loop {
             tries += 1;
-            let all = old.all.shrink()?;
+            let all = old.all().shrink()?;
             // Everything after the shrink may meet a new failure on some ranks only: the survivors
             // agree (fault-tolerantly) whether every one of them got through before going on, and
             // otherwise all shrink again.
@@ -701,7 +725,11 @@ impl Recovery {
                     let (recoveries, spent) = (old.recoveries + 1, old.spent + t.elapsed().as_secs_f64());
                     let width = old.width - failed.len() as i32 + replaced.len() as i32;
                     drop(old);
-                    let comms = (all, workers, width);
+                    // Without spares the survivors are the workers.
+                    let comms = match workers {
+                        Some(w) => (Some(all), w, width),
+                        None => (None, all, width),
+                    };
                     return Ok(Attempt::with_partners(comms, spare, (restored, disk), recoveries, spent, keeper));
                 }
                 // The copies are lost: the same verdict on every survivor (it follows from the
@@ -716,7 +744,7 @@ impl Recovery {
                         format!("processes kept failing during the recovery ({tries} tries)"),
                     ))
                 }
-                _ => ffi::ulfm::revoke_all(old.all.rank()),
+                _ => ffi::ulfm::revoke_all(old.all().rank()),
             }
         }
     }
@@ -750,9 +778,10 @@ impl Recovery {
                 None => (1, me),
             }
         };
-        let workers = all.split(Some(color), key)?.expect("a color was given");
         let spare = color == 1;
-        let keeper = if spare { Vec::new() } else { partners(&workers)? };
+        let workers =
+            if old.all.is_some() { Some(all.split(Some(color), key)?.expect("a color was given")) } else { None };
+        let keeper = if spare { Vec::new() } else { partners(workers.as_ref().unwrap_or(all))? };
         let decision = |restored, disk| Decision {
             workers,
             spare,
@@ -779,15 +808,26 @@ impl Recovery {
             let lost: Vec<String> = failed
                 .iter()
                 .filter(|d| !rows.iter().any(|r| r[3] == **d as u64))
-                .map(|d| format!("rank {d} and rank {}, which kept its copies, both failed", old.keeper[*d as usize]))
+                .map(|d| match old.keeper.get(*d as usize) {
+                    Some(k) => format!("rank {d} and rank {k}, which kept its copies, both failed"),
+                    // A spare does not know the pairs (the workers' messages name both).
+                    None => format!("rank {d} and the rank that kept its copies both failed"),
+                })
                 .collect();
             let lost =
                 if lost.is_empty() { "the copies in progress were incomplete".to_string() } else { lost.join("; ") };
             // Every survivor looks for a disk checkpoint (collective over `all`: the same answer).
-            let disk = match &self.disk {
-                Some(dir) => CheckpointStore::new(dir, 1)
-                    .latest(all)?
-                    .ok_or_else(|| format!("no checkpoint in {}", dir.display())),
+            let disk = match self.disk {
+                Some(store) => {
+                    // Only this run's own generations: some survivor (a worker that wrote or was
+                    // told of one) knows the run's lineage.
+                    let (_, known) = all.min_max(&[i64::from(store.knows_lineage())])?;
+                    if known[0] == 0 {
+                        Err(format!("this run has no checkpoint in {} yet", store.dir().display()))
+                    } else {
+                        store.latest(all)?.ok_or_else(|| format!("no checkpoint in {}", store.dir().display()))
+                    }
+                }
                 None => Err("no disk checkpoint to fall back to (see Recovery::disk_fallback)".to_string()),
             };
             return match disk {
@@ -812,7 +852,8 @@ impl Recovery {
 
 /// Who works where after a recovery, and from what.
 struct Decision {
-    workers: Comm,
+    /// The workers' communicator (`None` without spares: all the survivors).
+    workers: Option<Comm>,
     spare: bool,
     restored: Option<Restored>,
     disk: Option<Generation>,

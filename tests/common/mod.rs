@@ -21,12 +21,18 @@ pub(crate) fn example(name: &str) -> PathBuf {
 
 /// Runs `cmd` with no standard input, collecting its output; kills it and panics after `limit`.
 pub(crate) fn run(cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    wait_with_timeout(child, &format!("{cmd:?}"), limit)
+}
+
+/// The output of `child` (spawned with piped output), which must end within `limit` (else it is
+/// killed and the test panics).
+pub(crate) fn wait_with_timeout(mut child: std::process::Child, what: &str, limit: Duration) -> Output {
     let start = Instant::now();
     while child.try_wait().expect("wait").is_none() {
         if start.elapsed() > limit {
             let _ = child.kill();
-            panic!("{cmd:?} did not finish within {limit:?}");
+            panic!("{what} did not finish within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
