@@ -410,19 +410,10 @@ fn main() -> std::process::ExitCode {
             };
             for (fault, recoveries, ranks, extra) in &faults {
                 let _ = std::fs::remove_dir_all(&disk);
-                let mut a = common::launcher_args(*ranks, &["PHALANX_FAULT"]);
-                let dashdash = a.iter().position(|x| x == "--").expect("--");
-                a.insert(dashdash, "--ft".into());
-                let mut cmd = Command::new(&a[0]);
-                cmd.args(&a[1..]).arg(&heat).args(args).args(["--recover", "--partner-every", "4"]).args(extra);
-                cmd.env("PHALANX_FAULT", fault);
                 let t = Instant::now();
-                let o = common::run(&mut cmd, Duration::from_secs(180));
-                let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-                let mut why = Vec::new();
-                if !o.status.success() {
-                    why.push(format!("exit {:?}", o.status));
-                }
+                let all: Vec<&str> =
+                    args.iter().chain(&["--recover", "--partner-every", "4"]).chain(extra).copied().collect();
+                let (out, mut why) = ft_run(*ranks, &heat, &all, fault);
                 if hash(&out) != reference || reference.is_none() {
                     why.push(format!("field hash {:?}, uninterrupted {reference:?}", hash(&out)));
                 }
@@ -475,19 +466,9 @@ fn main() -> std::process::ExitCode {
         plain.arg(&heat).args(args);
         let reference = hash(&String::from_utf8_lossy(&common::run(&mut plain, Duration::from_secs(120)).stdout));
         for run in 1..=5 {
-            let mut a = common::launcher_args(4, &["PHALANX_FAULT"]);
-            let dashdash = a.iter().position(|x| x == "--").expect("--");
-            a.insert(dashdash, "--ft".into());
-            let mut cmd = Command::new(&a[0]);
-            cmd.args(&a[1..]).arg(&heat).args(args).args(["--recover", "--partner-every", "5"]);
-            cmd.env("PHALANX_FAULT", "kill:2:15");
             let t = Instant::now();
-            let o = common::run(&mut cmd, Duration::from_secs(180));
-            let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-            let mut why = Vec::new();
-            if !o.status.success() {
-                why.push(format!("exit {:?}", o.status));
-            }
+            let all: Vec<&str> = args.iter().chain(&["--recover", "--partner-every", "5"]).copied().collect();
+            let (out, mut why) = ft_run(4, &heat, &all, "kill:2:15");
             if hash(&out) != reference || reference.is_none() {
                 why.push(format!("field hash {:?}, uninterrupted {reference:?}", hash(&out)));
             }
@@ -515,19 +496,10 @@ fn main() -> std::process::ExitCode {
         plain.arg(&nbody).args(args);
         let reference = phash(&String::from_utf8_lossy(&common::run(&mut plain, Duration::from_secs(120)).stdout));
         let fault = "kill:2:17,kill:0:23";
-        let mut a = common::launcher_args(6, &["PHALANX_FAULT"]);
-        let dashdash = a.iter().position(|x| x == "--").expect("--");
-        a.insert(dashdash, "--ft".into());
-        let mut cmd = Command::new(&a[0]);
-        cmd.args(&a[1..]).arg(&nbody).args(args).args(["--recover", "--partner-every", "5", "--spares", "2"]);
-        cmd.env("PHALANX_FAULT", fault);
         let t = Instant::now();
-        let o = common::run(&mut cmd, Duration::from_secs(180));
-        let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        let mut why = Vec::new();
-        if !o.status.success() {
-            why.push(format!("exit {:?}", o.status));
-        }
+        let all: Vec<&str> =
+            args.iter().chain(&["--recover", "--partner-every", "5", "--spares", "2"]).copied().collect();
+        let (out, mut why) = ft_run(6, &nbody, &all, fault);
         if phash(&out) != reference || reference.is_none() {
             why.push(format!("particles hash {:?}, uninterrupted {reference:?}", phash(&out)));
         }
@@ -562,6 +534,21 @@ fn main() -> std::process::ExitCode {
     } else {
         std::process::ExitCode::FAILURE
     }
+}
+
+/// `exe args` on `ranks` ranks in fault-tolerant mode (`ci/mpi run --ft`) with
+/// `PHALANX_FAULT=fault`: the output (standard output, then error), and "exit ..." in the reasons
+/// when it failed.
+fn ft_run(ranks: usize, exe: &std::path::Path, args: &[&str], fault: &str) -> (String, Vec<String>) {
+    let mut a = common::launcher_args(ranks, &["PHALANX_FAULT"]);
+    let dashdash = a.iter().position(|x| x == "--").expect("--");
+    a.insert(dashdash, "--ft".into());
+    let mut cmd = Command::new(&a[0]);
+    cmd.args(&a[1..]).arg(exe).args(args).env("PHALANX_FAULT", fault);
+    let o = common::run(&mut cmd, Duration::from_secs(180));
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let why = if o.status.success() { Vec::new() } else { vec![format!("exit {:?}", o.status)] };
+    (out, why)
 }
 
 /// A stopped rank in fault-tolerant mode: the watchdog still ends the job (the launcher of a

@@ -213,13 +213,40 @@ impl NBody {
         self.partition.len()
     }
 
+    /// This rank's bodies by item name (the items of checkpoints and partner copies).
+    fn items(&self) -> [(&'static str, &Vec<f64>); 7] {
+        let b = &self.bodies;
+        [("x", &b.x), ("y", &b.y), ("z", &b.z), ("vx", &b.vx), ("vy", &b.vy), ("vz", &b.vz), ("m", &b.m)]
+    }
+
+    /// Replaces every item with `read(name, this rank's range)`, then recomputes the forces.
+    fn restore_with(
+        &mut self,
+        comm: &Comm,
+        pool: &rayon::ThreadPool,
+        mut read: impl FnMut(&str, std::ops::Range<usize>) -> Result<Vec<f64>>,
+    ) -> Result<()> {
+        let r = self.range(comm);
+        let b = &mut self.bodies;
+        for (name, v) in [
+            ("x", &mut b.x),
+            ("y", &mut b.y),
+            ("z", &mut b.z),
+            ("vx", &mut b.vx),
+            ("vy", &mut b.vy),
+            ("vz", &mut b.vz),
+            ("m", &mut b.m),
+        ] {
+            *v = read(name, r.clone())?;
+        }
+        self.compute_forces(comm, pool)
+    }
+
     /// Adds this rank's bodies to checkpoint `c` as segment items `x`, `y`, `z`, `vx`, `vy`,
     /// `vz`, `m`.
     pub fn checkpoint<'a>(&'a self, comm: &Comm, c: &mut Checkpoint<'a>) {
-        let (r, n, b) = (self.range(comm), self.total(), &self.bodies);
-        for (name, v) in
-            [("x", &b.x), ("y", &b.y), ("z", &b.z), ("vx", &b.vx), ("vy", &b.vy), ("vz", &b.vz), ("m", &b.m)]
-        {
+        let (r, n) = (self.range(comm), self.total());
+        for (name, v) in self.items() {
             c.segment(name, r.start, n, v);
         }
     }
@@ -233,29 +260,14 @@ impl NBody {
     /// # Errors
     /// Those of [`Generation::read_segment`]; MPI errors.
     pub fn restore(&mut self, comm: &Comm, pool: &rayon::ThreadPool, g: &Generation) -> Result<()> {
-        let r = self.range(comm);
-        let b = &mut self.bodies;
-        for (name, v) in [
-            ("x", &mut b.x),
-            ("y", &mut b.y),
-            ("z", &mut b.z),
-            ("vx", &mut b.vx),
-            ("vy", &mut b.vy),
-            ("vz", &mut b.vz),
-            ("m", &mut b.m),
-        ] {
-            *v = g.read_segment(comm, name, r.clone())?;
-        }
-        self.compute_forces(comm, pool)
+        self.restore_with(comm, pool, |name, r| g.read_segment(comm, name, r))
     }
 
     /// Adds this rank's bodies to the partner-copy snapshot `s` (the items of
     /// [`NBody::checkpoint`]), for in-job recovery ([`crate::services::recovery`]).
     pub fn snapshot<'a>(&'a self, comm: &Comm, s: &mut Snapshot<'a>) {
-        let (r, n, b) = (self.range(comm), self.total(), &self.bodies);
-        for (name, v) in
-            [("x", &b.x), ("y", &b.y), ("z", &b.z), ("vx", &b.vx), ("vy", &b.vy), ("vz", &b.vz), ("m", &b.m)]
-        {
+        let (r, n) = (self.range(comm), self.total());
+        for (name, v) in self.items() {
             s.segment(name, r.start, n, v);
         }
     }
@@ -269,20 +281,7 @@ impl NBody {
     /// # Errors
     /// Those of [`Restored::segment`]; MPI errors.
     pub fn restore_recovered(&mut self, comm: &Comm, pool: &rayon::ThreadPool, r: &Restored) -> Result<()> {
-        let range = self.range(comm);
-        let b = &mut self.bodies;
-        for (name, v) in [
-            ("x", &mut b.x),
-            ("y", &mut b.y),
-            ("z", &mut b.z),
-            ("vx", &mut b.vx),
-            ("vy", &mut b.vy),
-            ("vz", &mut b.vz),
-            ("m", &mut b.m),
-        ] {
-            *v = r.segment(comm, name, range.clone())?;
-        }
-        self.compute_forces(comm, pool)
+        self.restore_with(comm, pool, |name, range| r.segment(comm, name, range))
     }
 
     /// Computes the accelerations of this rank's bodies from all bodies (ring of `P` steps).
