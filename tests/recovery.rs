@@ -517,11 +517,19 @@ fn main() -> std::process::ExitCode {
         );
     }
     if ulfm {
-        match node_killed() {
-            Some((why, line, out)) => {
-                report("2 emulated nodes x 2 ranks, every rank of node 2 killed", why, line, &out)
+        for run in 1..=2 {
+            match node_killed() {
+                Some((why, line, out)) => report(
+                    &format!("2 emulated nodes x 2 ranks, both ranks of node 2 killed at once, run {run} of 2"),
+                    why,
+                    line,
+                    &out,
+                ),
+                None => {
+                    skipped += 1;
+                    break;
+                }
             }
-            None => skipped += 1,
         }
     }
     if ulfm {
@@ -616,13 +624,12 @@ fn stopped_rank_under_ft() -> (Vec<String>, String, String) {
     (why, format!("{took:.1} s from the stop to the end of the job"), out)
 }
 
-/// On the emulated cluster (`ci/cluster`, 2 nodes x 2 ranks over TCP), both ranks of node 2 die
-/// at the same step of the program (the fault injection): their partner copies are on node 1, so
-/// heat continues there on 2 ranks with the uninterrupted field hash. The deaths are usually
-/// noticed one after the other (two recoveries; after the first, node 1 holds 2 of the 3 ranks and
-/// rank 0 says that some copies share a node). Both ranks killed at the same instant from outside
-/// is not tested: Open MPI 5.0.11's launcher then often ends the whole job itself (README, limits). `None` (after printing SKIPPED and the reason) where this machine
-/// cannot create network namespaces.
+/// On the emulated cluster (`ci/cluster`, 2 nodes x 2 ranks over TCP), both ranks of node 2 are
+/// killed at the same instant (SIGKILL from outside, once they ran for a second), as when the node
+/// dies: their partner copies are on node 1, so heat continues there on 2 ranks with the
+/// uninterrupted field hash. (Open MPI's hierarchical collectives, which fault-tolerant mode
+/// leaves out, crashed the survivors in 10 of 14 such runs.) `None` (after printing SKIPPED and
+/// the reason) where this machine cannot create network namespaces.
 fn node_killed() -> Option<(Vec<String>, String, String)> {
     let dir = std::env::temp_dir().join(format!("phalanx-recovery-cluster-{}", std::process::id()));
     let cluster = |args: &[&str]| {
@@ -654,31 +661,65 @@ fn node_killed() -> Option<(Vec<String>, String, String)> {
         ));
     }
     let heat = common::example("heat");
-    let args = ["--n", "48", "--steps", "40", "--threads", "1", "--pin", "none", "--json"];
+    let args = ["--n", "48", "--steps", "20000", "--threads", "1", "--pin", "none", "--json"];
     let mut plain = common::launcher(1, &[]);
     plain.arg(&heat).args(args);
     let hash = |out: &str| out.split("\"field_hash\":\"").nth(1).and_then(|t| t.split('"').next()).map(String::from);
-    let reference = hash(&String::from_utf8_lossy(&common::run(&mut plain, Duration::from_secs(120)).stdout));
+    let reference = hash(&String::from_utf8_lossy(&common::run(&mut plain, Duration::from_secs(180)).stdout));
     let h = heat.to_str().expect("a UTF-8 path");
     let mut run = vec!["run", "--ft", "4", h];
     run.extend(args);
-    run.extend(["--recover", "--partner-every", "4"]);
-    // Ranks 2 and 3 are node 2's (the hostfile's slots fill node 1 first).
-    std::env::set_var("PHALANX_FAULT", "kill:2:17,kill:3:17");
+    run.extend(["--recover", "--partner-every", "200"]);
+    let mut c = Command::new(common::root().join("ci/cluster"));
+    c.args(&run).env("PHALANX_CLUSTER_DIR", &dir).env("PHALANX_CLUSTER_SLOTS", "2");
+    let job = c
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ci/cluster run");
+    // Node 2's rank processes (ranks 2 and 3: the hostfile's slots fill node 1 first).
+    let on_node2 = || -> Vec<i32> {
+        let o = Command::new("ip").args(["netns", "pids", "phx-node2"]).output().expect("ip netns pids");
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "heat"))
+            .collect()
+    };
     let t = Instant::now();
-    let o = cluster(&run);
-    std::env::remove_var("PHALANX_FAULT");
-    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let mut pids = Vec::new();
+    while t.elapsed() < Duration::from_secs(60) {
+        pids = on_node2();
+        if pids.len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
     let mut why = Vec::new();
+    if pids.len() != 2 {
+        why.push(format!("node 2's two ranks were not found running (found {pids:?})"));
+    }
+    for p in &pids {
+        // SAFETY: kill has no memory-safety preconditions; the pids are this job's ranks on node 2.
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    let killed = Instant::now();
+    let o = common::wait_with_timeout(job, "ci/cluster run (heat --recover)", Duration::from_secs(180));
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     if !o.status.success() {
         why.push(format!("exit {:?}", o.status));
     }
     if hash(&out) != reference || reference.is_none() {
         why.push(format!("field hash {:?}, uninterrupted {reference:?}", hash(&out)));
     }
-    if !out.contains("\"ranks\":2") {
-        why.push("not continued on node 1's 2 ranks".into());
+    if !out.contains("\"ranks\":2") || !out.contains("rank(s) [2, 3] of 4 failed") {
+        why.push("not continued on node 1's 2 ranks after ranks 2 and 3 failed together".into());
+    }
+    if out.contains("kept on the same node") {
+        why.push("partners were placed on the same node".into());
     }
     let line = out.lines().filter(|l| l.starts_with("recovered:")).collect::<Vec<_>>().join("; ");
-    Some((why, format!("{:.1?}; {line}", t.elapsed()), out))
+    Some((why, format!("{:.1?} from the kill; {line}", killed.elapsed()), out))
 }

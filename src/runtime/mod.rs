@@ -153,6 +153,9 @@ impl RuntimeBuilder {
         }
         let launch = library::LaunchEnv::from(|v| std::env::var(v).ok());
         library::check_before_init(&launch)?;
+        if self.fault_tolerant {
+            ft::exclude_unsafe_components();
+        }
         let provided = ThreadLevel::from_raw(ffi::init_thread(self.level.to_raw())?);
         INITIALISED_BY_US.store(true, Ordering::SeqCst);
         PROVIDED.store(provided.to_raw(), Ordering::SeqCst);
