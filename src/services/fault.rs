@@ -2,7 +2,7 @@
 //! point, exactly as if its node had died. Off unless the environment asks for it.
 //!
 //! `PHALANX_FAULT` is `kill:RANK:STEP` (world rank RANK dies when the program reports the start
-//! of step STEP through [`at_step`]) or `kill-in-checkpoint:RANK:STEP` (it dies half-way through
+//! of step STEP through [`at_step`]; ranks given the same step die together, see `rendezvous`) or `kill-in-checkpoint:RANK:STEP` (it dies half-way through
 //! writing its file of the checkpoint generation of step STEP), `kill-in-copy:RANK:STEP` (it dies
 //! half-way through the in-memory partner copy of step STEP, see [`crate::services::recovery`]), or
 //! several of them separated by commas (successive failures in one run, for in-job recovery). When `PHALANX_FAULT_STAMP` names a
@@ -48,8 +48,44 @@ fn world_rank() -> usize {
 ///
 /// Local.
 pub fn at_step(step: u64) {
-    if configured().contains(&Fault::AtStep(world_rank(), step)) {
+    let me = world_rank();
+    if configured().contains(&Fault::AtStep(me, step)) {
+        let together: Vec<usize> = configured()
+            .iter()
+            .filter_map(|f| matches!(f, Fault::AtStep(_, s) if *s == step).then_some(f.rank()))
+            .collect();
+        if together.len() > 1 {
+            rendezvous(me, step, together.len());
+        }
         die(&format!("at step {step}"));
+    }
+}
+
+impl Fault {
+    fn rank(self) -> usize {
+        match self {
+            Fault::AtStep(r, _) | Fault::InCheckpoint(r, _) | Fault::InCopy(r, _) => r,
+        }
+    }
+}
+
+/// Ranks that are to die at the same step die together, as on a node that fails: each waits (at
+/// most 10 s) until all of them reached the step, through files in a directory named after the
+/// job (Open MPI's `PMIX_NAMESPACE`; without it, no wait). Otherwise a rank that is late could
+/// still be inside the previous step's collective when the others died, and the survivors would
+/// recover from the first death before the second.
+fn rendezvous(me: usize, step: u64, count: usize) {
+    let Ok(job) = std::env::var("PMIX_NAMESPACE") else { return };
+    let job: String = job.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let dir = std::env::temp_dir().join(format!("phalanx-fault-{job}-{step}"));
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(me.to_string()), b"");
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(10) {
+        if std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0) >= count {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
     }
 }
 
