@@ -378,7 +378,7 @@ impl<T: Pod> Drop for HaloExchange<T> {
         if self.done || ffi::finalized() {
             return;
         }
-        if crate::runtime::ft::fault_tolerant() && ffi::ulfm::FAILURE_SEEN.load(std::sync::atomic::Ordering::SeqCst) {
+        if ffi::ulfm::failure_seen() {
             // After a process failure the requests are MPI's for good (see ulfm::waitall_keep):
             // neither cancelled nor waited for, and the buffers they may still use are leaked.
             std::mem::forget(std::mem::take(&mut self.send_buf));

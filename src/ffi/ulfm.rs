@@ -373,8 +373,14 @@ pub(crate) fn created(c: MPI_Comm) {
     live().push(key(c));
 }
 
-/// Set once a process failure or a revocation has been seen in this process.
+/// Set once a process failure or a revocation has been seen in this process (only in
+/// fault-tolerant mode: without it a failure ends the job).
 pub(crate) static FAILURE_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process, in fault-tolerant mode, has seen a process failure or a revocation.
+pub(crate) fn failure_seen() -> bool {
+    FAILURE_SEEN.load(std::sync::atomic::Ordering::SeqCst)
+}
 
 thread_local! {
     /// Set while this thread revokes: a revocation that fails is not to revoke again.

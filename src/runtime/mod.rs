@@ -366,7 +366,7 @@ impl Runtime {
     /// The end-of-run agreement: a nonblocking barrier on the private communicator, polled until
     /// every rank has started it or `limit` has passed.
     fn every_rank_ended(&self, limit: std::time::Duration) -> bool {
-        if ft::fault_tolerant() && ffi::ulfm::FAILURE_SEEN.load(Ordering::SeqCst) {
+        if ffi::ulfm::failure_seen() {
             // Not a nonblocking barrier with dead members: Open MPI 5.0.11's schedule gives up on
             // the dead peer and frees its sends, and a send that fails after that ends the job
             // ("Send error after request freed", seen over TCP). The survivors agree instead.

@@ -36,7 +36,7 @@ thread_local! {
 /// request, and when the transfer fails afterwards the library ends the job ("Send error after
 /// request freed", see `ffi::ulfm::waitall_keep`).
 pub(crate) fn adopt(reqs: Vec<MPI_Request>, buf: Box<dyn Any>) {
-    if super::ft::fault_tolerant() && ffi::ulfm::FAILURE_SEEN.load(std::sync::atomic::Ordering::SeqCst) {
+    if ffi::ulfm::failure_seen() {
         std::mem::forget(buf);
         return;
     }
@@ -61,8 +61,7 @@ pub(crate) fn reap() -> usize {
 /// At the end of the run, before `MPI_Finalize`: the sends that never completed are released to MPI
 /// and their buffers leaked (MPI may still read them).
 pub(crate) fn release_all() {
-    let ft = super::ft::fault_tolerant();
-    if ft && ffi::ulfm::FAILURE_SEEN.load(std::sync::atomic::Ordering::SeqCst) {
+    if ffi::ulfm::failure_seen() {
         // Not even tested: a test would release a send that completed with an error while its
         // transfer may be under way (see `adopt`).
         ORPHANS.with(|o| o.borrow_mut().drain(..).for_each(|orphan| std::mem::forget(orphan.buf)));
@@ -71,6 +70,7 @@ pub(crate) fn release_all() {
     if reap() == 0 {
         return;
     }
+    let ft = super::ft::fault_tolerant();
     ORPHANS.with(|o| {
         for mut orphan in o.borrow_mut().drain(..) {
             // In fault-tolerant mode a released send to a failed peer fails later, and Open MPI
