@@ -79,6 +79,12 @@ impl Error {
         Self(Box::new(Inner { kind, op, rank, mpi_class: None, message: message.into() }))
     }
 
+    /// The same error, as detected by `rank` (for checks made before the rank was at hand).
+    pub(crate) fn at_rank(mut self, rank: i32) -> Self {
+        self.0.rank = Some(rank);
+        self
+    }
+
     pub(crate) fn with_mpi_class(mut self, class: i32) -> Self {
         self.0.mpi_class = Some(class);
         self

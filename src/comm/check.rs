@@ -82,6 +82,36 @@ impl Comm {
         verdict
     }
 
+    /// Agrees, in every check mode, on whether any rank had a local error: returns this rank's own
+    /// error, or [`ErrorKind::PeerFailed`] naming the lowest rank that had one. For operations whose
+    /// input errors show on some ranks only (a particle outside the box), so that every rank
+    /// returns an error instead of the others waiting in the next message.
+    ///
+    /// Collective (one small `MPI_Allreduce`).
+    pub(crate) fn agree_errors(&self, op: &'static str, local: Result<()>) -> Result<()> {
+        let mine = if local.is_err() { -(self.rank as i64) - 1 } else { i64::MIN };
+        let mut out = [0_i64; 1];
+        ffi::allreduce_typed(
+            &[mine],
+            &mut out,
+            ffi::layout::<i64>().datatype,
+            ffi::builtin_op(3),
+            self.raw,
+            op,
+            self.rank,
+        )?;
+        local?;
+        if out[0] != i64::MIN {
+            return Err(Error::new(
+                ErrorKind::PeerFailed,
+                op,
+                Some(self.rank),
+                format!("rank {} reported an error (see its message), so every rank stops here", -out[0] - 1),
+            ));
+        }
+        Ok(())
+    }
+
     /// The verdict of the agreement from the maxima `out`.
     fn verdict(&self, out: &[i64; LEN], code: i64, op: &'static str, fields: &[Option<i64>; FIELDS]) -> Result<()> {
         if out[2] > 0 {

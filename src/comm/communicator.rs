@@ -40,6 +40,8 @@ pub struct Comm {
     // Collectives entered on this communicator: the same count on every rank of a correct program,
     // so a sampling decision taken from it is the same on every rank.
     calls: AtomicU64,
+    // Sparse exchanges started on this communicator (their tags alternate, see `sparse.rs`).
+    pub(crate) sparse_rounds: AtomicU64,
     level: ThreadLevel,
     _not_send: PhantomData<*const ()>,
 }
@@ -128,6 +130,7 @@ impl Comm {
             owned,
             checked: AtomicU8::new(default_mode() as u8),
             calls: AtomicU64::new(0),
+            sparse_rounds: AtomicU64::new(0),
             level,
             _not_send: PhantomData,
         }

@@ -34,6 +34,7 @@ mod op;
 mod p2p;
 mod request;
 mod scope;
+mod sparse;
 
 pub use collective::Blocks;
 pub use communicator::{CheckMode, Comm, NodeSplit, SharedComm, SAMPLED_EVERY, SAMPLED_FIRST};

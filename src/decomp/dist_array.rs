@@ -13,7 +13,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-fn hash_cell<T: Pod>(lanes: &mut [u64; 2], linear: u64, v: &T) {
+pub(crate) fn hash_cell<T: Pod>(lanes: &mut [u64; 2], linear: u64, v: &T) {
     use xxhash_rust::xxh3::xxh3_64_with_seed;
     let bytes = bytemuck::bytes_of(v);
     lanes[0] = lanes[0].wrapping_add(xxh3_64_with_seed(bytes, linear));

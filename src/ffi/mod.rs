@@ -625,6 +625,28 @@ pub(crate) unsafe fn isend<T: Pod>(
     Ok(req)
 }
 
+/// Nonblocking synchronous send (`MPI_Issend`): completes only once the receiver has matched it.
+///
+/// # Safety
+/// As [`isend`].
+pub(crate) unsafe fn issend<T: Pod>(
+    p: *const T,
+    len: usize,
+    dest: c_int,
+    tag: c_int,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<MPI_Request> {
+    let l = layout::<T>();
+    let n = to_count(len, l.per_elem, op, rank)?;
+    let mut req = request_null();
+    // SAFETY: the caller keeps the buffer alive and unmodified until completion; `req` is valid.
+    let code = unsafe { sys::MPI_Issend(p as *mut c_void, n, l.datatype, dest, tag, comm, &mut req) };
+    check(code, op, rank)?;
+    Ok(req)
+}
+
 /// Nonblocking receive into `len` elements at `p`.
 ///
 /// # Safety

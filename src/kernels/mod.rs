@@ -2,4 +2,5 @@
 //! these, and the benchmarks time them directly.
 
 pub mod heat;
+pub mod md;
 pub mod nbody;
