@@ -163,7 +163,11 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<()> {
         Md::new(&world, pool, bbox, atoms, lj, args.skin, args.dt, mass)?
     } else {
         // Each rank creates the lattice sites of its own block.
-        let probe = Particles::<Atom>::new(&world, fcc_lattice(args.cells as usize, args.density, |_| false).0, lj.cutoff + args.skin)?;
+        let probe = Particles::<Atom>::new(
+            &world,
+            fcc_lattice(args.cells as usize, args.density, |_| false).0,
+            lj.cutoff + args.skin,
+        )?;
         let (lo, hi) = probe.block();
         drop(probe);
         let inside = |x: [f64; 3]| (0..3).all(|d| x[d] >= lo[d] && x[d] < hi[d]);

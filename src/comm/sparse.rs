@@ -74,7 +74,11 @@ impl Comm {
         self.agree(
             OP,
             local,
-            Signature { root: Some(tag as i64), elem_size: Some(std::mem::size_of::<T>() as i64), ..Default::default() },
+            Signature {
+                root: Some(tag as i64),
+                elem_size: Some(std::mem::size_of::<T>() as i64),
+                ..Default::default()
+            },
         )?;
         let tag = tag + (self.sparse_rounds.fetch_add(1, Ordering::Relaxed) & 1) as i32;
         let mut received: Vec<(i32, Vec<T>)> = Vec::new();

@@ -52,14 +52,12 @@ mod dist_array;
 mod grid;
 mod halo;
 mod layout;
-mod partition;
 mod particles;
+mod partition;
 
 pub use dist_array::{field_hash_of, DistArray};
 pub use grid::{ProcessGrid, MAX_DIMS};
 pub use halo::HaloExchange;
 pub use layout::{Decomposition, DecompositionBuilder, GhostedBox, OwnedBox, Stencil};
+pub use particles::{particles_hash_of, CellList, GhostUpdate, Particle, ParticleBox, Particles, VerletList};
 pub use partition::Partition;
-pub use particles::{
-    particles_hash_of, CellList, GhostUpdate, Particle, ParticleBox, Particles, VerletList,
-};

@@ -578,7 +578,8 @@ mod tests {
 
     #[test]
     fn a_data_file_round_trips_and_bad_ones_name_the_line() {
-        let text = "LAMMPS data file\n\n2 atoms\n1 atom types\n\n0 4 xlo xhi\n0 4 ylo yhi\n0 4 zlo zhi\n\nMasses\n\n1 1\n\n\
+        let text =
+            "LAMMPS data file\n\n2 atoms\n1 atom types\n\n0 4 xlo xhi\n0 4 ylo yhi\n0 4 zlo zhi\n\nMasses\n\n1 1\n\n\
                     Pair Coeffs # lj/cut\n\n1 1 1\n\nAtoms # atomic\n\n2 1 1.5 2 3 0 0 0\n1 1 0.5 -0.5 1 0 0 0\n\n\
                     Velocities\n\n1 0.1 0.2 0.3\n2 -0.1 -0.2 -0.3\n";
         let d = parse_lammps_data("t.data", text).unwrap();

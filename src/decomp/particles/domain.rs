@@ -28,7 +28,10 @@ impl ParticleBox {
                     ErrorKind::InvalidArgument,
                     "ParticleBox::new",
                     None,
-                    format!("the box side along {} is {}..{}: it must be a positive finite length", AXES[d], lo[d], hi[d]),
+                    format!(
+                        "the box side along {} is {}..{}: it must be a positive finite length",
+                        AXES[d], lo[d], hi[d]
+                    ),
                 ));
             }
         }

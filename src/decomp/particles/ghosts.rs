@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use super::{Particle, Particles, ParticleBox, TAG_BORDERS, TAG_FORWARD, TAG_REVERSE};
+use super::{Particle, ParticleBox, Particles, TAG_BORDERS, TAG_FORWARD, TAG_REVERSE};
 use crate::decomp::ProcessGrid;
 use crate::error::{ErrorKind, Result};
 use crate::ffi::{self, MPI_Request, MPI_Status};

@@ -37,8 +37,8 @@ use bytemuck::Pod;
 
 pub use domain::ParticleBox;
 use domain::{auto_grid, Cuts};
-pub use ghosts::GhostUpdate;
 use ghosts::GhostPlan;
+pub use ghosts::GhostUpdate;
 pub use neighbours::{CellList, VerletList};
 
 use crate::comm::{Comm, Op};
@@ -371,6 +371,11 @@ fn check_cutoff(c: f64, op: &'static str) -> Result<()> {
     if c.is_finite() && c > 0.0 {
         Ok(())
     } else {
-        Err(Error::new(ErrorKind::InvalidArgument, op, None, format!("the ghost cutoff {c} must be positive and finite")))
+        Err(Error::new(
+            ErrorKind::InvalidArgument,
+            op,
+            None,
+            format!("the ghost cutoff {c} must be positive and finite"),
+        ))
     }
 }

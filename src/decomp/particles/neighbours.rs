@@ -159,42 +159,42 @@ impl VerletList {
         let (x, cells) = (&x, &cells);
         let parts_lists: Vec<(Vec<u32>, Vec<u32>)> = pool.install(|| {
             (0..owned.div_ceil(CHUNK))
-            .into_par_iter()
-            .map(|chunk| {
-                let mut counts = Vec::with_capacity(CHUNK);
-                let mut nbr = Vec::new();
-                for i in chunk * CHUNK..((chunk + 1) * CHUNK).min(owned) {
-                    let xi = x[i];
-                    let c = cells.cell_of(xi);
-                    let before = nbr.len();
-                    for cx in c[0].saturating_sub(1)..(c[0] + 2).min(n[0]) {
-                        for cy in c[1].saturating_sub(1)..(c[1] + 2).min(n[1]) {
-                            for cz in c[2].saturating_sub(1)..(c[2] + 2).min(n[2]) {
-                                for &j in cells.cell([cx, cy, cz]) {
-                                    let ju = j as usize;
-                                    if ju < owned {
-                                        if ju <= i {
+                .into_par_iter()
+                .map(|chunk| {
+                    let mut counts = Vec::with_capacity(CHUNK);
+                    let mut nbr = Vec::new();
+                    for i in chunk * CHUNK..((chunk + 1) * CHUNK).min(owned) {
+                        let xi = x[i];
+                        let c = cells.cell_of(xi);
+                        let before = nbr.len();
+                        for cx in c[0].saturating_sub(1)..(c[0] + 2).min(n[0]) {
+                            for cy in c[1].saturating_sub(1)..(c[1] + 2).min(n[1]) {
+                                for cz in c[2].saturating_sub(1)..(c[2] + 2).min(n[2]) {
+                                    for &j in cells.cell([cx, cy, cz]) {
+                                        let ju = j as usize;
+                                        if ju < owned {
+                                            if ju <= i {
+                                                continue;
+                                            }
+                                        } else if !above(x[ju], xi) {
                                             continue;
                                         }
-                                    } else if !above(x[ju], xi) {
-                                        continue;
-                                    }
-                                    let xj = x[ju];
-                                    let d = [xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]];
-                                    if d[0] * d[0] + d[1] * d[1] + d[2] * d[2] < rl2 {
-                                        nbr.push(j);
+                                        let xj = x[ju];
+                                        let d = [xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]];
+                                        if d[0] * d[0] + d[1] * d[1] + d[2] * d[2] < rl2 {
+                                            nbr.push(j);
+                                        }
                                     }
                                 }
                             }
                         }
+                        // Increasing indices: the force loop walks memory forwards.
+                        nbr[before..].sort_unstable();
+                        counts.push((nbr.len() - before) as u32);
                     }
-                    // Increasing indices: the force loop walks memory forwards.
-                    nbr[before..].sort_unstable();
-                    counts.push((nbr.len() - before) as u32);
-                }
-                (counts, nbr)
-            })
-            .collect()
+                    (counts, nbr)
+                })
+                .collect()
         });
         self.start.clear();
         self.start.push(0);
