@@ -155,3 +155,62 @@ fn checkpoint_options_and_errors() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn json_of(out: &Output, what: &str) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{what} failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().expect("output")).expect("the last line is JSON")
+}
+
+/// md's JSON summary; a checkpoint written on 2 ranks and read on 3 holds the same state (its
+/// hash, ordered by atom id); a malformed data file is an error naming the line, on every rank.
+#[test]
+fn md_json_restart_and_bad_data() {
+    let md = example("md");
+    let dir = std::env::temp_dir().join(format!("phalanx-md-ckpt-{}", std::process::id()));
+    let d = dir.to_str().unwrap();
+    let base = ["--cells", "6", "--threads", "1", "--thermo", "10", "--json"];
+    let a = json_of(
+        &mpirun(2, &md, &[&base[..], &["--steps", "20", "--checkpoint-dir", d, "--checkpoint-every", "20"]].concat()),
+        "md on 2 ranks",
+    );
+    for key in ["atom_steps_per_s", "ranks", "threads", "atoms", "steps", "thermo", "state_hash"] {
+        assert!(!a[key].is_null(), "missing {key} in {a}");
+    }
+    assert_eq!((a["ranks"].as_u64(), a["atoms"].as_u64(), a["steps"].as_u64()), (Some(2), Some(864), Some(20)));
+    let th = a["thermo"].as_array().unwrap();
+    assert_eq!(th.iter().map(|t| t["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 10, 20]);
+    for t in th {
+        for k in ["temp", "pe", "etotal", "press"] {
+            assert!(t[k].as_f64().is_some_and(f64::is_finite), "{k} in {t}");
+        }
+    }
+    assert!((th[0]["temp"].as_f64().unwrap() - 1.44).abs() < 1e-12, "initial temperature {}", th[0]);
+    // The restart does no step: the state read on 3 ranks is the state written on 2.
+    let b = json_of(
+        &mpirun(3, &md, &[&base[..], &["--steps", "20", "--checkpoint-dir", d, "--restart"]].concat()),
+        "md restart",
+    );
+    assert_eq!((b["ranks"].as_u64(), b["steps_this_run"].as_u64()), (Some(3), Some(0)));
+    assert_eq!(b["state_hash"], a["state_hash"], "state after a restart on 3 ranks");
+    // And it goes on from there.
+    let c = json_of(
+        &mpirun(3, &md, &[&base[..], &["--steps", "30", "--checkpoint-dir", d, "--restart"]].concat()),
+        "md restart",
+    );
+    assert_eq!(c["steps_this_run"].as_u64(), Some(10));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let bad = std::env::temp_dir().join(format!("phalanx-md-bad-{}.data", std::process::id()));
+    std::fs::write(&bad, "LAMMPS data\n\n1 atoms\n1 atom types\n0 3 xlo xhi\n0 3 ylo yhi\n0 3 zlo zhi\n\nMasses\n\n1 1\n\nAtoms # atomic\n\n1 1 0.5 oops 1\n").unwrap();
+    let out = mpirun(2, &md, &["--lammps-data", bad.to_str().unwrap(), "--threads", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    for r in 0..2 {
+        assert!(
+            err.contains(&format!("rank {r}")) && err.contains(":15: y \"oops\""),
+            "rank {r} must report the bad line: {err}"
+        );
+    }
+    let _ = std::fs::remove_file(&bad);
+}

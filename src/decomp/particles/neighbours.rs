@@ -67,6 +67,12 @@ impl CellList {
         (c[0] * self.n[1] + c[1]) * self.n[2] + c[2]
     }
 
+    /// The indices in the cell of linear index `k` (row-major over [`dims`](CellList::dims)).
+    #[inline]
+    fn cell_at(&self, k: usize) -> &[u32] {
+        &self.items[self.start[k] as usize..self.start[k + 1] as usize]
+    }
+
     /// The indices in cell `c`, in increasing order.
     #[inline]
     pub fn cell(&self, c: [usize; 3]) -> &[u32] {
@@ -152,11 +158,24 @@ impl VerletList {
         let owned = parts.owned_len();
         let (lo, hi) = parts.block();
         let g = parts.ghost_cutoff();
-        let cells = CellList::build(&x, lo.map(|v| v - g), hi.map(|v| v + g), rl);
+        // Bins half the list cutoff wide, searched 2 bins out: a smaller volume than 1 bin of the
+        // full cutoff (LAMMPS's default too). Owned pairs with a half stencil (each pair of bins
+        // once), owned-ghost pairs with the full stencil and the coordinate rule; ghosts have bins
+        // of their own, empty away from the block's faces.
+        // The bins reach 2 bins past the ghosts, so that every stencil bin of an owned particle
+        // exists: no bounds to check in the loop, only index offsets.
+        let pad = g + rl;
+        let (glo, ghi) = (lo.map(|v| v - pad), hi.map(|v| v + pad));
+        let own_cells = CellList::build(&x[..owned], glo, ghi, 0.5 * rl);
+        let ghost_cells = CellList::build(&x[owned..], glo, ghi, 0.5 * rl);
         let rl2 = rl * rl;
-        let n = cells.dims();
+        let n = own_cells.dims();
+        let delta = |o: [i64; 3]| ((o[0] * n[1] as i64 + o[1]) * n[2] as i64 + o[2]) as isize;
+        let offsets: Vec<[i64; 3]> = (0..125).map(|k| [k / 25 - 2, k / 5 % 5 - 2, k % 5 - 2]).collect();
+        let full: Vec<isize> = offsets.iter().map(|&o| delta(o)).collect();
+        let half: Vec<isize> = offsets.iter().filter(|o| **o > [0, 0, 0]).map(|&o| delta(o)).collect();
         const CHUNK: usize = 512;
-        let (x, cells) = (&x, &cells);
+        let (x, own_cells, ghost_cells, full, half) = (&x, &own_cells, &ghost_cells, &full, &half);
         let parts_lists: Vec<(Vec<u32>, Vec<u32>)> = pool.install(|| {
             (0..owned.div_ceil(CHUNK))
                 .into_par_iter()
@@ -165,31 +184,34 @@ impl VerletList {
                     let mut nbr = Vec::new();
                     for i in chunk * CHUNK..((chunk + 1) * CHUNK).min(owned) {
                         let xi = x[i];
-                        let c = cells.cell_of(xi);
+                        let k = own_cells.linear(own_cells.cell_of(xi)) as isize;
                         let before = nbr.len();
-                        for cx in c[0].saturating_sub(1)..(c[0] + 2).min(n[0]) {
-                            for cy in c[1].saturating_sub(1)..(c[1] + 2).min(n[1]) {
-                                for cz in c[2].saturating_sub(1)..(c[2] + 2).min(n[2]) {
-                                    for &j in cells.cell([cx, cy, cz]) {
-                                        let ju = j as usize;
-                                        if ju < owned {
-                                            if ju <= i {
-                                                continue;
-                                            }
-                                        } else if !above(x[ju], xi) {
-                                            continue;
-                                        }
-                                        let xj = x[ju];
-                                        let d = [xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]];
-                                        if d[0] * d[0] + d[1] * d[1] + d[2] * d[2] < rl2 {
-                                            nbr.push(j);
-                                        }
+                        let near = |j: usize| {
+                            let xj = x[j];
+                            let d = [xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]];
+                            d[0] * d[0] + d[1] * d[1] + d[2] * d[2] < rl2
+                        };
+                        for &j in own_cells.cell_at(k as usize) {
+                            if j as usize > i && near(j as usize) {
+                                nbr.push(j);
+                            }
+                        }
+                        for &d in half {
+                            nbr.extend(
+                                own_cells.cell_at((k + d) as usize).iter().copied().filter(|&j| near(j as usize)),
+                            );
+                        }
+                        // Ghosts within the list cutoff exist only near the block's faces.
+                        if (0..3).any(|d| xi[d] < lo[d] + rl || xi[d] >= hi[d] - rl) {
+                            for &d in full {
+                                for &m in ghost_cells.cell_at((k + d) as usize) {
+                                    let j = owned + m as usize;
+                                    if above(x[j], xi) && near(j) {
+                                        nbr.push(j as u32);
                                     }
                                 }
                             }
                         }
-                        // Increasing indices: the force loop walks memory forwards.
-                        nbr[before..].sort_unstable();
                         counts.push((nbr.len() - before) as u32);
                     }
                     (counts, nbr)
