@@ -155,8 +155,8 @@ fn migration_and_ghosts(world: &Comm) {
                 let now = all_particles(&c);
                 for g in c.ghosts() {
                     let p = now[(g.id - 1) as usize];
-                    for d in 0..3 {
-                        let k = (g.x[d] - p.x[d]) / l[d];
+                    for ((gx, px), ld) in g.x.iter().zip(p.x).zip(l) {
+                        let k = (gx - px) / ld;
                         assert!(
                             (k - k.round()).abs() < 1e-12 && k.round().abs() <= 1.0,
                             "{what}: ghost {g:?} is not an image of {p:?}"
