@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""A performance model of phalanx's heat and nbody at P ranks on N nodes.
+"""A performance model of phalanx's heat, nbody and md at P ranks on N nodes (md: see md_step).
 
 Inputs, all measured on this machine by benches/regenerate (or given on the command line):
 - network parameters per link kind: latency alpha (s) and bandwidth beta (B/s), fitted to the
@@ -93,11 +93,12 @@ def grid_dims(p, shape):
 class Machine:
     """Per-core kernel rates, memory-bandwidth sharing and link parameters."""
 
-    def __init__(self, r_heat, r_heat3, r_nbody, share, cores_per_node, links, r_blocked=None):
+    def __init__(self, r_heat, r_heat3, r_nbody, share, cores_per_node, links, r_blocked=None, r_md=None):
         self.r_heat = r_heat  # 2-D cell updates/s per core
         self.r_blocked = r_blocked or {}  # {K: 2-D blocked-pass cell updates/s per core}
         self.r_heat3 = r_heat3  # 3-D cell updates/s per core
         self.r_nbody = r_nbody  # interactions/s per core
+        self.r_md = r_md  # LJ atom-steps/s per core (examples/md at one rank)
         self.share = share  # {k: copy bandwidth with k busy cores / (k x one core's)}
         self.cores = cores_per_node
         self.links = links  # {"shm": {...}, "tcp": {...}, ...}
@@ -197,6 +198,59 @@ def nbody_step(m, bodies, ranks, threads, nodes, net):
     link = m.links[net] if nodes > 1 else m.links["shm"]
     t_m = link["alpha"] + 32 * n / link["beta"]
     return t_c + (ranks - 1) * max(t_c, t_m), {"compute": ranks * t_c, "comm_per_hop": t_m}
+
+
+def md_step(m, atoms, ranks, threads, nodes, net, density=0.8442, ghost=2.8, rebuild_every=10):
+    """Seconds per step of the LJ liquid (examples/md) on `ranks` ranks: the atoms of a rank at the
+    measured single-rank rate (pair work is conserved by the decomposition: Newton's third law
+    across ranks gives each pair to one rank), plus the ghost exchanges. A rank's block of the
+    cubic periodic box (side (atoms / density)^(1/3)) gets the ghosts of a shell `ghost` wide
+    (cutoff + skin) around it: density x ((s_x + 2 g)(s_y + 2 g)(s_z + 2 g) - s_x s_y s_z) atoms.
+    Every step sends their positions forward and their forces back (24 B each way per ghost), one
+    message per distinct neighbour rank (26 at most); every `rebuild_every` steps a migration and
+    a rebuild of the ghost lists sends whole atoms (56 B). With more than one node the worst rank's
+    messages take the network link, and the node's traffic shares one NIC."""
+    per_node = math.ceil(ranks / nodes)
+    over = math.ceil(per_node * threads / m.cores)
+    side = (atoms / density) ** (1 / 3)
+    g = grid_dims(ranks, [max(1, math.floor(side / ghost))] * 3)
+    s = [side / d for d in g]
+    n_local = atoms / ranks
+    t_c = n_local / (m.r_md * threads / over)
+    ghosts = density * (math.prod(x + 2 * ghost for x in s) - math.prod(s))
+    # Distinct neighbour ranks: along a dimension of 1 rank, only this one; of 2, one other.
+    per_dim = [1 if d == 1 else 2 if d == 2 else 3 for d in g]
+    msgs = math.prod(per_dim) - 1 if ranks > 1 else 0
+    link = m.links[net] if nodes > 1 else m.links["shm"]
+    if ranks == 1:
+        t_x = 0.0  # the images are local copies, inside the measured rate
+    else:
+        per_step = 2 * (msgs * link["alpha"] + 24 * ghosts / link["beta"])
+        per_build = msgs * 2 * link["alpha"] + 56 * ghosts / link["beta"]
+        t_x = per_step + per_build / rebuild_every
+        if nodes > 1:
+            nic = per_node * (2 * 24 + 56 / rebuild_every) * ghosts / link["beta"]
+            t_x = max(t_x, nic)
+    return t_c + t_x, {"grid": g, "compute": t_c, "exchange": t_x, "ghosts": ghosts, "messages": msgs}
+
+
+def md_scaling(m, nets, node_counts, atoms_strong, atoms_per_rank):
+    """Predicted strong (a fixed system) and weak (fixed atoms per rank) scaling efficiency of md,
+    one rank per core, against one node."""
+    out = {}
+    c = m.cores
+    for net in nets:
+        t1 = md_step(m, atoms_strong, c, 1, 1, net)[0]
+        t1w = md_step(m, atoms_per_rank * c, c, 1, 1, net)[0]
+        rows = []
+        for nodes in node_counts:
+            p = nodes * c
+            t = md_step(m, atoms_strong, p, 1, nodes, net)
+            tw = md_step(m, atoms_per_rank * p, p, 1, nodes, net)[0]
+            rows.append({"nodes": nodes, "ranks": p, "strong": t1 / (nodes * t[0]), "weak": t1w / tw,
+                         "strong_step_s": t[0], "atoms_per_rank": atoms_strong / p})
+        out[net] = rows
+    return out
 
 
 BLOCK_K = 8  # the time block of the scaling tables' blocked columns

@@ -241,6 +241,130 @@ def timers(pairs=7):
     return {"on": med(on), "off": med(off), "ratio": med([a / b for a, b in zip(on, off)]), "pairs": pairs}
 
 
+MD_BEGIN = "<!-- md: written by benches/regenerate (--md-table refreshes this section alone) -->"
+MD_END = "<!-- /md -->"
+LJ = os.path.join(ROOT, "tests", "data", "lj")
+
+
+def lammps(ranks, opt, bind="--bind-core"):
+    """LAMMPS's loop time for the LJ benchmark from the committed data file (in.lj.run)."""
+    inp = os.path.join(OUT, "in.lj.run")
+    text = open(os.path.join(LJ, "in.lj.run")).read().replace("lj-32000.data", os.path.join(LJ, "lj-32000.data"))
+    open(inp, "w").write(text)
+    out = sh(mpirun(ranks, "lmp", *(["-sf", "opt"] if opt else []), "-in", inp, "-log", "none", bind=bind))
+    return float(next(l for l in out.splitlines() if l.startswith("Loop time")).split()[3])
+
+
+def md_run(ranks, threads, *args, bind="--bind-core"):
+    return last_json(sh(mpirun(ranks, f"{EX}/md", "--threads", threads, "--json", *args, bind=bind)))
+
+
+def md_section(pairs=5):
+    """examples/md against LAMMPS (Debian's package, the same data file and run), the particle
+    exchanges against hand-written rsmpi, weak scaling 1 -> 2 ranks, and the model's md terms."""
+    data = os.path.join(LJ, "lj-32000.data")
+    steps_atoms = 32000 * 100
+    log(f"md against LAMMPS: 32 000 atoms, 100 steps, {pairs} alternating rounds")
+    runs = {k: [] for k in ("p1", "l1", "o1", "p2", "l2", "o2", "pt")}
+    for _ in range(pairs):
+        runs["p1"].append(md_run(1, 1, "--lammps-data", data)["seconds"])
+        runs["l1"].append(lammps(1, False))
+        runs["o1"].append(lammps(1, True))
+        runs["p2"].append(md_run(2, 1, "--lammps-data", data)["seconds"])
+        runs["l2"].append(lammps(2, False))
+        runs["o2"].append(lammps(2, True))
+        runs["pt"].append(md_run(1, 2, "--lammps-data", data, bind="--no-bind")["seconds"])
+
+    def vs(a, b):
+        return {"ours": steps_atoms / med(runs[a]), "theirs": steps_atoms / med(runs[b]),
+                "pair_ratio": med([y / x for x, y in zip(runs[a], runs[b])]),
+                "best_ratio": min(runs[b]) / min(runs[a])}
+    cmp = {"1 rank vs LAMMPS 1 rank": vs("p1", "l1"), "1 rank vs LAMMPS -sf opt 1 rank": vs("p1", "o1"),
+           "2 ranks vs LAMMPS 2 ranks": vs("p2", "l2"), "2 ranks vs LAMMPS -sf opt 2 ranks": vs("p2", "o2"),
+           "1 rank x 2 threads vs LAMMPS 2 ranks": vs("pt", "l2"),
+           "1 rank x 2 threads vs LAMMPS -sf opt 2 ranks": vs("pt", "o2")}
+    log("particle exchanges against hand-written rsmpi, 2 ranks")
+    pb = last_json(sh(mpirun(2, f"{EX}/particlebench", "--json", "--blocks", 7, bind="--bind-core")))
+    log(f"md weak scaling: 20^3 cells on 1 rank against 25^3 on 2, {pairs} rounds")
+    w1, w2 = [], []
+    for _ in range(pairs):
+        w1.append(md_run(1, 1, "--cells", 20)["atom_steps_per_s"])
+        w2.append(md_run(2, 1, "--cells", 25)["atom_steps_per_s"])
+    weak = {"rate1": med(w1), "rate2": med(w2), "efficiency": med([b / (2 * a) for a, b in zip(w1, w2)])}
+    log("links for the model: commbench latency, shared memory and TCP")
+    shm = last_json(sh(mpirun(2, f"{EX}/commbench", "--json", "--only", "latency")))
+    tcp = last_json(sh(mpirun(2, f"{EX}/commbench", "--json", "--only", "latency", tcp=True)))
+    links = dict({"shm": perfmodel.fit_link(shm["rows"]), "tcp": perfmodel.fit_link(tcp["rows"])}, **perfmodel.PUBLISHED)
+    r_md = weak["rate1"]
+    m = perfmodel.Machine(0, 0, 0, {1: 1.0}, NPROC, links, r_md=r_md)
+    checks = [{"ranks": 1, "atoms": 32000, "pred": perfmodel.md_step(m, 32000, 1, 1, 1, "shm")[0],
+               "meas": 32000 / weak["rate1"]},
+              {"ranks": 2, "atoms": 62500, "pred": perfmodel.md_step(m, 62500, 2, 1, 1, "shm")[0],
+               "meas": 62500 / weak["rate2"]}]
+    m64 = perfmodel.Machine(0, 0, 0, {1: 1.0}, 64, links, r_md=r_md)
+    tables = perfmodel.md_scaling(m64, ["tcp", "hdr", "ndr"], [2**k for k in range(11)], 32000 * 64 * 16, 32000)
+    return {"pairs": pairs, "runs": runs, "compare": cmp, "exchange": pb, "weak": weak, "links": links,
+            "model_checks": checks, "tables": tables}
+
+
+def render_md(md):
+    L = [MD_BEGIN, "## Molecular dynamics: md against LAMMPS", ""]
+    w = L.append
+    w("The classic LAMMPS LJ benchmark (fcc lattice at reduced density 0.8442, 32 000 atoms, cutoff 2.5, skin 0.3, "
+      "dt 0.005, 100 steps, NVE), both codes starting from the data file LAMMPS wrote for it and rebuilding the "
+      "neighbour list whenever an atom moved more than half the skin (`tests/data/lj/in.lj.run`; LAMMPS's thermo "
+      "agrees with phalanx's to 12 digits, `tests/md_lammps.rs`). LAMMPS is Debian's package (29 Sep 2021, no "
+      "OPENMP package); `-sf opt` is its fastest build here. Loop times only (set-up excluded), "
+      f"{md['pairs']} alternating rounds; ratios are LAMMPS's time over phalanx's (above 1: phalanx faster): "
+      "the median of the per-round ratios and the ratio of the best runs. Pure MPI runs bound to cores; the "
+      "threaded run unbound.")
+    w("")
+    w("```sh\nbenches/regenerate --md-table\n```\n")
+    w("| phalanx | LAMMPS | phalanx atom-steps/s | LAMMPS atom-steps/s | median of round ratios | best against best |")
+    w("|---|---|---|---|---|---|")
+    for k, v in md["compare"].items():
+        ours, theirs = k.split(" vs ")
+        w(f"| {ours} | {theirs} | {v['ours']:.3e} | {v['theirs']:.3e} | {v['pair_ratio']:.3f} | {v['best_ratio']:.3f} |")
+    pb = md["exchange"]
+    w("")
+    w(f"Particle exchanges (`examples/particlebench`, 2 ranks, {pb['atoms']} atoms, {pb['ghosts']} ghosts, median of "
+      f"{pb['blocks']} alternating blocks) against the same exchanges written by hand with rsmpi "
+      "(`MPI_Isend`/`MPI_Irecv` per neighbour, counts first where needed; neighbours only, no sort, no checks):")
+    w("")
+    w("| exchange | phalanx (us) | by hand (us) | median ratio |")
+    w("|---|---|---|---|")
+    for name, k in (("positions to ghosts (forward)", "forward"), ("ghost forces home (reverse)", "reverse"),
+                    ("migration + ghost lists rebuilt", "migrate")):
+        w(f"| {name} | {pb[k + '_us']:.1f} | {pb[k + '_hand_us']:.1f} | {pb[k + '_ratio']:.3f} |")
+    wk = md["weak"]
+    w("")
+    w(f"Weak scaling 1 -> 2 ranks (20^3 cells = 32 000 atoms on 1 rank, 25^3 = 62 500 on 2): "
+      f"{wk['rate1']:.3e} and {wk['rate2']:.3e} atom-steps/s, efficiency {wk['efficiency']:.3f} (median of rounds; "
+      "this VM has 2 cores, so 2 ranks also share its memory bandwidth).")
+    w("")
+    w("The model (`benches/perfmodel.py`, `md_step`): the single-rank rate for the atoms of a rank (Newton's "
+      "third law across ranks keeps the total pair work), plus per step the ghosts' positions forward and forces "
+      "back (24 B each per ghost of the shell cutoff + skin wide around a rank's block), one message per distinct "
+      "neighbour, and the migration and ghost-list rebuild every 10 steps (56 B per ghost).")
+    w("")
+    w("| ranks | atoms | predicted s/step | measured s/step |")
+    w("|---|---|---|---|")
+    for c in md["model_checks"]:
+        w(f"| {c['ranks']} | {c['atoms']} | {c['pred']:.3e} | {c['meas']:.3e} |")
+    w("")
+    w("Predicted efficiency on 64-core nodes (one rank per core), strong: 32.8 M atoms (500 per rank at 1024 "
+      "nodes); weak: 32 000 atoms per rank:")
+    w("")
+    nets = list(md["tables"])
+    w("| nodes | ranks | " + " | ".join(f"{n} strong | {n} weak" for n in nets) + " |")
+    w("|---|---|" + "---|---|" * len(nets))
+    for i, row in enumerate(md["tables"][nets[0]]):
+        cells = " | ".join(f"{md['tables'][n][i]['strong']:.3f} | {md['tables'][n][i]['weak']:.3f}" for n in nets)
+        w(f"| {row['nodes']} | {row['ranks']} | {cells} |")
+    w(MD_END)
+    return "\n".join(L)
+
+
 REC_BEGIN = "<!-- recovery: written by benches/regenerate (--recovery-table refreshes this section alone) -->"
 REC_END = "<!-- /recovery -->"
 
@@ -659,6 +783,8 @@ def render(r):
     w("scalar loop (no FMA, no fast-math). Its speed is set by the vector square root and division")
     w("(one of each per interaction); `-ffast-math` lets C replace them with approximations.\n")
 
+    if "md" in r:
+        w(render_md(r["md"]) + "\n")
     w("## Kernels under criterion (single process, one thread)\n")
     w("```sh\ncargo bench --bench kernels\n```\n")
     w("| benchmark | median time per iteration | throughput |")
@@ -808,6 +934,7 @@ def main():
         "--mpi-table": ("mpi_matrix", mpi_matrix, render_mpi_matrix, MPI_BEGIN, MPI_END,
                         "## Communication against raw rsmpi", "MPI implementation"),
         "--recovery-table": ("recovery", recovery, render_recovery, REC_BEGIN, REC_END, None, "recovery"),
+        "--md-table": ("md", md_section, render_md, MD_BEGIN, MD_END, "## Kernels under criterion", "md"),
     }
     for flag, (key, measure, draw, begin, end, before, what) in sections.items():
         if flag not in sys.argv:
@@ -851,6 +978,7 @@ def main():
     r["time_blocks"] = time_blocks()
     r["nbody"] = {str(k): v for k, v in nbody().items()}
     r["nbody_c"] = nbody_c()
+    r["md"] = md_section()
     r["timers"] = timers()
     r["checkpoints"] = checkpoints()
     r["recovery"] = recovery()
