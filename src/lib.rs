@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | runtime | [`runtime`] | MPI initialisation, thread level, abort-on-panic |
 //! | communication | [`comm`] | communicators, typed point-to-point and collectives |
-//! | decomposition | [`decomp`] | process grids, partitions, distributed arrays, halo exchange |
+//! | decomposition | [`decomp`] | process grids, partitions, distributed arrays, halo exchange, particles |
 //! | services | [`services`] | run-time metrics, checkpoints and restarts, the watchdog |
 //! | kernels | [`kernels`] | the simulation kernels the examples and benchmarks run |
 //!

@@ -1,5 +1,6 @@
 //! The decomposition layer: Cartesian process grids, block partitions, distributed arrays with
-//! ghost layers, and the halo exchange.
+//! ghost layers, the halo exchange, and particles decomposed in space ([`Particles`]: migration,
+//! ghost particles, neighbour lists).
 //!
 //! A [`Decomposition`] splits a global domain into one block per rank; a [`DistArray`] stores a
 //! rank's **owned** block plus **ghost** layers that mirror its neighbours' cells. In 2-D with ghost

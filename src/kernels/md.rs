@@ -324,7 +324,8 @@ impl Md {
         &self.parts
     }
 
-    /// The particles, to change (velocities); call [`refresh`](Md::refresh) after moving atoms.
+    /// The particles, to change (velocities, positions: the next step migrates atoms that left
+    /// their rank's block when the neighbour list needs a rebuild).
     pub fn particles_mut(&mut self) -> &mut Particles<Atom> {
         &mut self.parts
     }

@@ -1,34 +1,4 @@
-//! Particles decomposed in space: each rank owns the particles inside its block of the box, particles
-//! migrate when they cross a cut plane, and copies of the particles within a cutoff of a block's
-//! faces ("ghosts", with periodic images shifted by the box length) are kept on the neighbouring
-//! ranks. The domain-decomposition layer of molecular dynamics, SPH, DEM and short-range gravity.
-//!
-//! After LAMMPS's `comm_brick`, four exchanges, each with one name:
-//!
-//! | LAMMPS | phalanx | when | what moves |
-//! |---|---|---|---|
-//! | `exchange()` | [`Particles::migrate`] (first half) | a rebuild step | owned particles to their new owners |
-//! | `borders()` | [`Particles::migrate`] (second half) | a rebuild step | whole particles into the ghost lists |
-//! | `forward_comm()` | [`Particles::update_ghosts`] | every other step | positions to the ghosts |
-//! | `reverse_comm()` | [`Particles::reverse_add`] | every step, Newton on | ghost forces back to their owners |
-//!
-//! The ghost lists are a plan (after Cabana's `Halo`): built by `migrate`, then executed every step
-//! with buffers owned by the plan, so a step allocates nothing. Ghosts go to all 26 face, edge and
-//! corner neighbours directly, one message per distinct neighbour rank; the split-phase
-//! [`Particles::begin_update_ghosts`] therefore has every message in flight at once and the interior
-//! work overlaps all of it. A rank that is its own neighbour (one or two ranks along a periodic
-//! dimension) copies its images locally. Ghosts come from the nearest rank only: every block must
-//! be at least the ghost cutoff wide along a dimension that exchanges ghosts, checked when built.
-//!
-//! Migration sends each leaving particle straight to its new owner with
-//! [`Comm::sparse_exchange`](crate::comm::Comm::sparse_exchange): to a face, edge or corner
-//! neighbour or, after a jump, to any rank, in the same exchange.
-//!
-//! Storage is one `Vec<T>`: the owned particles first, then the ghosts, so neighbour lists index
-//! both with one `u32`. Indices change at every `migrate`.
-//!
-//! Everything here is 3-D; a 2-D code uses a box one block thick along z, open there (no ghosts).
-
+//! Particles decomposed in space: the container, its migration and its ghosts (see [`Particles`]).
 mod domain;
 mod ghosts;
 mod neighbours;
@@ -83,8 +53,36 @@ pub(crate) const TAG_REVERSE: i32 = 5;
 /// Migrations between two sorts of the owned particles into cell order.
 const SORT_EVERY: u64 = 16;
 
-/// Particles distributed over a [`ProcessGrid`] by position, with ghosts; see the [module
-/// docs](self).
+/// Particles decomposed in space: each rank owns the particles inside its block of the box, particles
+/// migrate when they cross a cut plane, and copies of the particles within a cutoff of a block's
+/// faces ("ghosts", with periodic images shifted by the box length) are kept on the neighbouring
+/// ranks. The domain-decomposition layer of molecular dynamics, SPH, DEM and short-range gravity.
+///
+/// After LAMMPS's `comm_brick`, four exchanges, each with one name:
+///
+/// | LAMMPS | phalanx | when | what moves |
+/// |---|---|---|---|
+/// | `exchange()` | [`Particles::migrate`] (first half) | a rebuild step | owned particles to their new owners |
+/// | `borders()` | [`Particles::migrate`] (second half) | a rebuild step | whole particles into the ghost lists |
+/// | `forward_comm()` | [`Particles::update_ghosts`] | every other step | positions to the ghosts |
+/// | `reverse_comm()` | [`Particles::reverse_add`] | every step, Newton on | ghost forces back to their owners |
+///
+/// The ghost lists are a plan (after Cabana's `Halo`): built by `migrate`, then executed every step
+/// with buffers owned by the plan, so a step allocates nothing. Ghosts go to all 26 face, edge and
+/// corner neighbours directly, one message per distinct neighbour rank; the split-phase
+/// [`Particles::begin_update_ghosts`] therefore has every message in flight at once and the interior
+/// work overlaps all of it. A rank that is its own neighbour (one or two ranks along a periodic
+/// dimension) copies its images locally. Ghosts come from the nearest rank only: every block must
+/// be at least the ghost cutoff wide along a dimension that exchanges ghosts, checked when built.
+///
+/// Migration sends each leaving particle straight to its new owner with
+/// [`Comm::sparse_exchange`](crate::comm::Comm::sparse_exchange): to a face, edge or corner
+/// neighbour or, after a jump, to any rank, in the same exchange.
+///
+/// Storage is one `Vec<T>`: the owned particles first, then the ghosts, so neighbour lists index
+/// both with one `u32`. Indices change at every `migrate`.
+///
+/// Everything here is 3-D; a 2-D code uses a box one block thick along z, open there (no ghosts).
 pub struct Particles<T: Particle> {
     comm: Comm,
     grid: ProcessGrid,

@@ -1,16 +1,4 @@
-//! Cell lists and Verlet neighbour lists over a rank's owned particles and ghosts.
-//!
-//! A [`VerletList`] is a *half* list for Newton's third law: each pair within the list cutoff appears
-//! once over the whole job. Two owned particles: on the owner, listed with the lower index. An owned
-//! particle and a ghost: the same pair is seen from both ranks, as `i` with a ghost of `j` on one
-//! and `j` with a ghost of `i` on the other, and only the rank on which the ghost lies *above* its
-//! partner (greater z, then y, then x: LAMMPS's rule) lists it; the force on the ghost goes home with
-//! [`Particles::reverse_add`]. Coordinates are compared, not subtracted, so the two ranks decide
-//! exactly opposite ways.
-//!
-//! Lists are built with a skin and rebuilt when any particle moved more than half of it since the
-//! last build (decided collectively, [`VerletList::needs_rebuild`]), or on a fixed schedule.
-
+//! Cell lists and Verlet neighbour lists (see [`VerletList`]).
 use rayon::prelude::*;
 
 use super::{Particle, Particles};
@@ -86,8 +74,18 @@ impl CellList {
     }
 }
 
-/// A half Verlet neighbour list with a skin over a [`Particles`] container; see the [module
-/// docs](self).
+/// Cell lists and Verlet neighbour lists over a rank's owned particles and ghosts.
+///
+/// A [`VerletList`] is a *half* list for Newton's third law: each pair within the list cutoff appears
+/// once over the whole job. Two owned particles: on the owner, listed with the lower index. An owned
+/// particle and a ghost: the same pair is seen from both ranks, as `i` with a ghost of `j` on one
+/// and `j` with a ghost of `i` on the other, and only the rank on which the ghost lies *above* its
+/// partner (greater z, then y, then x: LAMMPS's rule) lists it; the force on the ghost goes home with
+/// [`Particles::reverse_add`]. Coordinates are compared, not subtracted, so the two ranks decide
+/// exactly opposite ways.
+///
+/// Lists are built with a skin and rebuilt when any particle moved more than half of it since the
+/// last build (decided collectively, [`VerletList::needs_rebuild`]), or on a fixed schedule.
 #[derive(Clone, Debug)]
 pub struct VerletList {
     cutoff: f64,
