@@ -588,7 +588,7 @@ mod tests {
         assert_eq!(d.atoms[0], Atom { id: 1, x: [0.5, 3.5, 1.0], v: [0.1, 0.2, 0.3] });
         assert_eq!(d.mass, 1.0);
         let e = parse_lammps_data("t.data", &text.replace("1.5 2 3", "1.5 nan 3")).unwrap_err();
-        assert!(e.contains("t.data:19") && e.contains("\"nan\""), "{e}");
+        assert!(e.contains("t.data:20") && e.contains("\"nan\""), "{e}");
         let e = parse_lammps_data("t.data", &text.replace("2 atoms", "3 atoms")).unwrap_err();
         assert!(e.contains("3 atoms") && e.contains("has 2"), "{e}");
         let e = parse_lammps_data("t.data", &text.replace("2 -0.1 -0.2 -0.3\n", "")).unwrap_err();
