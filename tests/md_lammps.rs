@@ -40,7 +40,7 @@ fn md_matches_lammps_thermo() {
     let exe = std::env::current_exe().unwrap();
     let target = exe.parent().and_then(|d| d.parent()).and_then(|d| d.parent()).unwrap().to_path_buf();
     let ok = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--example", "md"])
+        .args(["build", "-q", "--release", "--example", "md"])
         .env("CARGO_TARGET_DIR", &target)
         .status()
         .unwrap()

@@ -209,10 +209,25 @@ fn bad_input_everywhere(world: &Comm) {
     let last = world.size() - 1;
     for (x, says) in [([1.0, f64::NAN, 1.0], "is not finite"), ([1.0, 1.0, 4.5], "outside the box")] {
         let mut c = Particles::<P>::new(world, b, 1.0).unwrap();
+        // Every rank holds particles that would leave it; the bad one comes after some of them.
+        let mine: Vec<P> =
+            cloud(60, &b).into_iter().map(|p| P { id: p.id + 1000 * world.rank() as u64, ..p }).collect();
+        c.extend(mine[..30].iter().copied());
         if world.rank() == last {
             c.extend([P { id: 77, x }]);
         }
+        c.extend(mine[30..].iter().copied());
+        let before = c.owned().to_vec();
         let e = c.migrate().unwrap_err();
+        // Nothing lost or duplicated: the container is as it was.
+        // (compared as bytes: NaN != NaN)
+        let bytes = |v: &[P]| bytemuck::cast_slice::<P, u8>(v).to_vec();
+        assert_eq!(
+            bytes(c.owned()),
+            bytes(&before),
+            "{says}: particles changed by a failed migration on rank {}",
+            world.rank()
+        );
         if world.rank() == last {
             assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
             assert!(e.to_string().contains("particle 77") && e.to_string().contains(says), "{e}");
@@ -229,6 +244,31 @@ fn bad_input_everywhere(world: &Comm) {
         };
         assert_eq!(e.kind(), ErrorKind::Decomposition, "{e}");
         assert!(e.to_string().contains("ghost cutoff 2.5") && e.to_string().contains("along x"), "{e}");
+    }
+    // Ghosts used before the first migration on some ranks only (particles added on rank 0, then
+    // a ghost update): an error on every rank, not a rank waiting for the others' messages.
+    let mut c = Particles::<P>::new(world, b, 1.0).unwrap();
+    c.migrate().unwrap();
+    if world.rank() == 0 {
+        c.extend(cloud(200, &b));
+    }
+    let e = c.update_ghosts().unwrap_err();
+    let want = if world.rank() == 0 { ErrorKind::InvalidArgument } else { ErrorKind::PeerFailed };
+    assert_eq!(e.kind(), want, "{e}");
+    let mut f = vec![[0.0; 3]; c.len()];
+    let e = c.reverse_add(&mut f).unwrap_err();
+    assert_eq!(e.kind(), want, "{e}");
+    c.migrate().unwrap();
+    c.update_ghosts().unwrap();
+    // A values array too short on one rank only.
+    assert!(!c.ghosts().is_empty(), "rank {} has ghosts", world.rank());
+    let mut f = vec![[0.0; 3]; if world.rank() == last { c.len() - 1 } else { c.len() }];
+    let e = c.reverse_add(&mut f).unwrap_err();
+    if world.rank() == last {
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        assert!(e.to_string().contains(&format!("{} values for", c.len() - 1)), "{e}");
+    } else {
+        assert_eq!(e.kind(), ErrorKind::PeerFailed, "{e}");
     }
     let e = match Particles::<P>::new(world, b, f64::NAN) {
         Err(e) => e,

@@ -82,6 +82,14 @@ impl Comm {
         verdict
     }
 
+    /// [`agree`](Comm::agree) on a local check only, in the communicator's check mode: for
+    /// neighbour-wise operations whose argument errors would leave the peers waiting for messages.
+    ///
+    /// Collective (in checked mode).
+    pub(crate) fn agree_local(&self, op: &'static str, local: Result<()>) -> Result<()> {
+        self.agree(op, local, Signature::default())
+    }
+
     /// Agrees, in every check mode, on whether any rank had a local error: returns this rank's own
     /// error, or [`ErrorKind::PeerFailed`] naming the lowest rank that had one. For operations whose
     /// input errors show on some ranks only (a particle outside the box), so that every rank

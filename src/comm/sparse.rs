@@ -118,6 +118,7 @@ impl Comm {
     fn nbx_receive<T: Pod>(&self, tag: Tag, sends: &mut [MPI_Request], into: &mut Vec<(i32, Vec<T>)>) -> Result<()> {
         const OP: &str = "sparse_exchange";
         let mut barrier: Option<MPI_Request> = None;
+        let mut bad: Option<crate::Error> = None;
         let mut spins = 0u32;
         loop {
             if let Some(st) = ffi::iprobe(ffi::any_source(), tag, self.raw, OP, self.rank)? {
@@ -125,17 +126,21 @@ impl Comm {
                 let bytes = ffi::status_bytes(&st);
                 let size = std::mem::size_of::<T>();
                 if bytes % size != 0 {
-                    // Receive it anyway (as bytes), so that it does not stay in the queue.
+                    // Received anyway (as bytes), and the exchange goes on to its end, so that
+                    // the peers are not left waiting for this rank in the barrier.
                     let mut sink = vec![0u8; bytes];
                     let _ = ffi::mrecv(&mut sink, &mut msg, OP, self.rank);
-                    return Err(self.err(
-                        ErrorKind::TypeMismatch,
-                        OP,
-                        format!(
-                            "message of {bytes} bytes from rank {} is not a whole number of {size}-byte elements",
-                            st.MPI_SOURCE
-                        ),
-                    ));
+                    bad.get_or_insert_with(|| {
+                        self.err(
+                            ErrorKind::TypeMismatch,
+                            OP,
+                            format!(
+                                "message of {bytes} bytes from rank {} is not a whole number of {size}-byte elements",
+                                st.MPI_SOURCE
+                            ),
+                        )
+                    });
+                    continue;
                 }
                 let mut buf = bytemuck::zeroed_vec::<T>(bytes / size);
                 ffi::mrecv(&mut buf, &mut msg, OP, self.rank).0?;
@@ -150,7 +155,7 @@ impl Comm {
                 }
                 Some(b) => {
                     if ffi::test(b, OP, self.rank).0? {
-                        return Ok(());
+                        return bad.map_or(Ok(()), Err);
                     }
                 }
             }

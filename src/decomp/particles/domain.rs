@@ -55,7 +55,11 @@ impl ParticleBox {
             if self.periodic[d] && !(self.lo[d]..self.hi[d]).contains(&x[d]) {
                 let l = self.hi[d] - self.lo[d];
                 x[d] -= l * ((x[d] - self.lo[d]) / l).floor();
-                // Rounding can land exactly on `hi` (x slightly below `lo`).
+                // Rounding can land a hair outside: on `hi` (x slightly below `lo`), or below `lo`
+                // (after many periods).
+                if x[d] < self.lo[d] {
+                    x[d] += l;
+                }
                 if x[d] >= self.hi[d] {
                     x[d] = self.lo[d];
                 }

@@ -93,6 +93,11 @@ impl GhostPlan {
         self.built = false;
     }
 
+    /// Whether an update is in flight (or was abandoned: its buffers may still be MPI's).
+    pub(crate) fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
     /// The number of distinct neighbour ranks (messages per exchange, sent and received).
     pub(crate) fn peers(&self) -> usize {
         self.peers.iter().filter(|&&q| q != self.me).count()
@@ -103,9 +108,6 @@ impl<T: Particle> Particles<T> {
     /// `borders()`: lists the owned particles within the cutoff of each neighbour and sends copies.
     pub(super) fn build_ghosts(&mut self) -> Result<()> {
         const OP: &str = "Particles::migrate";
-        if self.plan.in_flight {
-            return Err(self.unfinished(OP));
-        }
         let rc = self.cutoff;
         let npeers = self.plan.peers.len();
         let mut lists: Vec<Vec<(u32, u8)>> = vec![Vec::new(); npeers];
@@ -211,12 +213,12 @@ impl<T: Particle> Particles<T> {
         Ok(())
     }
 
-    fn unfinished(&self, op: &'static str) -> crate::Error {
+    pub(super) fn unfinished(&self, op: &'static str) -> crate::Error {
         self.comm.err(
             ErrorKind::InvalidArgument,
             op,
-            "a split-phase ghost update was started and never finished (its handle was dropped or forgotten): \
-             its messages may still arrive, so this container cannot exchange again",
+            "a ghost update was never finished (its handle was forgotten, or an MPI error left its buffers to \
+             MPI): this container cannot exchange again",
         )
     }
 
@@ -258,7 +260,8 @@ impl<T: Particle> Particles<T> {
     /// As [`update_ghosts`](Particles::update_ghosts).
     pub fn begin_update_ghosts(&mut self) -> Result<GhostUpdate<'_, T>> {
         const OP: &str = "Particles::update_ghosts";
-        self.check_built(OP)?;
+        let local = self.check_built(OP);
+        self.comm.agree_local(OP, local)?;
         let plan = &mut self.plan;
         let mut send = std::mem::take(&mut plan.pos_send);
         let mut recv = std::mem::take(&mut plan.pos_recv);
@@ -276,7 +279,7 @@ impl<T: Particle> Particles<T> {
             }
             let r = &mut recv[plan.recv[s].clone()];
             // SAFETY: `recv` moves into the returned handle (a move does not touch the heap
-            // buffer), which waits for or cancels this receive before giving the buffer back; if
+            // buffer), which waits for this receive before giving the buffer back; if
             // the handle is forgotten, the buffer is leaked, never freed.
             match unsafe { ffi::irecv(r.as_mut_ptr(), r.len(), q, TAG_FORWARD, comm.raw, OP, comm.rank) } {
                 Ok(req) => reqs.push(req),
@@ -286,7 +289,6 @@ impl<T: Particle> Particles<T> {
                 }
             }
         }
-        let receives = reqs.len();
         if out.is_ok() {
             for (s, &q) in plan.peers.iter().enumerate() {
                 if q == plan.me || plan.send[s].is_empty() {
@@ -303,11 +305,13 @@ impl<T: Particle> Particles<T> {
                 }
             }
         }
-        let ex = GhostUpdate { parts: self, send, recv, reqs, receives, done: false };
+        let mut ex = GhostUpdate { parts: self, send, recv, reqs, done: false };
         match out {
             Ok(()) => Ok(ex),
             Err(e) => {
-                drop(ex); // cancels the receives, hands the sends to the runtime
+                // What was started is waited for (a peer's matching message comes, as this
+                // rank's own sends go); the buffers stay with MPI if that fails too.
+                let _ = ex.complete();
                 Err(e)
             }
         }
@@ -325,19 +329,22 @@ impl<T: Particle> Particles<T> {
     #[doc(alias = "reverse_comm")]
     pub fn reverse_add(&mut self, values: &mut [[f64; 3]]) -> Result<()> {
         const OP: &str = "Particles::reverse_add";
-        self.check_built(OP)?;
-        if values.len() < self.data.len() {
-            return Err(self.comm.err(
-                ErrorKind::InvalidArgument,
-                OP,
-                format!(
-                    "{} values for {} owned particles and {} ghosts",
-                    values.len(),
-                    self.owned,
-                    self.data.len() - self.owned
-                ),
-            ));
-        }
+        let local = self.check_built(OP).and_then(|_| {
+            if values.len() < self.data.len() {
+                return Err(self.comm.err(
+                    ErrorKind::InvalidArgument,
+                    OP,
+                    format!(
+                        "{} values for {} owned particles and {} ghosts",
+                        values.len(),
+                        self.owned,
+                        self.data.len() - self.owned
+                    ),
+                ));
+            }
+            Ok(())
+        });
+        self.comm.agree_local(OP, local)?;
         let plan = &mut self.plan;
         let owned = self.owned;
         let comm = &self.comm;
@@ -380,6 +387,14 @@ impl<T: Particle> Particles<T> {
         }
         let n = plan.reqs.len();
         let waited = ffi::waitall(&mut plan.reqs, &mut plan.statuses[..n], OP, comm.rank);
+        if waited.is_err() || out.is_err() {
+            // Requests may still be MPI's: their buffers are left to it for good, and the
+            // container refuses to exchange again.
+            std::mem::forget(std::mem::take(&mut plan.pos_send));
+            std::mem::forget(std::mem::take(&mut plan.pos_recv));
+            std::mem::forget(std::mem::take(&mut plan.reqs));
+            plan.in_flight = true;
+        }
         out?;
         waited?;
         for (s, &q) in plan.peers.iter().enumerate() {
@@ -421,30 +436,32 @@ fn recv_probed<T: Particle>(comm: &crate::comm::Comm, q: i32, into: &mut Vec<T>)
     const OP: &str = "Particles::migrate";
     let (mut msg, st) = ffi::mprobe(q, TAG_BORDERS, comm.raw, OP, comm.rank)?;
     let bytes = ffi::status_bytes(&st);
-    let n = bytes / std::mem::size_of::<T>();
-    let start = into.len();
-    into.resize(start + n, T::zeroed());
-    ffi::mrecv(&mut into[start..], &mut msg, OP, comm.rank).0?;
-    if n * std::mem::size_of::<T>() != bytes {
+    let size = std::mem::size_of::<T>();
+    if bytes % size != 0 {
+        let mut sink = vec![0u8; bytes];
+        let _ = ffi::mrecv(&mut sink, &mut msg, OP, comm.rank);
         return Err(comm.err(
             ErrorKind::TypeMismatch,
             OP,
-            format!("ghosts message of {bytes} bytes from rank {q} is not a whole number of particles"),
+            format!("ghosts message of {bytes} bytes from rank {q} is not a whole number of {size}-byte particles"),
         ));
     }
+    let start = into.len();
+    into.resize(start + bytes / size, T::zeroed());
+    ffi::mrecv(&mut into[start..], &mut msg, OP, comm.rank).0?;
     Ok(())
 }
 
 /// A ghost update in flight; see [`Particles::begin_update_ghosts`]. Finish it with
-/// [`finish`](GhostUpdate::finish); dropping it unfinished cancels it, and the container refuses
-/// to exchange again (a late message would match the next exchange).
+/// [`finish`](GhostUpdate::finish); dropping it unfinished finishes it too (the peers' messages
+/// are received, so they are not left waiting), ignoring errors. Forgetting it
+/// (`std::mem::forget`) leaks its buffers to MPI, and the container refuses to exchange again.
 #[must_use = "a ghost update must be finished"]
 pub struct GhostUpdate<'a, T: Particle> {
     parts: &'a mut Particles<T>,
     send: Vec<[f64; 3]>,
     recv: Vec<[f64; 3]>,
     reqs: Vec<MPI_Request>,
-    receives: usize,
     done: bool,
 }
 
@@ -470,11 +487,22 @@ impl<T: Particle> GhostUpdate<'_, T> {
     /// # Errors
     /// MPI errors.
     pub fn finish(mut self) -> Result<()> {
+        self.complete()
+    }
+
+    fn complete(&mut self) -> Result<()> {
         const OP: &str = "Particles::update_ghosts";
         let rank = self.parts.comm.rank;
         let n = self.reqs.len();
         let waited = ffi::waitall(&mut self.reqs, &mut self.parts.plan.statuses[..n], OP, rank);
         self.done = true;
+        if let Err(e) = waited {
+            // Requests may still be MPI's: the buffers stay with it, and the plan stays in flight.
+            std::mem::forget(std::mem::take(&mut self.send));
+            std::mem::forget(std::mem::take(&mut self.recv));
+            std::mem::forget(std::mem::take(&mut self.reqs));
+            return Err(e);
+        }
         let p = &mut *self.parts;
         let plan = &mut p.plan;
         let ghosts = &mut p.data[p.owned..];
@@ -494,26 +522,14 @@ impl<T: Particle> GhostUpdate<'_, T> {
         plan.pos_recv = std::mem::take(&mut self.recv);
         plan.reqs = std::mem::take(&mut self.reqs);
         plan.in_flight = false;
-        waited
+        Ok(())
     }
 }
 
 impl<T: Particle> Drop for GhostUpdate<'_, T> {
     fn drop(&mut self) {
-        if self.done {
-            return;
+        if !self.done {
+            let _ = self.complete();
         }
-        // Unfinished (an error, an early return): receives are cancelled and completed, sends go to
-        // the runtime with their buffer, and the container stays marked in flight.
-        for r in &mut self.reqs[..self.receives] {
-            if *r != ffi::request_null() {
-                ffi::cancel(r);
-            }
-        }
-        let rank = self.parts.comm.rank;
-        let mut st = vec![ffi::new_status(); self.receives];
-        let _ = ffi::waitall(&mut self.reqs[..self.receives], &mut st, "Particles::update_ghosts", rank);
-        let sends = self.reqs.split_off(self.receives);
-        crate::runtime::orphans::adopt(sends, Box::new(std::mem::take(&mut self.send)));
     }
 }

@@ -272,10 +272,13 @@ impl<T: Particle> Particles<T> {
         const OP: &str = "Particles::migrate";
         self.data.truncate(self.owned);
         self.plan.clear();
+        // Everything that can fail is checked, and agreed on, before any particle moves: a failed
+        // migration leaves every rank's particles as they were.
+        let local = if self.plan.in_flight() { Err(self.unfinished(OP)) } else { self.check_positions() };
+        self.comm.agree_errors(OP, local)?;
         let mut out: Vec<Vec<T>> = Vec::new();
         let mut dests: Vec<usize> = Vec::new(); // the ranks of `out`, in order of first use
-        let local = self.sort_out(&mut out, &mut dests);
-        self.comm.agree_errors(OP, local)?;
+        self.sort_out(&mut out, &mut dests);
         let sends: Vec<(i32, Vec<T>)> = dests.iter().map(|&d| d as i32).zip(out).collect();
         for (_, batch) in self.comm.sparse_exchange(sends, TAG_MIGRATE)? {
             self.data.extend_from_slice(&batch);
@@ -290,31 +293,31 @@ impl<T: Particle> Particles<T> {
         self.build_ghosts()
     }
 
-    /// Orders the owned particles cell by cell (cells half the ghost cutoff wide): particles near
-    /// in space are near in memory, so pair loops over neighbour lists stay in cache.
-    fn sort_by_cell(&mut self) {
-        let x: Vec<[f64; 3]> = self.data.iter().map(|p| p.position()).collect();
-        let cells = CellList::build(&x, self.lo, self.hi, 0.5 * self.cutoff);
-        let sorted: Vec<T> = cells.order().iter().map(|&i| self.data[i as usize]).collect();
-        self.data = sorted;
+    /// The first owned particle whose position is not finite or outside an open side of the box.
+    fn check_positions(&self) -> Result<()> {
+        for p in &self.data[..self.owned] {
+            let x = p.position();
+            if !x.iter().all(|c| c.is_finite()) {
+                return Err(self.bad_particle(p, "is not finite"));
+            }
+            let w = self.bbox.wrap(x);
+            if (0..3).any(|d| !(self.bbox.lo[d]..self.bbox.hi[d]).contains(&w[d])) {
+                return Err(self.bad_particle(p, "is outside the box along an open dimension"));
+            }
+        }
+        Ok(())
     }
 
-    /// Wraps and checks the owned particles, keeps this rank's (in order) and puts the others in
+    /// Wraps the owned particles (checked), keeps this rank's (in order) and puts the others in
     /// `out`, per destination.
-    fn sort_out(&mut self, out: &mut Vec<Vec<T>>, dests: &mut Vec<usize>) -> Result<()> {
+    fn sort_out(&mut self, out: &mut Vec<Vec<T>>, dests: &mut Vec<usize>) {
         let me = self.comm.rank() as usize;
         let mut slot = vec![usize::MAX; self.grid.size()];
         let mut keep = 0;
         for i in 0..self.data.len() {
             let mut p = self.data[i];
             let x = p.position();
-            if !x.iter().all(|c| c.is_finite()) {
-                return Err(self.bad_particle(&p, "is not finite"));
-            }
             let w = self.bbox.wrap(x);
-            if (0..3).any(|d| !(self.bbox.lo[d]..self.bbox.hi[d]).contains(&w[d])) {
-                return Err(self.bad_particle(&p, "is outside the box along an open dimension"));
-            }
             if w != x {
                 p.set_position(w);
             }
@@ -334,7 +337,6 @@ impl<T: Particle> Particles<T> {
         }
         self.data.truncate(keep);
         self.owned = keep;
-        Ok(())
     }
 
     fn bad_particle(&self, p: &T, what: &str) -> Error {
@@ -350,6 +352,15 @@ impl<T: Particle> Particles<T> {
                 self.bbox.periodic
             ),
         )
+    }
+
+    /// Orders the owned particles cell by cell (cells half the ghost cutoff wide): particles near
+    /// in space are near in memory, so pair loops over neighbour lists stay in cache.
+    fn sort_by_cell(&mut self) {
+        let x: Vec<[f64; 3]> = self.data.iter().map(|p| p.position()).collect();
+        let cells = CellList::build(&x, self.lo, self.hi, 0.5 * self.cutoff);
+        let sorted: Vec<T> = cells.order().iter().map(|&i| self.data[i as usize]).collect();
+        self.data = sorted;
     }
 
     /// Every rank's owned particles on rank 0, ordered by id (`None` elsewhere).

@@ -276,8 +276,10 @@ impl VerletList {
         if !self.check {
             return Ok(true);
         }
-        if parts.owned_len() != self.built_at.len() {
-            return Err(parts.comm().err(
+        // The check travels with the flag, so that a rank with a stale list does not leave the
+        // others in the all-reduce: 2 = an error somewhere.
+        let local = if parts.owned_len() != self.built_at.len() {
+            Err(parts.comm().err(
                 ErrorKind::InvalidArgument,
                 "VerletList::needs_rebuild",
                 format!(
@@ -285,15 +287,29 @@ impl VerletList {
                     self.built_at.len(),
                     parts.owned_len()
                 ),
+            ))
+        } else {
+            Ok(())
+        };
+        let half2 = 0.25 * self.skin * self.skin;
+        let moved = local.is_ok()
+            && parts.owned().iter().zip(&self.built_at).any(|(p, b)| {
+                let x = p.position();
+                let d = [x[0] - b[0], x[1] - b[1], x[2] - b[2]];
+                d[0] * d[0] + d[1] * d[1] + d[2] * d[2] > half2
+            });
+        let flag = if local.is_err() { 2u8 } else { moved as u8 };
+        let any = parts.comm().allreduce(flag, Op::Max)?;
+        local?;
+        if any == 2 {
+            return Err(crate::Error::new(
+                ErrorKind::PeerFailed,
+                "VerletList::needs_rebuild",
+                Some(parts.comm().rank()),
+                "another rank's list was built for other particles than its container holds (see its message)",
             ));
         }
-        let half2 = 0.25 * self.skin * self.skin;
-        let moved = parts.owned().iter().zip(&self.built_at).any(|(p, b)| {
-            let x = p.position();
-            let d = [x[0] - b[0], x[1] - b[1], x[2] - b[2]];
-            d[0] * d[0] + d[1] * d[1] + d[2] * d[2] > half2
-        });
-        Ok(parts.comm().allreduce(moved as u8, Op::Max)? != 0)
+        Ok(any != 0)
     }
 }
 
