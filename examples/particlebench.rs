@@ -10,6 +10,8 @@
 //!
 //! The hand-written version is the reference, not a competitor: it sends to the 26 neighbours only
 //! (no jump further than a neighbour), does not sort particles into cell order, and checks nothing.
+//! Like the container it keeps atoms and their ghosts as whole `Atom`s (id, position, velocity):
+//! the same exchange into the same layout.
 
 use clap::Parser;
 use mpi::traits::*;
@@ -42,7 +44,8 @@ struct Hand {
     lists: Vec<Vec<(u32, [f64; 3])>>, // (owned index, shift) sent to each peer
     send: Vec<Vec<f64>>,
     recv: Vec<Vec<f64>>,
-    ghosts: Vec<[f64; 3]>,
+    // Whole atoms, as the container keeps its ghosts: the same exchange, into the same layout.
+    ghosts: Vec<Atom>,
     atoms: Vec<Atom>,
 }
 
@@ -134,12 +137,32 @@ impl Hand {
                 r.wait();
             }
         });
+        // Whole atoms (id, shifted position, velocity) to the ghosts, as the container sends them.
+        let outbox: Vec<Vec<f64>> = self
+            .lists
+            .iter()
+            .map(|l| {
+                l.iter()
+                    .flat_map(|(i, sh)| {
+                        let a = self.atoms[*i as usize];
+                        [a.id as f64, a.x[0] + sh[0], a.x[1] + sh[1], a.x[2] + sh[2], a.v[0], a.v[1], a.v[2]]
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut inbox: Vec<Vec<f64>> = theirs.iter().map(|&c| vec![0.0; 7 * c as usize]).collect();
+        exchange(raw, self.me, &self.peers, &outbox, &mut inbox, 6);
+        self.ghosts.clear();
+        for (s, &q) in self.peers.iter().enumerate() {
+            let buf = if q == self.me { &outbox[s] } else { &inbox[s] };
+            for c in buf.chunks_exact(7) {
+                self.ghosts.push(Atom { id: c[0] as u64, x: [c[1], c[2], c[3]], v: [c[4], c[5], c[6]] });
+            }
+        }
         for (s, c) in theirs.iter().enumerate() {
             self.recv[s].resize(3 * *c as usize, 0.0);
             self.send[s].resize(3 * self.lists[s].len(), 0.0);
         }
-        self.ghosts.resize(theirs.iter().sum::<u64>() as usize, [0.0; 3]);
-        self.forward(raw);
     }
 
     fn forward(&mut self, raw: &mpi::topology::SimpleCommunicator) {
@@ -170,7 +193,7 @@ impl Hand {
         for (s, &q) in self.peers.iter().enumerate() {
             let buf = if q == me { &self.send[s] } else { &self.recv[s] };
             for c in buf.chunks_exact(3) {
-                self.ghosts[g] = [c[0], c[1], c[2]];
+                self.ghosts[g].x = [c[0], c[1], c[2]];
                 g += 1;
             }
         }
@@ -271,22 +294,7 @@ impl Hand {
             .iter()
             .map(|v| v.iter().flat_map(|a| [a.id as f64, a.x[0], a.x[1], a.x[2], a.v[0], a.v[1], a.v[2]]).collect())
             .collect();
-        mpi::request::scope(|scope| {
-            let mut reqs = Vec::new();
-            for (buf, &q) in inbox.iter_mut().zip(&self.peers) {
-                if q != self.me && !buf.is_empty() {
-                    reqs.push(raw.process_at_rank(q).immediate_receive_into_with_tag(scope, &mut buf[..], 5));
-                }
-            }
-            for (buf, &q) in outbox.iter().zip(&self.peers) {
-                if q != self.me && !buf.is_empty() {
-                    reqs.push(raw.process_at_rank(q).immediate_send_with_tag(scope, &buf[..], 5));
-                }
-            }
-            for r in reqs {
-                r.wait();
-            }
-        });
+        exchange(raw, self.me, &self.peers, &outbox, &mut inbox, 5);
         for (s, &q) in self.peers.iter().enumerate() {
             let buf = if q == self.me { &outbox[s] } else { &inbox[s] };
             for c in buf.chunks_exact(7) {
@@ -295,6 +303,33 @@ impl Hand {
         }
         self.borders(p, raw);
     }
+}
+
+/// One message to and from each other peer (`outbox[s]` to `peers[s]`, `inbox[s]` from it).
+fn exchange(
+    raw: &mpi::topology::SimpleCommunicator,
+    me: i32,
+    peers: &[i32],
+    outbox: &[Vec<f64>],
+    inbox: &mut [Vec<f64>],
+    tag: i32,
+) {
+    mpi::request::scope(|scope| {
+        let mut reqs = Vec::new();
+        for (buf, &q) in inbox.iter_mut().zip(peers) {
+            if q != me && !buf.is_empty() {
+                reqs.push(raw.process_at_rank(q).immediate_receive_into_with_tag(scope, &mut buf[..], tag));
+            }
+        }
+        for (buf, &q) in outbox.iter().zip(peers) {
+            if q != me && !buf.is_empty() {
+                reqs.push(raw.process_at_rank(q).immediate_send_with_tag(scope, &buf[..], tag));
+            }
+        }
+        for r in reqs {
+            r.wait();
+        }
+    });
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -340,7 +375,7 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<()> {
     }));
     p.migrate()?;
     let mut hand = Hand::new(&p, &raw);
-    let same = sorted_keys(p.ghosts().iter().map(|a| a.x)) == sorted_keys(hand.ghosts.iter().copied());
+    let same = sorted_keys(p.ghosts().iter().map(|a| a.x)) == sorted_keys(hand.ghosts.iter().map(|a| a.x));
     assert!(w.all(same)?, "hand-written and phalanx ghosts differ");
     let ghosts = p.ghosts().len();
     let (peers, _) = p.ghost_exchange_size();
