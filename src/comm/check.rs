@@ -58,17 +58,7 @@ impl Comm {
                 v[4 + 2 * i] = -x;
             }
         }
-        let mut out = [0_i64; LEN];
-        let agreed = ffi::allreduce_typed(
-            &v,
-            &mut out,
-            ffi::layout::<i64>().datatype,
-            ffi::builtin_op(3),
-            self.raw,
-            op,
-            self.rank,
-        );
-        agreed?;
+        let out = self.max_over_ranks(&v, op)?;
         local?;
         let verdict = self.verdict(&out, code, op, &fields);
         if verdict.is_err() && crate::runtime::ft::fault_tolerant() {
@@ -98,16 +88,7 @@ impl Comm {
     /// Collective (one small `MPI_Allreduce`).
     pub(crate) fn agree_errors(&self, op: &'static str, local: Result<()>) -> Result<()> {
         let mine = if local.is_err() { -(self.rank as i64) - 1 } else { i64::MIN };
-        let mut out = [0_i64; 1];
-        ffi::allreduce_typed(
-            &[mine],
-            &mut out,
-            ffi::layout::<i64>().datatype,
-            ffi::builtin_op(3),
-            self.raw,
-            op,
-            self.rank,
-        )?;
+        let out = self.max_over_ranks(&[mine], op)?;
         local?;
         if out[0] != i64::MIN {
             return Err(Error::new(
@@ -118,6 +99,13 @@ impl Comm {
             ));
         }
         Ok(())
+    }
+
+    /// The element-wise maximum of `v` over the ranks (`MPI_Allreduce(MAX)`).
+    fn max_over_ranks<const N: usize>(&self, v: &[i64; N], op: &'static str) -> Result<[i64; N]> {
+        let mut out = [0_i64; N];
+        ffi::allreduce_typed(v, &mut out, ffi::layout::<i64>().datatype, ffi::builtin_op(3), self.raw, op, self.rank)?;
+        Ok(out)
     }
 
     /// The verdict of the agreement from the maxima `out`.

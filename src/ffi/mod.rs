@@ -616,13 +616,8 @@ pub(crate) unsafe fn isend<T: Pod>(
     op: &'static str,
     rank: i32,
 ) -> Result<MPI_Request> {
-    let l = layout::<T>();
-    let n = to_count(len, l.per_elem, op, rank)?;
-    let mut req = request_null();
-    // SAFETY: the caller keeps the buffer alive and unmodified until completion; `req` is valid.
-    let code = unsafe { sys::MPI_Isend(p as *mut c_void, n, l.datatype, dest, tag, comm, &mut req) };
-    check(code, op, rank)?;
-    Ok(req)
+    // SAFETY: forwarded from the caller.
+    unsafe { start_send(false, p, len, dest, tag, comm, op, rank) }
 }
 
 /// Nonblocking synchronous send (`MPI_Issend`): completes only once the receiver has matched it.
@@ -638,11 +633,37 @@ pub(crate) unsafe fn issend<T: Pod>(
     op: &'static str,
     rank: i32,
 ) -> Result<MPI_Request> {
+    // SAFETY: forwarded from the caller.
+    unsafe { start_send(true, p, len, dest, tag, comm, op, rank) }
+}
+
+/// `MPI_Isend`, or `MPI_Issend` when `synchronous`.
+///
+/// # Safety
+/// As [`isend`].
+#[allow(clippy::too_many_arguments)] // the MPI call's own arguments
+unsafe fn start_send<T: Pod>(
+    synchronous: bool,
+    p: *const T,
+    len: usize,
+    dest: c_int,
+    tag: c_int,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<MPI_Request> {
     let l = layout::<T>();
     let n = to_count(len, l.per_elem, op, rank)?;
     let mut req = request_null();
+    let buf = p as *mut c_void;
     // SAFETY: the caller keeps the buffer alive and unmodified until completion; `req` is valid.
-    let code = unsafe { sys::MPI_Issend(p as *mut c_void, n, l.datatype, dest, tag, comm, &mut req) };
+    let code = unsafe {
+        if synchronous {
+            sys::MPI_Issend(buf, n, l.datatype, dest, tag, comm, &mut req)
+        } else {
+            sys::MPI_Isend(buf, n, l.datatype, dest, tag, comm, &mut req)
+        }
+    };
     check(code, op, rank)?;
     Ok(req)
 }
