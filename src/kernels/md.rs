@@ -235,8 +235,10 @@ pub struct Md {
     x: Vec<[f64; 3]>,
     /// One force array per thread (the first is the result).
     f: Vec<Vec<[f64; 3]>>,
+    /// Potential energy and virial of the last force computation, when it tallied them.
     pe: f64,
     virial: f64,
+    tallied: bool,
     step: u64,
 }
 
@@ -312,10 +314,11 @@ impl Md {
             f: vec![Vec::new(); threads],
             pe: 0.0,
             virial: 0.0,
+            tallied: false,
             step: 0,
         };
         md.list.build(&md.parts, pool)?;
-        md.compute_forces(pool)?;
+        md.compute_forces(pool, true)?;
         Ok(md)
     }
 
@@ -409,7 +412,12 @@ impl Md {
     /// # Errors
     /// MPI errors.
     pub fn thermo(&self) -> Result<Thermo> {
-        let s = self.parts.comm().allreduce_vec(&[self.mv2(), self.pe, self.virial], Op::Sum)?;
+        let (pe, virial) = if self.tallied {
+            (self.pe, self.virial)
+        } else {
+            pair_energy(&self.x, &self.list, 0..self.parts.owned_len(), &self.coeff())
+        };
+        let s = self.parts.comm().allreduce_vec(&[self.mv2(), pe, virial], Op::Sum)?;
         let n = self.natoms as f64;
         let temp = s[0] / self.dof();
         let ke = 0.5 * s[0];
@@ -447,7 +455,9 @@ impl Md {
         } else {
             self.parts.update_ghosts()?;
         }
-        self.compute_forces(pool)?;
+        // Energy and virial only when asked for (`thermo`), as LAMMPS does: a quarter less
+        // arithmetic per pair on the other steps.
+        self.compute_forces(pool, false)?;
         let (owned, f) = (self.parts.owned_mut(), &self.f[0]);
         pool.install(|| {
             owned.par_iter_mut().zip(f.par_iter()).for_each(|(a, f)| {
@@ -460,12 +470,8 @@ impl Md {
         Ok(())
     }
 
-    /// Forces (owned atoms; ghost forces sent home), potential energy and virial on this rank.
-    fn compute_forces(&mut self, pool: &rayon::ThreadPool) -> Result<()> {
-        let n = self.parts.len();
-        let owned = self.parts.owned_len();
-        self.x.clear();
-        self.x.extend(self.parts.all().iter().map(|a| a.x));
+    /// The pair coefficients.
+    fn coeff(&self) -> Coeff {
         let lj = self.lj;
         let (s6, s12) = (lj.sigma.powi(6), lj.sigma.powi(12));
         let rc2 = lj.cutoff * lj.cutoff;
@@ -475,14 +481,24 @@ impl Md {
         } else {
             0.0
         };
-        let c = Coeff {
+        Coeff {
             lj1: 48.0 * lj.epsilon * s12,
             lj2: 24.0 * lj.epsilon * s6,
             lj3: 4.0 * lj.epsilon * s12,
             lj4: 4.0 * lj.epsilon * s6,
             offset,
             rc2,
-        };
+        }
+    }
+
+    /// Forces (owned atoms; ghost forces sent home) on this rank, with the potential energy and
+    /// virial when `tally`.
+    fn compute_forces(&mut self, pool: &rayon::ThreadPool, tally: bool) -> Result<()> {
+        let n = self.parts.len();
+        let owned = self.parts.owned_len();
+        self.x.clear();
+        self.x.extend(self.parts.all().iter().map(|a| a.x));
+        let c = self.coeff();
         let nt = self.f.len();
         let block = owned.div_ceil(nt).max(1);
         let (x, list) = (&self.x, &self.list);
@@ -495,7 +511,11 @@ impl Md {
                     f.clear();
                     f.resize(n, [0.0; 3]);
                     let range = (t * block).min(owned)..((t + 1) * block).min(owned);
-                    pair_forces(x, list, range, &c, f)
+                    if tally {
+                        pair_forces::<true>(x, list, range, &c, f)
+                    } else {
+                        pair_forces::<false>(x, list, range, &c, f)
+                    }
                 })
                 .collect();
             if nt > 1 {
@@ -514,13 +534,14 @@ impl Md {
         });
         self.pe = sums.iter().map(|s| s.0).sum();
         self.virial = sums.iter().map(|s| s.1).sum();
+        self.tallied = tally;
         self.parts.reverse_add(&mut self.f[0])
     }
 }
 
 /// The pair loop over owned atoms `range`: adds forces to `f` (both atoms of each pair), returns
-/// the potential energy and the virial (sum of r . f) of the pairs.
-fn pair_forces(
+/// the potential energy and the virial (sum of r . f) of the pairs when `TALLY` (zeros otherwise).
+fn pair_forces<const TALLY: bool>(
     x: &[[f64; 3]],
     list: &VerletList,
     range: std::ops::Range<usize>,
@@ -545,12 +566,36 @@ fn pair_forces(
                     fi[k] += d[k] * fpair;
                     fj[k] -= d[k] * fpair;
                 }
-                pe += r6inv * (c.lj3 * r6inv - c.lj4) - c.offset;
-                vir += r2 * fpair;
+                if TALLY {
+                    pe += r6inv * (c.lj3 * r6inv - c.lj4) - c.offset;
+                    vir += r2 * fpair;
+                }
             }
         }
         for k in 0..3 {
             f[i][k] += fi[k];
+        }
+    }
+    (pe, vir)
+}
+
+/// The potential energy and virial of the pairs of owned atoms `range` (the same sums as
+/// `pair_forces::<true>`, without the forces).
+fn pair_energy(x: &[[f64; 3]], list: &VerletList, range: std::ops::Range<usize>, c: &Coeff) -> (f64, f64) {
+    let (mut pe, mut vir) = (0.0, 0.0);
+    for i in range {
+        let xi = x[i];
+        for &j in list.neighbours(i) {
+            let xj = x[j as usize];
+            let d = [xi[0] - xj[0], xi[1] - xj[1], xi[2] - xj[2]];
+            let r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+            if r2 < c.rc2 {
+                let r2inv = 1.0 / r2;
+                let r6inv = r2inv * r2inv * r2inv;
+                let fpair = r6inv * (c.lj1 * r6inv - c.lj2) * r2inv;
+                pe += r6inv * (c.lj3 * r6inv - c.lj4) - c.offset;
+                vir += r2 * fpair;
+            }
         }
     }
     (pe, vir)

@@ -243,8 +243,9 @@ impl<T: Particle> Particles<T> {
     /// Neighbour-wise collective.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidArgument`] before the first `migrate` or after an unfinished split-phase
-    /// update; MPI errors.
+    /// [`ErrorKind::InvalidArgument`] before the first `migrate` (or after `extend`) or after an
+    /// update whose handle was forgotten; in checked mode (see [`crate::comm`]) the other ranks
+    /// return [`ErrorKind::PeerFailed`] instead of waiting for this rank's messages. MPI errors.
     #[doc(alias = "forward_comm")]
     pub fn update_ghosts(&mut self) -> Result<()> {
         self.begin_update_ghosts()?.finish()
@@ -324,8 +325,10 @@ impl<T: Particle> Particles<T> {
     /// Neighbour-wise collective.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidArgument`] if `values` is shorter than [`len`](Particles::len), before the
-    /// first `migrate`, or after an unfinished split-phase update; MPI errors.
+    /// [`ErrorKind::InvalidArgument`] if `values` is shorter than [`len`](Particles::len), and as
+    /// [`update_ghosts`](Particles::update_ghosts) (the other ranks [`ErrorKind::PeerFailed`] in
+    /// checked mode). MPI errors; after one, the container refuses to exchange again (MPI may still
+    /// hold its buffers).
     #[doc(alias = "reverse_comm")]
     pub fn reverse_add(&mut self, values: &mut [[f64; 3]]) -> Result<()> {
         const OP: &str = "Particles::reverse_add";

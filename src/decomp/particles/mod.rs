@@ -265,7 +265,8 @@ impl<T: Particle> Particles<T> {
     /// # Errors
     /// On every rank, [`ErrorKind::InvalidArgument`] (on the rank that has it, naming the
     /// particle) for a position that is not finite or outside an open dimension of the box;
-    /// [`ErrorKind::PeerFailed`] on the others. MPI errors.
+    /// [`ErrorKind::PeerFailed`] on the others. Then no particle has moved (the ghosts are dropped:
+    /// migrate again after fixing the positions). MPI errors.
     #[doc(alias = "exchange")]
     #[doc(alias = "borders")]
     pub fn migrate(&mut self) -> Result<()> {

@@ -267,7 +267,7 @@ impl VerletList {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidArgument`] if the owned particles are not those of the last build (a
-    /// `migrate` since, without a build); MPI errors.
+    /// `migrate` since, without a build), [`ErrorKind::PeerFailed`] on the other ranks; MPI errors.
     pub fn needs_rebuild<T: Particle>(&mut self, parts: &Particles<T>) -> Result<bool> {
         self.since += 1;
         if self.since % self.every != 0 {
