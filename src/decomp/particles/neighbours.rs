@@ -55,6 +55,12 @@ impl CellList {
         (c[0] * self.n[1] + c[1]) * self.n[2] + c[2]
     }
 
+    /// The indices in the cells of linear indices `a..b` (consecutive cells: one slice).
+    #[inline]
+    fn cells_between(&self, a: usize, b: usize) -> &[u32] {
+        &self.items[self.start[a] as usize..self.start[b] as usize]
+    }
+
     /// The indices in the cell of linear index `k` (row-major over [`dims`](CellList::dims)).
     #[inline]
     fn cell_at(&self, k: usize) -> &[u32] {
@@ -168,10 +174,16 @@ impl VerletList {
         let ghost_cells = CellList::build(&x[owned..], glo, ghi, 0.5 * rl);
         let rl2 = rl * rl;
         let n = own_cells.dims();
-        let delta = |o: [i64; 3]| ((o[0] * n[1] as i64 + o[1]) * n[2] as i64 + o[2]) as isize;
-        let offsets: Vec<[i64; 3]> = (0..125).map(|k| [k / 25 - 2, k / 5 % 5 - 2, k % 5 - 2]).collect();
-        let full: Vec<isize> = offsets.iter().map(|&o| delta(o)).collect();
-        let half: Vec<isize> = offsets.iter().filter(|o| **o > [0, 0, 0]).map(|&o| delta(o)).collect();
+        // The stencil as rows along z: the bins of one row are consecutive, so their particles are
+        // one slice of the cell list (5 bins visited as one, not one by one). A row is the range of
+        // linear offsets `lo..hi` from the particle's bin.
+        let row = |dx: i64, dy: i64| ((dx * n[1] as i64 + dy) * n[2] as i64) as isize;
+        let rows: Vec<(i64, i64)> = (0..25).map(|k| (k / 5 - 2, k % 5 - 2)).collect();
+        let full: Vec<(isize, isize)> = rows.iter().map(|&(dx, dy)| (row(dx, dy) - 2, row(dx, dy) + 3)).collect();
+        // Owned pairs: the rows after (0, 0) whole, and in row (0, 0) the bins after this one.
+        let mut half: Vec<(isize, isize)> =
+            rows.iter().filter(|r| **r > (0, 0)).map(|&(dx, dy)| (row(dx, dy) - 2, row(dx, dy) + 3)).collect();
+        half.push((1, 3));
         const CHUNK: usize = 512;
         let (x, own_cells, ghost_cells, full, half) = (&x, &own_cells, &ghost_cells, &full, &half);
         let parts_lists: Vec<(Vec<u32>, Vec<u32>)> = pool.install(|| {
@@ -194,15 +206,14 @@ impl VerletList {
                                 nbr.push(j);
                             }
                         }
-                        for &d in half {
-                            nbr.extend(
-                                own_cells.cell_at((k + d) as usize).iter().copied().filter(|&j| near(j as usize)),
-                            );
+                        for &(a, b) in half {
+                            let run = own_cells.cells_between((k + a) as usize, (k + b) as usize);
+                            nbr.extend(run.iter().copied().filter(|&j| near(j as usize)));
                         }
                         // Ghosts within the list cutoff exist only near the block's faces.
                         if (0..3).any(|d| xi[d] < lo[d] + rl || xi[d] >= hi[d] - rl) {
-                            for &d in full {
-                                for &m in ghost_cells.cell_at((k + d) as usize) {
+                            for &(a, b) in full {
+                                for &m in ghost_cells.cells_between((k + a) as usize, (k + b) as usize) {
                                     let j = owned + m as usize;
                                     if above(x[j], xi) && near(j) {
                                         nbr.push(j as u32);
