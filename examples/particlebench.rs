@@ -118,25 +118,7 @@ impl Hand {
             }
         }
         let counts: Vec<u64> = self.lists.iter().map(|l| l.len() as u64).collect();
-        let mut theirs = vec![0u64; self.peers.len()];
-        mpi::request::scope(|scope| {
-            let mut reqs = Vec::new();
-            for (s, (&q, c)) in self.peers.iter().zip(theirs.iter_mut()).enumerate() {
-                if q == self.me {
-                    *c = counts[s];
-                    continue;
-                }
-                reqs.push(raw.process_at_rank(q).immediate_receive_into_with_tag(scope, c, 1));
-            }
-            for (s, &q) in self.peers.iter().enumerate() {
-                if q != self.me {
-                    reqs.push(raw.process_at_rank(q).immediate_send_with_tag(scope, &counts[s], 1));
-                }
-            }
-            for r in reqs {
-                r.wait();
-            }
-        });
+        let theirs = exchange_counts(raw, self.me, &self.peers, &counts, 1);
         // Whole atoms (id, shifted position, velocity) to the ghosts, as the container sends them.
         let outbox: Vec<Vec<f64>> = self
             .lists
@@ -172,23 +154,8 @@ impl Hand {
                 buf[3 * k..3 * k + 3].copy_from_slice(&[x[0] + s[0], x[1] + s[1], x[2] + s[2]]);
             }
         }
-        let (me, peers, send) = (self.me, &self.peers, &self.send);
-        mpi::request::scope(|scope| {
-            let mut reqs = Vec::new();
-            for (buf, &q) in self.recv.iter_mut().zip(peers) {
-                if q != me && !buf.is_empty() {
-                    reqs.push(raw.process_at_rank(q).immediate_receive_into_with_tag(scope, &mut buf[..], 2));
-                }
-            }
-            for (buf, &q) in send.iter().zip(peers) {
-                if q != me && !buf.is_empty() {
-                    reqs.push(raw.process_at_rank(q).immediate_send_with_tag(scope, &buf[..], 2));
-                }
-            }
-            for r in reqs {
-                r.wait();
-            }
-        });
+        let me = self.me;
+        exchange(raw, me, &self.peers, &self.send, &mut self.recv, 2);
         let mut g = 0;
         for (s, &q) in self.peers.iter().enumerate() {
             let buf = if q == me { &self.send[s] } else { &self.recv[s] };
@@ -209,23 +176,7 @@ impl Hand {
                 g += 1;
             }
         }
-        let (me, peers, recv) = (self.me, &self.peers, &self.recv);
-        mpi::request::scope(|scope| {
-            let mut reqs = Vec::new();
-            for (buf, &q) in self.send.iter_mut().zip(peers) {
-                if q != me && !buf.is_empty() {
-                    reqs.push(raw.process_at_rank(q).immediate_receive_into_with_tag(scope, &mut buf[..], 3));
-                }
-            }
-            for (buf, &q) in recv.iter().zip(peers) {
-                if q != me && !buf.is_empty() {
-                    reqs.push(raw.process_at_rank(q).immediate_send_with_tag(scope, &buf[..], 3));
-                }
-            }
-            for r in reqs {
-                r.wait();
-            }
-        });
+        exchange(raw, self.me, &self.peers, &self.recv, &mut self.send, 3);
         for (list, buf) in self.lists.iter().zip(&self.send) {
             for (k, (i, _)) in list.iter().enumerate() {
                 let fi = &mut f[*i as usize];
@@ -270,25 +221,7 @@ impl Hand {
             false
         });
         let counts: Vec<u64> = out.iter().map(|v| v.len() as u64).collect();
-        let mut theirs = vec![0u64; self.peers.len()];
-        mpi::request::scope(|scope| {
-            let mut reqs = Vec::new();
-            for (s, (&q, c)) in self.peers.iter().zip(theirs.iter_mut()).enumerate() {
-                if q == self.me {
-                    *c = counts[s];
-                } else {
-                    reqs.push(raw.process_at_rank(q).immediate_receive_into_with_tag(scope, c, 4));
-                }
-            }
-            for (s, &q) in self.peers.iter().enumerate() {
-                if q != self.me {
-                    reqs.push(raw.process_at_rank(q).immediate_send_with_tag(scope, &counts[s], 4));
-                }
-            }
-            for r in reqs {
-                r.wait();
-            }
-        });
+        let theirs = exchange_counts(raw, self.me, &self.peers, &counts, 4);
         let mut inbox: Vec<Vec<f64>> = theirs.iter().map(|&c| vec![0.0; 7 * c as usize]).collect();
         let outbox: Vec<Vec<f64>> = out
             .iter()
@@ -305,13 +238,14 @@ impl Hand {
     }
 }
 
-/// One message to and from each other peer (`outbox[s]` to `peers[s]`, `inbox[s]` from it).
-fn exchange(
+/// One message to and from each other peer (`outbox[s]` to `peers[s]`, `inbox[s]` from it; empty
+/// buffers skipped, this rank's own entry left to the caller).
+fn exchange<T: Equivalence>(
     raw: &mpi::topology::SimpleCommunicator,
     me: i32,
     peers: &[i32],
-    outbox: &[Vec<f64>],
-    inbox: &mut [Vec<f64>],
+    outbox: &[Vec<T>],
+    inbox: &mut [Vec<T>],
     tag: i32,
 ) {
     mpi::request::scope(|scope| {
@@ -330,6 +264,20 @@ fn exchange(
             r.wait();
         }
     });
+}
+
+/// Each peer's count of `counts[s]` for this rank (this rank's own entry copied).
+fn exchange_counts(
+    raw: &mpi::topology::SimpleCommunicator,
+    me: i32,
+    peers: &[i32],
+    counts: &[u64],
+    tag: i32,
+) -> Vec<u64> {
+    let outbox: Vec<Vec<u64>> = counts.iter().map(|&c| vec![c]).collect();
+    let mut inbox: Vec<Vec<u64>> = vec![vec![0]; peers.len()];
+    exchange(raw, me, peers, &outbox, &mut inbox, tag);
+    peers.iter().zip(counts).zip(inbox).map(|((&q, &c), r)| if q == me { c } else { r[0] }).collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -253,6 +253,23 @@ struct Coeff {
     rc2: f64,
 }
 
+impl Coeff {
+    /// For a pair at squared distance `r2` (inside the cutoff): `(r6inv, fpair)`, the force being
+    /// `fpair` times the separation vector.
+    #[inline(always)]
+    fn force(&self, r2: f64) -> (f64, f64) {
+        let r2inv = 1.0 / r2;
+        let r6inv = r2inv * r2inv * r2inv;
+        (r6inv, r6inv * (self.lj1 * r6inv - self.lj2) * r2inv)
+    }
+
+    /// The pair energy from `force`'s `r6inv`.
+    #[inline(always)]
+    fn energy(&self, r6inv: f64) -> f64 {
+        r6inv * (self.lj3 * r6inv - self.lj4) - self.offset
+    }
+}
+
 impl Md {
     /// Starts a run from `atoms` (on any ranks; they move to their owners) in `bbox`, with a Verlet
     /// skin `skin`, time step `dt` and atom mass `mass`; computes the initial forces.
@@ -558,16 +575,14 @@ fn pair_forces<const TALLY: bool>(
             let d = [xi[0] - xj[0], xi[1] - xj[1], xi[2] - xj[2]];
             let r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
             if r2 < c.rc2 {
-                let r2inv = 1.0 / r2;
-                let r6inv = r2inv * r2inv * r2inv;
-                let fpair = r6inv * (c.lj1 * r6inv - c.lj2) * r2inv;
+                let (r6inv, fpair) = c.force(r2);
                 let fj = &mut f[j];
                 for k in 0..3 {
                     fi[k] += d[k] * fpair;
                     fj[k] -= d[k] * fpair;
                 }
                 if TALLY {
-                    pe += r6inv * (c.lj3 * r6inv - c.lj4) - c.offset;
+                    pe += c.energy(r6inv);
                     vir += r2 * fpair;
                 }
             }
@@ -590,10 +605,8 @@ fn pair_energy(x: &[[f64; 3]], list: &VerletList, range: std::ops::Range<usize>,
             let d = [xi[0] - xj[0], xi[1] - xj[1], xi[2] - xj[2]];
             let r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
             if r2 < c.rc2 {
-                let r2inv = 1.0 / r2;
-                let r6inv = r2inv * r2inv * r2inv;
-                let fpair = r6inv * (c.lj1 * r6inv - c.lj2) * r2inv;
-                pe += r6inv * (c.lj3 * r6inv - c.lj4) - c.offset;
+                let (r6inv, fpair) = c.force(r2);
+                pe += c.energy(r6inv);
                 vir += r2 * fpair;
             }
         }
