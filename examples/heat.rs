@@ -19,6 +19,11 @@
 //! field (same `field_hash`). With a checkpoint directory, SIGUSR1 or SIGTERM make every rank write
 //! a checkpoint at the next step and exit 0 (see `examples/slurm/heat-checkpoint.sbatch`).
 //!
+//! Load balancing: `--balance-every N` measures each rank's compute CPU time over N steps and
+//! moves the cut planes (`phalanx::decomp::Balancer`) when the imbalance exceeds
+//! `--balance-threshold` (1.1) and the predicted gain pays for the move; the field is moved bit for
+//! bit (same `field_hash`). `PHALANX_FAULT=slow:RANK:FACTOR` slows one rank to try it.
+//!
 //! Exit codes: 0 success (also a clean stop on a signal), 1 a failed `--check`, 2 bad arguments,
 //! 3 a runtime (MPI, I/O, checkpoint) error, 124 ended by the watchdog.
 
@@ -30,6 +35,7 @@ use clap::Parser;
 #[path = "common/resilience.rs"]
 mod common;
 use phalanx::comm::{Comm, Op, ThreadConfig};
+use phalanx::decomp::Balancer;
 use phalanx::kernels::heat::{serial_reference, HeatSolver};
 use phalanx::runtime::PinPolicy;
 use phalanx::services::checkpoint::{Checkpoint, CheckpointStore};
@@ -102,6 +108,13 @@ struct Args {
     /// Print the binding report (where every thread runs) before starting.
     #[arg(long)]
     report_bindings: bool,
+    /// Check the load balance every this many steps and move the cut planes when it pays off
+    /// (the CPU time of each rank's computation since the last check; 0: never).
+    #[arg(long, default_value_t = 0)]
+    balance_every: usize,
+    /// With --balance-every: rebalance only when the compute imbalance (max / mean) exceeds this.
+    #[arg(long, default_value_t = 1.1)]
+    balance_threshold: f64,
     /// Print a JSON summary as the last line of standard output (rank 0).
     #[arg(long)]
     json: bool,
@@ -213,12 +226,25 @@ fn solve(
     let overlap = args.overlap == "on";
     let root = world.rank() == 0;
     let block = args.time_block as usize;
-    let mut solver = HeatSolver::with_time_block(world, dims, n, threads.pool(), block)?;
-    solver.set_streaming_stores(args.stores == "streaming");
     let mut restarted_from = None;
     let first_attempt = at.is_none_or(|a| a.recoveries() == 0);
+    let restart_from = match (store, args.resilience.restart && first_attempt) {
+        (Some(store), true) => store.latest(world)?,
+        _ => None,
+    };
+    // A restart on as many ranks continues on the blocks the balancer left (any other rank count
+    // starts from even blocks: the field is read by global index either way).
+    let sizes = restart_from
+        .as_ref()
+        .filter(|g| g.ranks() == world.size() as usize)
+        .and_then(|g| serde_json::from_value::<Vec<Vec<usize>>>(g.attr("block_sizes")?.clone()).ok());
+    let mut solver = match &sizes {
+        Some(sizes) => HeatSolver::with_block_sizes(world, dims, n, threads.pool(), block, sizes)?,
+        None => HeatSolver::with_time_block(world, dims, n, threads.pool(), block)?,
+    };
+    solver.set_streaming_stores(args.stores == "streaming");
     if let (Some(store), true) = (store, args.resilience.restart && first_attempt) {
-        if let Some(g) = store.latest(world)? {
+        if let Some(g) = restart_from {
             solver.restore(&g, "u")?;
             restarted_from = Some(g.step());
             if root {
@@ -270,6 +296,7 @@ fn solve(
     let checkpoint = |solver: &HeatSolver| -> phalanx::Result<std::path::PathBuf> {
         let mut c = Checkpoint::new(solver.steps() as u64);
         c.array("u", solver.field()).attr("n", n).attr("dims", dims);
+        c.attr("block_sizes", serde_json::json!(solver.decomposition().block_sizes()));
         store.expect("checkpoint dir").write(world, &c)
     };
     let copy_gbs = if args.roofline {
@@ -311,6 +338,9 @@ fn solve(
     let mut stopped_by = None;
     let every = if store.is_some() { args.resilience.checkpoint_every } else { 0 };
     let mut s = first;
+    let mut balancer = Balancer::new().threshold(args.balance_threshold);
+    let (mut checked_at, mut cpu_at_check) = (s, 0.0);
+    let mut checks = Vec::new();
     while s < args.steps {
         // A block ends at the next checkpoint step and at the end of the run.
         let mut limit = (args.steps - s).min(block);
@@ -329,7 +359,7 @@ fn solve(
         for t in s..s + limit {
             fault::at_step(t as u64);
         }
-        let timers = (args.timers == "on").then_some(&mut metrics);
+        let timers = (args.timers == "on" || args.balance_every > 0).then_some(&mut metrics);
         let before = s;
         if block == 1 {
             solver.step_timed(threads.pool(), overlap, args.chunks, timers)?;
@@ -361,6 +391,39 @@ fn solve(
             }
         }
         let crossed = |k: usize| k > 0 && s / k != before / k;
+        if crossed(args.balance_every) && s < args.steps {
+            let cost = metrics.cpu(Phase::Compute) - cpu_at_check;
+            let window = (s - checked_at) as u64;
+            // The halo is `block` deep: no block may become thinner.
+            let min = vec![block; dims];
+            let d = balancer.plan_grid(solver.decomposition(), cost, window, (args.steps - s) as u64, 8, &min)?;
+            let mut seconds = 0.0;
+            if let Some(sizes) = &d.sizes {
+                let t0 = Instant::now();
+                solver.rebalance(sizes, threads.pool())?;
+                seconds = world.allreduce(t0.elapsed().as_secs_f64(), Op::Max)?;
+                balancer.record_move(seconds, d.move_bytes);
+                if root {
+                    println!(
+                        "balance: step {s}: imbalance {:.3} -> predicted {:.3}, moved {:.2} MB (most on one rank) in {:.4} s, block sizes {:?}",
+                        d.imbalance,
+                        d.predicted,
+                        d.move_bytes as f64 / 1e6,
+                        seconds,
+                        sizes
+                    );
+                }
+            } else if root && d.imbalance > balancer.threshold_value() {
+                println!("balance: step {s}: imbalance {:.3}, planes kept: {}", d.imbalance, d.kept_because.as_deref().unwrap_or(""));
+            }
+            checks.push(serde_json::json!({
+                "step": s, "imbalance": d.imbalance, "predicted": d.predicted, "moved": d.moves(),
+                "seconds": seconds, "bytes": d.move_bytes, "gain_seconds": d.gain_seconds,
+                "move_seconds": d.move_seconds, "sizes": d.sizes,
+            }));
+            checked_at = s;
+            cpu_at_check = metrics.cpu(Phase::Compute);
+        }
         if args.prometheus.is_some() && crossed(args.metrics_every) {
             let rate = (n as f64).powi(dims as i32) * (s - first) as f64 / start.elapsed().as_secs_f64() / 1e6;
             if let Some(mut r) = metrics.report(world)? {
@@ -388,8 +451,12 @@ fn solve(
     let mlups = cells * done as f64 / seconds / 1e6;
     let hash = solver.field().field_hash()?;
     let mut report = metrics.report(world)?;
+    let last_imbalance = checks.last().and_then(|c| c["imbalance"].as_f64()).unwrap_or(f64::NAN);
     if let Some(r) = report.as_mut() {
         with_recovery(r);
+        if args.balance_every > 0 {
+            r.set_rebalances(balancer.rebalances(), balancer.seconds(), last_imbalance);
+        }
     }
     if let Some(r) = &report {
         publish(r, args.steps, mlups)?;
@@ -458,6 +525,11 @@ fn solve(
                 "stopped_by": stopped_by.map(signals::signal_name), "seconds": seconds, "mlups": mlups, "field_hash": format!("{hash:032x}"),
                 "overlap": overlap && block == 1, "time_block": block, "pinned": threads.is_pinned(), "check": check,
                 "imbalance": report.as_ref().map(|r| r.imbalance), "slowest_rank": report.as_ref().map(|r| r.slowest_rank),
+                "balance": (args.balance_every > 0).then(|| serde_json::json!({
+                    "every": args.balance_every, "threshold": balancer.threshold_value(),
+                    "rebalances": balancer.rebalances(), "seconds": balancer.seconds(), "checks": checks,
+                    "block_sizes": solver.decomposition().block_sizes(),
+                })),
             });
             println!("{j}");
         }

@@ -437,6 +437,120 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
         Ok(())
     }
 
+    /// This array's data on another decomposition of the same global domain (the same shape,
+    /// process grid, ghost widths and communicator size; other block sizes, as
+    /// [`Decomposition::rebalanced`] makes them): every owned cell moves to its new owner, bit for
+    /// bit, and so do the ghosts beyond an open boundary (the boundary condition). The ghosts
+    /// between ranks are stale until the next [`exchange`](DistArray::exchange). Each rank sends
+    /// only the cells it loses, to the ranks that gain them (a sparse exchange): moving a plane by
+    /// a few cells moves a few layers.
+    ///
+    /// Collective (over both decompositions' communicators). Create the new arrays in the same
+    /// order on every rank, as with [`new`](DistArray::new).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Decomposition`] on every rank when the decompositions differ in more than
+    /// their block sizes (naming what differs); MPI errors.
+    #[doc(alias = "DMDARedistribute")]
+    pub fn redistribute(&self, to: &Rc<Decomposition>) -> Result<DistArray<T, D>> {
+        const OP: &str = "DistArray::redistribute";
+        let from = &self.decomp;
+        let comm = from.comm();
+        let local = if from.shape() != to.shape()
+            || from.ghost_width() != to.ghost_width()
+            || from.grid().dims() != to.grid().dims()
+            || from.periodic() != to.periodic()
+            || from.stencil() != to.stencil()
+            || comm.size() != to.comm().size()
+        {
+            Err(Error::new(
+                ErrorKind::Decomposition,
+                OP,
+                Some(comm.rank()),
+                format!(
+                    "only the block sizes may change: shape {:?} -> {:?}, ghost widths {:?} -> {:?}, grid {:?} -> {:?}, \
+                     periodic {:?} -> {:?}, {} -> {} ranks",
+                    from.shape(),
+                    to.shape(),
+                    from.ghost_width(),
+                    to.ghost_width(),
+                    from.grid().dims(),
+                    to.grid().dims(),
+                    from.periodic(),
+                    to.periodic(),
+                    comm.size(),
+                    to.comm().size()
+                ),
+            ))
+        } else {
+            Ok(())
+        };
+        comm.agree_errors(OP, local)?;
+        let me = comm.rank() as usize;
+        let size = comm.size() as usize;
+        let mut out = DistArray::build(to, T::zeroed(), None)?;
+        let overlap = |a: ([isize; 3], [isize; 3]), b: ([isize; 3], [isize; 3])| {
+            let lo: [isize; 3] = std::array::from_fn(|d| a.0[d].max(b.0[d]));
+            let hi: [isize; 3] = std::array::from_fn(|d| a.1[d].min(b.1[d]));
+            (0..3).all(|d| lo[d] < hi[d]).then_some((lo, hi))
+        };
+        // A global box in the local (ghosted) frame of decomposition `dc` on this rank.
+        let local_region = |dc: &Decomposition, (lo, hi): ([isize; 3], [isize; 3])| {
+            let nd = dc.ndim();
+            let mut start = [0isize; 3];
+            for d in 0..nd {
+                start[3 - nd + d] = dc.ghosted_box().start()[d];
+            }
+            Region {
+                lo: std::array::from_fn(|d| (lo[d] - start[d]) as usize),
+                hi: std::array::from_fn(|d| (hi[d] - start[d]) as usize),
+            }
+        };
+        let mine_old = from.extended_box_of(me);
+        let mine_new = to.extended_box_of(me);
+        let src = self.data.as_slice().unwrap_or(&[]);
+        let src_shape = pad3(from.ghosted_box().len(), 1);
+        let dst_shape = pad3(to.ghosted_box().len(), 1);
+        let mut sends = Vec::new();
+        for r in 0..size {
+            if let Some(b) = overlap(mine_old, to.extended_box_of(r)) {
+                let region = local_region(from, b);
+                let mut buf = vec![T::zeroed(); region.count()];
+                pack(src, src_shape, &region, &mut buf);
+                if r == me {
+                    let dst = local_region(to, b);
+                    unpack(out.data.as_slice_mut().unwrap_or(&mut []), dst_shape, &dst, &buf);
+                } else {
+                    sends.push((r as i32, buf));
+                }
+            }
+        }
+        let received = comm.sparse_exchange(sends, from.redistribute_tag())?;
+        let dst = out.data.as_slice_mut().unwrap_or(&mut []);
+        let mut res = Ok(());
+        for (source, buf) in received {
+            let expected = overlap(from.extended_box_of(source as usize), mine_new);
+            let region = expected.map(|b| local_region(to, b));
+            match region {
+                Some(region) if region.count() == buf.len() => unpack(dst, dst_shape, &region, &buf),
+                _ => {
+                    res = Err(Error::new(
+                        ErrorKind::Decomposition,
+                        OP,
+                        Some(comm.rank()),
+                        format!(
+                            "rank {source} sent {} cells; its old block overlaps this rank's new block in {}",
+                            buf.len(),
+                            region.map_or(0, |r| r.count())
+                        ),
+                    ));
+                }
+            }
+        }
+        comm.agree_errors(OP, res)?;
+        Ok(out)
+    }
+
     /// A hash of the global field that does not depend on the decomposition: the wrapping sum over
     /// all cells of `xxh3_64(bytes of the cell, seed = global row-major index)`, in two independent
     /// 64-bit lanes. Two runs on any rank counts and grids give the same hash exactly when every cell

@@ -204,8 +204,66 @@ impl Decomposition {
     pub(crate) fn next_tag_base(&self) -> (i32, i32) {
         let n = self.arrays.get();
         self.arrays.set(n + 1);
-        let slots = (self.comm.tag_ub().min(1 << 20) / 27).max(1);
-        (n, (n % slots) * 27)
+        (n, (n % self.tag_slots()) * 27)
+    }
+
+    /// Halo tag slots (27 tags each), leaving the two tags above them to
+    /// [`redistribute_tag`](Self::redistribute_tag).
+    fn tag_slots(&self) -> i32 {
+        ((self.comm.tag_ub().min(1 << 20) - 2) / 27).max(1)
+    }
+
+    /// The tags (this one and the next) of [`DistArray::redistribute`](super::DistArray::redistribute):
+    /// above every halo tag, so a redistribution never matches a halo message in flight.
+    pub(crate) fn redistribute_tag(&self) -> i32 {
+        self.tag_slots() * 27
+    }
+
+    /// The same decomposition (global shape, process grid, ghost widths, stencil, periodicity)
+    /// with explicit block sizes per dimension (`sizes[d]`, one per rank along `d`, summing to the
+    /// global extent), as a load balancer computes them ([`crate::decomp::Balancer`]). Move the
+    /// arrays onto it with [`DistArray::redistribute`](super::DistArray::redistribute).
+    ///
+    /// Collective (as [`DecompositionBuilder::build`]: a new duplicate of the communicator, the
+    /// sizes compared across the ranks).
+    ///
+    /// # Errors
+    /// As [`DecompositionBuilder::build`]: sizes that do not sum to the extent, a block narrower
+    /// than the ghost width, ranks that passed different sizes.
+    pub fn rebalanced(&self, sizes: &[Vec<usize>]) -> Result<Rc<Decomposition>> {
+        let mut b = Decomposition::builder(&self.comm, &self.shape)
+            .ghost_widths(&self.ghost)
+            .stencil(self.stencil)
+            .periodic(self.grid.periodic())
+            .dims(self.grid.dims());
+        for (d, s) in sizes.iter().enumerate() {
+            b = b.block_sizes(d, s);
+        }
+        b.build()
+    }
+
+    /// Block sizes per dimension (the argument [`rebalanced`](Self::rebalanced) takes; uniform
+    /// blocks unless a balancer moved them).
+    pub fn block_sizes(&self) -> Vec<Vec<usize>> {
+        self.parts.iter().map(|p| (0..p.parts()).map(|b| p.size(b)).collect()).collect()
+    }
+
+    /// The box a rank's array stores and owns for a redistribution: its owned box grown by the
+    /// ghost width where it touches an open boundary of the domain (the boundary ghosts hold the
+    /// boundary condition, which nobody else has), in global indices.
+    pub(crate) fn extended_box_of(&self, rank: usize) -> ([isize; 3], [isize; 3]) {
+        let c = self.grid.coords(rank);
+        let nd = self.ndim();
+        let (mut lo, mut hi) = ([0isize; 3], [1isize; 3]);
+        for d in 0..nd {
+            let r = self.parts[d].range(c[d]);
+            let g = self.ghost[d] as isize;
+            let open = !self.grid.periodic()[d];
+            let pd = 3 - nd + d;
+            lo[pd] = r.start as isize - if open && c[d] == 0 { g } else { 0 };
+            hi[pd] = r.end as isize + if open && c[d] + 1 == self.grid.dims()[d] { g } else { 0 };
+        }
+        (lo, hi)
     }
 }
 

@@ -49,6 +49,7 @@
 //! # Ok::<(), phalanx::Error>(())
 //! ```
 
+mod balance;
 mod dist_array;
 mod grid;
 mod halo;
@@ -56,6 +57,7 @@ mod layout;
 mod particles;
 mod partition;
 
+pub use balance::{BalanceDecision, Balancer};
 pub use dist_array::{field_hash_of, DistArray};
 pub use grid::{ProcessGrid, MAX_DIMS};
 pub use halo::HaloExchange;

@@ -31,7 +31,8 @@ use crate::comm::Comm;
 use crate::decomp::{Decomposition, DistArray, Stencil};
 use crate::error::{Error, ErrorKind, Result};
 use crate::services::checkpoint::Generation;
-use crate::services::metrics::{Metrics, Phase};
+use crate::services::fault;
+use crate::services::metrics::{cpu_seconds, Metrics, Phase};
 use crate::services::recovery::Restored;
 
 /// The diffusion number used for `dims` dimensions (stable: below 1 / (2 dims)).
@@ -534,12 +535,44 @@ impl HeatSolver {
         Self::build(comm, dims, n, pool, k, "HeatSolver::with_time_block")
     }
 
+    /// As [`with_time_block`](HeatSolver::with_time_block), with explicit block sizes per
+    /// dimension (as a load balancer moved them, or as a checkpoint recorded them; see
+    /// [`Decomposition::rebalanced`]).
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// As [`with_time_block`](HeatSolver::with_time_block), and decomposition errors for sizes
+    /// that do not fit the grid (naming the dimension and the numbers).
+    pub fn with_block_sizes(
+        comm: &Comm,
+        dims: usize,
+        n: usize,
+        pool: &rayon::ThreadPool,
+        k: usize,
+        sizes: &[Vec<usize>],
+    ) -> Result<HeatSolver> {
+        Self::build_sized(comm, dims, n, pool, k, Some(sizes), "HeatSolver::with_block_sizes")
+    }
+
     fn build(
         comm: &Comm,
         dims: usize,
         n: usize,
         pool: &rayon::ThreadPool,
         k: usize,
+        op: &'static str,
+    ) -> Result<HeatSolver> {
+        Self::build_sized(comm, dims, n, pool, k, None, op)
+    }
+
+    fn build_sized(
+        comm: &Comm,
+        dims: usize,
+        n: usize,
+        pool: &rayon::ThreadPool,
+        k: usize,
+        sizes: Option<&[Vec<usize>]>,
         op: &'static str,
     ) -> Result<HeatSolver> {
         let fail = |msg: String| Error::new(ErrorKind::InvalidArgument, op, Some(comm.rank()), msg);
@@ -550,25 +583,49 @@ impl HeatSolver {
             return Err(fail("a time block of 0 steps: use 1 or more".into()));
         }
         let stencil = if k == 1 { Stencil::Star } else { Stencil::Box };
-        let dc: Rc<Decomposition> =
-            Decomposition::builder(comm, &vec![n; dims]).ghost_width(k).stencil(stencil).build().map_err(|e| {
-                if k > 1 {
-                    Error::new(
-                        e.kind(),
-                        op,
-                        Some(comm.rank()),
-                        format!("time block of {k} steps (a halo {k} cells deep): {}", e.message()),
-                    )
-                } else {
-                    e
-                }
-            })?;
-        let mut u = DistArray::<f64, IxDyn>::new_in(&dc, 0.0, pool)?;
-        let mut next = DistArray::<f64, IxDyn>::new_in(&dc, 0.0, pool)?;
-        for a in [&mut u, &mut next] {
-            a.set_boundary_ghosts(0.0);
-            a.set_boundary_face(0, false, 1.0);
+        let mut builder = Decomposition::builder(comm, &vec![n; dims]).ghost_width(k).stencil(stencil);
+        if let Some(sizes) = sizes {
+            for (d, s) in sizes.iter().enumerate() {
+                builder = builder.block_sizes(d, s);
+            }
         }
+        let dc: Rc<Decomposition> = builder.build().map_err(|e| {
+            if k > 1 {
+                Error::new(
+                    e.kind(),
+                    op,
+                    Some(comm.rank()),
+                    format!("time block of {k} steps (a halo {k} cells deep): {}", e.message()),
+                )
+            } else {
+                e
+            }
+        })?;
+        let u = Self::field_on(&dc, pool)?;
+        let next = Self::field_on(&dc, pool)?;
+        // Streaming stores are opt-in: on the development machine (AMD EPYC VM) they made a one-core
+        // 4000^2 sweep slower, 1160-1190 against 1530-1620 M updates/s with ordinary stores.
+        Ok(Self::assemble(u, next, dims, k, false, 0))
+    }
+
+    /// A field on `dc` with the boundary condition in its boundary ghosts.
+    fn field_on(dc: &Rc<Decomposition>, pool: &rayon::ThreadPool) -> Result<DistArray<f64, IxDyn>> {
+        let mut a = DistArray::<f64, IxDyn>::new_in(dc, 0.0, pool)?;
+        a.set_boundary_ghosts(0.0);
+        a.set_boundary_face(0, false, 1.0);
+        Ok(a)
+    }
+
+    /// The solver around two fields on one decomposition: the owned box, the interior and the shell.
+    fn assemble(
+        u: DistArray<f64, IxDyn>,
+        next: DistArray<f64, IxDyn>,
+        dims: usize,
+        k: usize,
+        stream: bool,
+        steps: usize,
+    ) -> HeatSolver {
+        let dc = Rc::clone(u.decomposition());
         let pad = 3 - dims;
         let mut shape = [1; 3];
         let mut owned = Box3 { lo: [0; 3], hi: [1; 3] };
@@ -596,10 +653,7 @@ impl HeatSolver {
             rest.lo[d] = low.hi[d];
             rest.hi[d] = high.lo[d];
         }
-        // Streaming stores are opt-in: on the development machine (AMD EPYC VM) they made a one-core
-        // 4000^2 sweep slower, 1160-1190 against 1530-1620 M updates/s with ordinary stores.
-        let stream = false;
-        Ok(HeatSolver {
+        HeatSolver {
             u,
             next,
             r: default_r(dims),
@@ -608,11 +662,35 @@ impl HeatSolver {
             owned,
             interior,
             shell,
-            steps: 0,
+            steps,
             stream,
             block: k,
             shared,
-        })
+        }
+    }
+
+    /// Moves the solver onto new block sizes per dimension (a load balancer's
+    /// [`BalanceDecision::sizes`](crate::decomp::BalanceDecision)): the field is redistributed
+    /// bit for bit ([`DistArray::redistribute`]), the halo plans are rebuilt, and the run goes on
+    /// with the same results as without the move.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// Decomposition errors for sizes that do not fit (a block thinner than the halo, which is
+    /// the time block deep); MPI errors. On an error the solver is unchanged.
+    pub fn rebalance(&mut self, sizes: &[Vec<usize>], pool: &rayon::ThreadPool) -> Result<()> {
+        let dc = self.u.decomposition().rebalanced(sizes)?;
+        let u = self.u.redistribute(&dc)?;
+        let next = Self::field_on(&dc, pool)?;
+        *self = Self::assemble(u, next, self.dims, self.block, self.stream, self.steps);
+        Ok(())
+    }
+
+    /// The decomposition of the field (its block sizes are what a checkpoint records to restart
+    /// on the same blocks).
+    pub fn decomposition(&self) -> &Rc<Decomposition> {
+        self.u.decomposition()
     }
 
     /// Advances one step. With `overlap`, the interior is computed while the halo is in flight, in
@@ -648,6 +726,11 @@ impl HeatSolver {
                 m.add(phase, t0, Instant::now(), bytes);
             }
         };
+        // CPU time of the compute phase: the cost a load balancer reads (and what a slowed rank
+        // stretches, PHALANX_FAULT=slow).
+        let slowed = fault::slow_factor().is_some();
+        let measure = metrics.is_some() || slowed;
+        let mut cpu = 0.0;
         let t0 = Instant::now();
         let mut ex = self.u.exchange_begin()?;
         mark(&mut metrics, Phase::HaloPost, t0, sent);
@@ -662,8 +745,12 @@ impl HeatSolver {
                 b.hi[outer] = (at + per).min(hi);
                 let (u, out) = (self.u.as_slice(), self.next.as_slice_mut());
                 let t0 = Instant::now();
+                let c0 = if measure { cpu_seconds() } else { 0.0 };
                 let m = metrics.as_deref();
                 pool.install(|| sweep(u, out, shape, three_d, r, b, m, stream));
+                if measure {
+                    cpu += cpu_seconds() - c0;
+                }
                 mark(&mut metrics, Phase::Compute, t0, 0);
                 let t0 = Instant::now();
                 ex.progress()?;
@@ -677,12 +764,24 @@ impl HeatSolver {
         let boxes: &[Box3] = if overlap { &self.shell } else { std::slice::from_ref(&self.owned) };
         let (u, out) = (self.u.as_slice(), self.next.as_slice_mut());
         let t0 = Instant::now();
+        let c0 = if measure { cpu_seconds() } else { 0.0 };
         let m = metrics.as_deref();
         pool.install(|| {
             for &b in boxes {
                 sweep(u, out, shape, three_d, r, b, m, stream);
             }
         });
+        if measure {
+            cpu += cpu_seconds() - c0;
+            if slowed {
+                let c1 = cpu_seconds();
+                fault::slow_down(cpu);
+                cpu += cpu_seconds() - c1;
+            }
+            if let Some(m) = metrics.as_deref_mut() {
+                m.add_cpu(Phase::Compute, cpu);
+            }
+        }
         mark(&mut metrics, Phase::Compute, t0, 0);
         std::mem::swap(&mut self.u, &mut self.next);
         self.steps += 1;
@@ -740,8 +839,11 @@ impl HeatSolver {
         debug_assert_eq!(u.len(), next.len());
         let grids = Grids { p: [u.as_mut_ptr(), next.as_mut_ptr()], len: u.len() };
         let t0 = Instant::now();
+        let c0 = cpu_seconds();
         fused_block(grids, &boxes, self.shape, self.dims == 3, self.r, pool, metrics.as_deref());
+        fault::slow_down(cpu_seconds() - c0);
         if let Some(m) = metrics {
+            m.add_cpu(Phase::Compute, cpu_seconds() - c0);
             m.add(Phase::Compute, t0, Instant::now(), 0);
         }
         // Level k is in `u` for even k, in `next` for odd k.

@@ -4,7 +4,9 @@
 //! `PHALANX_FAULT` is `kill:RANK:STEP` (world rank RANK dies when the program reports the start
 //! of step STEP through [`at_step`]; ranks given the same step die together, see `rendezvous`) or `kill-in-checkpoint:RANK:STEP` (it dies half-way through
 //! writing its file of the checkpoint generation of step STEP), `kill-in-copy:RANK:STEP` (it dies
-//! half-way through the in-memory partner copy of step STEP, see [`crate::services::recovery`]), or
+//! half-way through the in-memory partner copy of step STEP, see [`crate::services::recovery`]),
+//! `slow:RANK:FACTOR` (its computation takes FACTOR times as long, as on a throttled core: see
+//! [`slow_down`]; for load-balancing tests), or
 //! several of them separated by commas (successive failures in one run, for in-job recovery). When `PHALANX_FAULT_STAMP` names a
 //! file, the dying rank first writes the Unix time in seconds to it, so that a test can measure how
 //! long the rest of the job takes to end.
@@ -17,6 +19,7 @@ enum Fault {
     AtStep(usize, u64),
     InCheckpoint(usize, u64),
     InCopy(usize, u64),
+    Slow(usize, f64),
 }
 
 fn configured() -> &'static [Fault] {
@@ -31,7 +34,12 @@ fn parse_all(spec: &str) -> Vec<Fault> {
 
 fn parse(spec: &str) -> Option<Fault> {
     let mut it = spec.split(':');
-    let (kind, rank, step) = (it.next()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
+    let (kind, rank, arg) = (it.next()?, it.next()?.parse().ok()?, it.next()?);
+    if kind == "slow" {
+        let factor: f64 = arg.parse().ok()?;
+        return (factor.is_finite() && factor >= 1.0).then_some(Fault::Slow(rank, factor));
+    }
+    let step = arg.parse().ok()?;
     match kind {
         "kill" => Some(Fault::AtStep(rank, step)),
         "kill-in-checkpoint" => Some(Fault::InCheckpoint(rank, step)),
@@ -65,6 +73,7 @@ impl Fault {
     fn rank(self) -> usize {
         match self {
             Fault::AtStep(r, _) | Fault::InCheckpoint(r, _) | Fault::InCopy(r, _) => r,
+            Fault::Slow(r, _) => r,
         }
     }
 }
@@ -86,6 +95,34 @@ fn rendezvous(me: usize, step: u64, count: usize) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
+/// The factor `PHALANX_FAULT=slow:RANK:FACTOR` slows this rank's computation by, if any.
+///
+/// Local.
+pub fn slow_factor() -> Option<f64> {
+    let me = world_rank();
+    configured().iter().find_map(|f| match *f {
+        Fault::Slow(r, x) if r == me => Some(x),
+        _ => None,
+    })
+}
+
+/// On a rank that `PHALANX_FAULT=slow:RANK:FACTOR` slows: busy work (CPU time, as a slower core
+/// would spend) of `FACTOR - 1` times `spent`, the CPU seconds its computation just took, so that
+/// the computation appears `FACTOR` times slower in wall and CPU time alike. Kernels call it at the
+/// end of their compute phase; elsewhere it returns at once.
+///
+/// Local.
+pub fn slow_down(spent: f64) {
+    let Some(f) = slow_factor() else { return };
+    let extra = (f - 1.0) * spent.max(0.0);
+    let start = crate::services::metrics::cpu_seconds();
+    while crate::services::metrics::cpu_seconds() - start < extra {
+        for _ in 0..64 {
+            std::hint::spin_loop();
+        }
     }
 }
 
@@ -126,6 +163,8 @@ mod tests {
         assert_eq!(parse("kill-in-copy:2:10"), Some(Fault::InCopy(2, 10)));
         assert_eq!(parse("kill:x:3"), None);
         assert_eq!(parse("explode:1:2"), None);
+        assert_eq!(parse("slow:1:2.5"), Some(Fault::Slow(1, 2.5)));
+        assert_eq!(parse("slow:1:0.5"), None);
         assert_eq!(parse_all("kill:1:5,kill:3:12"), vec![Fault::AtStep(1, 5), Fault::AtStep(3, 12)]);
         assert_eq!(parse_all("kill:1:5,oops"), vec![]);
     }

@@ -93,6 +93,7 @@ const MAX_EVENTS: usize = 200_000;
 pub struct Metrics {
     start: Instant,
     totals: [PhaseTotals; 5],
+    cpu: [f64; 5],
     trace: Option<Mutex<Vec<Event>>>,
     dropped: std::sync::atomic::AtomicU64,
 }
@@ -103,6 +104,7 @@ impl Metrics {
         Metrics {
             start: Instant::now(),
             totals: [PhaseTotals::default(); 5],
+            cpu: [0.0; 5],
             trace: trace.then(|| Mutex::new(Vec::new())),
             dropped: Default::default(),
         }
@@ -131,6 +133,19 @@ impl Metrics {
         t.count += 1;
         t.bytes += bytes;
         self.event(phase, 0, t0, t1);
+    }
+
+    /// Adds `seconds` of this process's CPU time ([`cpu_seconds`], all threads) to `phase`: the
+    /// cost a load balancer reads, honest when ranks share cores (a rank waiting for the CPU
+    /// spends wall time, not CPU time).
+    #[inline]
+    pub fn add_cpu(&mut self, phase: Phase, seconds: f64) {
+        self.cpu[phase.index()] += seconds;
+    }
+
+    /// The CPU seconds added to `phase` so far ([`add_cpu`](Metrics::add_cpu)).
+    pub fn cpu(&self, phase: Phase) -> f64 {
+        self.cpu[phase.index()]
     }
 
     /// Records a trace event for a region on worker thread `worker` (track `worker + 1`); does not
@@ -213,6 +228,7 @@ impl Metrics {
             phases,
             per_rank,
             recovery: None,
+            balance: None,
         }))
     }
 
@@ -264,6 +280,21 @@ impl Metrics {
         write_atomically(path, serde_json::to_vec(&doc).unwrap_or_default().as_slice())
             .map_err(|e| io_error("write_trace", path, e))
     }
+}
+
+/// CPU seconds this process (every thread) has used so far (`CLOCK_PROCESS_CPUTIME_ID`; a system
+/// call, about a microsecond: read it per phase, not per cell).
+///
+/// Local.
+#[doc(alias = "clock_gettime")]
+pub fn cpu_seconds() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call; the clock id is a
+    // constant every Linux supports. On failure `ts` stays zero.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts);
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 fn mine_array(v: &[f64]) -> [f64; 16] {
@@ -379,6 +410,20 @@ pub struct MetricsReport {
     /// The in-job recoveries of the run, when the program reports them
     /// ([`MetricsReport::set_recovery`]).
     pub recovery: Option<RecoveryTotals>,
+    /// The load-balancing moves of the run, when the program reports them
+    /// ([`MetricsReport::set_rebalances`]).
+    pub balance: Option<BalanceTotals>,
+}
+
+/// What dynamic load balancing ([`crate::decomp::Balancer`]) did in a run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BalanceTotals {
+    /// Times the cut planes moved.
+    pub rebalances: u64,
+    /// Seconds spent moving data and rebuilding plans (the slowest rank's).
+    pub seconds: f64,
+    /// The compute imbalance (max / mean of CPU time) measured at the last check.
+    pub last_imbalance: f64,
 }
 
 /// What in-job recoveries ([`crate::services::recovery`]) cost a run.
@@ -401,11 +446,21 @@ impl MetricsReport {
         self
     }
 
+    /// Adds the run's load-balancing moves to the report (table, JSON, Prometheus): how many,
+    /// the seconds they took, and the imbalance measured at the last check.
+    pub fn set_rebalances(&mut self, rebalances: u64, seconds: f64, last_imbalance: f64) -> &mut Self {
+        self.balance = Some(BalanceTotals { rebalances, seconds, last_imbalance });
+        self
+    }
+
     /// The report as JSON.
     pub fn to_json(&self) -> Value {
         json!({
             "recovery": self.recovery.map(|r| json!({
                 "recoveries": r.recoveries, "seconds": r.seconds, "steps_recomputed": r.steps_recomputed,
+            })),
+            "balance": self.balance.map(|b| json!({
+                "rebalances": b.rebalances, "seconds": b.seconds, "last_imbalance": b.last_imbalance,
             })),
             "ranks": self.ranks,
             "wall_seconds": self.wall,
@@ -504,6 +559,26 @@ impl MetricsReport {
                 vec![(with(&[]), r.steps_recomputed as f64)],
             );
         }
+        if let Some(b) = self.balance {
+            metric(
+                "phalanx_rebalances_total",
+                "counter",
+                "Times the load balancer moved the cut planes.",
+                vec![(with(&[]), b.rebalances as f64)],
+            );
+            metric(
+                "phalanx_rebalance_seconds",
+                "gauge",
+                "Seconds spent moving data for load balancing.",
+                vec![(with(&[]), b.seconds)],
+            );
+            metric(
+                "phalanx_balance_imbalance",
+                "gauge",
+                "Compute imbalance (CPU time max/mean) at the last balance check.",
+                vec![(with(&[]), b.last_imbalance)],
+            );
+        }
         for (name, v) in extra {
             metric(
                 &format!("phalanx_{name}"),
@@ -566,6 +641,13 @@ impl fmt::Display for MetricsReport {
                 r.recoveries, r.seconds, r.steps_recomputed
             )?;
         }
+        if let Some(b) = self.balance {
+            write!(
+                f,
+                "\nrebalances {}: {:.3} s moving data, CPU-time imbalance {:.3} at the last check",
+                b.rebalances, b.seconds, b.last_imbalance
+            )?;
+        }
         Ok(())
     }
 }
@@ -620,6 +702,7 @@ mod tests {
             busiest_rank: 0,
             per_rank: Vec::new(),
             recovery: None,
+            balance: None,
         };
         assert!(!r.to_string().contains("recoveries"));
         assert!(!r.to_prometheus(&[], &[]).contains("phalanx_recoveries_total"));
@@ -635,5 +718,10 @@ mod tests {
             assert!(prom.contains(line), "{line} not in {prom}");
         }
         assert_eq!(r.to_json()["recovery"], json!({"recoveries": 2, "seconds": 0.25, "steps_recomputed": 17}));
+        assert_eq!(r.to_json()["balance"], Value::Null);
+        r.set_rebalances(3, 0.5, 1.02);
+        assert!(r.to_string().ends_with("rebalances 3: 0.500 s moving data, CPU-time imbalance 1.020 at the last check"));
+        assert!(r.to_prometheus(&[], &[]).contains("phalanx_rebalances_total 3\n"), "{}", r.to_prometheus(&[], &[]));
+        assert_eq!(r.to_json()["balance"]["rebalances"], json!(3));
     }
 }
