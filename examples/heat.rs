@@ -108,6 +108,10 @@ struct Args {
     /// Print the binding report (where every thread runs) before starting.
     #[arg(long)]
     report_bindings: bool,
+    /// The process grid, ranks per dimension (for example `4x1`) [default: the grid with the least
+    /// halo].
+    #[arg(long, value_parser = parse_grid)]
+    grid: Option<GridDims>,
     /// Check the load balance every this many steps and move the cut planes when it pays off
     /// (the CPU time of each rank's computation since the last check; 0: never).
     #[arg(long, default_value_t = 0)]
@@ -120,6 +124,18 @@ struct Args {
     json: bool,
     #[command(flatten)]
     resilience: common::Resilience,
+}
+
+/// Ranks per dimension of the process grid (`--grid AxB`).
+#[derive(Clone, Debug)]
+struct GridDims(Vec<usize>);
+
+fn parse_grid(s: &str) -> Result<GridDims, String> {
+    let dims: Vec<usize> = s.split('x').map(|p| p.parse().map_err(|_| format!("{s:?}: expected AxB or AxBxC"))).collect::<Result<_, _>>()?;
+    if dims.is_empty() || dims.contains(&0) {
+        return Err(format!("{s:?}: every dimension needs at least one rank"));
+    }
+    Ok(GridDims(dims))
 }
 
 /// A perceptual-ish colour map (black, purple, orange, yellow) for values in 0..=1.
@@ -237,7 +253,22 @@ fn solve(
     let sizes = restart_from
         .as_ref()
         .filter(|g| g.ranks() == world.size() as usize)
-        .and_then(|g| serde_json::from_value::<Vec<Vec<usize>>>(g.attr("block_sizes")?.clone()).ok());
+        .and_then(|g| serde_json::from_value::<Vec<Vec<usize>>>(g.attr("block_sizes")?.clone()).ok())
+        .or(match args.grid.as_ref().map(|g| &g.0) {
+            // Even blocks on the grid asked for.
+            Some(g) if g.len() == dims && g.iter().all(|&p| p <= n) => {
+                Some(g.iter().map(|&p| (0..p).map(|i| n * (i + 1) / p - n * i / p).collect()).collect())
+            }
+            Some(g) => {
+                return Err(phalanx::Error::new(
+                    phalanx::ErrorKind::InvalidArgument,
+                    "heat --grid",
+                    Some(world.rank()),
+                    format!("a grid of {g:?} ranks for a {dims}-D grid of {n} cells per dimension"),
+                ))
+            }
+            None => None,
+        });
     let mut solver = match &sizes {
         Some(sizes) => HeatSolver::with_block_sizes(world, dims, n, threads.pool(), block, sizes)?,
         None => HeatSolver::with_time_block(world, dims, n, threads.pool(), block)?,
@@ -339,7 +370,7 @@ fn solve(
     let every = if store.is_some() { args.resilience.checkpoint_every } else { 0 };
     let mut s = first;
     let mut balancer = Balancer::new().threshold(args.balance_threshold);
-    let (mut checked_at, mut cpu_at_check) = (s, 0.0);
+    let (mut checked_at, mut cpu_at_check, mut cpu_at_move) = (s, 0.0, 0.0);
     let mut checks = Vec::new();
     while s < args.steps {
         // A block ends at the next checkpoint step and at the end of the run.
@@ -403,6 +434,7 @@ fn solve(
                 solver.rebalance(sizes, threads.pool())?;
                 seconds = world.allreduce(t0.elapsed().as_secs_f64(), Op::Max)?;
                 balancer.record_move(seconds, d.move_bytes);
+                cpu_at_move = metrics.cpu(Phase::Compute);
                 if root {
                     println!(
                         "balance: step {s}: imbalance {:.3} -> predicted {:.3}, moved {:.2} MB (most on one rank) in {:.4} s, block sizes {:?}",
@@ -450,6 +482,14 @@ fn solve(
     let cells = (n as f64).powi(dims as i32);
     let mlups = cells * done as f64 / seconds / 1e6;
     let hash = solver.field().field_hash()?;
+    // The compute imbalance since the last move (the whole run without one): a long window.
+    let imbalance_after = if args.balance_every > 0 {
+        let costs = world.allgather(metrics.cpu(Phase::Compute) - cpu_at_move)?;
+        let mean = costs.iter().sum::<f64>() / costs.len() as f64;
+        Some(if mean > 0.0 { costs.iter().copied().fold(0.0, f64::max) / mean } else { 1.0 })
+    } else {
+        None
+    };
     let mut report = metrics.report(world)?;
     let last_imbalance = checks.last().and_then(|c| c["imbalance"].as_f64()).unwrap_or(f64::NAN);
     if let Some(r) = report.as_mut() {
@@ -528,6 +568,8 @@ fn solve(
                 "balance": (args.balance_every > 0).then(|| serde_json::json!({
                     "every": args.balance_every, "threshold": balancer.threshold_value(),
                     "rebalances": balancer.rebalances(), "seconds": balancer.seconds(), "checks": checks,
+                    "imbalance_before": checks.first().map(|c| c["imbalance"].clone()),
+                    "imbalance_after": imbalance_after,
                     "block_sizes": solver.decomposition().block_sizes(),
                 })),
             });

@@ -150,6 +150,101 @@ fn uneven_explicit_blocks(c: &Comm) {
     verify(&u, &dc, 1, &[n, 6], &[true, false], 2, Stencil::Box);
 }
 
+/// Sizes that differ from the even split (deterministic): `parts` blocks of `n` cells, each at
+/// least `w` wide, skewed towards the last.
+fn skewed(n: usize, parts: usize, w: usize, seed: usize) -> Vec<usize> {
+    let free = n - parts * w;
+    let weights: Vec<usize> = (0..parts).map(|p| 1 + (p * 7 + seed * 3) % 5).collect();
+    let total: usize = weights.iter().sum();
+    let mut sizes: Vec<usize> = weights.iter().map(|x| w + free * x / total).collect();
+    let rest = n - sizes.iter().sum::<usize>();
+    sizes[parts - 1] += rest;
+    sizes
+}
+
+/// Redistribution onto other block sizes keeps every owned cell and every boundary ghost, bit
+/// for bit, in 1-D, 2-D and 3-D, every periodicity, ghost widths 1 and 2; the halo plan of the
+/// new array works; the field hash does not change; moving back restores the original blocks.
+fn redistribute_onto_new_blocks(c: &Comm) {
+    for (nd, shape) in [(1usize, vec![23usize]), (2, vec![13, 11]), (3, vec![9, 7, 8])] {
+        for periodic in periodic_combinations(nd) {
+            for w in [1usize, 2] {
+                let dc = Decomposition::builder(c, &shape)
+                    .ghost_width(w)
+                    .periodic(&periodic)
+                    .stencil(Stencil::Box)
+                    .build()
+                    .unwrap();
+                let mut u = DistArray::<u64, IxDyn>::new(&dc, SENTINEL).unwrap();
+                u.fill_owned_with(|g| linear(g, &shape) + 1);
+                u.set_boundary_ghosts(5);
+                u.set_boundary_face(0, false, 9);
+                let hash = u.field_hash().unwrap();
+                let sizes: Vec<Vec<usize>> =
+                    (0..nd).map(|d| skewed(shape[d], dc.grid().dims()[d], w, d + w)).collect();
+                let to = dc.rebalanced(&sizes).unwrap();
+                assert_eq!(to.block_sizes(), sizes);
+                let mut v = u.redistribute(&to).unwrap();
+                assert_eq!(v.field_hash().unwrap(), hash, "{shape:?} {periodic:?} w {w}");
+                // Boundary ghosts came along: compare with a fresh array given the same boundary.
+                let mut want = DistArray::<u64, IxDyn>::new(&to, SENTINEL).unwrap();
+                want.fill_owned_with(|g| linear(g, &shape) + 1);
+                want.set_boundary_ghosts(5);
+                want.set_boundary_face(0, false, 9);
+                want.exchange().unwrap();
+                v.exchange().unwrap();
+                assert_eq!(v.ghosted(), want.ghosted(), "{shape:?} {periodic:?} w {w} on rank {}", c.rank());
+                let back = v.redistribute(&dc).unwrap();
+                assert_eq!(back.owned(), u.owned());
+            }
+        }
+    }
+    // Anything but the block sizes changing is an error on every rank.
+    let dc = Decomposition::builder(c, &[12, 12]).build().unwrap();
+    let other = Decomposition::builder(c, &[12, 12]).ghost_width(2).build().unwrap();
+    let u = DistArray::<f64, Ix2>::new(&dc, 0.0).unwrap();
+    let e = u.redistribute(&other).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Decomposition);
+    assert!(e.to_string().contains("ghost widths [1, 1] -> [2, 2]"), "{e}");
+}
+
+/// The balancer on a grid: the same decision on every rank; the slowest rank's block shrinks; a
+/// bad cost is an error on every rank naming the rank; balanced costs keep the planes.
+fn balancer_on_a_grid(c: &Comm) {
+    use phalanx::decomp::Balancer;
+    let size = c.size() as usize;
+    let dc = Decomposition::builder(c, &[400, 30]).dims(&[size, 1]).build().unwrap();
+    let b = Balancer::new();
+    let r = c.rank() as usize;
+    let slow = size - 1;
+    let cost = if r == slow { 4.0 } else { 1.0 };
+    let d = b.plan_grid(&dc, cost, 10, 1000, 8, &[1, 1]).unwrap();
+    if size == 1 {
+        assert!(!d.moves() && d.imbalance == 1.0, "{d:?}");
+        return;
+    }
+    assert!(d.moves(), "{d:?}");
+    let sizes = d.sizes.clone().unwrap();
+    // Every rank has the same sizes.
+    let all = c.allgatherv(&sizes[0]).unwrap();
+    for q in 0..size {
+        assert_eq!(all.block(q), &sizes[0][..]);
+    }
+    let even = 400 / size;
+    assert!(sizes[0][slow] < even, "{sizes:?}");
+    assert!(d.predicted < d.imbalance && d.move_bytes > 0, "{d:?}");
+    // Balanced costs: nothing moves.
+    let d = b.plan_grid(&dc, 1.0, 10, 1000, 8, &[1, 1]).unwrap();
+    assert!(!d.moves() && d.kept_because.as_deref().unwrap().contains("threshold"), "{d:?}");
+    // A minimum width is respected.
+    let d = b.plan_grid(&dc, if r == slow { 100.0 } else { 1.0 }, 10, 1000, 8, &[even - 1, 1]).unwrap();
+    assert!(d.sizes.as_ref().is_none_or(|s| s[0].iter().all(|&x| x >= even - 1)), "{d:?}");
+    // A NaN on one rank: an error on every rank, naming it.
+    let e = b.plan_grid(&dc, if r == 1 { f64::NAN } else { 1.0 }, 10, 1000, 8, &[1, 1]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.to_string().contains("rank 1 reported a cost of NaN"), "{e}");
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 struct Cell {
@@ -383,6 +478,8 @@ fn main() {
                 struct_elements_and_several_arrays_in_flight,
             ),
             Case::new("boundary_helpers", RANKS, boundary_helpers),
+            Case::new("redistribute_onto_new_blocks", RANKS, redistribute_onto_new_blocks),
+            Case::new("balancer_on_a_grid", RANKS, balancer_on_a_grid),
             Case::new("global_operations", RANKS, global_operations),
             Case::new("construction_errors", &[2, 3, 4, 6], construction_errors),
             Case::new("arrays_created_in_different_orders", &[2, 3], arrays_created_in_different_orders),

@@ -441,9 +441,10 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
     /// process grid, ghost widths and communicator size; other block sizes, as
     /// [`Decomposition::rebalanced`] makes them): every owned cell moves to its new owner, bit for
     /// bit, and so do the ghosts beyond an open boundary (the boundary condition). The ghosts
-    /// between ranks are stale until the next [`exchange`](DistArray::exchange). Each rank sends
-    /// only the cells it loses, to the ranks that gain them (a sparse exchange): moving a plane by
-    /// a few cells moves a few layers.
+    /// between ranks get their owners' current values (the next [`exchange`](DistArray::exchange)
+    /// refreshes them as usual). Each rank sends the cells it loses and the ghost layers its
+    /// neighbours need, to those ranks only (a sparse exchange): moving a plane by a few cells
+    /// moves a few layers.
     ///
     /// Collective (over both decompositions' communicators). Create the new arrays in the same
     /// order on every rank, as with [`new`](DistArray::new).
@@ -506,14 +507,18 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
                 hi: std::array::from_fn(|d| (hi[d] - start[d]) as usize),
             }
         };
+        // Every stored cell of the new blocks, ghosts included, comes from the one rank whose old
+        // extended box holds it: owned cells from their old owner, the boundary condition beyond
+        // an open end from the rank that stored it (corners included), ghosts between ranks from
+        // the owner (fresher than a ghost copy; the next exchange refreshes them anyway).
         let mine_old = from.extended_box_of(me);
-        let mine_new = to.extended_box_of(me);
+        let mine_new = to.ghosted_box3_of(me);
         let src = self.data.as_slice().unwrap_or(&[]);
         let src_shape = pad3(from.ghosted_box().len(), 1);
         let dst_shape = pad3(to.ghosted_box().len(), 1);
         let mut sends = Vec::new();
         for r in 0..size {
-            if let Some(b) = overlap(mine_old, to.extended_box_of(r)) {
+            if let Some(b) = overlap(mine_old, to.ghosted_box3_of(r)) {
                 let region = local_region(from, b);
                 let mut buf = vec![T::zeroed(); region.count()];
                 pack(src, src_shape, &region, &mut buf);

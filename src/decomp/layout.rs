@@ -248,9 +248,24 @@ impl Decomposition {
         self.parts.iter().map(|p| (0..p.parts()).map(|b| p.size(b)).collect()).collect()
     }
 
+    /// The ghosted box of any rank in global indices, padded to 3-D: `(lo, hi)`.
+    pub(crate) fn ghosted_box3_of(&self, rank: usize) -> ([isize; 3], [isize; 3]) {
+        let b = self.owned_box_of(rank);
+        let nd = self.ndim();
+        let (mut lo, mut hi) = ([0isize; 3], [1isize; 3]);
+        for d in 0..nd {
+            let g = self.ghost[d] as isize;
+            lo[3 - nd + d] = b.start()[d] as isize - g;
+            hi[3 - nd + d] = (b.start()[d] + b.len()[d]) as isize + g;
+        }
+        (lo, hi)
+    }
+
     /// The box a rank's array stores and owns for a redistribution: its owned box grown by the
-    /// ghost width where it touches an open boundary of the domain (the boundary ghosts hold the
-    /// boundary condition, which nobody else has), in global indices.
+    /// ghost width where it touches an end of the domain, in global indices (padded to 3-D). The
+    /// ghosts beyond an open end hold the boundary condition, which nobody else has, also where
+    /// they meet a periodic dimension's ghosts (corners); the boxes of all ranks tile the ghosted
+    /// global domain.
     pub(crate) fn extended_box_of(&self, rank: usize) -> ([isize; 3], [isize; 3]) {
         let c = self.grid.coords(rank);
         let nd = self.ndim();
@@ -258,10 +273,9 @@ impl Decomposition {
         for d in 0..nd {
             let r = self.parts[d].range(c[d]);
             let g = self.ghost[d] as isize;
-            let open = !self.grid.periodic()[d];
             let pd = 3 - nd + d;
-            lo[pd] = r.start as isize - if open && c[d] == 0 { g } else { 0 };
-            hi[pd] = r.end as isize + if open && c[d] + 1 == self.grid.dims()[d] { g } else { 0 };
+            lo[pd] = r.start as isize - if c[d] == 0 { g } else { 0 };
+            hi[pd] = r.end as isize + if c[d] + 1 == self.grid.dims()[d] { g } else { 0 };
         }
         (lo, hi)
     }
