@@ -370,7 +370,9 @@ fn solve(
     let every = if store.is_some() { args.resilience.checkpoint_every } else { 0 };
     let mut s = first;
     let mut balancer = Balancer::new().threshold(args.balance_threshold);
-    let (mut checked_at, mut cpu_at_check, mut cpu_at_move) = (s, 0.0, 0.0);
+    // Costs are measured since the last move: the longer the planes stay, the longer the window,
+    // so a noisy stretch does not move planes that have settled.
+    let (mut moved_at, mut cpu_at_move) = (s, 0.0);
     let mut checks = Vec::new();
     while s < args.steps {
         // A block ends at the next checkpoint step and at the end of the run.
@@ -423,8 +425,8 @@ fn solve(
         }
         let crossed = |k: usize| k > 0 && s / k != before / k;
         if crossed(args.balance_every) && s < args.steps {
-            let cost = metrics.cpu(Phase::Compute) - cpu_at_check;
-            let window = (s - checked_at) as u64;
+            let cost = metrics.cpu(Phase::Compute) - cpu_at_move;
+            let window = (s - moved_at) as u64;
             // The halo is `block` deep: no block may become thinner.
             let min = vec![block; dims];
             let d = balancer.plan_grid(solver.decomposition(), cost, window, (args.steps - s) as u64, 8, &min)?;
@@ -435,6 +437,7 @@ fn solve(
                 seconds = world.allreduce(t0.elapsed().as_secs_f64(), Op::Max)?;
                 balancer.record_move(seconds, d.move_bytes);
                 cpu_at_move = metrics.cpu(Phase::Compute);
+                moved_at = s;
                 if root {
                     println!(
                         "balance: step {s}: imbalance {:.3} -> predicted {:.3}, moved {:.2} MB (most on one rank) in {:.4} s, block sizes {:?}",
@@ -453,8 +456,6 @@ fn solve(
                 "seconds": seconds, "bytes": d.move_bytes, "gain_seconds": d.gain_seconds,
                 "move_seconds": d.move_seconds, "sizes": d.sizes,
             }));
-            checked_at = s;
-            cpu_at_check = metrics.cpu(Phase::Compute);
         }
         if args.prometheus.is_some() && crossed(args.metrics_every) {
             let rate = (n as f64).powi(dims as i32) * (s - first) as f64 / start.elapsed().as_secs_f64() / 1e6;

@@ -110,14 +110,25 @@ pub fn slow_factor() -> Option<f64> {
 }
 
 /// On a rank that `PHALANX_FAULT=slow:RANK:FACTOR` slows: busy work (CPU time, as a slower core
-/// would spend) of `FACTOR - 1` times `spent`, the CPU seconds its computation just took, so that
+/// would spend) of `FACTOR - 1` times `spent`, the CPU seconds its computation just took
+/// (averaged over the last calls), so that
 /// the computation appears `FACTOR` times slower in wall and CPU time alike. Kernels call it at the
 /// end of their compute phase; elsewhere it returns at once.
 ///
 /// Local.
 pub fn slow_down(spent: f64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // The busy work follows a moving average of the computation's time (over about 8 calls), not
+    // each call's: a hiccup of the computation is not multiplied by the factor.
+    static AVERAGE: AtomicU64 = AtomicU64::new(u64::MAX);
     let Some(f) = slow_factor() else { return };
-    let extra = (f - 1.0) * spent.max(0.0);
+    let spent = spent.max(0.0);
+    let avg = match AVERAGE.load(Ordering::Relaxed) {
+        u64::MAX => spent,
+        bits => 0.875 * f64::from_bits(bits) + 0.125 * spent,
+    };
+    AVERAGE.store(avg.to_bits(), Ordering::Relaxed);
+    let extra = (f - 1.0) * avg;
     let start = crate::services::metrics::cpu_seconds();
     while crate::services::metrics::cpu_seconds() - start < extra {
         for _ in 0..64 {

@@ -1,0 +1,132 @@
+//! Dynamic load balancing as a user runs it: heat and md with `--balance-every`, one rank slowed
+//! by fault injection (`PHALANX_FAULT=slow:RANK:FACTOR`: its computation takes FACTOR times its
+//! own CPU time, as on a throttled core) or a non-uniform system. Imbalance is the CPU time of the
+//! compute phase, max / mean over the ranks (honest when ranks share the 2 cores of this machine).
+//! No timing budget here: throughput is measured by `benches/regenerate --balance-table`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::example;
+
+fn run(mut cmd: Command, limit: Duration) -> Output {
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    common::run(&mut cmd, limit)
+}
+
+fn mpirun(n: usize, vars: &[&str], exe: &PathBuf, args: &[&str]) -> Output {
+    let mut c = common::launcher(n, vars);
+    c.arg(exe).args(args);
+    run(c, Duration::from_secs(300))
+}
+
+fn json_of(out: &Output, what: &str) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{what} failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().expect("output")).expect("the last line is JSON")
+}
+
+fn f(j: &serde_json::Value, k: &str) -> f64 {
+    j["balance"][k].as_f64().unwrap_or_else(|| panic!("no balance.{k} in {j}"))
+}
+
+fn sizes(j: &serde_json::Value) -> Vec<Vec<usize>> {
+    serde_json::from_value(j["balance"]["block_sizes"].clone()).expect("block_sizes")
+}
+
+/// One rank `factor` times slower on `grid`: unbalanced, the imbalance is at least 1.5; balanced,
+/// at most 1.1 after the last move, with the same field (bit for bit).
+fn heat_slow_rank(ranks: usize, grid: &str, factor: &str) {
+    let heat = example("heat");
+    let slow = format!("PHALANX_FAULT=slow:1:{factor}");
+    let base = ["--n", "512", "--steps", "2400", "--threads", "1", "--grid", grid, "--json"];
+    // Checked every 1200 steps with a threshold nothing reaches: the planes stay, and the whole
+    // run's imbalance is measured.
+    let fixed = json_of(
+        &mpirun(ranks, &[&slow], &heat, &[&base[..], &["--balance-every", "1200", "--balance-threshold", "100"]].concat()),
+        "heat unbalanced",
+    );
+    assert_eq!(fixed["balance"]["rebalances"], 0, "{fixed}");
+    let before = f(&fixed, "imbalance_after");
+    let out = mpirun(ranks, &[&slow], &heat, &[&base[..], &["--balance-every", "200"]].concat());
+    let balanced = json_of(&out, "heat balanced");
+    let after = f(&balanced, "imbalance_after");
+    let moves = balanced["balance"]["rebalances"].as_u64().unwrap();
+    println!(
+        "heat {ranks} ranks ({grid}), rank 1 slowed {factor}x: imbalance {before:.3} unbalanced, {after:.3} after {moves} moves, blocks {:?}",
+        sizes(&balanced)
+    );
+    assert!(before >= 1.5, "unbalanced imbalance {before}: {fixed}");
+    assert!(moves >= 1 && after <= 1.1, "balanced imbalance {after} after {moves} moves: {balanced}");
+    assert!(sizes(&balanced)[0][1] < 512 / ranks, "the slow rank's block must shrink: {balanced}");
+    assert_eq!(balanced["field_hash"], fixed["field_hash"]);
+    let checks = balanced["balance"]["checks"].as_array().unwrap();
+    let first = &checks[0];
+    assert!(first["moved"] == true && first["predicted"].as_f64().unwrap() < first["imbalance"].as_f64().unwrap());
+    // The metrics report counts the moves.
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("rebalances {moves}: ")));
+}
+
+#[test]
+fn heat_balances_a_slow_rank_at_2_ranks() {
+    heat_slow_rank(2, "2x1", "5");
+}
+
+#[test]
+fn heat_balances_a_slow_rank_at_4_ranks_on_a_4x1_grid() {
+    heat_slow_rank(4, "4x1", "3");
+}
+
+/// Blocks never become thinner than the halo (the time block deep), however slow a rank is; the
+/// field stays the serial one.
+#[test]
+fn heat_blocks_stay_as_wide_as_the_halo() {
+    let heat = example("heat");
+    let j = json_of(
+        &mpirun(
+            3,
+            &["PHALANX_FAULT=slow:1:40"],
+            &heat,
+            &["--n", "48", "--steps", "120", "--threads", "1", "--grid", "3x1", "--time-block", "6"]
+                .iter()
+                .chain(&["--balance-every", "12", "--check", "--json"])
+                .copied()
+                .collect::<Vec<_>>(),
+        ),
+        "heat --time-block 6",
+    );
+    let s = sizes(&j);
+    assert!(j["balance"]["rebalances"].as_u64().unwrap() >= 1, "{j}");
+    assert!(s[0].iter().all(|&x| x >= 6), "a block thinner than the 6-deep halo: {s:?}");
+    assert_eq!(s[0][1], 6, "the very slow rank keeps the thinnest block allowed: {s:?}");
+    assert_eq!(j["check"], true, "{j}");
+}
+
+/// Uneven blocks survive a checkpoint: a restart on as many ranks continues on them, a restart
+/// on another rank count reads the same field, and both end where an uninterrupted run ends.
+#[test]
+fn heat_uneven_blocks_survive_a_restart() {
+    let heat = example("heat");
+    let dir = std::env::temp_dir().join(format!("phalanx-balance-ckpt-{}", std::process::id()));
+    let d = dir.to_str().unwrap();
+    let slow = ["PHALANX_FAULT=slow:0:4"];
+    let base = ["--n", "64", "--threads", "1", "--json", "--balance-every", "20"];
+    let ck = ["--checkpoint-dir", d, "--checkpoint-every", "100"];
+    let a = json_of(&mpirun(2, &slow, &heat, &[&base[..], &["--steps", "100"], &ck].concat()), "heat with a checkpoint");
+    let uneven = sizes(&a);
+    assert_ne!(uneven[0], vec![32, 32], "the balancer moved the planes: {a}");
+    // Same rank count, no step left: the blocks of the checkpoint.
+    let b = json_of(&mpirun(2, &[], &heat, &[&base[..], &["--steps", "100", "--restart"], &ck].concat()), "restart on 2");
+    assert_eq!(b["restarted_from"], 100);
+    assert_eq!(sizes(&b), uneven, "{b}");
+    assert_eq!(b["field_hash"], a["field_hash"]);
+    // Another rank count: even blocks, the same field, and on to step 150 as an uninterrupted run.
+    let c = json_of(&mpirun(3, &[], &heat, &[&base[..], &["--steps", "150", "--restart"], &ck].concat()), "restart on 3");
+    let whole = json_of(&mpirun(2, &[], &heat, &["--n", "64", "--threads", "1", "--json", "--steps", "150"]), "heat");
+    assert_eq!(c["restarted_from"], 100);
+    assert_eq!(c["field_hash"], whole["field_hash"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
