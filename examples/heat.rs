@@ -131,7 +131,10 @@ struct Args {
 struct GridDims(Vec<usize>);
 
 fn parse_grid(s: &str) -> Result<GridDims, String> {
-    let dims: Vec<usize> = s.split('x').map(|p| p.parse().map_err(|_| format!("{s:?}: expected AxB or AxBxC"))).collect::<Result<_, _>>()?;
+    let dims: Vec<usize> = s
+        .split('x')
+        .map(|p| p.parse().map_err(|_| format!("{s:?}: expected AxB or AxBxC")))
+        .collect::<Result<_, _>>()?;
     if dims.is_empty() || dims.contains(&0) {
         return Err(format!("{s:?}: every dimension needs at least one rank"));
     }
@@ -373,7 +376,6 @@ fn solve(
     // Costs are measured since the last move: the longer the planes stay, the longer the window,
     // so a noisy stretch does not move planes that have settled.
     let (mut moved_at, mut cpu_at_move) = (s, 0.0);
-    let mut checks = Vec::new();
     while s < args.steps {
         // A block ends at the next checkpoint step and at the end of the run.
         let mut limit = (args.steps - s).min(block);
@@ -435,9 +437,7 @@ fn solve(
                 let t0 = Instant::now();
                 solver.rebalance(sizes, threads.pool())?;
                 seconds = world.allreduce(t0.elapsed().as_secs_f64(), Op::Max)?;
-                balancer.record_move(seconds, d.move_bytes);
-                cpu_at_move = metrics.cpu(Phase::Compute);
-                moved_at = s;
+                (moved_at, cpu_at_move) = (s, metrics.cpu(Phase::Compute));
                 if root {
                     println!(
                         "balance: step {s}: imbalance {:.3} -> predicted {:.3}, moved {:.2} MB (most on one rank) in {:.4} s, block sizes {:?}",
@@ -449,13 +449,13 @@ fn solve(
                     );
                 }
             } else if root && d.imbalance > balancer.threshold_value() {
-                println!("balance: step {s}: imbalance {:.3}, planes kept: {}", d.imbalance, d.kept_because.as_deref().unwrap_or(""));
+                println!(
+                    "balance: step {s}: imbalance {:.3}, planes kept: {}",
+                    d.imbalance,
+                    d.kept_because.as_deref().unwrap_or("")
+                );
             }
-            checks.push(serde_json::json!({
-                "step": s, "imbalance": d.imbalance, "predicted": d.predicted, "moved": d.moves(),
-                "seconds": seconds, "bytes": d.move_bytes, "gain_seconds": d.gain_seconds,
-                "move_seconds": d.move_seconds, "sizes": d.sizes,
-            }));
+            balancer.record(s as u64, &d, seconds);
         }
         if args.prometheus.is_some() && crossed(args.metrics_every) {
             let rate = (n as f64).powi(dims as i32) * (s - first) as f64 / start.elapsed().as_secs_f64() / 1e6;
@@ -492,7 +492,7 @@ fn solve(
         None
     };
     let mut report = metrics.report(world)?;
-    let last_imbalance = checks.last().and_then(|c| c["imbalance"].as_f64()).unwrap_or(f64::NAN);
+    let last_imbalance = balancer.checks().last().map_or(f64::NAN, |c| c.imbalance);
     if let Some(r) = report.as_mut() {
         with_recovery(r);
         if args.balance_every > 0 {
@@ -568,8 +568,9 @@ fn solve(
                 "imbalance": report.as_ref().map(|r| r.imbalance), "slowest_rank": report.as_ref().map(|r| r.slowest_rank),
                 "balance": (args.balance_every > 0).then(|| serde_json::json!({
                     "every": args.balance_every, "threshold": balancer.threshold_value(),
-                    "rebalances": balancer.rebalances(), "seconds": balancer.seconds(), "checks": checks,
-                    "imbalance_before": checks.first().map(|c| c["imbalance"].clone()),
+                    "rebalances": balancer.rebalances(), "seconds": balancer.seconds(),
+                    "checks": balancer.checks().iter().map(|c| c.to_json()).collect::<Vec<_>>(),
+                    "imbalance_before": balancer.checks().first().map(|c| c.imbalance),
                     "imbalance_after": imbalance_after,
                     "block_sizes": solver.decomposition().block_sizes(),
                 })),

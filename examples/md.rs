@@ -19,6 +19,10 @@
 //! Checkpoints (`--checkpoint-dir`, `--checkpoint-every`, `--restart`) can be restarted on any
 //! number of ranks: atoms go to their new owners.
 //!
+//! Load balancing: `--balance-every N` moves the cut planes by the measured CPU time of each
+//! rank's computation (spread over its atoms) when the imbalance exceeds `--balance-threshold`
+//! and the move pays off; try it on a liquid slab in vacuum (`--slab 0.25 --grid 2x1x1`).
+//!
 //! Exit codes: 0 success, 2 bad arguments, 3 a runtime error (MPI, a bad data file, an unstable run).
 
 use std::path::PathBuf;
@@ -27,7 +31,7 @@ use std::time::Instant;
 use clap::Parser;
 
 use phalanx::comm::{Op, ThreadConfig};
-use phalanx::decomp::{ParticleBox, Particles};
+use phalanx::decomp::{Balancer, ParticleBox, ParticleCost, Particles, ProcessGrid};
 use phalanx::kernels::md::{fcc_lattice, parse_lammps_data, Atom, LennardJones, Md, Thermo};
 use phalanx::runtime::PinPolicy;
 use phalanx::services::checkpoint::{Checkpoint, CheckpointStore};
@@ -86,9 +90,38 @@ struct Args {
     /// Continue from the newest checkpoint in --checkpoint-dir (written on any number of ranks).
     #[arg(long, requires = "checkpoint_dir")]
     restart: bool,
+    /// The process grid, ranks along x, y and z (for example `2x1x1`) [default: the grid with the
+    /// least ghost volume].
+    #[arg(long, value_parser = parse_grid)]
+    grid: Option<GridDims>,
+    /// Keep only the lattice sites in the first fraction F of the box along x (0 < F <= 1): a
+    /// liquid slab in vacuum, a non-uniform system for load balancing.
+    #[arg(long, default_value_t = 1.0)]
+    slab: f64,
+    /// Check the load balance every this many steps and move the cut planes when it pays off
+    /// (the CPU time of each rank's force and neighbour-list computation since the last move,
+    /// spread over its atoms; 0: never).
+    #[arg(long, default_value_t = 0)]
+    balance_every: u64,
+    /// With --balance-every: rebalance only when the compute imbalance (max / mean) exceeds this.
+    #[arg(long, default_value_t = 1.1)]
+    balance_threshold: f64,
     /// Print a JSON summary as the last line of standard output (rank 0).
     #[arg(long)]
     json: bool,
+}
+
+/// Ranks along x, y and z (`--grid AxBxC`).
+#[derive(Clone, Debug)]
+struct GridDims([usize; 3]);
+
+fn parse_grid(s: &str) -> Result<GridDims, String> {
+    let dims: Vec<usize> =
+        s.split('x').map(|p| p.parse().map_err(|_| format!("{s:?}: expected AxBxC"))).collect::<Result<_, _>>()?;
+    match dims[..] {
+        [a, b, c] if a * b * c > 0 => Ok(GridDims([a, b, c])),
+        _ => Err(format!("{s:?}: expected three positive rank counts, AxBxC")),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -134,6 +167,27 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<()> {
     let threads = world.start_threads(ThreadConfig::from_options(args.threads, args.pin))?;
     let pool = threads.pool();
     let lj = LennardJones { cutoff: args.cutoff, shift: args.shift, ..Default::default() };
+    if !(args.slab > 0.0 && args.slab <= 1.0) {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "md --slab",
+            Some(world.rank()),
+            format!("--slab {}: a fraction of the box, 0 < F <= 1", args.slab),
+        ));
+    }
+    let ghost = lj.cutoff + args.skin;
+    // The container on the grid asked for, or on the grid with the least ghost volume.
+    let container = |bbox: ParticleBox| -> phalanx::Result<Particles<Atom>> {
+        match &args.grid {
+            Some(g) => Particles::with_grid(
+                &world,
+                ProcessGrid::new(world.size() as usize, &g.0, &bbox.periodic)?,
+                bbox,
+                ghost,
+            ),
+            None => Particles::new(&world, bbox, ghost),
+        }
+    };
     let store = args.checkpoint_dir.as_ref().map(|d| CheckpointStore::new(d, 2));
     let restored = match (&store, args.restart) {
         (Some(s), true) => s.latest(&world)?,
@@ -150,7 +204,12 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<()> {
         let n = attr("atoms") as usize;
         let (r, p) = (world.rank() as usize, world.size() as usize);
         let mine: Vec<Atom> = g.read_segment(&world, "atoms", n * r / p..n * (r + 1) / p)?;
-        let mut parts = Particles::new(&world, bbox, lj.cutoff + args.skin)?;
+        let mut parts = container(bbox)?;
+        // On the same grid, the planes where the balancer left them.
+        let planes = g.attr("cut_planes").and_then(|v| serde_json::from_value::<[Vec<f64>; 3]>(v.clone()).ok());
+        if let Some(planes) = planes.filter(|p| (0..3).all(|d| p[d].len() == parts.grid().dims()[d] + 1)) {
+            parts.set_cut_planes(planes)?;
+        }
         parts.extend(mine);
         let mut md = Md::from_particles(parts, pool, lj, args.skin, args.dt, attr("mass"))?;
         md.set_step_number(g.step());
@@ -160,19 +219,19 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<()> {
         md
     } else if let Some(path) = &args.lammps_data {
         let (bbox, atoms, mass) = read_data(&world, path)?;
-        Md::new(&world, pool, bbox, atoms, lj, args.skin, args.dt, mass)?
+        let mut parts = container(bbox)?;
+        parts.extend(atoms);
+        Md::from_particles(parts, pool, lj, args.skin, args.dt, mass)?
     } else {
-        // Each rank creates the lattice sites of its own block.
-        let probe = Particles::<Atom>::new(
-            &world,
-            fcc_lattice(args.cells as usize, args.density, |_| false).0,
-            lj.cutoff + args.skin,
-        )?;
-        let (lo, hi) = probe.block();
-        drop(probe);
-        let inside = |x: [f64; 3]| (0..3).all(|d| x[d] >= lo[d] && x[d] < hi[d]);
-        let (bbox, atoms) = fcc_lattice(args.cells as usize, args.density, inside);
-        let mut md = Md::new(&world, pool, bbox, atoms, lj, args.skin, args.dt, 1.0)?;
+        // Each rank creates the lattice sites of its own block (within the slab).
+        let mut parts = container(fcc_lattice(args.cells as usize, args.density, |_| false).0)?;
+        let (lo, hi) = parts.block();
+        let b = *parts.bbox();
+        let slab_end = b.lo[0] + args.slab * (b.hi[0] - b.lo[0]);
+        let inside = |x: [f64; 3]| (0..3).all(|d| x[d] >= lo[d] && x[d] < hi[d]) && x[0] < slab_end;
+        let (_, atoms) = fcc_lattice(args.cells as usize, args.density, inside);
+        parts.extend(atoms);
+        let mut md = Md::from_particles(parts, pool, lj, args.skin, args.dt, 1.0)?;
         md.create_velocities(args.temp, args.seed)?;
         md
     };
@@ -201,11 +260,39 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<()> {
     }
     thermo.push(t0);
     let first = md.step_number();
+    let mut balancer = Balancer::new().threshold(args.balance_threshold);
+    // Costs since the last move: settled planes get long, quiet windows.
+    let (mut moved_at, mut cpu_at_move) = (first, md.compute_seconds());
     world.barrier()?;
     let start = Instant::now();
     while md.step_number() < args.steps {
         md.step(pool)?;
         let s = md.step_number();
+        if args.balance_every > 0 && s % args.balance_every == 0 && s < args.steps {
+            let cost = ParticleCost::Measured(md.compute_seconds() - cpu_at_move);
+            let d = balancer.plan_particles(md.particles(), cost, s - moved_at, args.steps - s)?;
+            let mut seconds = 0.0;
+            if let Some(planes) = d.planes.clone() {
+                let t0 = Instant::now();
+                md.rebalance(planes, pool)?;
+                seconds = world.allreduce(t0.elapsed().as_secs_f64(), Op::Max)?;
+                (moved_at, cpu_at_move) = (s, md.compute_seconds());
+                if root {
+                    let p = md.particles().cut_planes();
+                    println!(
+                        "balance: step {s}: imbalance {:.3} -> predicted {:.3}, moved {:.3} MB (most on one rank) in {:.4} s, planes x {:.3?} y {:.3?} z {:.3?}",
+                        d.imbalance, d.predicted, d.move_bytes as f64 / 1e6, seconds, p[0], p[1], p[2]
+                    );
+                }
+            } else if root && d.imbalance > balancer.threshold_value() {
+                println!(
+                    "balance: step {s}: imbalance {:.3}, planes kept: {}",
+                    d.imbalance,
+                    d.kept_because.as_deref().unwrap_or("")
+                );
+            }
+            balancer.record(s, &d, seconds);
+        }
         if (args.thermo > 0 && s % args.thermo == 0) || s == args.steps {
             let t = md.thermo()?;
             if root {
@@ -220,6 +307,10 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<()> {
         }
     }
     let seconds = world.allreduce(start.elapsed().as_secs_f64(), Op::Max)?;
+    // The compute imbalance since the last move (the whole run without one).
+    let costs = world.allgather(md.compute_seconds() - cpu_at_move)?;
+    let mean = costs.iter().sum::<f64>() / costs.len() as f64;
+    let imbalance_after = if mean > 0.0 { costs.iter().copied().fold(0.0, f64::max) / mean } else { 1.0 };
     let done = md.step_number() - first;
     let rate = md.atoms() as f64 * done as f64 / seconds;
     let hash = md.particles().hash()?;
@@ -239,6 +330,14 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<()> {
                 "example": "md", "ranks": world.size(), "threads": threads.threads(), "atoms": md.atoms(),
                 "steps": md.step_number(), "steps_this_run": done, "seconds": seconds, "atom_steps_per_s": rate,
                 "neighbour_builds": builds, "state_hash": format!("{hash:032x}"), "thermo": th,
+                "imbalance": imbalance_after, "grid": md.particles().grid().dims(),
+                "balance": (args.balance_every > 0).then(|| serde_json::json!({
+                    "every": args.balance_every, "threshold": balancer.threshold_value(),
+                    "rebalances": balancer.rebalances(), "seconds": balancer.seconds(),
+                    "checks": balancer.checks().iter().map(|c| c.to_json()).collect::<Vec<_>>(),
+                    "imbalance_before": balancer.checks().first().map(|c| c.imbalance),
+                    "imbalance_after": imbalance_after, "cut_planes": md.particles().cut_planes(),
+                })),
             });
             println!("{j}");
         }
@@ -257,6 +356,7 @@ fn write_checkpoint(world: &phalanx::comm::Comm, store: &CheckpointStore, md: &M
         c.attr(k, v);
     }
     c.attr("atoms", md.atoms() as f64).attr("mass", md.mass());
+    c.attr("cut_planes", serde_json::json!(parts.cut_planes()));
     store.write(world, &c)?;
     Ok(())
 }

@@ -46,7 +46,12 @@ fn heat_slow_rank(ranks: usize, grid: &str, factor: &str) {
     // Checked every 1200 steps with a threshold nothing reaches: the planes stay, and the whole
     // run's imbalance is measured.
     let fixed = json_of(
-        &mpirun(ranks, &[&slow], &heat, &[&base[..], &["--balance-every", "1200", "--balance-threshold", "100"]].concat()),
+        &mpirun(
+            ranks,
+            &[&slow],
+            &heat,
+            &[&base[..], &["--balance-every", "1200", "--balance-threshold", "100"]].concat(),
+        ),
         "heat unbalanced",
     );
     assert_eq!(fixed["balance"]["rebalances"], 0, "{fixed}");
@@ -115,18 +120,64 @@ fn heat_uneven_blocks_survive_a_restart() {
     let slow = ["PHALANX_FAULT=slow:0:4"];
     let base = ["--n", "64", "--threads", "1", "--json", "--balance-every", "20"];
     let ck = ["--checkpoint-dir", d, "--checkpoint-every", "100"];
-    let a = json_of(&mpirun(2, &slow, &heat, &[&base[..], &["--steps", "100"], &ck].concat()), "heat with a checkpoint");
+    let a =
+        json_of(&mpirun(2, &slow, &heat, &[&base[..], &["--steps", "100"], &ck].concat()), "heat with a checkpoint");
     let uneven = sizes(&a);
     assert_ne!(uneven[0], vec![32, 32], "the balancer moved the planes: {a}");
     // Same rank count, no step left: the blocks of the checkpoint.
-    let b = json_of(&mpirun(2, &[], &heat, &[&base[..], &["--steps", "100", "--restart"], &ck].concat()), "restart on 2");
+    let b =
+        json_of(&mpirun(2, &[], &heat, &[&base[..], &["--steps", "100", "--restart"], &ck].concat()), "restart on 2");
     assert_eq!(b["restarted_from"], 100);
     assert_eq!(sizes(&b), uneven, "{b}");
     assert_eq!(b["field_hash"], a["field_hash"]);
     // Another rank count: even blocks, the same field, and on to step 150 as an uninterrupted run.
-    let c = json_of(&mpirun(3, &[], &heat, &[&base[..], &["--steps", "150", "--restart"], &ck].concat()), "restart on 3");
+    let c =
+        json_of(&mpirun(3, &[], &heat, &[&base[..], &["--steps", "150", "--restart"], &ck].concat()), "restart on 3");
     let whole = json_of(&mpirun(2, &[], &heat, &["--n", "64", "--threads", "1", "--json", "--steps", "150"]), "heat");
     assert_eq!(c["restarted_from"], 100);
     assert_eq!(c["field_hash"], whole["field_hash"]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A liquid slab in vacuum filling a quarter of the box along x: unbalanced, the ranks with the
+/// slab do nearly all the work; balanced, the cut planes split the slab, and the thermo output is
+/// the unbalanced run's to summation-order precision.
+fn md_slab(ranks: usize, grid: &str) {
+    let md = example("md");
+    let base = ["--cells", "14", "--slab", "0.25", "--temp", "0.8", "--steps", "300", "--thermo", "50"];
+    let base = [&base[..], &["--threads", "1", "--grid", grid, "--json"]].concat();
+    let fixed = json_of(&mpirun(ranks, &[], &md, &base), "md unbalanced");
+    let balanced = json_of(&mpirun(ranks, &[], &md, &[&base[..], &["--balance-every", "50"]].concat()), "md balanced");
+    let (before, after) = (fixed["imbalance"].as_f64().unwrap(), balanced["imbalance"].as_f64().unwrap());
+    let moves = balanced["balance"]["rebalances"].as_u64().unwrap();
+    println!(
+        "md slab {ranks} ranks ({grid}): imbalance {before:.3} unbalanced, {after:.3} after {moves} moves; atom-steps/s {:.3e} -> {:.3e}; planes x {}",
+        fixed["atom_steps_per_s"].as_f64().unwrap(),
+        balanced["atom_steps_per_s"].as_f64().unwrap(),
+        balanced["balance"]["cut_planes"][0]
+    );
+    assert!(before >= 1.5, "the slab must unbalance the run: {fixed}");
+    assert!(moves >= 1 && after < 1.3 && after < before, "imbalance {after} after {moves} moves: {balanced}");
+    let (a, b) = (fixed["thermo"].as_array().unwrap(), balanced["thermo"].as_array().unwrap());
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        for k in ["temp", "pe", "etotal", "press"] {
+            let (x, y) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+                "{k} at step {}: {x} unbalanced, {y} balanced",
+                a[0]["step"]
+            );
+        }
+    }
+}
+
+#[test]
+fn md_balances_a_slab_at_2_ranks() {
+    md_slab(2, "2x1x1");
+}
+
+#[test]
+fn md_balances_a_slab_at_4_ranks() {
+    md_slab(4, "2x2x1");
 }

@@ -180,8 +180,7 @@ fn redistribute_onto_new_blocks(c: &Comm) {
                 u.set_boundary_ghosts(5);
                 u.set_boundary_face(0, false, 9);
                 let hash = u.field_hash().unwrap();
-                let sizes: Vec<Vec<usize>> =
-                    (0..nd).map(|d| skewed(shape[d], dc.grid().dims()[d], w, d + w)).collect();
+                let sizes: Vec<Vec<usize>> = (0..nd).map(|d| skewed(shape[d], dc.grid().dims()[d], w, d + w)).collect();
                 let to = dc.rebalanced(&sizes).unwrap();
                 assert_eq!(to.block_sizes(), sizes);
                 let mut v = u.redistribute(&to).unwrap();

@@ -388,6 +388,104 @@ fn restart_on_fewer_ranks(world: &Comm) {
     }
 }
 
+/// Moving the cut planes: owners and ghosts follow the new blocks, nothing is lost; bad planes are
+/// an error on every rank with nothing moved; the balancer moves planes towards a cluster.
+fn cut_planes_move(world: &Comm) {
+    use phalanx::decomp::{Balancer, ParticleCost};
+    let size = world.size() as usize;
+    let b = ParticleBox::new([0.0; 3], [12.0, 6.0, 6.0], [true, true, false]).unwrap();
+    let grid = ProcessGrid::new(size, &[size, 1, 1], &b.periodic).unwrap();
+    let mut c = Particles::<P>::with_grid(world, grid, b, 1.5).unwrap();
+    let n = 600;
+    if world.rank() == 0 {
+        // Spread evenly (a Weyl sequence), two thirds of them in the first half along x: a
+        // cluster (the cloud of the other tests hugs the sides: lumps no plane can split).
+        c.extend((0..n).map(|i| {
+            let u = |a: f64| (i as f64 * a).fract();
+            let x0 = if i % 3 != 0 { 6.0 * u(0.618_033_988_749) } else { 12.0 * u(0.618_033_988_749) };
+            P { id: i + 1, x: [x0, 6.0 * u(0.754_877_666_246), 6.0 * u(0.569_840_290_998)] }
+        }));
+    }
+    c.migrate().unwrap();
+    check_owners_and_ghosts(&c, n, "uniform planes");
+    let h0 = c.hash().unwrap();
+    // Planes skewed towards the cluster.
+    let mut x: Vec<f64> = (0..=size).map(|i| 12.0 * (i as f64 / size as f64).powf(1.6)).collect();
+    for i in 1..size {
+        x[i] = x[i].max(x[i - 1] + 1.5);
+    }
+    if size > 1 {
+        let planes = [x.clone(), vec![0.0, 6.0], vec![0.0, 6.0]];
+        c.set_cut_planes(planes.clone()).unwrap();
+        assert_eq!(c.cut_planes(), &planes);
+        check_owners_and_ghosts(&c, n, "skewed planes");
+        assert_eq!(c.hash().unwrap(), h0, "the same particles");
+    }
+    let expect_err = |c: &mut Particles<P>, planes: [Vec<f64>; 3], words: &[&str]| {
+        let before = c.cut_planes().clone();
+        let e = c.set_cut_planes(planes).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Decomposition, "{e}");
+        for w in words {
+            assert!(e.to_string().contains(w), "{w:?} not in {e}");
+        }
+        assert_eq!(c.cut_planes(), &before, "bad planes must leave the container as it was");
+    };
+    let full = || [c_planes(size, 12.0), vec![0.0, 6.0], vec![0.0, 6.0]];
+    let mut extra = c_planes(size, 12.0);
+    extra.push(13.0);
+    expect_err(
+        &mut c,
+        [extra, vec![0.0, 6.0], vec![0.0, 6.0]],
+        &["planes along dimension 0", &format!("want {}", size + 1)],
+    );
+    let mut bad = full();
+    bad[1] = vec![0.0, 5.0];
+    expect_err(&mut c, bad, &["run 0..5", "0..6"]);
+    if size > 1 {
+        let mut narrow = full();
+        narrow[0][1] = 1.0;
+        expect_err(&mut c, narrow, &["ghost cutoff 1.5", "along x"]);
+        // Planes that differ between ranks.
+        let mut mine = full();
+        mine[0][1] += if world.rank() == 0 { 0.25 } else { 0.0 };
+        expect_err(&mut c, mine, &["ranks passed different planes"]);
+    }
+    check_owners_and_ghosts(&c, n, "after the refused planes");
+    // The balancer, one weight per particle: the planes move towards the cluster, every rank gets
+    // the same planes, and following them evens out the particle counts.
+    let mut bal = Balancer::new();
+    c.set_cut_planes(full()).unwrap();
+    for round in 0..6 {
+        let w = vec![1.0; c.owned_len()];
+        let d = bal.plan_particles(&c, ParticleCost::PerParticle(&w), 10, 1_000_000).unwrap();
+        if let Some(p) = d.planes.clone() {
+            let all = world.allgatherv(&p[0]).unwrap();
+            for q in 0..size {
+                assert_eq!(all.block(q), &p[0][..], "round {round}: the same planes on every rank");
+            }
+            c.set_cut_planes(p).unwrap();
+            bal.record(round, &d, 0.001);
+        } else {
+            bal.record(round, &d, 0.0);
+        }
+    }
+    check_owners_and_ghosts(&c, n, "balanced planes");
+    let counts = world.allgather(c.owned_len() as f64).unwrap();
+    let max = counts.iter().copied().fold(0.0, f64::max);
+    if size > 1 {
+        assert!(bal.rebalances() >= 1, "{:?}", bal.checks());
+        assert!(max <= 1.25 * n as f64 / size as f64, "counts {counts:?} after {:?}", bal.checks());
+    }
+    // A weight list of the wrong length: an error on every rank.
+    let w = vec![1.0; c.owned_len() + usize::from(world.rank() == 0)];
+    let e = bal.plan_particles(&c, ParticleCost::PerParticle(&w), 10, 100).unwrap_err();
+    assert_eq!(e.kind(), if world.rank() == 0 { ErrorKind::InvalidArgument } else { ErrorKind::PeerFailed }, "{e}");
+}
+
+fn c_planes(size: usize, l: f64) -> Vec<f64> {
+    (0..=size).map(|i| if i == size { l } else { l * i as f64 / size as f64 }).collect()
+}
+
 fn main() {
     harness::main(
         "mpi_particles",
@@ -398,6 +496,7 @@ fn main() {
             Case::new("lj_thermo_matches_one_rank", &[1, 2, 3, 4, 6], lj_thermo_matches_one_rank),
             Case::new("lj_energy_is_conserved", &[2], lj_energy_is_conserved),
             Case::new("restart_on_fewer_ranks", &[2, 3], restart_on_fewer_ranks),
+            Case::new("cut_planes_move", &[1, 2, 3, 4], cut_planes_move),
         ],
     );
 }

@@ -28,6 +28,7 @@
 //! [`crate::decomp::Particles::set_cut_planes`].
 
 use super::layout::Decomposition;
+use super::particles::{Particle, Particles};
 use super::partition::Partition;
 use crate::comm::Comm;
 use crate::error::{Error, ErrorKind, Result};
@@ -74,6 +75,7 @@ pub(crate) fn quantile_planes(edges: &[f64], cost: &[f64], parts: usize) -> Vec<
 ///
 /// # Panics
 /// If `old` and `target` differ in length or have fewer than 2 planes.
+#[allow(clippy::needless_range_loop)] // three arrays indexed by the plane
 pub(crate) fn limit_planes(old: &[f64], target: &[f64], max_shift: f64, min_width: f64) -> Vec<f64> {
     assert!(old.len() == target.len() && old.len() >= 2, "limit_planes: bad input");
     let n = old.len() - 1;
@@ -98,9 +100,9 @@ fn enforce_min_width(p: &mut [f64], w: f64) {
         }
         return;
     }
-    for k in 1..n {
+    for (k, x) in p.iter_mut().enumerate().take(n).skip(1) {
         // Room for k blocks below and n - k above.
-        p[k] = p[k].clamp(lo + w * k as f64, hi - w * (n - k) as f64);
+        *x = x.clamp(lo + w * k as f64, hi - w * (n - k) as f64);
     }
     for k in 1..n {
         p[k] = p[k].max(p[k - 1] + w);
@@ -114,6 +116,7 @@ fn enforce_min_width(p: &mut [f64], w: f64) {
 /// block at least `min_width` cells (and at least 1).
 ///
 /// Local. Pure arithmetic.
+#[allow(clippy::needless_range_loop)] // neighbouring planes read by index
 pub(crate) fn planes_to_sizes(planes: &[f64], n: usize, min_width: usize) -> Vec<usize> {
     let parts = planes.len() - 1;
     let w = min_width.max(1);
@@ -234,6 +237,41 @@ impl BalanceDecision {
     }
 }
 
+/// One balance check, as [`Balancer::record`] logged it.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct BalanceCheck {
+    /// The step of the check.
+    pub step: u64,
+    /// The decision's measured imbalance.
+    pub imbalance: f64,
+    /// The decision's predicted imbalance (the measured one when the planes stayed).
+    pub predicted: f64,
+    /// Whether the planes moved.
+    pub moved: bool,
+    /// Seconds the move took (the slowest rank's; 0 when nothing moved).
+    pub seconds: f64,
+    /// The decision's `move_bytes`.
+    pub bytes: u64,
+    /// The decision's `gain_seconds` and `move_seconds`.
+    pub gain_seconds: f64,
+    /// Predicted seconds of the move.
+    pub move_seconds: f64,
+    /// Why the planes stayed.
+    pub kept_because: Option<String>,
+}
+
+impl BalanceCheck {
+    /// The check as a JSON object (for a program's summary).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "step": self.step, "imbalance": self.imbalance, "predicted": self.predicted, "moved": self.moved,
+            "seconds": self.seconds, "bytes": self.bytes, "gain_seconds": self.gain_seconds,
+            "move_seconds": self.move_seconds, "kept_because": self.kept_because,
+        })
+    }
+}
+
 /// Decides when and where to move the cut planes of a process grid, from the cost every rank
 /// measured. One balancer per decomposition or particle container; every rank must call its
 /// `plan_*` methods at the same steps (they are collective).
@@ -241,10 +279,13 @@ impl BalanceDecision {
 pub struct Balancer {
     threshold: f64,
     max_shift: f64,
-    /// Seconds and bytes of the last move, to predict the next.
-    last_move: Option<(f64, u64)>,
+    /// A move's predicted cost: a fixed part (new plans, arrays first touched) and a part per
+    /// byte, both from measured moves.
+    fixed_s: f64,
+    bytes_per_s: f64,
     rebalances: u64,
     seconds: f64,
+    checks: Vec<BalanceCheck>,
 }
 
 impl Default for Balancer {
@@ -254,6 +295,8 @@ impl Default for Balancer {
 }
 
 /// Until a move was measured: 1 GB/s per rank plus a millisecond to rebuild the plans.
+/// Moves below this many bytes measure the fixed part.
+const SMALL_MOVE_BYTES: f64 = 256.0 * 1024.0;
 const FIRST_GUESS_BYTES_PER_S: f64 = 1e9;
 const FIRST_GUESS_FIXED_S: f64 = 1e-3;
 /// A move must promise this many times its cost: predictions from noisy timings err, and a move
@@ -263,7 +306,15 @@ const GAIN_MARGIN: f64 = 2.0;
 impl Balancer {
     /// A balancer with threshold 1.1 and planes moving at most half a block per rebalance.
     pub fn new() -> Balancer {
-        Balancer { threshold: 1.1, max_shift: 0.5, last_move: None, rebalances: 0, seconds: 0.0 }
+        Balancer {
+            threshold: 1.1,
+            max_shift: 0.5,
+            fixed_s: FIRST_GUESS_FIXED_S,
+            bytes_per_s: FIRST_GUESS_BYTES_PER_S,
+            rebalances: 0,
+            seconds: 0.0,
+            checks: Vec::new(),
+        }
     }
 
     /// Rebalance only when the measured imbalance (max / mean) exceeds `t` (default 1.1; at least 1).
@@ -284,7 +335,7 @@ impl Balancer {
         self.threshold
     }
 
-    /// Rebalances done so far (moves recorded with [`record_move`](Balancer::record_move)).
+    /// Rebalances done so far (moves [`record`](Balancer::record)ed).
     pub fn rebalances(&self) -> u64 {
         self.rebalances
     }
@@ -294,36 +345,68 @@ impl Balancer {
         self.seconds
     }
 
-    /// Records that a move took `seconds` (the slowest rank's, the same on every rank) and moved
-    /// `bytes` (the decision's `move_bytes`): the next prediction scales it.
-    pub fn record_move(&mut self, seconds: f64, bytes: u64) {
-        self.rebalances += 1;
-        self.seconds += seconds;
-        self.last_move = Some((seconds, bytes));
+    /// Logs the check of `step` that gave `decision`, and when its planes moved, that the move
+    /// took `seconds` (the slowest rank's, the same on every rank): the next prediction of a
+    /// move's cost scales it.
+    ///
+    /// Local.
+    pub fn record(&mut self, step: u64, decision: &BalanceDecision, seconds: f64) {
+        let moved = decision.moves();
+        if moved {
+            self.rebalances += 1;
+            self.seconds += seconds;
+            // A small move measures the fixed part, a large one the rate.
+            let b = decision.move_bytes as f64;
+            if b < SMALL_MOVE_BYTES {
+                self.fixed_s = seconds;
+            } else {
+                self.bytes_per_s = b / (seconds - self.fixed_s).max(seconds / 2.0).max(1e-9);
+            }
+        }
+        self.checks.push(BalanceCheck {
+            step,
+            imbalance: decision.imbalance,
+            predicted: decision.predicted,
+            moved,
+            seconds: if moved { seconds } else { 0.0 },
+            bytes: decision.move_bytes,
+            gain_seconds: decision.gain_seconds,
+            move_seconds: decision.move_seconds,
+            kept_because: decision.kept_because.clone(),
+        });
+    }
+
+    /// Every check [`record`](Balancer::record)ed, in order.
+    pub fn checks(&self) -> &[BalanceCheck] {
+        &self.checks
     }
 
     fn move_seconds(&self, bytes: u64) -> f64 {
-        match self.last_move {
-            // A move costs a fixed part (new plans, new arrays first touched) and a part per
-            // byte; a smaller move than the last is not assumed cheaper.
-            Some((s, b)) if b > 0 => s * (bytes as f64 / b as f64).max(1.0),
-            Some((s, _)) => s,
-            None => FIRST_GUESS_FIXED_S + bytes as f64 / FIRST_GUESS_BYTES_PER_S,
-        }
+        self.fixed_s + bytes as f64 / self.bytes_per_s
     }
 
-    /// The decision from the gathered costs and a prediction: hysteresis, then gain against cost.
-    fn decide(&self, costs: &[f64], predicted: &[f64], window: u64, horizon: u64, bytes: u64) -> BalanceDecision {
+    /// `predicted`: the ranks' costs under the planes this move reaches; `target`: under the
+    /// planes it heads for (the same unless the move was bounded). A bounded move that gains
+    /// nothing yet still goes ahead when its target pays: it takes several moves to get there.
+    fn decide(
+        &self,
+        costs: &[f64],
+        predicted: &[f64],
+        target: &[f64],
+        window: u64,
+        horizon: u64,
+        bytes: u64,
+    ) -> BalanceDecision {
         let imb = imbalance(costs);
         let pred = imbalance(predicted);
         let max_now = costs.iter().copied().fold(0.0, f64::max);
-        let max_new = predicted.iter().copied().fold(0.0, f64::max);
+        let max_new = target.iter().copied().fold(0.0, f64::max);
         let gain = (max_now - max_new) / window.max(1) as f64 * horizon as f64;
         let move_s = self.move_seconds(bytes);
         let kept = if imb <= self.threshold {
             Some(format!("imbalance {imb:.3} is within the threshold {:.3}", self.threshold))
         } else if bytes == 0 || max_new >= max_now {
-            Some(format!("no plane move predicts a gain (imbalance {imb:.3}, predicted {pred:.3})"))
+            Some(format!("no plane move predicts a gain (imbalance {imb:.3}, predicted {:.3})", imbalance(target)))
         } else if gain <= GAIN_MARGIN * move_s {
             Some(format!(
                 "the predicted gain {gain:.4} s over the next {horizon} steps is less than {GAIN_MARGIN} times the move's {move_s:.4} s"
@@ -349,7 +432,7 @@ impl Balancer {
     /// data a move sends); blocks stay at least `min_width[d]` cells wide (never less than the
     /// ghost width where a dimension exchanges ghosts). Apply a moving decision with
     /// [`Decomposition::rebalanced`] and [`crate::decomp::DistArray::redistribute`], then
-    /// [`record_move`](Balancer::record_move).
+    /// [`record`](Balancer::record).
     ///
     /// Collective (one all-gather of the costs); every rank gets the same decision.
     ///
@@ -372,6 +455,7 @@ impl Balancer {
         let nd = dims.len();
         let old: Vec<Partition> = (0..nd).map(|d| decomp.partition(d).clone()).collect();
         let mut sizes = Vec::with_capacity(nd);
+        let mut goal = Vec::with_capacity(nd);
         for d in 0..nd {
             let exchanges = dims[d] > 1 || decomp.periodic()[d];
             let w = min_width.get(d).copied().unwrap_or(1).max(if exchanges { decomp.ghost_width()[d] } else { 1 });
@@ -380,24 +464,163 @@ impl Balancer {
             for (r, &c) in costs.iter().enumerate() {
                 slab[decomp.grid().coords(r)[d]] += c;
             }
-            let edges: Vec<f64> = (0..=dims[d]).map(|a| if a == dims[d] { old[d].len() } else { old[d].range(a).start } as f64).collect();
+            let edges: Vec<f64> =
+                (0..=dims[d]).map(|a| if a == dims[d] { old[d].len() } else { old[d].range(a).start } as f64).collect();
             let target = quantile_planes(&edges, &slab, dims[d]);
             let moved = limit_planes(&edges, &target, self.max_shift, w as f64);
             sizes.push(planes_to_sizes(&moved, old[d].len(), w));
+            let mut target = target;
+            enforce_min_width(&mut target, w as f64);
+            goal.push(planes_to_sizes(&target, old[d].len(), w));
         }
-        let new: Vec<Partition> =
-            sizes.iter().map(|s| Partition::from_sizes(s)).collect::<Result<_>>().map_err(|e| e.at_rank(comm.rank()))?;
+        let parts = |sizes: &[Vec<usize>]| -> Result<Vec<Partition>> {
+            sizes.iter().map(|s| Partition::from_sizes(s)).collect::<Result<_>>().map_err(|e| e.at_rank(comm.rank()))
+        };
+        let new = parts(&sizes)?;
         let predicted = predict_grid(&old, &new, &dims, &costs);
-        let bytes = (0..costs.len())
-            .map(|r| moved_cells(&old, &new, &decomp.grid().coords(r)))
-            .max()
-            .unwrap_or(0) as u64
+        let predicted_goal = predict_grid(&old, &parts(&goal)?, &dims, &costs);
+        let bytes = (0..costs.len()).map(|r| moved_cells(&old, &new, &decomp.grid().coords(r))).max().unwrap_or(0)
+            as u64
             * bytes_per_cell as u64;
-        let mut d = self.decide(&costs, &predicted, window, horizon, if new == old { 0 } else { bytes });
+        let mut d =
+            self.decide(&costs, &predicted, &predicted_goal, window, horizon, if new == old { 0 } else { bytes });
         if d.moves() {
             d.sizes = Some(sizes);
         }
         Ok(d)
+    }
+}
+
+/// What a particle costs, for [`Balancer::plan_particles`].
+#[derive(Clone, Copy, Debug)]
+pub enum ParticleCost<'a> {
+    /// This rank's measured cost (CPU seconds of the compute phase over the window), spread
+    /// evenly over its owned particles (LAMMPS's `weight time`).
+    Measured(f64),
+    /// A weight per owned particle (in [`Particles::owned`] order), in seconds per step or any
+    /// unit shared by every rank; the rank's cost is their sum.
+    PerParticle(&'a [f64]),
+}
+
+/// Histogram bins per slab of a dimension, for the cost profile along it.
+const BINS_PER_SLAB: usize = 32;
+
+impl Balancer {
+    /// New cut planes for `parts` from what its particles cost over the last `window` steps,
+    /// worth taking if they save more than the move costs over the next `horizon` steps. Along
+    /// each dimension the particles' costs are binned (32 bins per slab) over the whole job, the
+    /// planes move towards the quantiles of that profile, at most [`max_shift`](Balancer::max_shift)
+    /// of a block, never making a block narrower than the ghost cutoff where it exchanges ghosts.
+    /// The predicted cost of every rank under the new planes is exact for the particles where they
+    /// are now. Apply a moving decision with [`Particles::set_cut_planes`], then
+    /// [`record`](Balancer::record).
+    ///
+    /// Collective; every rank gets the same decision (the profiles are summed on rank 0 and
+    /// broadcast).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] on every rank for a cost that is negative or not finite, or
+    /// per-particle weights whose count is not the number of owned particles (naming the rank and
+    /// the numbers); MPI errors.
+    #[allow(clippy::needless_range_loop)] // per-dimension arrays indexed together
+    pub fn plan_particles<T: Particle>(
+        &self,
+        parts: &Particles<T>,
+        cost: ParticleCost<'_>,
+        window: u64,
+        horizon: u64,
+    ) -> Result<BalanceDecision> {
+        const OP: &str = "Balancer::plan_particles";
+        let comm = parts.comm();
+        let owned = parts.owned();
+        let n = owned.len();
+        let (my_cost, weight): (f64, Box<dyn Fn(usize) -> f64 + '_>) = match cost {
+            ParticleCost::Measured(c) => (c, Box::new(move |_| if n > 0 { c / n as f64 } else { 0.0 })),
+            ParticleCost::PerParticle(w) => {
+                let local = if w.len() == n {
+                    Ok(())
+                } else {
+                    Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        OP,
+                        Some(comm.rank()),
+                        format!("{} weights for {n} owned particles", w.len()),
+                    ))
+                };
+                comm.agree_errors(OP, local)?;
+                (w.iter().sum(), Box::new(move |i| w[i]))
+            }
+        };
+        let costs = gather_costs(comm, my_cost, OP)?;
+        let dims = parts.grid().dims().to_vec();
+        let b = parts.bbox();
+        let old = parts.cut_planes();
+        // The cost profile along every dimension, summed on rank 0 and broadcast (the same bits
+        // everywhere, whatever order the reduction took).
+        let bins: Vec<usize> = dims.iter().map(|&p| if p > 1 { p * BINS_PER_SLAB } else { 0 }).collect();
+        let mut hist = vec![0.0f64; bins.iter().sum()];
+        let mut at = 0;
+        for d in 0..3 {
+            let (lo, len, nb) = (b.lo[d], b.hi[d] - b.lo[d], bins[d]);
+            for (i, p) in owned.iter().enumerate() {
+                if nb > 0 {
+                    let x = p.position()[d];
+                    let k = (((x - lo) / len * nb as f64).floor().max(0.0) as usize).min(nb - 1);
+                    hist[at + k] += weight(i).max(0.0);
+                }
+            }
+            at += nb;
+        }
+        let mut hist = comm.reduce_vec(&hist, crate::comm::Op::Sum, 0)?.unwrap_or(hist);
+        comm.broadcast_slice(&mut hist, 0)?;
+        let mut planes: [Vec<f64>; 3] = old.clone();
+        let mut goal: [Vec<f64>; 3] = old.clone();
+        let mut at = 0;
+        for d in 0..3 {
+            let nb = bins[d];
+            if nb == 0 {
+                continue;
+            }
+            let (lo, len) = (b.lo[d], b.hi[d] - b.lo[d]);
+            let edges: Vec<f64> =
+                (0..=nb).map(|k| if k == nb { b.hi[d] } else { lo + len * k as f64 / nb as f64 }).collect();
+            let target = quantile_planes(&edges, &hist[at..at + nb], dims[d]);
+            let exchanges = dims[d] > 1 || b.periodic[d];
+            let w = if exchanges { parts.ghost_cutoff() } else { 0.0 };
+            let mut p = limit_planes(&old[d], &target, self.max_shift, w);
+            p[0] = b.lo[d];
+            p[dims[d]] = b.hi[d];
+            planes[d] = p;
+            let mut t = target;
+            enforce_min_width(&mut t, w);
+            goal[d] = t;
+            at += nb;
+        }
+        // Every rank's predicted cost: each rank sends its particles' weights to their new owners.
+        let coord = |x: f64, pl: &[f64]| pl[1..pl.len() - 1].partition_point(|&c| c <= x);
+        // Under the planes of this move, then under the planes it heads for.
+        let p = costs.len();
+        let mut predicted = vec![0.0f64; 2 * p];
+        let mut leaving = 0u64;
+        let me = comm.rank() as usize;
+        for (i, q) in owned.iter().enumerate() {
+            let x = b.wrap(q.position());
+            let c: Vec<usize> = (0..3).map(|d| coord(x[d], &planes[d])).collect();
+            let r = parts.grid().rank_of(&c);
+            predicted[r] += weight(i).max(0.0);
+            leaving += u64::from(r != me);
+            let c: Vec<usize> = (0..3).map(|d| coord(x[d], &goal[d])).collect();
+            predicted[p + parts.grid().rank_of(&c)] += weight(i).max(0.0);
+        }
+        let mut predicted = comm.reduce_vec(&predicted, crate::comm::Op::Sum, 0)?.unwrap_or(predicted);
+        comm.broadcast_slice(&mut predicted, 0)?;
+        let leaving = comm.allreduce(leaving, crate::comm::Op::Max)?;
+        let bytes = if planes == *old { 0 } else { leaving * std::mem::size_of::<T>() as u64 };
+        let mut dec = self.decide(&costs, &predicted[..p], &predicted[p..], window, horizon, bytes);
+        if dec.moves() {
+            dec.planes = Some(planes);
+        }
+        Ok(dec)
     }
 }
 
@@ -471,15 +694,17 @@ mod tests {
     #[test]
     fn hysteresis_and_the_cost_of_moving_keep_the_planes() {
         let b = Balancer::new();
-        let d = b.decide(&[1.0, 1.05], &[1.0, 1.0], 10, 1000, 100);
+        let d = b.decide(&[1.0, 1.05], &[1.0, 1.0], &[1.0, 1.0], 10, 1000, 100);
         assert!(!d.moves() && d.kept_because.as_ref().unwrap().contains("threshold"), "{d:?}");
-        let d = b.decide(&[1.0, 3.0], &[2.0, 2.0], 10, 1000, 100);
+        let d = b.decide(&[1.0, 3.0], &[2.0, 2.0], &[2.0, 2.0], 10, 1000, 100);
         assert!(d.moves(), "{d:?}");
         // The gain over 10 steps (0.1 s per step * 10 = 1 s, but 1/10 per step) is 0.1 s; a
         // measured move of 5 s is not worth it.
         let mut b = Balancer::new();
-        b.record_move(5.0, 100);
-        let d = b.decide(&[1.0, 3.0], &[2.0, 2.0], 10, 1, 100);
+        let moved = b.decide(&[1.0, 3.0], &[2.0, 2.0], &[2.0, 2.0], 10, 1000, 100);
+        b.record(10, &moved, 5.0);
+        assert_eq!((b.rebalances(), b.checks().len(), b.checks()[0].moved), (1, 1, true));
+        let d = b.decide(&[1.0, 3.0], &[2.0, 2.0], &[2.0, 2.0], 10, 1, 100);
         assert!(!d.moves() && d.kept_because.as_ref().unwrap().contains("less than 2 times"), "{d:?}");
     }
 

@@ -266,6 +266,7 @@ impl Decomposition {
     /// ghosts beyond an open end hold the boundary condition, which nobody else has, also where
     /// they meet a periodic dimension's ghosts (corners); the boxes of all ranks tile the ghosted
     /// global domain.
+    #[allow(clippy::needless_range_loop)] // per-dimension arrays indexed together
     pub(crate) fn extended_box_of(&self, rank: usize) -> ([isize; 3], [isize; 3]) {
         let c = self.grid.coords(rank);
         let nd = self.ndim();

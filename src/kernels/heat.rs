@@ -653,20 +653,7 @@ impl HeatSolver {
             rest.lo[d] = low.hi[d];
             rest.hi[d] = high.lo[d];
         }
-        HeatSolver {
-            u,
-            next,
-            r: default_r(dims),
-            dims,
-            shape,
-            owned,
-            interior,
-            shell,
-            steps,
-            stream,
-            block: k,
-            shared,
-        }
+        HeatSolver { u, next, r: default_r(dims), dims, shape, owned, interior, shell, steps, stream, block: k, shared }
     }
 
     /// Moves the solver onto new block sizes per dimension (a load balancer's

@@ -15,6 +15,8 @@ use rayon::prelude::*;
 use crate::comm::{Comm, Op};
 use crate::decomp::{Particle, ParticleBox, Particles, VerletList};
 use crate::error::{Error, ErrorKind, Result};
+use crate::services::fault;
+use crate::services::metrics::cpu_seconds;
 
 /// An atom: global id, position, velocity (56 bytes, no padding).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
@@ -240,6 +242,8 @@ pub struct Md {
     virial: f64,
     tallied: bool,
     step: u64,
+    /// CPU seconds of the computation (forces, neighbour lists) so far: the load balancer's cost.
+    cpu: f64,
 }
 
 /// Pair coefficients: 48 eps s^12, 24 eps s^6, 4 eps s^12, 4 eps s^6, the energy at the cutoff.
@@ -333,6 +337,7 @@ impl Md {
             virial: 0.0,
             tallied: false,
             step: 0,
+            cpu: 0.0,
         };
         md.list.build(&md.parts, pool)?;
         md.compute_forces(pool, true)?;
@@ -468,7 +473,9 @@ impl Md {
         });
         if self.list.needs_rebuild(&self.parts)? {
             self.parts.migrate()?;
+            let c0 = cpu_seconds();
             self.list.build(&self.parts, pool)?;
+            self.cpu += cpu_seconds() - c0;
         } else {
             self.parts.update_ghosts()?;
         }
@@ -485,6 +492,26 @@ impl Md {
         });
         self.step += 1;
         Ok(())
+    }
+
+    /// CPU seconds this rank spent computing (forces and neighbour lists) since the start: the
+    /// cost a load balancer reads ([`crate::decomp::ParticleCost::Measured`], over a window).
+    pub fn compute_seconds(&self) -> f64 {
+        self.cpu
+    }
+
+    /// Moves the cut planes ([`Particles::set_cut_planes`]: a load balancer's decision), rebuilds
+    /// the neighbour list and the forces on the new blocks. The trajectory is the same up to the
+    /// order of the force sums.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// Those of [`Particles::set_cut_planes`] (nothing moved then); MPI errors.
+    pub fn rebalance(&mut self, planes: [Vec<f64>; 3], pool: &rayon::ThreadPool) -> Result<()> {
+        self.parts.set_cut_planes(planes)?;
+        self.list.build(&self.parts, pool)?;
+        self.compute_forces(pool, false)
     }
 
     /// The pair coefficients.
@@ -511,6 +538,7 @@ impl Md {
     /// Forces (owned atoms; ghost forces sent home) on this rank, with the potential energy and
     /// virial when `tally`.
     fn compute_forces(&mut self, pool: &rayon::ThreadPool, tally: bool) -> Result<()> {
+        let c0 = cpu_seconds();
         let n = self.parts.len();
         let owned = self.parts.owned_len();
         self.x.clear();
@@ -552,6 +580,9 @@ impl Md {
         self.pe = sums.iter().map(|s| s.0).sum();
         self.virial = sums.iter().map(|s| s.1).sum();
         self.tallied = tally;
+        // The computation's cost ends here: sending the ghost forces home waits for the others.
+        fault::slow_down(cpu_seconds() - c0);
+        self.cpu += cpu_seconds() - c0;
         self.parts.reverse_add(&mut self.f[0])
     }
 }

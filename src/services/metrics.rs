@@ -720,7 +720,9 @@ mod tests {
         assert_eq!(r.to_json()["recovery"], json!({"recoveries": 2, "seconds": 0.25, "steps_recomputed": 17}));
         assert_eq!(r.to_json()["balance"], Value::Null);
         r.set_rebalances(3, 0.5, 1.02);
-        assert!(r.to_string().ends_with("rebalances 3: 0.500 s moving data, CPU-time imbalance 1.020 at the last check"));
+        assert!(r
+            .to_string()
+            .ends_with("rebalances 3: 0.500 s moving data, CPU-time imbalance 1.020 at the last check"));
         assert!(r.to_prometheus(&[], &[]).contains("phalanx_rebalances_total 3\n"), "{}", r.to_prometheus(&[], &[]));
         assert_eq!(r.to_json()["balance"]["rebalances"], json!(3));
     }

@@ -191,6 +191,77 @@ impl<T: Particle> Particles<T> {
         (self.lo, self.hi)
     }
 
+    /// The cut planes per dimension: `grid().dims()[d] + 1` coordinates along `d`, the first the
+    /// box's `lo`, the last its `hi`; rank `(i, j, k)` owns `planes[0][i]..planes[0][i + 1]` along
+    /// x, and so on. Uniform unless moved by [`set_cut_planes`](Particles::set_cut_planes).
+    pub fn cut_planes(&self) -> &[Vec<f64>; 3] {
+        &self.cuts.planes
+    }
+
+    /// Moves the cut planes (as a load balancer decides: [`crate::decomp::Balancer`]), then
+    /// migrates every particle to its new owner and rebuilds the ghosts (and puts the owned
+    /// particles in cell order): rebuild neighbour lists after it, as after
+    /// [`migrate`](Particles::migrate).
+    ///
+    /// Collective: every rank must pass the same planes.
+    ///
+    /// # Errors
+    /// On every rank, [`ErrorKind::Decomposition`] for planes that do not fit the grid (a count
+    /// other than `dims[d] + 1`, ends other than the box's, not increasing, a block narrower than
+    /// the ghost cutoff where it exchanges ghosts) or that differ between ranks, naming the
+    /// numbers; nothing has moved then. Those of [`migrate`](Particles::migrate).
+    pub fn set_cut_planes(&mut self, planes: [Vec<f64>; 3]) -> Result<()> {
+        const OP: &str = "Particles::set_cut_planes";
+        let rank = self.comm.rank();
+        let dims = self.grid.dims().to_vec();
+        let fail = |msg: String| Error::new(ErrorKind::Decomposition, OP, Some(rank), msg);
+        let mut local = Ok(());
+        for d in 0..3 {
+            let p = &planes[d];
+            if p.len() != dims[d] + 1 {
+                local = Err(fail(format!(
+                    "{} planes along dimension {d} for a grid of {} ranks there (want {})",
+                    p.len(),
+                    dims[d],
+                    dims[d] + 1
+                )));
+                break;
+            }
+            if p[0] != self.bbox.lo[d] || p[dims[d]] != self.bbox.hi[d] {
+                local = Err(fail(format!(
+                    "the planes along dimension {d} run {}..{}, the box {}..{}",
+                    p[0], p[dims[d]], self.bbox.lo[d], self.bbox.hi[d]
+                )));
+                break;
+            }
+            if let Some(i) = p.windows(2).position(|w| w[1].partial_cmp(&w[0]) != Some(std::cmp::Ordering::Greater)) {
+                local = Err(fail(format!(
+                    "planes {i} and {} along dimension {d} are {} and {}: they must increase",
+                    i + 1,
+                    p[i],
+                    p[i + 1]
+                )));
+                break;
+            }
+        }
+        let cuts = Cuts { planes };
+        if local.is_ok() {
+            local = cuts.check_width(&self.bbox, &dims, self.cutoff, OP).map_err(|e| e.at_rank(rank));
+        }
+        self.comm.agree_errors(OP, local)?;
+        let bytes: Vec<u8> = cuts.planes.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
+        let key = (xxhash_rust::xxh3::xxh3_64(&bytes) >> 2) as i64;
+        let (min, max) = self.comm.min_max(&[key])?;
+        if min != max {
+            return Err(fail(format!("ranks passed different planes (this rank: {:?})", cuts.planes)));
+        }
+        self.cuts = cuts;
+        (self.lo, self.hi) = self.cuts.block(&self.coords);
+        // A block that moved gathers particles from elsewhere: put them in cell order.
+        self.migrations = 0;
+        self.migrate()
+    }
+
     /// This rank's coordinates in the process grid.
     pub fn grid_coords(&self) -> [usize; 3] {
         self.coords
