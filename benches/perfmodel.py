@@ -253,6 +253,16 @@ def md_scaling(m, nets, node_counts, atoms_strong, atoms_per_rank):
     return out
 
 
+def balance_gain(factor, ranks, compute_fraction=1.0):
+    """Predicted speed-up from load balancing a 1-D grid of `ranks` ranks where one rank computes
+    `factor` times slower: unbalanced, a step takes the slow rank's share, factor * N / P cell
+    times; balanced, the slow rank gets N / (factor (P - 1) + 1) cells and every rank finishes
+    together, factor * N / (factor (P - 1) + 1). Only the computation (`compute_fraction` of the
+    unbalanced step, the rest -- halo, waiting in MPI beyond the imbalance -- unchanged) speeds up."""
+    ideal = (factor * (ranks - 1) + 1) / ranks
+    return 1.0 / ((1.0 - compute_fraction) + compute_fraction / ideal)
+
+
 BLOCK_K = 8  # the time block of the scaling tables' blocked columns
 
 

@@ -181,3 +181,20 @@ fn md_balances_a_slab_at_2_ranks() {
 fn md_balances_a_slab_at_4_ranks() {
     md_slab(4, "2x2x1");
 }
+
+/// md's cut planes survive a checkpoint: a restart on as many ranks continues on them.
+#[test]
+fn md_planes_survive_a_restart() {
+    let md = example("md");
+    let dir = std::env::temp_dir().join(format!("phalanx-balance-md-ckpt-{}", std::process::id()));
+    let d = dir.to_str().unwrap();
+    let base = ["--cells", "14", "--slab", "0.25", "--temp", "0.8", "--threads", "1", "--grid", "2x1x1", "--json"];
+    let ck = ["--checkpoint-dir", d, "--checkpoint-every", "100", "--balance-every", "50"];
+    let a = json_of(&mpirun(2, &[], &md, &[&base[..], &["--steps", "100"], &ck].concat()), "md with a checkpoint");
+    let planes = a["balance"]["cut_planes"].clone();
+    assert!(a["balance"]["rebalances"].as_u64().unwrap() >= 1, "{a}");
+    let b = json_of(&mpirun(2, &[], &md, &[&base[..], &["--steps", "100", "--restart"], &ck].concat()), "md restart");
+    assert_eq!(b["balance"]["cut_planes"], planes, "the restart must continue on the balanced planes");
+    assert_eq!(b["state_hash"], a["state_hash"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -451,14 +451,29 @@ impl<T: Particle> Particles<T> {
     }
 
     /// A hash of every owned particle's bytes, keyed by its id: the same for the same particles
-    /// on any number of ranks, in any order (compare runs bit for bit).
+    /// on any number of ranks, in any order (compare runs bit for bit). Positions are hashed
+    /// wrapped into the box along periodic dimensions, as a migration or a checkpoint restart
+    /// leaves them: a particle that crossed a periodic side since the last migration hashes as
+    /// its image inside the box.
     ///
     /// Collective.
     ///
     /// # Errors
     /// MPI errors.
     pub fn hash(&self) -> Result<u128> {
-        let lanes = particle_hash_lanes(self.owned());
+        let wrapped: Vec<T> = self
+            .owned()
+            .iter()
+            .map(|p| {
+                let mut q = *p;
+                let w = self.bbox.wrap(p.position());
+                if w != p.position() {
+                    q.set_position(w);
+                }
+                q
+            })
+            .collect();
+        let lanes = particle_hash_lanes(&wrapped);
         let sum = self.comm.allreduce_vec(&lanes, Op::Sum)?;
         Ok((sum[0] as u128) << 64 | sum[1] as u128)
     }
