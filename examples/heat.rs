@@ -41,6 +41,7 @@ use phalanx::runtime::PinPolicy;
 use phalanx::services::checkpoint::{Checkpoint, CheckpointStore};
 use phalanx::services::metrics::{Metrics, MetricsReport, Phase};
 use phalanx::services::recovery::{self, Snapshot};
+use phalanx::services::vtk::{self, ImageGeometry, Series};
 use phalanx::services::{fault, signals, watchdog::Watchdog};
 
 #[derive(Parser, Debug)]
@@ -119,6 +120,13 @@ struct Args {
     /// With --balance-every: rebalance only when the compute imbalance (max / mean) exceeds this.
     #[arg(long, default_value_t = 1.1)]
     balance_threshold: f64,
+    /// Write the field for ParaView into this directory (`u_STEP.pvti`, one `.vti` piece per
+    /// rank, and the time series `u.pvd`), every --output-every steps and at the end.
+    #[arg(long)]
+    output: Option<std::path::PathBuf>,
+    /// With --output: write every this many steps.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    output_every: u64,
     /// Print a JSON summary as the last line of standard output (rank 0).
     #[arg(long)]
     json: bool,
@@ -320,6 +328,26 @@ fn solve(
             }
         }
     }
+    // ParaView output: the physical time of a step is step * r * h^2 (unit square or cube with
+    // unit diffusivity, h = 1 / (n + 1)); a restarted series keeps its entries up to the restart.
+    let h = 1.0 / (n as f64 + 1.0);
+    let dt = phalanx::kernels::heat::default_r(dims) * h * h;
+    let geometry = ImageGeometry::uniform(h);
+    let mut series = match &args.output {
+        Some(dir) => Some(Series::open(world, dir, "u", restarted_from)?),
+        None => None,
+    };
+    let output = |solver: &HeatSolver, series: &mut Option<Series>| -> phalanx::Result<()> {
+        if let (Some(dir), Some(series)) = (&args.output, series.as_mut()) {
+            let step = solver.steps() as u64;
+            let file = vtk::write_image(solver.field(), dir, "u", step, &geometry)?;
+            series.add(world, step, step as f64 * dt, &file)?;
+        }
+        Ok(())
+    };
+    if series.is_some() && restarted_from.is_none() {
+        output(&solver, &mut series)?;
+    }
     let partner_every = if at.is_some() { args.resilience.partner_every as usize } else { 0 };
     let copy = |solver: &HeatSolver| -> phalanx::Result<()> {
         let mut snap = Snapshot::new(solver.steps() as u64);
@@ -426,6 +454,9 @@ fn solve(
             }
         }
         let crossed = |k: usize| k > 0 && s / k != before / k;
+        if crossed(args.output_every as usize) || (s == args.steps && series.is_some()) {
+            output(&solver, &mut series)?;
+        }
         if crossed(args.balance_every) && s < args.steps {
             let cost = metrics.cpu(Phase::Compute) - cpu_at_move;
             let window = (s - moved_at) as u64;

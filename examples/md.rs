@@ -35,6 +35,7 @@ use phalanx::decomp::{Balancer, ParticleBox, ParticleCost, Particles, ProcessGri
 use phalanx::kernels::md::{fcc_lattice, parse_lammps_data, Atom, LennardJones, Md, Thermo};
 use phalanx::runtime::PinPolicy;
 use phalanx::services::checkpoint::{Checkpoint, CheckpointStore};
+use phalanx::services::vtk::{self, Series};
 use phalanx::{Error, ErrorKind};
 
 #[derive(Parser, Debug)]
@@ -106,6 +107,14 @@ struct Args {
     /// With --balance-every: rebalance only when the compute imbalance (max / mean) exceeds this.
     #[arg(long, default_value_t = 1.1)]
     balance_threshold: f64,
+    /// Write the atoms for ParaView into this directory (`atoms_STEP.pvtp`, one `.vtp` piece per
+    /// rank: positions, ids, velocities; and the time series `atoms.pvd`), every --output-every
+    /// steps and at the end.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// With --output: write every this many steps.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    output_every: u64,
     /// Print a JSON summary as the last line of standard output (rank 0).
     #[arg(long)]
     json: bool,
@@ -260,6 +269,21 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<()> {
     }
     thermo.push(t0);
     let first = md.step_number();
+    // ParaView output; time = step * dt; a restarted series keeps its entries up to the restart.
+    let mut series = match &args.output {
+        Some(dir) => Some(Series::open(&world, dir, "atoms", restored.as_ref().map(|g| g.step()))?),
+        None => None,
+    };
+    let output = |md: &Md, series: &mut Option<Series>| -> phalanx::Result<()> {
+        if let (Some(dir), Some(series)) = (&args.output, series.as_mut()) {
+            let file = vtk::write_particles(md.particles(), dir, "atoms", md.step_number())?;
+            series.add(&world, md.step_number(), md.step_number() as f64 * args.dt, &file)?;
+        }
+        Ok(())
+    };
+    if restored.is_none() {
+        output(&md, &mut series)?;
+    }
     let mut balancer = Balancer::new().threshold(args.balance_threshold);
     // Costs since the last move: settled planes get long, quiet windows.
     let (mut moved_at, mut cpu_at_move) = (first, md.compute_seconds());
@@ -299,6 +323,9 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<()> {
                 print_thermo(&t);
             }
             thermo.push(t);
+        }
+        if s % args.output_every == 0 || s == args.steps {
+            output(&md, &mut series)?;
         }
         if let Some(store) = &store {
             if (args.checkpoint_every > 0 && s % args.checkpoint_every == 0) || s == args.steps {

@@ -45,6 +45,19 @@ impl Particle for Atom {
     }
 }
 
+impl crate::services::vtk::VtkData for Atom {
+    /// The velocity (positions and ids are written for every particle type).
+    fn fields() -> Vec<crate::services::vtk::VtkField> {
+        use crate::services::vtk::{VtkField, VtkType};
+        vec![VtkField {
+            name: "velocity".into(),
+            ty: VtkType::Float64,
+            components: 3,
+            offset: std::mem::offset_of!(Atom, v),
+        }]
+    }
+}
+
 /// The 12-6 Lennard-Jones pair potential, cut at `cutoff` (`pair_style lj/cut`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LennardJones {
