@@ -11,18 +11,12 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// Where the grid sits in space: the corner of cell 0 and the cell size, per dimension of the
 /// array (row-major order, as the array's shape). Default: origin 0, spacing 1.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ImageGeometry {
     /// The low corner of the first cell, per array dimension (missing entries 0).
     pub origin: Vec<f64>,
     /// The cell size, per array dimension (missing entries 1).
     pub spacing: Vec<f64>,
-}
-
-impl Default for ImageGeometry {
-    fn default() -> Self {
-        ImageGeometry { origin: Vec::new(), spacing: Vec::new() }
-    }
 }
 
 impl ImageGeometry {

@@ -235,6 +235,7 @@ fn io_error(op: &'static str, rank: i32, what: &str, path: &Path, e: std::io::Er
 
 /// Checks the name (a file name part), writes this rank's piece, agrees, then rank 0 writes the
 /// master file from `master(ranks that wrote a piece)`; every rank gets the same result.
+#[allow(clippy::too_many_arguments)] // one file set: where, what, and the two writers
 fn write_parallel(
     comm: &Comm,
     op: &'static str,
