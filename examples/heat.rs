@@ -118,7 +118,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     balance_every: usize,
     /// With --balance-every: rebalance only when the compute imbalance (max / mean) exceeds this.
-    #[arg(long, default_value_t = 1.1)]
+    #[arg(long, default_value_t = 1.1, value_parser = parse_threshold)]
     balance_threshold: f64,
     /// Write the field for ParaView into this directory (`u_STEP.pvti`, one `.vti` piece per
     /// rank, and the time series `u.pvd`), every --output-every steps and at the end.
@@ -132,6 +132,13 @@ struct Args {
     json: bool,
     #[command(flatten)]
     resilience: common::Resilience,
+}
+
+fn parse_threshold(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 1.0 => Ok(t),
+        _ => Err(format!("{s:?}: a load imbalance (max / mean), a number of at least 1")),
+    }
 }
 
 /// Ranks per dimension of the process grid (`--grid AxB`).

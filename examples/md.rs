@@ -105,7 +105,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     balance_every: u64,
     /// With --balance-every: rebalance only when the compute imbalance (max / mean) exceeds this.
-    #[arg(long, default_value_t = 1.1)]
+    #[arg(long, default_value_t = 1.1, value_parser = parse_threshold)]
     balance_threshold: f64,
     /// Write the atoms for ParaView into this directory (`atoms_STEP.pvtp`, one `.vtp` piece per
     /// rank: positions, ids, velocities; and the time series `atoms.pvd`), every --output-every
@@ -118,6 +118,13 @@ struct Args {
     /// Print a JSON summary as the last line of standard output (rank 0).
     #[arg(long)]
     json: bool,
+}
+
+fn parse_threshold(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 1.0 => Ok(t),
+        _ => Err(format!("{s:?}: a load imbalance (max / mean), a number of at least 1")),
+    }
 }
 
 /// Ranks along x, y and z (`--grid AxBxC`).

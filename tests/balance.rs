@@ -17,8 +17,15 @@ fn run(mut cmd: Command, limit: Duration) -> Output {
     common::run(&mut cmd, limit)
 }
 
+/// `exe args` on `n` ranks, with `vars` (`NAME=VALUE`) in every rank's environment: set here and
+/// passed by name, as every launcher takes them.
 fn mpirun(n: usize, vars: &[&str], exe: &PathBuf, args: &[&str]) -> Output {
-    let mut c = common::launcher(n, vars);
+    let names: Vec<&str> = vars.iter().map(|v| v.split('=').next().unwrap()).collect();
+    let mut c = common::launcher(n, &names);
+    for v in vars {
+        let (k, val) = v.split_once('=').unwrap();
+        c.env(k, val);
+    }
     c.arg(exe).args(args);
     run(c, Duration::from_secs(300))
 }
@@ -117,24 +124,25 @@ fn heat_uneven_blocks_survive_a_restart() {
     let heat = example("heat");
     let dir = std::env::temp_dir().join(format!("phalanx-balance-ckpt-{}", std::process::id()));
     let d = dir.to_str().unwrap();
-    let slow = ["PHALANX_FAULT=slow:0:4"];
-    let base = ["--n", "64", "--threads", "1", "--json", "--balance-every", "20"];
-    let ck = ["--checkpoint-dir", d, "--checkpoint-every", "100"];
+    // A rank 8 times slower on a 128^2 grid: the first move pays for itself on any machine.
+    let slow = ["PHALANX_FAULT=slow:0:8"];
+    let base = ["--n", "128", "--threads", "1", "--json", "--balance-every", "20"];
+    let ck = ["--checkpoint-dir", d, "--checkpoint-every", "200"];
     let a =
-        json_of(&mpirun(2, &slow, &heat, &[&base[..], &["--steps", "100"], &ck].concat()), "heat with a checkpoint");
+        json_of(&mpirun(2, &slow, &heat, &[&base[..], &["--steps", "200"], &ck].concat()), "heat with a checkpoint");
     let uneven = sizes(&a);
-    assert_ne!(uneven[0], vec![32, 32], "the balancer moved the planes: {a}");
+    assert_ne!(uneven[0], vec![64, 64], "the balancer moved the planes: {a}");
     // Same rank count, no step left: the blocks of the checkpoint.
     let b =
-        json_of(&mpirun(2, &[], &heat, &[&base[..], &["--steps", "100", "--restart"], &ck].concat()), "restart on 2");
-    assert_eq!(b["restarted_from"], 100);
+        json_of(&mpirun(2, &[], &heat, &[&base[..], &["--steps", "200", "--restart"], &ck].concat()), "restart on 2");
+    assert_eq!(b["restarted_from"], 200);
     assert_eq!(sizes(&b), uneven, "{b}");
     assert_eq!(b["field_hash"], a["field_hash"]);
-    // Another rank count: even blocks, the same field, and on to step 150 as an uninterrupted run.
+    // Another rank count: even blocks, the same field, and on to step 250 as an uninterrupted run.
     let c =
-        json_of(&mpirun(3, &[], &heat, &[&base[..], &["--steps", "150", "--restart"], &ck].concat()), "restart on 3");
-    let whole = json_of(&mpirun(2, &[], &heat, &["--n", "64", "--threads", "1", "--json", "--steps", "150"]), "heat");
-    assert_eq!(c["restarted_from"], 100);
+        json_of(&mpirun(3, &[], &heat, &[&base[..], &["--steps", "250", "--restart"], &ck].concat()), "restart on 3");
+    let whole = json_of(&mpirun(2, &[], &heat, &["--n", "128", "--threads", "1", "--json", "--steps", "250"]), "heat");
+    assert_eq!(c["restarted_from"], 200);
     assert_eq!(c["field_hash"], whole["field_hash"]);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -237,7 +237,20 @@ fn balancer_on_a_grid(c: &Comm) {
     assert!(!d.moves() && d.kept_because.as_deref().unwrap().contains("threshold"), "{d:?}");
     // A minimum width is respected.
     let d = b.plan_grid(&dc, if r == slow { 100.0 } else { 1.0 }, 10, 1000, 8, &[even - 1, 1]).unwrap();
-    assert!(d.sizes.as_ref().is_none_or(|s| s[0].iter().all(|&x| x >= even - 1)), "{d:?}");
+    assert!(d.moves(), "{d:?}");
+    assert!(d.sizes.as_ref().unwrap()[0].iter().all(|&x| x >= even - 1), "{d:?}");
+    // Minimum widths: one per dimension, and blocks that fit.
+    let e = b.plan_grid(&dc, 1.0, 10, 1000, 8, &[1]).unwrap_err();
+    assert!(e.to_string().contains("1 minimum widths for a 2-dimensional"), "{e}");
+    let e = b.plan_grid(&dc, 1.0, 10, 1000, 8, &[400, 1]).unwrap_err();
+    assert!(e.to_string().contains(&format!("{size} blocks of at least 400 cells do not fit 400")), "{e}");
+    // Balancers that differ (a threshold on one rank): an error on every rank, not a hang.
+    let other = if r == 0 { Balancer::new().threshold(1.5) } else { Balancer::new() };
+    let e = other.plan_grid(&dc, cost, 10, 1000, 8, &[1, 1]).unwrap_err();
+    assert!(e.to_string().contains("balancer differs"), "{e}");
+    // Not one list of sizes per dimension.
+    let e = dc.rebalanced(&[vec![400 - (size - 1); 1]]).unwrap_err();
+    assert!(e.to_string().contains("Decomposition::rebalanced") && e.to_string().contains("1 lists"), "{e}");
     // A NaN on one rank: an error on every rank, naming it.
     let e = b.plan_grid(&dc, if r == 1 { f64::NAN } else { 1.0 }, 10, 1000, 8, &[1, 1]).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);

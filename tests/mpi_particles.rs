@@ -451,6 +451,27 @@ fn cut_planes_move(world: &Comm) {
         expect_err(&mut c, mine, &["ranks passed different planes"]);
     }
     check_owners_and_ghosts(&c, n, "after the refused planes");
+    // A particle the migration would refuse: refused before the planes change.
+    let keep = c.cut_planes().clone();
+    let mut moved = full();
+    if size > 1 {
+        moved[0][1] += 0.5;
+    }
+    let saved = c.owned().first().copied();
+    if let Some(p) = c.owned_mut().first_mut() {
+        p.x[2] = f64::NAN;
+    }
+    let e = c.set_cut_planes(moved).unwrap_err();
+    let has = saved.is_some();
+    let any = world.allreduce(u8::from(has), Op::Max).unwrap() == 1;
+    if any {
+        assert!(matches!(e.kind(), ErrorKind::InvalidArgument | ErrorKind::PeerFailed), "{e}");
+    }
+    assert_eq!(c.cut_planes(), &keep, "the planes must not change when a particle is refused");
+    if let (Some(p), Some(s)) = (c.owned_mut().first_mut(), saved) {
+        *p = s;
+    }
+    check_owners_and_ghosts(&c, n, "after the refused particle");
     // The balancer, one weight per particle: the planes move towards the cluster, every rank gets
     // the same planes, and following them evens out the particle counts.
     let mut bal = Balancer::new();

@@ -110,12 +110,15 @@ fn read_vtk(path: &Path) -> (String, HashMap<usize, Vec<u8>>) {
 
 /// An image series file read back: the whole extent (VTK x, y, z cells) and, per array name, the
 /// global array's bytes in row-major order of the phalanx dimensions (x fastest).
-fn read_image(pvti: &Path) -> ([usize; 3], HashMap<String, (usize, Vec<u8>)>) {
+/// Per array name: bytes per value and the global array's bytes.
+type Arrays = HashMap<String, (usize, Vec<u8>)>;
+
+fn read_image(pvti: &Path) -> ([usize; 3], Arrays) {
     let (head, _) = read_vtk(pvti);
     let ext = |s: String| -> Vec<usize> { s.split(' ').map(|v| v.parse().unwrap()).collect() };
     let whole = ext(attr(elements(&head, "PImageData")[0], "WholeExtent").unwrap());
     let n = [whole[1] - whole[0], whole[3] - whole[2], (whole[5] - whole[4]).max(1)];
-    let mut out: HashMap<String, (usize, Vec<u8>)> = HashMap::new();
+    let mut out: Arrays = HashMap::new();
     let dir = pvti.parent().unwrap();
     for piece in elements(&head, "Piece") {
         let e = ext(attr(piece, "Extent").unwrap());

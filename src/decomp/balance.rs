@@ -112,8 +112,15 @@ fn enforce_min_width(p: &mut [f64], w: f64) {
     }
 }
 
+/// A minimum width `w` padded by a few units in the last place of the coordinates `lo..hi`, so
+/// that planes placed `w` apart by floating-point sums are never found closer than `w` by a
+/// subtraction (`0.7 + 0.1 - 0.7 < 0.1`).
+fn padded_width(w: f64, lo: f64, hi: f64) -> f64 {
+    w + 8.0 * f64::EPSILON * lo.abs().max(hi.abs()).max(w)
+}
+
 /// Integer block sizes from real planes over `0..n`: planes rounded to the nearest cell, every
-/// block at least `min_width` cells (and at least 1).
+/// block at least `min_width` cells (and at least 1) when `parts * min_width <= n` (callers check).
 ///
 /// Local. Pure arithmetic.
 #[allow(clippy::needless_range_loop)] // neighbouring planes read by index
@@ -216,7 +223,8 @@ pub struct BalanceDecision {
     pub imbalance: f64,
     /// Predicted imbalance under the new planes (the measured one when nothing moves).
     pub predicted: f64,
-    /// Predicted seconds saved over the horizon by the new planes.
+    /// Predicted seconds saved over the horizon by the planes this move heads for (a bounded move
+    /// may take several rebalances to reach them).
     pub gain_seconds: f64,
     /// Predicted seconds of the move (from the last move's measurement when there was one).
     pub move_seconds: f64,
@@ -297,6 +305,8 @@ impl Default for Balancer {
 /// Until a move was measured: 1 GB/s per rank plus a millisecond to rebuild the plans.
 /// Moves below this many bytes measure the fixed part.
 const SMALL_MOVE_BYTES: f64 = 256.0 * 1024.0;
+/// Entries of [`Balancer::state`].
+const STATE: usize = 5;
 const FIRST_GUESS_BYTES_PER_S: f64 = 1e9;
 const FIRST_GUESS_FIXED_S: f64 = 1e-3;
 /// A move must promise this many times its cost: predictions from noisy timings err, and a move
@@ -346,20 +356,24 @@ impl Balancer {
     }
 
     /// Logs the check of `step` that gave `decision`, and when its planes moved, that the move
-    /// took `seconds` (the slowest rank's, the same on every rank): the next prediction of a
-    /// move's cost scales it.
+    /// took `seconds`: the next prediction of a move's cost follows it. Pass the same `seconds`
+    /// on every rank (the slowest rank's: an all-reduce with `Op::Max`): the next `plan_*`
+    /// refuses balancers that differ between ranks. A time that is not finite and positive is
+    /// logged as 0 and not learnt from.
     ///
     /// Local.
     pub fn record(&mut self, step: u64, decision: &BalanceDecision, seconds: f64) {
         let moved = decision.moves();
+        // A time that is not one (NaN, negative) does not teach the move-cost model anything.
+        let seconds = if seconds.is_finite() && seconds >= 0.0 { seconds } else { 0.0 };
         if moved {
             self.rebalances += 1;
             self.seconds += seconds;
             // A small move measures the fixed part, a large one the rate.
             let b = decision.move_bytes as f64;
-            if b < SMALL_MOVE_BYTES {
+            if seconds > 0.0 && b < SMALL_MOVE_BYTES {
                 self.fixed_s = seconds;
-            } else {
+            } else if seconds > 0.0 {
                 self.bytes_per_s = b / (seconds - self.fixed_s).max(seconds / 2.0).max(1e-9);
             }
         }
@@ -383,6 +397,12 @@ impl Balancer {
 
     fn move_seconds(&self, bytes: u64) -> f64 {
         self.fixed_s + bytes as f64 / self.bytes_per_s
+    }
+
+    /// What the decision depends on besides the costs, compared across the ranks; `kind` tells
+    /// the kinds of cost apart (a grid, measured or per-particle costs).
+    fn state(&self, kind: f64) -> [f64; STATE] {
+        [self.threshold, self.max_shift, kind, self.fixed_s, self.bytes_per_s]
     }
 
     /// `predicted`: the ranks' costs under the planes this move reaches; `target`: under the
@@ -430,7 +450,8 @@ impl Balancer {
     /// taking if they save more than the move costs over the next `horizon` steps.
     /// `bytes_per_cell` is what a cell of every array on the decomposition weighs together (the
     /// data a move sends); blocks stay at least `min_width[d]` cells wide (never less than the
-    /// ghost width where a dimension exchanges ghosts). Apply a moving decision with
+    /// ghost width where a dimension exchanges ghosts; `min_width` has one entry per dimension).
+    /// Apply a moving decision with
     /// [`Decomposition::rebalanced`] and [`crate::decomp::DistArray::redistribute`], then
     /// [`record`](Balancer::record).
     ///
@@ -438,7 +459,8 @@ impl Balancer {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidArgument`] on every rank when a rank's cost is negative or not finite
-    /// (naming the rank and the value); MPI errors.
+    /// (naming the rank and the value), `min_width` does not have one entry per dimension or its
+    /// blocks do not fit, or the ranks' balancers differ (settings, recorded move times); MPI errors.
     pub fn plan_grid(
         &self,
         decomp: &Decomposition,
@@ -450,15 +472,28 @@ impl Balancer {
     ) -> Result<BalanceDecision> {
         const OP: &str = "Balancer::plan_grid";
         let comm = decomp.comm();
-        let costs = gather_costs(comm, cost, OP)?;
         let dims = decomp.grid().dims().to_vec();
         let nd = dims.len();
+        let local = if min_width.len() != nd {
+            Err(format!("{} minimum widths for a {nd}-dimensional decomposition", min_width.len()))
+        } else if let Some(d) = (0..nd).find(|&d| dims[d] * min_width[d] > decomp.shape()[d]) {
+            Err(format!(
+                "dimension {d}: {} blocks of at least {} cells do not fit {} cells",
+                dims[d],
+                min_width[d],
+                decomp.shape()[d]
+            ))
+        } else {
+            Ok(())
+        }
+        .map_err(|m| Error::new(ErrorKind::InvalidArgument, OP, Some(comm.rank()), m));
+        let costs = gather_costs(comm, cost, self.state(0.0), local, OP)?;
         let old: Vec<Partition> = (0..nd).map(|d| decomp.partition(d).clone()).collect();
         let mut sizes = Vec::with_capacity(nd);
         let mut goal = Vec::with_capacity(nd);
         for d in 0..nd {
             let exchanges = dims[d] > 1 || decomp.periodic()[d];
-            let w = min_width.get(d).copied().unwrap_or(1).max(if exchanges { decomp.ghost_width()[d] } else { 1 });
+            let w = min_width[d].max(if exchanges { decomp.ghost_width()[d] } else { 1 });
             // The cost of each slab along d: the ranks with that grid coordinate.
             let mut slab = vec![0.0; dims[d]];
             for (r, &c) in costs.iter().enumerate() {
@@ -519,9 +554,10 @@ impl Balancer {
     /// broadcast).
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidArgument`] on every rank for a cost that is negative or not finite, or
-    /// per-particle weights whose count is not the number of owned particles (naming the rank and
-    /// the numbers); MPI errors.
+    /// [`ErrorKind::InvalidArgument`] on every rank for a cost or weight that is negative or not
+    /// finite, per-particle weights whose count is not the number of owned particles (naming the
+    /// rank and the numbers), ranks that pass different kinds of cost or whose balancers differ;
+    /// MPI errors.
     #[allow(clippy::needless_range_loop)] // per-dimension arrays indexed together
     pub fn plan_particles<T: Particle>(
         &self,
@@ -534,24 +570,25 @@ impl Balancer {
         let comm = parts.comm();
         let owned = parts.owned();
         let n = owned.len();
-        let (my_cost, weight): (f64, Box<dyn Fn(usize) -> f64 + '_>) = match cost {
-            ParticleCost::Measured(c) => (c, Box::new(move |_| if n > 0 { c / n as f64 } else { 0.0 })),
+        let fail = |m: String| Err(Error::new(ErrorKind::InvalidArgument, OP, Some(comm.rank()), m));
+        type Weight<'w> = Box<dyn Fn(usize) -> f64 + 'w>;
+        let (my_cost, kind, local, weight): (f64, f64, Result<()>, Weight<'_>) = match cost {
+            ParticleCost::Measured(c) => (c, 1.0, Ok(()), Box::new(move |_| if n > 0 { c / n as f64 } else { 0.0 })),
             ParticleCost::PerParticle(w) => {
-                let local = if w.len() == n {
-                    Ok(())
-                } else {
-                    Err(Error::new(
-                        ErrorKind::InvalidArgument,
-                        OP,
-                        Some(comm.rank()),
-                        format!("{} weights for {n} owned particles", w.len()),
+                let local = if w.len() != n {
+                    fail(format!("{} weights for {n} owned particles", w.len()))
+                } else if let Some(i) = w.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
+                    fail(format!(
+                        "the weight of owned particle {i} is {}: weights must be finite and not negative",
+                        w[i]
                     ))
+                } else {
+                    Ok(())
                 };
-                comm.agree_errors(OP, local)?;
-                (w.iter().sum(), Box::new(move |i| w[i]))
+                (w.iter().sum(), 2.0, local, Box::new(move |i| w.get(i).copied().unwrap_or(0.0)))
             }
         };
-        let costs = gather_costs(comm, my_cost, OP)?;
+        let costs = gather_costs(comm, if local.is_ok() { my_cost } else { 0.0 }, self.state(kind), local, OP)?;
         let dims = parts.grid().dims().to_vec();
         let b = parts.bbox();
         let old = parts.cut_planes();
@@ -586,7 +623,7 @@ impl Balancer {
                 (0..=nb).map(|k| if k == nb { b.hi[d] } else { lo + len * k as f64 / nb as f64 }).collect();
             let target = quantile_planes(&edges, &hist[at..at + nb], dims[d]);
             let exchanges = dims[d] > 1 || b.periodic[d];
-            let w = if exchanges { parts.ghost_cutoff() } else { 0.0 };
+            let w = if exchanges { padded_width(parts.ghost_cutoff(), b.lo[d], b.hi[d]) } else { 0.0 };
             let mut p = limit_planes(&old[d], &target, self.max_shift, w);
             p[0] = b.lo[d];
             p[dims[d]] = b.hi[d];
@@ -637,18 +674,32 @@ fn moved_cells(old: &[Partition], new: &[Partition], c: &[usize]) -> usize {
     (o - kept).max(n - kept)
 }
 
-/// Every rank's cost, checked (the same vector on every rank).
-pub(crate) fn gather_costs(comm: &Comm, cost: f64, op: &'static str) -> Result<Vec<f64>> {
-    let costs = comm.allgather(cost)?;
-    if let Some((r, c)) = costs.iter().enumerate().find(|(_, c)| !(c.is_finite() && **c >= 0.0)) {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            op,
-            Some(comm.rank()),
-            format!("rank {r} reported a cost of {c}: costs must be finite and not negative"),
+/// Every rank's cost, checked (the same vector on every rank), after the local checks (`local`,
+/// agreed: an error on one rank is an error on every rank). The balancer's settings and move-cost
+/// model (`state`) go along and must be the same everywhere: they decide whether the planes
+/// move, and ranks that decided differently would enter different collectives.
+fn gather_costs(comm: &Comm, cost: f64, state: [f64; STATE], local: Result<()>, op: &'static str) -> Result<Vec<f64>> {
+    comm.agree_errors(op, local)?;
+    let mut mine = [0.0; STATE + 1];
+    mine[0] = cost;
+    mine[1..].copy_from_slice(&state);
+    let all = comm.allgatherv(&mine)?;
+    let rows: Vec<&[f64]> = (0..comm.size() as usize).map(|r| all.block(r)).collect();
+    let fail = |msg: String| Err(Error::new(ErrorKind::InvalidArgument, op, Some(comm.rank()), msg));
+    if let Some((r, c)) = rows.iter().map(|row| row[0]).enumerate().find(|(_, c)| !(c.is_finite() && *c >= 0.0)) {
+        return fail(format!("rank {r} reported a cost of {c}: costs must be finite and not negative"));
+    }
+    if let Some(r) =
+        rows.iter().position(|row| row[1..].iter().zip(&rows[0][1..]).any(|(a, b)| a.to_bits() != b.to_bits()))
+    {
+        return fail(format!(
+            "rank {r}'s balancer differs from rank 0's (threshold, max shift, cost kind, move-cost model {:?} against {:?}): \
+             use the same settings everywhere and record the same move times (the slowest rank's)",
+            &rows[r][1..],
+            &rows[0][1..]
         ));
     }
-    Ok(costs)
+    Ok(rows.iter().map(|row| row[0]).collect())
 }
 
 #[cfg(test)]
@@ -717,7 +768,36 @@ mod tests {
         Ok(())
     }
 
+    #[test]
+    fn padded_widths_survive_rounding() {
+        // 0.7 + 0.1 - 0.7 is 0.09999999999999998: a block placed exactly 0.1 wide by a sum is
+        // found narrower by a subtraction, unless the width is padded.
+        let (a, w) = (std::hint::black_box(0.7f64), std::hint::black_box(0.1f64));
+        assert!(a + w - a < w);
+        let mut p = vec![0.0, 0.7, 0.71, 2.0];
+        enforce_min_width(&mut p, padded_width(0.1, 0.0, 2.0));
+        assert!(p.windows(2).all(|w| w[1] - w[0] >= 0.1), "{p:?}");
+    }
+
     proptest! {
+        #[test]
+        fn padded_minimum_widths_hold_exactly(
+            lo in -1000.0f64..1000.0, len in 1.0f64..500.0, w in 0.01f64..3.0,
+            xs in proptest::collection::vec(0.0f64..1.0, 1..12),
+        ) {
+            let n = xs.len() + 1;
+            prop_assume!(padded_width(w, lo, lo + len) * n as f64 <= len);
+            let mut p = vec![lo];
+            let mut inner: Vec<f64> = xs.iter().map(|x| lo + x * len).collect();
+            inner.sort_by(f64::total_cmp);
+            p.extend(inner);
+            p.push(lo + len);
+            enforce_min_width(&mut p, padded_width(w, lo, lo + len));
+            for s in p.windows(2) {
+                prop_assert!(s[1] - s[0] >= w, "{:?} with w {}", p, w);
+            }
+        }
+
         #[test]
         fn quantiles_are_monotone_and_equalise_the_cost(
             cost in proptest::collection::vec(0.0f64..10.0, 1..60),

@@ -441,8 +441,8 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
     /// process grid, ghost widths and communicator size; other block sizes, as
     /// [`Decomposition::rebalanced`] makes them): every owned cell moves to its new owner, bit for
     /// bit, and so do the ghosts beyond an open boundary (the boundary condition). The ghosts
-    /// between ranks get their owners' current values (the next [`exchange`](DistArray::exchange)
-    /// refreshes them as usual). Each rank sends the cells it loses and the ghost layers its
+    /// between ranks get their owners' current values, the periodic images the old ghost copies:
+    /// exchange before reading them ([`exchange`](DistArray::exchange)). Each rank sends the cells it loses and the ghost layers its
     /// neighbours need, to those ranks only (a sparse exchange): moving a plane by a few cells
     /// moves a few layers.
     ///
@@ -451,9 +451,25 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
     ///
     /// # Errors
     /// [`ErrorKind::Decomposition`] on every rank when the decompositions differ in more than
-    /// their block sizes (naming what differs); MPI errors.
+    /// their block sizes, or a rank has another number in `to`'s communicator (naming what
+    /// differs); MPI errors.
     #[doc(alias = "DMDARedistribute")]
     pub fn redistribute(&self, to: &Rc<Decomposition>) -> Result<DistArray<T, D>> {
+        self.redistribute_on(to, None)
+    }
+
+    /// As [`redistribute`](DistArray::redistribute), with the new storage first touched by the
+    /// workers of `pool` (as [`new_in`](DistArray::new_in)).
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// As [`redistribute`](DistArray::redistribute).
+    pub fn redistribute_in(&self, to: &Rc<Decomposition>, pool: &rayon::ThreadPool) -> Result<DistArray<T, D>> {
+        self.redistribute_on(to, Some(pool))
+    }
+
+    fn redistribute_on(&self, to: &Rc<Decomposition>, pool: Option<&rayon::ThreadPool>) -> Result<DistArray<T, D>> {
         const OP: &str = "DistArray::redistribute";
         let from = &self.decomp;
         let comm = from.comm();
@@ -463,6 +479,7 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
             || from.periodic() != to.periodic()
             || from.stencil() != to.stencil()
             || comm.size() != to.comm().size()
+            || comm.rank() != to.comm().rank()
         {
             Err(Error::new(
                 ErrorKind::Decomposition,
@@ -470,7 +487,7 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
                 Some(comm.rank()),
                 format!(
                     "only the block sizes may change: shape {:?} -> {:?}, ghost widths {:?} -> {:?}, grid {:?} -> {:?}, \
-                     periodic {:?} -> {:?}, {} -> {} ranks",
+                     periodic {:?} -> {:?}, stencil {:?} -> {:?}, {} -> {} ranks, this rank {} -> {}",
                     from.shape(),
                     to.shape(),
                     from.ghost_width(),
@@ -479,8 +496,12 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
                     to.grid().dims(),
                     from.periodic(),
                     to.periodic(),
+                    from.stencil(),
+                    to.stencil(),
                     comm.size(),
-                    to.comm().size()
+                    to.comm().size(),
+                    comm.rank(),
+                    to.comm().rank()
                 ),
             ))
         } else {
@@ -489,7 +510,7 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
         comm.agree_errors(OP, local)?;
         let me = comm.rank() as usize;
         let size = comm.size() as usize;
-        let mut out = DistArray::build(to, T::zeroed(), None)?;
+        let mut out = DistArray::build(to, T::zeroed(), pool)?;
         let overlap = |a: ([isize; 3], [isize; 3]), b: ([isize; 3], [isize; 3])| {
             let lo: [isize; 3] = std::array::from_fn(|d| a.0[d].max(b.0[d]));
             let hi: [isize; 3] = std::array::from_fn(|d| a.1[d].min(b.1[d]));

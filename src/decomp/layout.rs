@@ -228,9 +228,23 @@ impl Decomposition {
     /// sizes compared across the ranks).
     ///
     /// # Errors
-    /// As [`DecompositionBuilder::build`]: sizes that do not sum to the extent, a block narrower
+    /// [`ErrorKind::Decomposition`] on every rank: not one list of sizes per dimension; as
+    /// [`DecompositionBuilder::build`], sizes that do not sum to the extent, a block narrower
     /// than the ghost width, ranks that passed different sizes.
     pub fn rebalanced(&self, sizes: &[Vec<usize>]) -> Result<Rc<Decomposition>> {
+        const OP: &str = "Decomposition::rebalanced";
+        let nd = self.ndim();
+        let local = if sizes.len() == nd {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Decomposition,
+                OP,
+                Some(self.comm.rank()),
+                format!("{} lists of block sizes for a {nd}-dimensional decomposition", sizes.len()),
+            ))
+        };
+        self.comm.agree_errors(OP, local)?;
         let mut b = Decomposition::builder(&self.comm, &self.shape)
             .ghost_widths(&self.ghost)
             .stencil(self.stencil)
@@ -239,7 +253,7 @@ impl Decomposition {
         for (d, s) in sizes.iter().enumerate() {
             b = b.block_sizes(d, s);
         }
-        b.build()
+        b.build().map_err(|e| Error::new(e.kind(), OP, Some(self.comm.rank()), e.message().to_string()))
     }
 
     /// Block sizes per dimension (the argument [`rebalanced`](Self::rebalanced) takes; uniform

@@ -668,7 +668,7 @@ impl HeatSolver {
     /// the time block deep); MPI errors. On an error the solver is unchanged.
     pub fn rebalance(&mut self, sizes: &[Vec<usize>], pool: &rayon::ThreadPool) -> Result<()> {
         let dc = self.u.decomposition().rebalanced(sizes)?;
-        let u = self.u.redistribute(&dc)?;
+        let u = self.u.redistribute_in(&dc, pool)?;
         let next = Self::field_on(&dc, pool)?;
         *self = Self::assemble(u, next, self.dims, self.block, self.stream, self.steps);
         Ok(())

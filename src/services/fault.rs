@@ -111,9 +111,10 @@ pub fn slow_factor() -> Option<f64> {
 
 /// On a rank that `PHALANX_FAULT=slow:RANK:FACTOR` slows: busy work (CPU time, as a slower core
 /// would spend) of `FACTOR - 1` times `spent`, the CPU seconds its computation just took
-/// (averaged over the last calls), so that
-/// the computation appears `FACTOR` times slower in wall and CPU time alike. Kernels call it at the
-/// end of their compute phase; elsewhere it returns at once.
+/// (averaged over the last calls), spent on the calling thread, so that the computation takes
+/// `FACTOR` times its CPU time (and its wall time too when it runs on one thread; with `T`
+/// threads the wall time grows by `1 + (FACTOR - 1) T`). Kernels call it at the end of their
+/// compute phase; elsewhere it returns at once.
 ///
 /// Local.
 pub fn slow_down(spent: f64) {

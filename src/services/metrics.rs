@@ -723,7 +723,7 @@ mod tests {
         assert!(r
             .to_string()
             .ends_with("rebalances 3: 0.500 s moving data, CPU-time imbalance 1.020 at the last check"));
-        assert!(r.to_prometheus(&[], &[]).contains("phalanx_rebalances_total 3\n"), "{}", r.to_prometheus(&[], &[]));
+        assert!(r.to_prometheus(&[], &[]).contains("phalanx_rebalances_total{} 3\n"), "{}", r.to_prometheus(&[], &[]));
         assert_eq!(r.to_json()["balance"]["rebalances"], json!(3));
     }
 }

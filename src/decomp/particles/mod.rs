@@ -209,7 +209,9 @@ impl<T: Particle> Particles<T> {
     /// On every rank, [`ErrorKind::Decomposition`] for planes that do not fit the grid (a count
     /// other than `dims[d] + 1`, ends other than the box's, not increasing, a block narrower than
     /// the ghost cutoff where it exchanges ghosts) or that differ between ranks, naming the
-    /// numbers; nothing has moved then. Those of [`migrate`](Particles::migrate).
+    /// numbers; what [`migrate`](Particles::migrate) refuses (a particle not finite or outside an
+    /// open side, an unfinished ghost update), checked first. The planes, the particles and
+    /// their ghosts are as they were then. MPI errors.
     pub fn set_cut_planes(&mut self, planes: [Vec<f64>; 3]) -> Result<()> {
         const OP: &str = "Particles::set_cut_planes";
         let rank = self.comm.rank();
@@ -247,6 +249,10 @@ impl<T: Particle> Particles<T> {
         let cuts = Cuts { planes };
         if local.is_ok() {
             local = cuts.check_width(&self.bbox, &dims, self.cutoff, OP).map_err(|e| e.at_rank(rank));
+        }
+        // What the migration would refuse, refused before anything changes.
+        if local.is_ok() {
+            local = if self.plan.in_flight() { Err(self.unfinished(OP)) } else { self.check_positions() };
         }
         self.comm.agree_errors(OP, local)?;
         let bytes: Vec<u8> = cuts.planes.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
