@@ -121,7 +121,8 @@ struct Args {
     #[arg(long, default_value_t = 1.1, value_parser = parse_threshold)]
     balance_threshold: f64,
     /// Write the field for ParaView into this directory (`u_STEP.pvti`, one `.vti` piece per
-    /// rank, and the time series `u.pvd`), every --output-every steps and at the end.
+    /// rank, and the time series `u.pvd`), every --output-every steps and at the last step
+    /// (not after a stop on a signal).
     #[arg(long)]
     output: Option<std::path::PathBuf>,
     /// With --output: write every this many steps.
@@ -339,7 +340,8 @@ fn solve(
     // unit diffusivity, h = 1 / (n + 1)); a restarted series keeps its entries up to the restart.
     let h = 1.0 / (n as f64 + 1.0);
     let dt = phalanx::kernels::heat::default_r(dims) * h * h;
-    let geometry = ImageGeometry::uniform(h);
+    // Interior point i sits at (i + 1) h: cell i spans (i + 1/2) h .. (i + 3/2) h.
+    let geometry = ImageGeometry { origin: vec![h / 2.0; dims], spacing: vec![h; dims] };
     let mut series = match &args.output {
         Some(dir) => Some(Series::open(world, dir, "u", restarted_from)?),
         None => None,

@@ -109,7 +109,7 @@ struct Args {
     balance_threshold: f64,
     /// Write the atoms for ParaView into this directory (`atoms_STEP.pvtp`, one `.vtp` piece per
     /// rank: positions, ids, velocities; and the time series `atoms.pvd`), every --output-every
-    /// steps and at the end.
+    /// steps and at the last step.
     #[arg(long)]
     output: Option<PathBuf>,
     /// With --output: write every this many steps.

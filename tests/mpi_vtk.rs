@@ -117,19 +117,21 @@ fn read_image(pvti: &Path) -> ([usize; 3], Arrays) {
     let (head, _) = read_vtk(pvti);
     let ext = |s: String| -> Vec<usize> { s.split(' ').map(|v| v.parse().unwrap()).collect() };
     let whole = ext(attr(elements(&head, "PImageData")[0], "WholeExtent").unwrap());
-    let n = [whole[1] - whole[0], whole[3] - whole[2], (whole[5] - whole[4]).max(1)];
+    // A dimension of zero point extent (beyond the array's dimensions) is one cell thick.
+    let n = [whole[1] - whole[0], (whole[3] - whole[2]).max(1), (whole[5] - whole[4]).max(1)];
     let mut out: Arrays = HashMap::new();
     let dir = pvti.parent().unwrap();
     for piece in elements(&head, "Piece") {
         let e = ext(attr(piece, "Extent").unwrap());
         let (ph, blocks) = read_vtk(&dir.join(attr(piece, "Source").unwrap()));
         assert_eq!(attr(elements(&ph, "Piece")[0], "Extent").unwrap(), attr(piece, "Extent").unwrap());
-        let len = [e[1] - e[0], e[3] - e[2], (e[5] - e[4]).max(1)];
+        let len = [e[1] - e[0], (e[3] - e[2]).max(1), (e[5] - e[4]).max(1)];
         for da in elements(&ph, "DataArray") {
             let name = attr(da, "Name").unwrap();
             let comps: usize = attr(da, "NumberOfComponents").unwrap().parse().unwrap();
             let size = match attr(da, "type").unwrap().as_str() {
                 "Float64" | "UInt64" | "Int64" => 8,
+                "UInt8" | "Int8" => 1,
                 "Float32" | "Int32" | "UInt32" => 4,
                 t => panic!("type {t}"),
             } * comps;
@@ -160,6 +162,19 @@ fn tmpdir(comm: &Comm, what: &str) -> PathBuf {
 /// gathered array, bit for bit; the .pvti lists exactly one piece per rank.
 fn images_round_trip(c: &Comm) {
     let dir = tmpdir(c, "img");
+    // 1-D: cells along x.
+    let d1 = Decomposition::builder(c, &[17]).build().unwrap();
+    let line = DistArray::<u32, ndarray::Ix1>::from_fn(&d1, |g| g[0] as u32 * 3).unwrap();
+    let f =
+        vtk::write_image(&line, &dir, "line", 0, &ImageGeometry { origin: vec![-1.5], spacing: vec![0.25] }).unwrap();
+    if c.rank() == 0 {
+        let (n, a) = read_image(&f);
+        assert_eq!(n, [17, 1, 1]);
+        let want: Vec<u32> = (0..17).map(|i| i * 3).collect();
+        assert_eq!(a["line"].1, bytemuck::cast_slice::<u32, u8>(&want));
+        let head = std::fs::read_to_string(&f).unwrap();
+        assert!(head.contains("Origin=\"-1.5 0 0\" Spacing=\"0.25 1 1\""), "{head}");
+    }
     for shape in [vec![13usize, 7], vec![5, 9, 11]] {
         let dc = Decomposition::builder(c, &shape).ghost_width(1).build().unwrap();
         let lin = |g: &[usize]| g.iter().zip(&shape).fold(0usize, |a, (&i, &n)| a * n + i);
@@ -170,7 +185,13 @@ fn images_round_trip(c: &Comm) {
                 vel: [g[0] as f32, -(g[1] as f32)],
             })
             .unwrap();
-            let f = vtk::write_image(&u, &dir, "u", 7, &ImageGeometry::uniform(0.1)).unwrap();
+            let geo = ImageGeometry { origin: vec![1.0, 2.0], spacing: vec![0.5, 0.125] };
+            let f = vtk::write_image(&u, &dir, "u", 7, &geo).unwrap();
+            if c.rank() == 0 {
+                // x is the last (contiguous) dimension.
+                let head = std::fs::read_to_string(&f).unwrap();
+                assert!(head.contains("Origin=\"2 1 0\" Spacing=\"0.125 0.5 1\""), "{head}");
+            }
             let fc = vtk::write_image(&cl, &dir, "cells", 7, &ImageGeometry::default()).unwrap();
             (
                 (f, u.gather(0).unwrap().map(|a| a.iter().copied().collect::<Vec<f64>>())),
@@ -289,12 +310,13 @@ fn particles_round_trip(c: &Comm) {
                     elements(&ph, "DataArray").into_iter().find(|t| attr(t, "Name").as_deref() == Some(name)).unwrap();
                 &blocks[&attr(tag, "offset").unwrap().parse::<usize>().unwrap()]
             };
-            let ids: &[u64] = bytemuck::cast_slice(arr("id"));
-            let xs: &[[f64; 3]] = bytemuck::cast_slice(arr("Points"));
-            let ms: &[f32] = bytemuck::cast_slice(arr("mass"));
-            let conn: &[i64] = bytemuck::cast_slice(arr("connectivity"));
+            // Copies: a Vec<u8> need not be aligned for wider types.
+            let ids: Vec<u64> = bytemuck::pod_collect_to_vec(arr("id"));
+            let xs: Vec<[f64; 3]> = bytemuck::pod_collect_to_vec(arr("Points"));
+            let ms: Vec<f32> = bytemuck::pod_collect_to_vec(arr("mass"));
+            let conn: Vec<i64> = bytemuck::pod_collect_to_vec(arr("connectivity"));
             assert_eq!(conn.len(), ids.len());
-            seen.extend(ids.iter().zip(xs).zip(ms).map(|((&i, &x), &m)| (i, x, m)));
+            seen.extend(ids.iter().zip(&xs).zip(&ms).map(|((&i, &x), &m)| (i, x, m)));
         }
         seen.sort_by_key(|s| s.0);
         let want: Vec<(u64, [f64; 3], f32)> = gathered.unwrap().iter().map(|p| (p.id, b.wrap(p.x), p.mass)).collect();
@@ -324,6 +346,36 @@ fn errors_everywhere(c: &Comm) {
         );
     }
     assert!(!file.join("out").join("u_00000001.pvti").exists());
+    // Only rank 1 fails (its piece's name is taken by a non-empty directory): an Io error there,
+    // PeerFailed elsewhere, and the earlier master file of that step is gone, not left naming a
+    // mix of old and new pieces.
+    if c.size() > 1 {
+        let dir = tmpdir(c, "partial");
+        let first = vtk::write_image(&u, &dir, "u", 1, &ImageGeometry::default()).unwrap();
+        if c.rank() == 0 {
+            let blocker = dir.join("u_00000001").join("piece_000001.vti");
+            std::fs::remove_file(&blocker).unwrap();
+            std::fs::create_dir_all(blocker.join("x")).unwrap();
+        }
+        c.barrier().unwrap();
+        let e = vtk::write_image(&u, &dir, "u", 1, &ImageGeometry::default()).unwrap_err();
+        if c.rank() == 1 {
+            assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+            assert!(e.to_string().contains("rank 1") && e.to_string().contains("piece_000001.vti"), "{e}");
+        } else {
+            assert_eq!(e.kind(), ErrorKind::PeerFailed, "{e}");
+        }
+        assert!(!first.exists(), "the earlier .pvti of the step must be gone after a failed rewrite");
+        c.barrier().unwrap();
+        if c.rank() == 0 {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    // Ranks that disagree on the step: an error on every rank, no file claimed.
+    if c.size() > 1 {
+        let e = vtk::write_image(&u, &std::env::temp_dir(), "u", c.rank() as u64 % 2, &ImageGeometry::default());
+        assert!(e.unwrap_err().to_string().contains("ranks write different files"));
+    }
     let e = vtk::write_image(&u, &std::env::temp_dir(), "a/b", 1, &ImageGeometry::default()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     let e = vtk::write_image(&u, &std::env::temp_dir(), "u", 1, &ImageGeometry::uniform(0.0)).unwrap_err();

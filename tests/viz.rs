@@ -87,6 +87,11 @@ fn paraview_opens_heat_and_md_output() {
     );
     let reference = phalanx::kernels::heat::serial_reference(2, n as usize, 20);
     let (lo, hi) = reference.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    // Axis order: cell (x, y) of ParaView is the array's [y][x]: the hot row is y = 0.
+    let probe = img["probe"].as_array().expect("probed cells");
+    let at = |i: usize, j: usize| reference[i * n as usize + j];
+    assert_eq!(probe[0].as_f64().unwrap(), at(0, n as usize / 2), "ParaView's cell (x = n/2, y = 0)");
+    assert_eq!(probe[1].as_f64().unwrap(), at(n as usize / 2, 0), "ParaView's cell (x = 0, y = n/2)");
     let range = img["arrays"]["u"].as_array().expect("an array named u");
     assert!(
         (range[0].as_f64().unwrap() - lo).abs() < 1e-12 && (range[1].as_f64().unwrap() - hi).abs() < 1e-12,
@@ -138,7 +143,7 @@ fn a_full_disk_is_an_error_on_every_rank() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("exit=3"), "heat must fail with exit code 3: {stdout}\n{stderr}");
     for r in 0..2 {
-        assert!(stderr.contains(&format!("rank {r}")), "rank {r} must report the failure: {stderr}");
+        assert!(stderr.contains(&format!("rank {r} of 2:")), "rank {r} must report the failure: {stderr}");
     }
     assert!(stderr.contains("No space left on device"), "{stderr}");
     let listing = stdout.split("listing").nth(1).unwrap_or("");
@@ -146,8 +151,9 @@ fn a_full_disk_is_an_error_on_every_rank() {
     let _ = std::fs::remove_dir(&mnt);
 }
 
-/// heat's series continues across a restart on another rank count: the entries up to the restart
-/// stay, new ones follow with their physical times, and each step's file lists its own pieces.
+/// heat's series continues across a restart on another rank count from an earlier checkpoint:
+/// the entries up to the restart stay, the later ones are written again (by the new rank count),
+/// new ones follow, all with their physical times.
 #[test]
 fn heat_series_continues_across_a_restart() {
     let dir = std::env::temp_dir().join(format!("phalanx-viz-restart-{}", std::process::id()));
@@ -170,9 +176,15 @@ fn heat_series_continues_across_a_restart() {
     let mut a = common::launcher(2, &[]);
     a.arg(&heat).args(base).args(["--steps", "20"]);
     ok(&run(a, Duration::from_secs(120)), "heat on 2 ranks");
+    // Back to the checkpoint of step 10: step 20 is computed (and written) again.
+    let gens: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+    let newest = gens.iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("gen-")).max().unwrap();
+    assert!(newest.to_string_lossy().ends_with("20"), "{newest:?}");
+    std::fs::remove_dir_all(newest).unwrap();
     let mut b = common::launcher(3, &[]);
     b.arg(&heat).args(base).args(["--steps", "30", "--restart"]);
-    ok(&run(b, Duration::from_secs(120)), "heat restarted on 3 ranks");
+    let out = ok(&run(b, Duration::from_secs(120)), "heat restarted on 3 ranks");
+    assert!(out.contains("restart: step 10"), "{out}");
     let pvd = std::fs::read_to_string(dir.join("u.pvd")).unwrap();
     let files: Vec<&str> = pvd.lines().filter_map(|l| l.split("file=\"").nth(1)?.split('"').next()).collect();
     assert_eq!(files, ["u_00000000.pvti", "u_00000010.pvti", "u_00000020.pvti", "u_00000030.pvti"], "{pvd}");
@@ -184,6 +196,6 @@ fn heat_series_continues_across_a_restart() {
     }
     let pieces =
         |step: u32| std::fs::read_to_string(dir.join(format!("u_{step:08}.pvti"))).unwrap().matches("<Piece ").count();
-    assert_eq!((pieces(20), pieces(30)), (2, 3));
+    assert_eq!((pieces(10), pieces(20), pieces(30)), (2, 3, 3), "step 20 rewritten by the 3-rank run");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -40,8 +40,9 @@ fn xyz<T: Copy>(v: &[T], fill: T) -> [T; 3] {
 /// Collective.
 ///
 /// # Errors
-/// On every rank: [`ErrorKind::InvalidArgument`] for a name that is not a file name or a cell
-/// type whose fields do not fit it, a geometry with a non-positive or non-finite spacing;
+/// On every rank: [`ErrorKind::InvalidArgument`] for a name that is not a file name or differs
+/// between ranks (or the step does), a cell type whose fields are empty, do not fit it or repeat
+/// a name, a geometry with a non-positive or non-finite spacing;
 /// [`ErrorKind::Io`] naming the rank and the path when a directory or file cannot be written
 /// (nothing claims to be complete then: the `.pvti` is written last); MPI errors.
 #[doc(alias = "VecView")]
@@ -59,7 +60,7 @@ pub fn write_image<T: VtkData + Send + Sync, D: Dimension>(
     let nd = dc.ndim();
     let spacing: Vec<f64> = (0..nd).map(|d| geometry.spacing.get(d).copied().unwrap_or(1.0)).collect();
     let origin: Vec<f64> = (0..nd).map(|d| geometry.origin.get(d).copied().unwrap_or(0.0)).collect();
-    let fields = fields_of::<T>(name, OP, rank).and_then(|f| {
+    let fields = fields_of::<T>(name, &[], OP, rank).and_then(|f| {
         if spacing.iter().chain(&origin).all(|x| x.is_finite()) && spacing.iter().all(|&h| h > 0.0) {
             Ok(f)
         } else {

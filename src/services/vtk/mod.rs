@@ -1,6 +1,6 @@
 //! Output for ParaView and VisIt: VTK XML files written by every rank in parallel.
 //!
-//! - [`write_image`]: a [`DistArray`](crate::decomp::DistArray) (2-D or 3-D) as one `.vti` piece
+//! - [`write_image`]: a [`DistArray`](crate::decomp::DistArray) (1-, 2- or 3-D) as one `.vti` piece
 //!   per rank (ImageData, the owned cells as *cell data*: pieces share their boundary points and
 //!   leave no gaps) and one `.pvti` by rank 0 that lists them;
 //! - [`write_particles`]: [`Particles`](crate::decomp::Particles) as one `.vtp` piece per rank
@@ -15,7 +15,8 @@
 //! Files: `DIR/NAME_STEP.pvti` (STEP as 8 digits) refers to `DIR/NAME_STEP/piece_RANK.vti`. Each
 //! file is written to a temporary name and renamed when complete, and rank 0 writes the `.pvti`
 //! only after every rank's piece is there: a failure (an unwritable directory, a full disk) is an
-//! error on every rank and leaves no `.pvti` that looks complete. The `.pvti` names exactly the
+//! error on every rank and leaves no `.pvti` that looks complete (an earlier master file of the
+//! same step is removed before its pieces are replaced). The `.pvti` names exactly the
 //! pieces of this write, so pieces left in the directory by an earlier run on more ranks are never
 //! read.
 
@@ -95,7 +96,8 @@ pub struct VtkField {
 /// A value VTK files can hold: which fields of its bytes are written, as what.
 ///
 /// Implemented for the numbers and for arrays of them (one array with that many components). For
-/// a struct, list the fields (`std::mem::offset_of!` gives the offsets); padding is never written:
+/// a struct, list the fields (`std::mem::offset_of!` gives the offsets). Only the listed fields are
+/// written (a `Pod` type has no padding; explicit padding fields are left out by not listing them):
 ///
 /// ```
 /// use bytemuck::{Pod, Zeroable};
@@ -136,30 +138,58 @@ macro_rules! vtk_number {
 vtk_number!(i8 => Int8, u8 => UInt8, i16 => Int16, u16 => UInt16, i32 => Int32, u32 => UInt32,
             i64 => Int64, u64 => UInt64, f32 => Float32, f64 => Float64);
 
-/// `T`'s fields, checked against its size; names filled in from `name`.
-fn fields_of<T: VtkData>(name: &str, op: &'static str, rank: i32) -> Result<Vec<VtkField>> {
+/// `T`'s fields, checked (not empty, inside the value, names without control characters, no
+/// name twice or among `reserved`); names filled in from `name`.
+fn fields_of<T: VtkData>(name: &str, reserved: &[&str], op: &'static str, rank: i32) -> Result<Vec<VtkField>> {
     let size = std::mem::size_of::<T>();
+    let fail = |msg: String| Err(Error::new(ErrorKind::InvalidArgument, op, Some(rank), msg));
     let mut fields = T::fields();
+    if fields.is_empty() {
+        return fail(format!("the {size}-byte value type lists no fields (VtkData::fields)"));
+    }
     for f in &mut fields {
-        if f.components == 0 || f.offset + f.components * f.ty.size() > size {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                op,
-                Some(rank),
-                format!(
-                    "field {:?}: {} x {} at byte {} does not fit a {size}-byte value",
-                    f.name,
-                    f.components,
-                    f.ty.name(),
-                    f.offset
-                ),
+        let end = f.components.checked_mul(f.ty.size()).and_then(|b| b.checked_add(f.offset));
+        if f.components == 0 || end.is_none_or(|e| e > size) {
+            return fail(format!(
+                "field {:?}: {} x {} at byte {} does not fit a {size}-byte value",
+                f.name,
+                f.components,
+                f.ty.name(),
+                f.offset
             ));
         }
         if f.name.is_empty() {
             f.name = name.to_string();
         }
+        if f.name.chars().any(char::is_control) {
+            return fail(format!("field name {:?} has control characters", f.name));
+        }
+    }
+    for (i, f) in fields.iter().enumerate() {
+        if fields[..i].iter().any(|g| g.name == f.name) || reserved.contains(&f.name.as_str()) {
+            return fail(format!("two arrays would be named {:?}", f.name));
+        }
     }
     Ok(fields)
+}
+
+/// A name that is usable as part of a file name: not empty, no `/`, no control characters.
+fn check_name(name: &str, op: &'static str, rank: i32) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name.chars().any(char::is_control) {
+        Err(Error::new(
+            ErrorKind::InvalidArgument,
+            op,
+            Some(rank),
+            format!("{name:?} is not a file name (empty, a '/' or control characters)"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Flushes a directory's entries (renames into it) to the disk.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The bytes of field `f` of every value, in order.
@@ -188,6 +218,11 @@ fn byte_order() -> &'static str {
 /// Escapes a string for an XML attribute.
 fn attr(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Undoes [`attr`].
+fn unattr(s: &str) -> String {
+    s.replace("&quot;", "\"").replace("&gt;", ">").replace("&lt;", "<").replace("&amp;", "&")
 }
 
 /// Appended binary blocks: each a `UInt64` byte count then the bytes; `offset` of the next.
@@ -233,8 +268,10 @@ fn io_error(op: &'static str, rank: i32, what: &str, path: &Path, e: std::io::Er
     Error::new(ErrorKind::Io, op, Some(rank), format!("{what} {}: {e}", path.display()))
 }
 
-/// Checks the name (a file name part), writes this rank's piece, agrees, then rank 0 writes the
-/// master file from `master(ranks that wrote a piece)`; every rank gets the same result.
+/// Checks the name (a file name part) and that every rank writes the same name and step, removes
+/// an earlier master file of this step (so that nothing names a mix of old and new pieces while
+/// they are replaced, or after a failure), writes this rank's piece, agrees, then rank 0 writes
+/// the master file from `master(ranks that wrote a piece)`; every rank gets the same result.
 #[allow(clippy::too_many_arguments)] // one file set: where, what, and the two writers
 fn write_parallel(
     comm: &Comm,
@@ -248,10 +285,25 @@ fn write_parallel(
 ) -> Result<PathBuf> {
     let rank = comm.rank();
     let (pieces, master_path) = paths(dir, name, step, ext);
-    let local = if name.is_empty() || name.contains(['/', '\0']) {
-        Err(Error::new(ErrorKind::InvalidArgument, op, Some(rank), format!("{name:?} is not a file name")))
-    } else {
-        Ok(())
+    comm.agree_errors(op, check_name(name, op, rank))?;
+    let key = (xxhash_rust::xxh3::xxh3_64(format!("{name}\0{step}\0{ext}").as_bytes()) >> 2) as i64;
+    let (lo, hi) = comm.min_max(&[key]).map_err(|e| Error::new(e.kind(), op, Some(rank), e.message().to_string()))?;
+    if lo != hi {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            op,
+            Some(rank),
+            format!("ranks write different files (this rank: {name:?} at step {step})"),
+        ));
+    }
+    let local = match std::fs::remove_file(&master_path) {
+        _ if rank != 0 => Ok(()),
+        // Nothing to remove: no such file, or no such directory (a path through a regular file
+        // fails below, when the directory is created).
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound && e.raw_os_error() != Some(libc::ENOTDIR) => {
+            Err(io_error(op, rank, "cannot remove the earlier", &master_path, e))
+        }
+        _ => Ok(()),
     };
     comm.agree_errors(op, local)?;
     let wrote = piece.is_some();
@@ -261,11 +313,14 @@ fn write_parallel(
             .and_then(|_| {
                 let p = pieces.join(format!("piece_{rank:06}.{}", &ext[1..]));
                 write_atomically(&p, &bytes).map_err(|e| io_error(op, rank, "cannot write", &p, e))
-            }),
+            })
+            .and_then(|_| sync_dir(&pieces).map_err(|e| io_error(op, rank, "cannot flush", &pieces, e))),
         None => Ok(()),
     };
     comm.agree_errors(op, local)?;
-    let who = comm.gatherv(&[u8::from(wrote)], 0)?;
+    let who = comm
+        .gatherv(&[u8::from(wrote)], 0)
+        .map_err(|e| Error::new(e.kind(), op, Some(rank), e.message().to_string()))?;
     let local = match who {
         Some(b) => {
             let wrote: Vec<bool> = (0..comm.size() as usize).map(|r| b.block(r)[0] == 1).collect();
@@ -276,6 +331,7 @@ fn write_parallel(
                     write_atomically(&master_path, &bytes)
                         .map_err(|e| io_error(op, rank, "cannot write", &master_path, e))
                 })
+                .and_then(|_| sync_dir(dir).map_err(|e| io_error(op, rank, "cannot flush", dir, e)))
         }
         None => Ok(()),
     };
@@ -307,53 +363,89 @@ fn piece_source(name: &str, step: u64, r: usize, ext: &str) -> String {
 /// ```
 #[derive(Debug)]
 pub struct Series {
+    dir: PathBuf,
     path: PathBuf,
     /// (step, time, file relative to the .pvd), on rank 0.
     entries: Vec<(u64, f64, String)>,
 }
 
 impl Series {
-    /// A series in `DIR/NAME.pvd`. With `resume_from = Some(step)` (a restart from `step`), the
-    /// entries of an existing file up to and including `step` are kept, the later ones (steps
-    /// computed again) dropped; with `None` the series starts empty.
+    /// A series in `DIR/NAME.pvd`, written at once. With `resume_from = Some(step)` (a restart
+    /// from `step`), the entries of an existing file up to and including `step` are kept, the
+    /// later ones (steps computed again) dropped; with `None` the series starts empty.
     ///
     /// Collective.
     ///
     /// # Errors
-    /// [`ErrorKind::Io`] on every rank when the existing file cannot be read (other than missing).
+    /// On every rank: [`ErrorKind::InvalidArgument`] for a name that is not a file name;
+    /// [`ErrorKind::Io`] when the existing file cannot be read (other than missing) or holds an
+    /// entry this module did not write, or the new one cannot be written.
     pub fn open(comm: &Comm, dir: &Path, name: &str, resume_from: Option<u64>) -> Result<Series> {
         const OP: &str = "vtk::Series::open";
-        let path = dir.join(format!("{name}.pvd"));
-        let mut entries = Vec::new();
+        comm.agree_errors(OP, check_name(name, OP, comm.rank()))?;
+        let mut series = Series { dir: dir.to_path_buf(), path: dir.join(format!("{name}.pvd")), entries: Vec::new() };
         let local = match (comm.rank(), resume_from) {
-            (0, Some(last)) => match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    entries = parse_pvd(&text, name).into_iter().filter(|e| e.0 <= last).collect();
-                    Ok(())
-                }
+            (0, Some(last)) => match std::fs::read_to_string(&series.path) {
+                Ok(text) => parse_pvd(&text)
+                    .map(|e| series.entries = e.into_iter().filter(|e| e.0 <= last).collect())
+                    .map_err(|line| {
+                        Error::new(
+                            ErrorKind::Io,
+                            OP,
+                            Some(0),
+                            format!("{}: a DataSet this module did not write: {line}", series.path.display()),
+                        )
+                    }),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(io_error(OP, 0, "cannot read", &path, e)),
+                Err(e) => Err(io_error(OP, 0, "cannot read", &series.path, e)),
             },
             _ => Ok(()),
         };
         comm.agree_errors(OP, local)?;
-        Ok(Series { path, entries })
+        // The file on disk says at once what the series holds now (nothing past a restart).
+        series.rewrite(comm, OP)?;
+        Ok(series)
     }
 
-    /// Adds `file` (written by [`write_image`] or [`write_particles`] into the series' directory)
-    /// at `step` and physical `time`, and rewrites the `.pvd`.
+    /// Adds `file` (the `.pvti` or `.pvtp` of `step`, written by [`write_image`] or
+    /// [`write_particles`] into the series' directory) at physical `time`, and rewrites the
+    /// `.pvd`. One series per name; a step added twice keeps the later file.
     ///
     /// Collective.
     ///
     /// # Errors
-    /// [`ErrorKind::Io`] on every rank when rank 0 cannot write the file.
+    /// On every rank: [`ErrorKind::InvalidArgument`] for a file outside the series' directory or
+    /// not of that step, or a time that is not finite; [`ErrorKind::Io`] when rank 0 cannot write
+    /// the `.pvd`.
     pub fn add(&mut self, comm: &Comm, step: u64, time: f64, file: &Path) -> Result<()> {
         const OP: &str = "vtk::Series::add";
-        let local = if comm.rank() == 0 {
-            let rel = file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let rel = file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let local = if file.parent() != Some(self.dir.as_path()) || step_of(&rel) != Some(step) || !time.is_finite() {
+            Err(Error::new(
+                ErrorKind::InvalidArgument,
+                OP,
+                Some(comm.rank()),
+                format!(
+                    "{} at step {step}, time {time}: the series in {} takes its own directory's files of that step, at a finite time",
+                    file.display(),
+                    self.dir.display()
+                ),
+            ))
+        } else {
+            Ok(())
+        };
+        comm.agree_errors(OP, local)?;
+        if comm.rank() == 0 {
             self.entries.retain(|e| e.0 != step);
             self.entries.push((step, time, rel));
             self.entries.sort_by_key(|e| e.0);
+        }
+        self.rewrite(comm, OP)
+    }
+
+    /// Rank 0 writes the `.pvd` (atomically); agreed.
+    fn rewrite(&self, comm: &Comm, op: &'static str) -> Result<()> {
+        let local = if comm.rank() == 0 {
             let mut xml = String::from("<?xml version=\"1.0\"?>\n");
             xml += &format!(
                 "<VTKFile type=\"Collection\" version=\"0.1\" byte_order=\"{}\">\n<Collection>\n",
@@ -363,11 +455,13 @@ impl Series {
                 xml += &format!("<DataSet timestep=\"{t:e}\" group=\"\" part=\"0\" file=\"{}\"/>\n", attr(f));
             }
             xml += "</Collection>\n</VTKFile>\n";
-            write_atomically(&self.path, xml.as_bytes()).map_err(|e| io_error(OP, 0, "cannot write", &self.path, e))
+            std::fs::create_dir_all(&self.dir)
+                .and_then(|_| write_atomically(&self.path, xml.as_bytes()))
+                .map_err(|e| io_error(op, 0, "cannot write", &self.path, e))
         } else {
             Ok(())
         };
-        comm.agree_errors(OP, local)
+        comm.agree_errors(op, local)
     }
 
     /// The steps and times listed (rank 0; empty elsewhere).
@@ -376,20 +470,27 @@ impl Series {
     }
 }
 
-/// The (step, time, file) entries of a `.pvd` this module wrote for `name` (step from the file name).
-fn parse_pvd(text: &str, name: &str) -> Vec<(u64, f64, String)> {
+/// The step in a file name `NAME_STEP.EXT` (the digits after the last `_`).
+fn step_of(file: &str) -> Option<u64> {
+    let stem = file.rsplit_once('.')?.0;
+    let digits = stem.rsplit_once('_')?.1;
+    (digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
+}
+
+/// The (step, time, file) entries of a `.pvd` this module wrote; a `DataSet` line it cannot read
+/// is an error (the line), not an entry silently dropped.
+fn parse_pvd(text: &str) -> std::result::Result<Vec<(u64, f64, String)>, String> {
     let value = |line: &str, key: &str| -> Option<String> {
-        let at = line.find(&format!("{key}=\""))? + key.len() + 2;
-        Some(line[at..].split('"').next()?.to_string())
+        let at = line.find(&format!(" {key}=\""))? + key.len() + 3;
+        Some(unattr(line[at..].split('"').next()?))
     };
     text.lines()
         .filter(|l| l.contains("<DataSet"))
-        .filter_map(|l| {
-            let file = value(l, "file")?;
-            let time: f64 = value(l, "timestep")?.parse().ok()?;
-            let stem = file.strip_prefix(&format!("{name}_"))?;
-            let step: u64 = stem.split('.').next()?.parse().ok()?;
-            Some((step, time, file))
+        .map(|l| {
+            let file = value(l, "file").ok_or_else(|| l.to_string())?;
+            let time: f64 = value(l, "timestep").and_then(|t| t.parse().ok()).ok_or_else(|| l.to_string())?;
+            let step = step_of(&file).ok_or_else(|| l.to_string())?;
+            Ok((step, time, file))
         })
         .collect()
 }
@@ -400,8 +501,8 @@ mod tests {
 
     #[test]
     fn fields_of_numbers_arrays_and_bad_structs() {
-        assert_eq!(fields_of::<f64>("u", "t", 0).unwrap()[0].name, "u");
-        let f = fields_of::<[f32; 3]>("v", "t", 0).unwrap();
+        assert_eq!(fields_of::<f64>("u", &[], "t", 0).unwrap()[0].name, "u");
+        let f = fields_of::<[f32; 3]>("v", &[], "t", 0).unwrap();
         assert_eq!((f[0].components, f[0].ty), (3, VtkType::Float32));
         #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
         #[repr(C)]
@@ -411,8 +512,28 @@ mod tests {
                 vec![VtkField { name: "x".into(), ty: VtkType::Float64, components: 2, offset: 0 }]
             }
         }
-        let e = fields_of::<Bad>("b", "t", 3).unwrap_err();
+        let e = fields_of::<Bad>("b", &[], "t", 3).unwrap_err();
         assert!(e.to_string().contains("does not fit a 8-byte value") && e.to_string().contains("rank 3"), "{e}");
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        #[repr(C)]
+        struct Huge(u64);
+        impl VtkData for Huge {
+            fn fields() -> Vec<VtkField> {
+                vec![VtkField { name: "x".into(), ty: VtkType::UInt16, components: 1 << 63, offset: 0 }]
+            }
+        }
+        assert!(fields_of::<Huge>("h", &[], "t", 0).is_err(), "an overflowing size must not pass");
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        #[repr(C)]
+        struct Empty(u64);
+        impl VtkData for Empty {
+            fn fields() -> Vec<VtkField> {
+                Vec::new()
+            }
+        }
+        assert!(fields_of::<Empty>("e", &[], "t", 0).unwrap_err().to_string().contains("no fields"));
+        assert!(fields_of::<f64>("id", &["id"], "t", 0).unwrap_err().to_string().contains("two arrays"));
+        assert!(fields_of::<f64>("a\nb", &[], "t", 0).is_err());
     }
 
     #[test]
@@ -425,10 +546,13 @@ mod tests {
     #[test]
     fn pvd_entries_parse_back() {
         let text = "<DataSet timestep=\"1.5e0\" group=\"\" part=\"0\" file=\"u_00000010.pvti\"/>\n\
-                    <DataSet timestep=\"3e0\" group=\"\" part=\"0\" file=\"u_00000020.pvti\"/>";
+                    <DataSet timestep=\"3e0\" group=\"\" part=\"0\" file=\"a&amp;b_00000020.pvti\"/>";
         assert_eq!(
-            parse_pvd(text, "u"),
-            vec![(10, 1.5, "u_00000010.pvti".to_string()), (20, 3.0, "u_00000020.pvti".to_string())]
+            parse_pvd(text),
+            Ok(vec![(10, 1.5, "u_00000010.pvti".to_string()), (20, 3.0, "a&b_00000020.pvti".to_string())])
         );
+        assert!(parse_pvd("<DataSet timestep=\"x\" file=\"u_00000010.pvti\"/>").is_err());
+        assert_eq!(step_of("u_7_00000042.pvtp"), Some(42));
+        assert_eq!(step_of("u_42.pvtp"), None);
     }
 }

@@ -25,7 +25,7 @@ pub fn write_particles<T: Particle + VtkData>(
 ) -> Result<PathBuf> {
     const OP: &str = "vtk::write_particles";
     let comm = parts.comm();
-    let (fields, local) = match fields_of::<T>(name, OP, comm.rank()) {
+    let (fields, local) = match fields_of::<T>(name, &["id", "Points"], OP, comm.rank()) {
         Ok(f) => (f, Ok(())),
         Err(e) => (Vec::new(), Err(e)),
     };

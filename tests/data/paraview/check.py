@@ -5,6 +5,7 @@
 import json
 import sys
 
+from paraview import servermanager
 from paraview.simple import ColorBy, GetActiveViewOrCreate, OpenDataFile, Render, SaveScreenshot, Show
 from vtkmodules.util.numpy_support import vtk_to_numpy
 from vtkmodules.vtkIOImage import vtkPNGReader
@@ -16,7 +17,14 @@ out = {}
 image = OpenDataFile(pvti)
 image.UpdatePipeline()
 info = image.GetDataInformation()
+# Two cells by position (x fastest): (x = nx/2, y = 0) and (x = 0, y = ny/2), to check the axis order.
+data = servermanager.Fetch(image)
+nx = info.GetExtent()[1] - info.GetExtent()[0]
+ny = info.GetExtent()[3] - info.GetExtent()[2]
+u = data.GetCellData().GetArray("u")
+probe = [u.GetValue(nx // 2), u.GetValue((ny // 2) * nx)]
 out["image"] = {
+    "probe": probe,
     "extent": list(info.GetExtent()),
     "points": info.GetNumberOfPoints(),
     "cells": info.GetNumberOfCells(),
