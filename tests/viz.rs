@@ -37,34 +37,21 @@ fn paraview_opens_heat_and_md_output() {
     let dir = std::env::temp_dir().join(format!("phalanx-viz-{}", std::process::id()));
     let d = dir.to_str().unwrap();
     let n = 41;
-    let mut heat = common::launcher(3, &[]);
-    heat.arg(example("heat")).args([
-        "--n",
-        &n.to_string(),
-        "--steps",
-        "20",
-        "--threads",
-        "1",
-        "--output",
-        d,
-        "--output-every",
-        "10",
-    ]);
-    ok(&run(heat, Duration::from_secs(120)), "heat --output");
-    let mut md = common::launcher(3, &[]);
-    md.arg(example("md")).args([
-        "--cells",
-        "8",
-        "--steps",
-        "20",
-        "--threads",
-        "1",
-        "--output",
-        d,
-        "--output-every",
-        "10",
-    ]);
-    ok(&run(md, Duration::from_secs(120)), "md --output");
+    // Both examples at 3 ranks, writing steps 0, 10 and 20 into the same directory.
+    for (name, size) in [("heat", ["--n", &n.to_string()]), ("md", ["--cells", "8"])] {
+        let mut cmd = common::launcher(3, &[]);
+        cmd.arg(example(name)).args(size).args([
+            "--steps",
+            "20",
+            "--threads",
+            "1",
+            "--output",
+            d,
+            "--output-every",
+            "10",
+        ]);
+        ok(&run(cmd, Duration::from_secs(120)), &format!("{name} --output"));
+    }
     let script = common::root().join("tests/data/paraview/check.py");
     let png = dir.join("u.png");
     let mut pv = Command::new("xvfb-run");
