@@ -114,7 +114,7 @@ struct Args {
     #[arg(long, value_parser = parse_grid)]
     grid: Option<GridDims>,
     /// Check the load balance every this many steps and move the cut planes when it pays off
-    /// (the CPU time of each rank's computation since the last check; 0: never).
+    /// (the CPU time of each rank's computation since the last move; 0: never).
     #[arg(long, default_value_t = 0)]
     balance_every: usize,
     /// With --balance-every: rebalance only when the compute imbalance (max / mean) exceeds this.
