@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
+#[path = "common/balance.rs"]
+mod balance_cli;
 #[path = "common/resilience.rs"]
 mod common;
 use phalanx::comm::{Comm, Op, ThreadConfig};
@@ -118,7 +120,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     balance_every: usize,
     /// With --balance-every: rebalance only when the compute imbalance (max / mean) exceeds this.
-    #[arg(long, default_value_t = 1.1, value_parser = parse_threshold)]
+    #[arg(long, default_value_t = 1.1, value_parser = balance_cli::parse_threshold)]
     balance_threshold: f64,
     /// Write the field for ParaView into this directory (`u_STEP.pvti`, one `.vti` piece per
     /// rank, and the time series `u.pvd`), every --output-every steps and at the last step
@@ -133,13 +135,6 @@ struct Args {
     json: bool,
     #[command(flatten)]
     resilience: common::Resilience,
-}
-
-fn parse_threshold(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(t) if t.is_finite() && t >= 1.0 => Ok(t),
-        _ => Err(format!("{s:?}: a load imbalance (max / mean), a number of at least 1")),
-    }
 }
 
 /// Ranks per dimension of the process grid (`--grid AxB`).
@@ -478,23 +473,11 @@ fn solve(
                 solver.rebalance(sizes, threads.pool())?;
                 seconds = world.allreduce(t0.elapsed().as_secs_f64(), Op::Max)?;
                 (moved_at, cpu_at_move) = (s, metrics.cpu(Phase::Compute));
-                if root {
-                    println!(
-                        "balance: step {s}: imbalance {:.3} -> predicted {:.3}, moved {:.2} MB (most on one rank) in {:.4} s, block sizes {:?}",
-                        d.imbalance,
-                        d.predicted,
-                        d.move_bytes as f64 / 1e6,
-                        seconds,
-                        sizes
-                    );
-                }
-            } else if root && d.imbalance > balancer.threshold_value() {
-                println!(
-                    "balance: step {s}: imbalance {:.3}, planes kept: {}",
-                    d.imbalance,
-                    d.kept_because.as_deref().unwrap_or("")
-                );
             }
+            let threshold = balancer.threshold_value();
+            balance_cli::log_check(root, s as u64, &d, seconds, threshold, || {
+                format!("block sizes {:?}", d.sizes.as_deref().unwrap_or(&[]))
+            });
             balancer.record(s as u64, &d, seconds);
         }
         if args.prometheus.is_some() && crossed(args.metrics_every) {
@@ -525,9 +508,7 @@ fn solve(
     let hash = solver.field().field_hash()?;
     // The compute imbalance since the last move (the whole run without one): a long window.
     let imbalance_after = if args.balance_every > 0 {
-        let costs = world.allgather(metrics.cpu(Phase::Compute) - cpu_at_move)?;
-        let mean = costs.iter().sum::<f64>() / costs.len() as f64;
-        Some(if mean > 0.0 { costs.iter().copied().fold(0.0, f64::max) / mean } else { 1.0 })
+        Some(balance_cli::imbalance_since(world, metrics.cpu(Phase::Compute) - cpu_at_move)?)
     } else {
         None
     };

@@ -30,6 +30,9 @@ use std::time::Instant;
 
 use clap::Parser;
 
+#[path = "common/balance.rs"]
+mod balance_cli;
+
 use phalanx::comm::{Op, ThreadConfig};
 use phalanx::decomp::{Balancer, ParticleBox, ParticleCost, Particles, ProcessGrid};
 use phalanx::kernels::md::{fcc_lattice, parse_lammps_data, Atom, LennardJones, Md, Thermo};
@@ -105,7 +108,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     balance_every: u64,
     /// With --balance-every: rebalance only when the compute imbalance (max / mean) exceeds this.
-    #[arg(long, default_value_t = 1.1, value_parser = parse_threshold)]
+    #[arg(long, default_value_t = 1.1, value_parser = balance_cli::parse_threshold)]
     balance_threshold: f64,
     /// Write the atoms for ParaView into this directory (`atoms_STEP.pvtp`, one `.vtp` piece per
     /// rank: positions, ids, velocities; and the time series `atoms.pvd`), every --output-every
@@ -118,13 +121,6 @@ struct Args {
     /// Print a JSON summary as the last line of standard output (rank 0).
     #[arg(long)]
     json: bool,
-}
-
-fn parse_threshold(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(t) if t.is_finite() && t >= 1.0 => Ok(t),
-        _ => Err(format!("{s:?}: a load imbalance (max / mean), a number of at least 1")),
-    }
 }
 
 /// Ranks along x, y and z (`--grid AxBxC`).
@@ -308,20 +304,11 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<()> {
                 md.rebalance(planes, pool)?;
                 seconds = world.allreduce(t0.elapsed().as_secs_f64(), Op::Max)?;
                 (moved_at, cpu_at_move) = (s, md.compute_seconds());
-                if root {
-                    let p = md.particles().cut_planes();
-                    println!(
-                        "balance: step {s}: imbalance {:.3} -> predicted {:.3}, moved {:.3} MB (most on one rank) in {:.4} s, planes x {:.3?} y {:.3?} z {:.3?}",
-                        d.imbalance, d.predicted, d.move_bytes as f64 / 1e6, seconds, p[0], p[1], p[2]
-                    );
-                }
-            } else if root && d.imbalance > balancer.threshold_value() {
-                println!(
-                    "balance: step {s}: imbalance {:.3}, planes kept: {}",
-                    d.imbalance,
-                    d.kept_because.as_deref().unwrap_or("")
-                );
             }
+            balance_cli::log_check(root, s, &d, seconds, balancer.threshold_value(), || {
+                let p = md.particles().cut_planes();
+                format!("planes x {:.3?} y {:.3?} z {:.3?}", p[0], p[1], p[2])
+            });
             balancer.record(s, &d, seconds);
         }
         if (args.thermo > 0 && s % args.thermo == 0) || s == args.steps {
@@ -342,9 +329,7 @@ fn run(rt: &phalanx::Runtime, args: &Args) -> phalanx::Result<()> {
     }
     let seconds = world.allreduce(start.elapsed().as_secs_f64(), Op::Max)?;
     // The compute imbalance since the last move (the whole run without one).
-    let costs = world.allgather(md.compute_seconds() - cpu_at_move)?;
-    let mean = costs.iter().sum::<f64>() / costs.len() as f64;
-    let imbalance_after = if mean > 0.0 { costs.iter().copied().fold(0.0, f64::max) / mean } else { 1.0 };
+    let imbalance_after = balance_cli::imbalance_since(&world, md.compute_seconds() - cpu_at_move)?;
     let done = md.step_number() - first;
     let rate = md.atoms() as f64 * done as f64 / seconds;
     let hash = md.particles().hash()?;

@@ -144,8 +144,10 @@ pub(crate) fn planes_to_sizes(planes: &[f64], n: usize, min_width: usize) -> Vec
     cut.windows(2).map(|c| c[1] - c[0]).collect()
 }
 
-/// Load imbalance: max / mean (1 when everything is zero).
-pub(crate) fn imbalance(costs: &[f64]) -> f64 {
+/// Load imbalance of per-rank costs: max / mean (1 is perfect; 1 when everything is zero).
+///
+/// Local. Pure arithmetic.
+pub fn imbalance(costs: &[f64]) -> f64 {
     let max = costs.iter().copied().fold(0.0, f64::max);
     let mean = costs.iter().sum::<f64>() / costs.len().max(1) as f64;
     if mean > 0.0 {
@@ -683,8 +685,7 @@ fn gather_costs(comm: &Comm, cost: f64, state: [f64; STATE], local: Result<()>, 
     let mut mine = [0.0; STATE + 1];
     mine[0] = cost;
     mine[1..].copy_from_slice(&state);
-    let all = comm.allgatherv(&mine)?;
-    let rows: Vec<&[f64]> = (0..comm.size() as usize).map(|r| all.block(r)).collect();
+    let rows = comm.allgather(mine)?;
     let fail = |msg: String| Err(Error::new(ErrorKind::InvalidArgument, op, Some(comm.rank()), msg));
     if let Some((r, c)) = rows.iter().map(|row| row[0]).enumerate().find(|(_, c)| !(c.is_finite() && *c >= 0.0)) {
         return fail(format!("rank {r} reported a cost of {c}: costs must be finite and not negative"));

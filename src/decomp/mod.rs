@@ -57,7 +57,7 @@ mod layout;
 mod particles;
 mod partition;
 
-pub use balance::{BalanceCheck, BalanceDecision, Balancer, ParticleCost};
+pub use balance::{imbalance, BalanceCheck, BalanceDecision, Balancer, ParticleCost};
 pub use dist_array::{field_hash_of, DistArray};
 pub use grid::{ProcessGrid, MAX_DIMS};
 pub use halo::HaloExchange;
