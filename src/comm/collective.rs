@@ -34,7 +34,7 @@ pub struct Blocks<T> {
 }
 
 impl<T> Blocks<T> {
-    fn new(data: Vec<T>, counts: Vec<usize>) -> Self {
+    pub(super) fn new(data: Vec<T>, counts: Vec<usize>) -> Self {
         let displs = exclusive_prefix(&counts);
         Blocks { data, counts, displs }
     }
@@ -65,13 +65,13 @@ fn exclusive_prefix(counts: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-fn elem_size<T>() -> Option<i64> {
+pub(super) fn elem_size<T>() -> Option<i64> {
     Some(std::mem::size_of::<T>() as i64)
 }
 
 impl Comm {
     /// Converts per-rank element counts to MPI counts and displacements.
-    fn mpi_counts<T: Pod>(&self, counts: &[usize], op: &'static str) -> Result<(Vec<c_int>, Vec<c_int>)> {
+    pub(super) fn mpi_counts<T: Pod>(&self, counts: &[usize], op: &'static str) -> Result<(Vec<c_int>, Vec<c_int>)> {
         let per = ffi::layout::<T>().per_elem;
         let mut c = Vec::with_capacity(counts.len());
         let mut d = Vec::with_capacity(counts.len());
@@ -97,7 +97,13 @@ impl Comm {
         Ok(busy)
     }
 
-    fn local_check(&self, cond: bool, kind: ErrorKind, op: &'static str, msg: impl FnOnce() -> String) -> Result<()> {
+    pub(super) fn local_check(
+        &self,
+        cond: bool,
+        kind: ErrorKind,
+        op: &'static str,
+        msg: impl FnOnce() -> String,
+    ) -> Result<()> {
         if cond {
             Ok(())
         } else {
@@ -292,6 +298,67 @@ impl Comm {
         let mut out = if self.rank == root { vec![T::zeroed(); send.len()] } else { Vec::new() };
         ffi::reduce_typed(send, &mut out, dt, mpi_op, root, self.raw, OP, self.rank)?;
         Ok((self.rank == root).then_some(out))
+    }
+
+    /// Element-wise reduction whose result is scattered in equal blocks: `send` holds `size`
+    /// blocks of `send.len() / size` elements, and rank r gets block r of the element-wise
+    /// reduction over all ranks.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] if `send.len()` is not a multiple of the size; as
+    /// [`allreduce_into`](Comm::allreduce_into).
+    #[doc(alias = "MPI_Reduce_scatter_block")]
+    pub fn reduce_scatter_block<T: Pod>(&self, send: &[T], op: Op) -> Result<Vec<T>> {
+        const OP: &str = "reduce_scatter_block";
+        let _busy = self.begin(OP)?;
+        let size = self.size as usize;
+        let resolved = op.resolve::<T>(OP, self.rank);
+        let local = self
+            .local_check(send.len() % size == 0, ErrorKind::InvalidArgument, OP, || {
+                format!("{} elements are not {size} equal blocks", send.len())
+            })
+            .and(resolved.as_ref().map(|_| ()).map_err(Clone::clone));
+        let per = send.len() / size;
+        self.agree(OP, local, self.reduce_sig::<T>(None, per, Some(op)))?;
+        let (mpi_op, dt) = resolved?;
+        let mut out = vec![T::zeroed(); per];
+        ffi::nonblocking::reduce_scatter_block(send, &mut out, dt, mpi_op, self.raw, OP, self.rank)?;
+        Ok(out)
+    }
+
+    /// Element-wise reduction whose result is scattered in blocks of given lengths: `send` holds
+    /// `counts.iter().sum()` elements, and rank r gets the `counts[r]` elements of the reduction
+    /// that start at `counts[..r].iter().sum()`. Every rank passes the same `counts`.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] if `counts` does not have one entry per rank or does not sum
+    /// to `send.len()`; [`ErrorKind::CollectiveMismatch`] in checked mode if the ranks pass
+    /// different counts; as [`allreduce_into`](Comm::allreduce_into).
+    #[doc(alias = "MPI_Reduce_scatter")]
+    pub fn reduce_scatter<T: Pod>(&self, send: &[T], counts: &[usize], op: Op) -> Result<Vec<T>> {
+        const OP: &str = "reduce_scatter";
+        let _busy = self.begin(OP)?;
+        let resolved = op.resolve::<T>(OP, self.rank);
+        let given = self.given_counts::<T>(counts, "counts", OP).and_then(|c| {
+            self.local_check(c.total == send.len(), ErrorKind::InvalidArgument, OP, || {
+                format!("counts sum to {} but send has {} elements", c.total, send.len())
+            })?;
+            resolved.as_ref().map_err(Clone::clone)?;
+            Ok(c)
+        });
+        let mut sig = self.reduce_sig::<T>(None, send.len(), Some(op));
+        sig.count = Some(super::counts::digest(counts));
+        self.agree(OP, given.as_ref().map(|_| ()).map_err(Clone::clone), sig)?;
+        let (mpi_op, dt) = resolved?;
+        let c = given?;
+        // Counts in elements of `dt` (reductions run on primitive element types, one item each).
+        let mut out = vec![T::zeroed(); counts[self.rank as usize]];
+        ffi::nonblocking::reduce_scatter(send, &mut out, &c.mpi, dt, mpi_op, self.raw, OP, self.rank)?;
+        Ok(out)
     }
 
     /// Element-wise all-reduce with a closure `f(left, right)`, applied in rank order (so `f` need not
@@ -500,7 +567,7 @@ impl Comm {
 
     /// Every rank's count, known on every rank (one `MPI_Allgather`). Also validates that the total
     /// fits MPI's counts, identically on all ranks.
-    fn exchange_counts<T: Pod>(&self, mine: usize, op: &'static str) -> Result<Vec<usize>> {
+    pub(super) fn exchange_counts<T: Pod>(&self, mine: usize, op: &'static str) -> Result<Vec<usize>> {
         let mut all = vec![0u64; self.size as usize];
         ffi::allgather(&[mine as u64], &mut all, self.raw, op, self.rank)?;
         let counts: Vec<usize> = all.into_iter().map(|c| c as usize).collect();

@@ -7,6 +7,9 @@
 //! or reused while MPI still owns it: the borrow checker keeps the buffer borrowed until the scope
 //! ends, and the scope does not end before MPI is done.
 //!
+//! Nonblocking collectives ([`Scope::ibroadcast`], [`Scope::iallgatherv`], ...) may borrow buffers
+//! the same way; see `nonblocking.rs`.
+//!
 //! Several sends may borrow the same buffer (shared borrows, allowed by MPI-3 and later); a receive
 //! borrows its buffer exclusively.
 //!
@@ -15,9 +18,12 @@
 //! or catch the unwind (`std::panic::catch_unwind` around the scope). The scope then still finishes
 //! every request before the borrowed buffers can be freed, as `std::thread::scope` joins its threads:
 //! it catches the unwind, cancels the receives still in flight (waiting alone would hang when the
-//! peer never sends), waits for every request, and then lets the unwind continue. A cancelled receive leaves its message, if one comes, for
+//! peer never sends), waits for every request, and then lets the unwind continue. A collective
+//! cannot be cancelled: it is waited for, which returns once the other ranks have taken part (and
+//! blocks until they do). A cancelled receive leaves its message, if one comes, for
 //! a later receive; a send waits until MPI is done with its buffer.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::marker::PhantomData;
 
@@ -58,6 +64,9 @@ pub struct Scope<'scope, 'env: 'scope> {
     done: RefCell<Vec<Option<MPI_Status>>>,
     // Which requests are receives (cancelled, not only waited for, when the scope unwinds).
     receives: RefCell<Vec<bool>>,
+    // What nonblocking collectives need until they complete besides the borrowed buffers (the
+    // count arrays of v-collectives): freed only when the scope ends, after every wait.
+    keep: RefCell<Vec<Box<dyn Any>>>,
     _scope: PhantomData<&'scope mut &'scope ()>,
     _env: PhantomData<&'env mut &'env ()>,
 }
@@ -68,6 +77,17 @@ pub struct ScopedSend<'scope> {
     idx: usize,
     reqs: &'scope RefCell<Vec<MPI_Request>>,
     done: &'scope RefCell<Vec<Option<MPI_Status>>>,
+    rank: i32,
+}
+
+/// A nonblocking collective started in a [`Scope`]. Waiting is optional: the scope waits at its
+/// end; the results are in the borrowed buffers once it has completed.
+#[must_use = "wait for the collective, or let the scope wait for it at its end"]
+pub struct ScopedCollective<'scope> {
+    idx: usize,
+    reqs: &'scope RefCell<Vec<MPI_Request>>,
+    done: &'scope RefCell<Vec<Option<MPI_Status>>>,
+    op: &'static str,
     rank: i32,
 }
 
@@ -108,6 +128,7 @@ impl Comm {
             reqs: RefCell::new(Vec::new()),
             done: RefCell::new(Vec::new()),
             receives: RefCell::new(Vec::new()),
+            keep: RefCell::new(Vec::new()),
             _scope: PhantomData,
             _env: PhantomData,
         };
@@ -133,6 +154,16 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         self.done.borrow_mut().push(None);
         self.receives.borrow_mut().push(is_recv);
         r.len() - 1
+    }
+
+    /// Registers a nonblocking collective with what must outlive it.
+    pub(super) fn push_collective(&'scope self, req: MPI_Request, keep: Box<dyn Any>) -> usize {
+        self.keep.borrow_mut().push(keep);
+        self.push(req, false)
+    }
+
+    pub(super) fn collective_handle(&'scope self, idx: usize, op: &'static str) -> ScopedCollective<'scope> {
+        ScopedCollective { idx, reqs: &self.reqs, done: &self.done, op, rank: self.comm.rank }
     }
 
     /// Drives every operation of the scope forward (`MPI_Test` on each); returns `true` when all have
@@ -275,6 +306,18 @@ impl ScopedSend<'_> {
     #[doc(alias = "MPI_Wait")]
     pub fn wait(self) -> Result<()> {
         wait_one(self.reqs, self.done, self.idx, "isend.wait", self.rank).0
+    }
+}
+
+impl ScopedCollective<'_> {
+    /// Blocks until this rank's part of the collective has completed; its results are then in the
+    /// buffers lent to it (readable once the scope has ended).
+    ///
+    /// # Errors
+    /// An MPI error reported at completion.
+    #[doc(alias = "MPI_Wait")]
+    pub fn wait(self) -> Result<()> {
+        wait_one(self.reqs, self.done, self.idx, self.op, self.rank).0
     }
 }
 

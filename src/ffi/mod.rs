@@ -20,6 +20,8 @@ pub(crate) use sys::{MPI_Comm, MPI_Datatype, MPI_Message, MPI_Op, MPI_Request, M
 use crate::error::{Error, ErrorKind, Result};
 use crate::runtime::activity;
 
+pub(crate) mod nonblocking;
+pub(crate) mod topology;
 pub(crate) mod ulfm;
 
 // ---------------------------------------------------------------------------------------------

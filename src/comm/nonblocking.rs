@@ -1,0 +1,558 @@
+//! Nonblocking collectives (MPI-4.1 section 6.12): owning requests, and scoped ones on borrowed
+//! buffers.
+//!
+//! Each operation comes in the two disciplines of point-to-point:
+//! - **owning** ([`Comm::ibroadcast`], ...): the request owns every buffer MPI may touch (the data,
+//!   the result, and the count and displacement arrays of the v-variants, which MPI may read until
+//!   completion) and hands the result back from `wait`. Dropping an unfinished request waits for it
+//!   (a collective cannot be cancelled); leaking it leaks the buffers.
+//! - **scoped** ([`Scope::ibroadcast`], ...): the buffers are borrowed for the scope, which waits
+//!   for every operation before it ends, also when its closure unwinds.
+//!
+//! Argument checks run before the operation starts and, in checked mode, agree across the ranks
+//! with one small blocking all-reduce (see [`crate::comm`]); the v-variants take the counts from the
+//! caller, since learning them would need a blocking collective first (see `counts.rs`).
+//!
+//! Open MPI 4.1 has no asynchronous progress: a nonblocking collective moves forward only inside
+//! MPI calls, so call `test` (or [`Scope::progress`]) now and then while computing.
+
+use std::any::Any;
+use std::marker::PhantomData;
+
+use bytemuck::Pod;
+
+use super::check::Signature;
+use super::collective::{elem_size, Blocks};
+use super::counts::Counts;
+use super::scope::{Scope, ScopedCollective};
+use super::{Comm, Op};
+use crate::error::{ErrorKind, Result};
+use crate::ffi::{self, MPI_Request};
+
+/// An in-flight nonblocking collective; owns its buffers until it completes, and `wait` returns its
+/// result (`()` for a barrier, the data for the others).
+#[must_use = "a collective request must be waited for (dropping it blocks until it completes)"]
+pub struct CollectiveRequest<O> {
+    req: MPI_Request,
+    // Owns every buffer MPI may touch, and turns them into the result once MPI is done.
+    finish: Option<Box<dyn FnOnce() -> O>>,
+    op: &'static str,
+    rank: i32,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<O> std::fmt::Debug for CollectiveRequest<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectiveRequest").field("op", &self.op).field("rank", &self.rank).finish()
+    }
+}
+
+impl<O> CollectiveRequest<O> {
+    fn new(req: MPI_Request, op: &'static str, rank: i32, finish: Box<dyn FnOnce() -> O>) -> Self {
+        CollectiveRequest { req, finish: Some(finish), op, rank, _not_send: PhantomData }
+    }
+
+    /// Blocks until the operation completes on this rank and returns its result.
+    ///
+    /// Local (completes this rank's part of the collective).
+    ///
+    /// # Errors
+    /// An MPI error reported at completion.
+    #[doc(alias = "MPI_Wait")]
+    pub fn wait(mut self) -> Result<O> {
+        let (res, _) = ffi::wait(&mut self.req, self.op, self.rank);
+        res?;
+        let finish = self.finish.take().expect("a request is finished once");
+        Ok(finish())
+    }
+
+    /// Drives progress; returns `true` once the operation has completed (then `wait` returns at once).
+    ///
+    /// Local.
+    ///
+    /// # Errors
+    /// An MPI error reported at completion.
+    #[doc(alias = "MPI_Test")]
+    pub fn test(&mut self) -> Result<bool> {
+        if self.req == ffi::request_null() {
+            return Ok(true);
+        }
+        ffi::test(&mut self.req, self.op, self.rank).0
+    }
+}
+
+impl<O> Drop for CollectiveRequest<O> {
+    fn drop(&mut self) {
+        if self.req != ffi::request_null() && !ffi::finalized() {
+            // Collectives cannot be cancelled: the buffers must outlive the operation.
+            let _ = ffi::wait(&mut self.req, self.op, self.rank);
+        }
+    }
+}
+
+/// A started operation and what must live as long as it (the count arrays of v-variants).
+struct Started {
+    req: MPI_Request,
+    keep: Box<dyn Any>,
+}
+
+impl Comm {
+    // ---------------------------------------------------------------------------------------------
+    // Starters shared by the owning and the scoped forms. Each checks its arguments, agrees in
+    // checked mode, and starts the operation on the given buffers.
+    //
+    // Safety contract of every starter: the buffers stay valid until the request completes, those
+    // MPI reads are not modified and those MPI writes are not accessed by anyone else until then.
+    // ---------------------------------------------------------------------------------------------
+
+    unsafe fn start_ibarrier(&self) -> Result<Started> {
+        const OP: &str = "ibarrier";
+        let _busy = self.begin(OP)?;
+        self.agree(OP, Ok(()), Signature::default())?;
+        Ok(Started { req: ffi::ibarrier(self.raw, OP, self.rank)?, keep: Box::new(()) })
+    }
+
+    unsafe fn start_ibroadcast<T: Pod>(&self, buf: &mut [T], root: i32) -> Result<Started> {
+        const OP: &str = "ibroadcast";
+        let _busy = self.begin(OP)?;
+        let local = self.check_root(root, OP);
+        let sig = Signature {
+            root: Some(root as i64),
+            count: Some(buf.len() as i64),
+            elem_size: elem_size::<T>(),
+            ..Default::default()
+        };
+        self.agree(OP, local, sig)?;
+        self.check_root(root, OP)?;
+        // SAFETY: forwarded from this function's contract.
+        let req = unsafe { ffi::nonblocking::ibcast(buf.as_mut_ptr(), buf.len(), root, self.raw, OP, self.rank)? };
+        Ok(Started { req, keep: Box::new(()) })
+    }
+
+    unsafe fn start_iallreduce<T: Pod>(&self, send: &[T], recv: &mut [T], op: Op) -> Result<Started> {
+        const OP: &str = "iallreduce";
+        let _busy = self.begin(OP)?;
+        let resolved = op.resolve::<T>(OP, self.rank);
+        let local = resolved.as_ref().map(|_| ()).map_err(Clone::clone).and_then(|_| {
+            self.local_check(recv.len() == send.len(), ErrorKind::InvalidArgument, OP, || {
+                format!("a result buffer of {} elements for {} sent", recv.len(), send.len())
+            })
+        });
+        let sig = Signature {
+            count: Some(send.len() as i64),
+            elem_size: elem_size::<T>(),
+            reduce_op: Some(op.index() as i64),
+            root: None,
+        };
+        self.agree(OP, local, sig)?;
+        let (mpi_op, dt) = resolved?;
+        // SAFETY: forwarded from this function's contract; both buffers hold `send.len()` elements.
+        let req = unsafe {
+            ffi::iallreduce_typed(send.as_ptr(), recv.as_mut_ptr(), send.len(), dt, mpi_op, self.raw, OP, self.rank)?
+        };
+        Ok(Started { req, keep: Box::new(()) })
+    }
+
+    /// `recv` must hold the sum of `counts` on the root (it is not read elsewhere).
+    unsafe fn start_igatherv<T: Pod>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        root: i32,
+    ) -> Result<(Started, Option<Vec<usize>>)> {
+        const OP: &str = "igatherv";
+        let _busy = self.begin(OP)?;
+        let given = self.gather_counts::<T>(send.len(), counts, Some(recv.len()), root, OP)?;
+        let Counts { mpi, displs, elems, .. } = given.unwrap_or(Counts::empty());
+        let root_side = self.rank == root;
+        // SAFETY: forwarded from this function's contract; on the root every block lies inside
+        // `recv` (checked above) and the arrays move into `keep`, alive until completion (moving a
+        // Vec does not move its heap buffer).
+        let req = unsafe {
+            ffi::nonblocking::igatherv(
+                send.as_ptr(),
+                send.len(),
+                recv.as_mut_ptr(),
+                mpi.as_ptr(),
+                displs.as_ptr(),
+                root,
+                self.raw,
+                OP,
+                self.rank,
+            )?
+        };
+        Ok((Started { req, keep: Box::new((mpi, displs)) }, root_side.then_some(elems)))
+    }
+
+    unsafe fn start_iallgatherv<T: Pod>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+    ) -> Result<(Started, Vec<usize>)> {
+        const OP: &str = "iallgatherv";
+        let _busy = self.begin(OP)?;
+        let g = self.allgather_counts::<T>(send.len(), counts, Some(recv.len()), OP)?;
+        // SAFETY: as in `start_igatherv`, on every rank.
+        let req = unsafe {
+            ffi::nonblocking::iallgatherv(
+                send.as_ptr(),
+                send.len(),
+                recv.as_mut_ptr(),
+                g.mpi.as_ptr(),
+                g.displs.as_ptr(),
+                self.raw,
+                OP,
+                self.rank,
+            )?
+        };
+        Ok((Started { req, keep: Box::new((g.mpi, g.displs)) }, g.elems))
+    }
+
+    unsafe fn start_ialltoall<T: Pod>(&self, send: &[T], recv: &mut [T]) -> Result<Started> {
+        const OP: &str = "ialltoall";
+        let _busy = self.begin(OP)?;
+        let size = self.size as usize;
+        let local = self
+            .local_check(send.len() % size == 0, ErrorKind::InvalidArgument, OP, || {
+                format!("{} elements are not {size} equal blocks", send.len())
+            })
+            .and_then(|_| {
+                self.local_check(recv.len() == send.len(), ErrorKind::InvalidArgument, OP, || {
+                    format!("a receive buffer of {} elements for {} sent", recv.len(), send.len())
+                })
+            });
+        let per = send.len() / size;
+        self.agree(
+            OP,
+            local,
+            Signature { count: Some(per as i64), elem_size: elem_size::<T>(), ..Default::default() },
+        )?;
+        // SAFETY: forwarded from this function's contract; both buffers hold `size * per` elements.
+        let req =
+            unsafe { ffi::nonblocking::ialltoall(send.as_ptr(), recv.as_mut_ptr(), per, self.raw, OP, self.rank)? };
+        Ok(Started { req, keep: Box::new(()) })
+    }
+
+    unsafe fn start_ialltoallv<T: Pod>(
+        &self,
+        send: &[T],
+        send_counts: &[usize],
+        recv: &mut [T],
+        recv_counts: &[usize],
+    ) -> Result<(Started, Vec<usize>)> {
+        const OP: &str = "ialltoallv";
+        let _busy = self.begin(OP)?;
+        let (s, r) = self.alltoall_counts::<T>(send.len(), send_counts, recv_counts, Some(recv.len()), OP)?;
+        // SAFETY: as in `start_igatherv`; every block lies inside its buffer (checked above).
+        let req = unsafe {
+            ffi::nonblocking::ialltoallv(
+                send.as_ptr(),
+                s.mpi.as_ptr(),
+                s.displs.as_ptr(),
+                recv.as_mut_ptr(),
+                r.mpi.as_ptr(),
+                r.displs.as_ptr(),
+                self.raw,
+                OP,
+                self.rank,
+            )?
+        };
+        Ok((Started { req, keep: Box::new((s.mpi, s.displs, r.mpi, r.displs)) }, r.elems))
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Owning forms
+    // ---------------------------------------------------------------------------------------------
+
+    /// Starts a barrier; `wait` returns once every rank has started it. Use it to detect that all
+    /// ranks reached a point while doing other work.
+    ///
+    /// Collective (nonblocking).
+    ///
+    /// # Errors
+    /// [`ErrorKind::CollectiveMismatch`] in checked mode if other ranks started another collective.
+    #[doc(alias = "MPI_Ibarrier")]
+    pub fn ibarrier(&self) -> Result<CollectiveRequest<()>> {
+        // SAFETY: no buffer is involved.
+        let s = unsafe { self.start_ibarrier()? };
+        Ok(CollectiveRequest::new(s.req, "ibarrier", self.rank, Box::new(|| ())))
+    }
+
+    /// Starts broadcasting the root's `data` into every rank's `data` (all ranks pass a vector of
+    /// the same length); `wait` returns it.
+    ///
+    /// Collective (nonblocking).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidRoot`]; in checked mode [`ErrorKind::CollectiveMismatch`] if the lengths
+    /// or element types differ (Open MPI 4.1 itself accepts a shorter root buffer silently).
+    #[doc(alias = "MPI_Ibcast")]
+    pub fn ibroadcast<T: Pod>(&self, mut data: Vec<T>, root: i32) -> Result<CollectiveRequest<Vec<T>>> {
+        // SAFETY: `data`'s heap buffer moves into the request's closure and is touched by nobody
+        // until completion; Drop waits first; leaking the request leaks it.
+        let s = unsafe { self.start_ibroadcast(&mut data, root)? };
+        Ok(CollectiveRequest::new(s.req, "ibroadcast", self.rank, Box::new(move || data)))
+    }
+
+    /// Starts gathering every rank's `send` on `root`, `counts[r]` elements from rank r (the counts
+    /// are read on the root only: others may pass `&[]`); `wait` returns `Some(blocks)` on the root.
+    ///
+    /// Collective (nonblocking; the argument checks before it starts agree across the ranks in
+    /// checked mode, see [`gatherv_counts`](Comm::gatherv_counts)).
+    ///
+    /// # Errors
+    /// As [`gatherv_counts`](Comm::gatherv_counts).
+    #[doc(alias = "MPI_Igatherv")]
+    pub fn igatherv<T: Pod>(
+        &self,
+        send: Vec<T>,
+        counts: &[usize],
+        root: i32,
+    ) -> Result<CollectiveRequest<Option<Blocks<T>>>> {
+        let total = if self.rank == root { counts.iter().fold(0usize, |a, &c| a.saturating_add(c)) } else { 0 };
+        let mut recv = if self.rank == root && total <= isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+            vec![T::zeroed(); total]
+        } else {
+            Vec::new()
+        };
+        // SAFETY: both buffers and the count arrays move into the request and are touched by nobody
+        // until completion; Drop waits first; leaking the request leaks them.
+        let (s, elems) = unsafe { self.start_igatherv(&send, &mut recv, counts, root)? };
+        let keep = s.keep;
+        Ok(CollectiveRequest::new(
+            s.req,
+            "igatherv",
+            self.rank,
+            Box::new(move || {
+                drop((send, keep));
+                elems.map(|e| Blocks::new(recv, e))
+            }),
+        ))
+    }
+
+    /// Starts gathering every rank's `send` on every rank, `counts[r]` elements from rank r (the
+    /// same list everywhere); `wait` returns the blocks.
+    ///
+    /// Collective (nonblocking; see [`allgatherv_counts`](Comm::allgatherv_counts) for the checks).
+    ///
+    /// # Errors
+    /// As [`allgatherv_counts`](Comm::allgatherv_counts).
+    #[doc(alias = "MPI_Iallgatherv")]
+    pub fn iallgatherv<T: Pod>(&self, send: Vec<T>, counts: &[usize]) -> Result<CollectiveRequest<Blocks<T>>> {
+        let total = counts.iter().fold(0usize, |a, &c| a.saturating_add(c));
+        let mut recv = if total <= isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+            vec![T::zeroed(); total]
+        } else {
+            Vec::new()
+        };
+        // SAFETY: as in `igatherv`.
+        let (s, elems) = unsafe { self.start_iallgatherv(&send, &mut recv, counts)? };
+        let keep = s.keep;
+        Ok(CollectiveRequest::new(
+            s.req,
+            "iallgatherv",
+            self.rank,
+            Box::new(move || {
+                drop((send, keep));
+                Blocks::new(recv, elems)
+            }),
+        ))
+    }
+
+    /// Starts a personalised exchange of equal blocks (as [`alltoall`](Comm::alltoall)); `wait`
+    /// returns the received blocks.
+    ///
+    /// Collective (nonblocking).
+    ///
+    /// # Errors
+    /// As [`alltoall`](Comm::alltoall).
+    #[doc(alias = "MPI_Ialltoall")]
+    pub fn ialltoall<T: Pod>(&self, send: Vec<T>) -> Result<CollectiveRequest<Vec<T>>> {
+        let mut recv = vec![T::zeroed(); send.len()];
+        // SAFETY: as in `igatherv`.
+        let s = unsafe { self.start_ialltoall(&send, &mut recv)? };
+        Ok(CollectiveRequest::new(
+            s.req,
+            "ialltoall",
+            self.rank,
+            Box::new(move || {
+                drop(send);
+                recv
+            }),
+        ))
+    }
+
+    /// Starts a personalised exchange of blocks of given lengths (as
+    /// [`alltoallv_counts`](Comm::alltoallv_counts)); `wait` returns the received blocks.
+    ///
+    /// Collective (nonblocking).
+    ///
+    /// # Errors
+    /// As [`alltoallv_counts`](Comm::alltoallv_counts); [`ErrorKind::PeerFailed`] on every other
+    /// rank when one rank's arguments were wrong.
+    #[doc(alias = "MPI_Ialltoallv")]
+    pub fn ialltoallv<T: Pod>(
+        &self,
+        send: Vec<T>,
+        send_counts: &[usize],
+        recv_counts: &[usize],
+    ) -> Result<CollectiveRequest<Blocks<T>>> {
+        let total = recv_counts.iter().fold(0usize, |a, &c| a.saturating_add(c));
+        let mut recv = if total <= isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+            vec![T::zeroed(); total]
+        } else {
+            Vec::new()
+        };
+        // SAFETY: as in `igatherv`.
+        let (s, elems) = unsafe { self.start_ialltoallv(&send, send_counts, &mut recv, recv_counts)? };
+        let keep = s.keep;
+        Ok(CollectiveRequest::new(
+            s.req,
+            "ialltoallv",
+            self.rank,
+            Box::new(move || {
+                drop((send, keep));
+                Blocks::new(recv, elems)
+            }),
+        ))
+    }
+}
+
+impl<'scope, 'env> Scope<'scope, 'env> {
+    fn started(&'scope self, s: Started, op: &'static str) -> ScopedCollective<'scope> {
+        let idx = self.push_collective(s.req, s.keep);
+        self.collective_handle(idx, op)
+    }
+
+    /// Starts a barrier in the scope.
+    ///
+    /// Collective (nonblocking).
+    ///
+    /// # Errors
+    /// As [`Comm::ibarrier`].
+    #[doc(alias = "MPI_Ibarrier")]
+    pub fn ibarrier(&'scope self) -> Result<ScopedCollective<'scope>> {
+        // SAFETY: no buffer is involved.
+        let s = unsafe { self.comm().start_ibarrier()? };
+        Ok(self.started(s, "ibarrier"))
+    }
+
+    /// Starts broadcasting the root's `buf` into every rank's `buf` (borrowed until the scope ends).
+    ///
+    /// Collective (nonblocking).
+    ///
+    /// # Errors
+    /// As [`Comm::ibroadcast`].
+    #[doc(alias = "MPI_Ibcast")]
+    pub fn ibroadcast<T: Pod>(&'scope self, buf: &'scope mut [T], root: i32) -> Result<ScopedCollective<'scope>> {
+        // SAFETY: `buf` is borrowed exclusively for 'scope, and the scope waits for this request
+        // (kept in its list) before 'scope ends, also when the closure unwinds.
+        let s = unsafe { self.comm().start_ibroadcast(buf, root)? };
+        Ok(self.started(s, "ibroadcast"))
+    }
+
+    /// Starts an element-wise all-reduce of `send` into `recv` (same length; both borrowed until
+    /// the scope ends).
+    ///
+    /// Collective (nonblocking).
+    ///
+    /// # Errors
+    /// As [`Comm::iallreduce`]; [`ErrorKind::InvalidArgument`] if the lengths differ.
+    #[doc(alias = "MPI_Iallreduce")]
+    pub fn iallreduce<T: Pod>(
+        &'scope self,
+        send: &'scope [T],
+        recv: &'scope mut [T],
+        op: Op,
+    ) -> Result<ScopedCollective<'scope>> {
+        // SAFETY: as in `ibroadcast`; `send` is borrowed shared, so nobody writes it.
+        let s = unsafe { self.comm().start_iallreduce(send, recv, op)? };
+        Ok(self.started(s, "iallreduce"))
+    }
+
+    /// Starts gathering `send` from every rank into the root's `recv`, `counts[r]` elements from
+    /// rank r (`recv` and `counts` are read on the root only).
+    ///
+    /// Collective (nonblocking).
+    ///
+    /// # Errors
+    /// As [`Comm::igatherv`]; on the root [`ErrorKind::InvalidArgument`] if `recv` is not as long
+    /// as the counts' sum.
+    #[doc(alias = "MPI_Igatherv")]
+    pub fn igatherv<T: Pod>(
+        &'scope self,
+        send: &'scope [T],
+        recv: &'scope mut [T],
+        counts: &[usize],
+        root: i32,
+    ) -> Result<ScopedCollective<'scope>> {
+        // SAFETY: as in `iallreduce`; the count arrays go into the scope's keep list.
+        let (s, _) = unsafe { self.comm().start_igatherv(send, recv, counts, root)? };
+        Ok(self.started(s, "igatherv"))
+    }
+
+    /// Starts gathering `send` from every rank into every rank's `recv`, `counts[r]` elements from
+    /// rank r.
+    ///
+    /// Collective (nonblocking).
+    ///
+    /// # Errors
+    /// As [`Comm::iallgatherv`]; [`ErrorKind::InvalidArgument`] if `recv` is not as long as the
+    /// counts' sum.
+    #[doc(alias = "MPI_Iallgatherv")]
+    pub fn iallgatherv<T: Pod>(
+        &'scope self,
+        send: &'scope [T],
+        recv: &'scope mut [T],
+        counts: &[usize],
+    ) -> Result<ScopedCollective<'scope>> {
+        // SAFETY: as in `igatherv`.
+        let (s, _) = unsafe { self.comm().start_iallgatherv(send, recv, counts)? };
+        Ok(self.started(s, "iallgatherv"))
+    }
+
+    /// Starts a personalised exchange of equal blocks from `send` into `recv` (same length).
+    ///
+    /// Collective (nonblocking).
+    ///
+    /// # Errors
+    /// As [`Comm::alltoall_into`].
+    #[doc(alias = "MPI_Ialltoall")]
+    pub fn ialltoall<T: Pod>(
+        &'scope self,
+        send: &'scope [T],
+        recv: &'scope mut [T],
+    ) -> Result<ScopedCollective<'scope>> {
+        // SAFETY: as in `iallreduce`.
+        let s = unsafe { self.comm().start_ialltoall(send, recv)? };
+        Ok(self.started(s, "ialltoall"))
+    }
+
+    /// Starts a personalised exchange of blocks of given lengths from `send` into `recv`.
+    ///
+    /// Collective (nonblocking).
+    ///
+    /// # Errors
+    /// As [`Comm::ialltoallv`]; [`ErrorKind::InvalidArgument`] if `recv` is not as long as the
+    /// receive counts' sum.
+    #[doc(alias = "MPI_Ialltoallv")]
+    pub fn ialltoallv<T: Pod>(
+        &'scope self,
+        send: &'scope [T],
+        send_counts: &[usize],
+        recv: &'scope mut [T],
+        recv_counts: &[usize],
+    ) -> Result<ScopedCollective<'scope>> {
+        // SAFETY: as in `igatherv`.
+        let (s, _) = unsafe { self.comm().start_ialltoallv(send, send_counts, recv, recv_counts)? };
+        Ok(self.started(s, "ialltoallv"))
+    }
+}
+
+impl Counts {
+    fn empty() -> Counts {
+        Counts { mpi: Vec::new(), displs: Vec::new(), elems: Vec::new(), total: 0 }
+    }
+}

@@ -1,0 +1,297 @@
+//! MPI tests of the wider communication surface: nonblocking collectives (owning and scoped),
+//! v-collectives with caller-given counts, reduce-scatter, Cartesian and graph communicators with
+//! neighbourhood collectives, and persistent requests. Each runs at 1-4 ranks; misuse must give an
+//! error on every rank (checked mode) and leave the communicator usable.
+
+mod harness;
+
+use bytemuck::{Pod, Zeroable};
+use harness::{Case, RANKS_1_TO_4};
+use phalanx::comm::{CheckMode, Comm, Op};
+use phalanx::{Error, ErrorKind, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+struct Cell {
+    value: f64,
+    from: u32,
+    index: u32,
+}
+
+fn cell(from: usize, index: usize) -> Cell {
+    Cell { value: from as f64 + 0.5 * index as f64, from: from as u32, index: index as u32 }
+}
+
+/// Rank r sends `count(r)` elements: zero from even ranks above 0, so empty blocks are covered.
+fn count(r: usize) -> usize {
+    if r % 2 == 0 && r > 0 {
+        0
+    } else {
+        r + 2
+    }
+}
+
+#[track_caller]
+fn expect_err<T: std::fmt::Debug>(c: &Comm, r: Result<T>, kind: ErrorKind, words: &[&str]) -> Error {
+    let e = r.expect_err("expected an error");
+    assert_eq!(e.kind(), kind, "wrong kind for: {e}");
+    assert_eq!(e.rank(), Some(c.rank()), "error must name this rank: {e}");
+    let text = e.to_string();
+    for w in words {
+        assert!(text.contains(w), "error {text:?} should mention {w:?}");
+    }
+    e
+}
+
+fn still_works(c: &Comm) {
+    assert_eq!(c.allreduce(1u32, Op::Sum).unwrap(), c.size() as u32);
+}
+
+// ---------------------------------------------------------------------------------------------
+// v-collectives with given counts, reduce-scatter
+// ---------------------------------------------------------------------------------------------
+
+fn given_counts(c: &Comm) {
+    let (size, r) = (c.size() as usize, c.rank() as usize);
+    let counts: Vec<usize> = (0..size).map(count).collect();
+    let mine: Vec<Cell> = (0..count(r)).map(|i| cell(r, i)).collect();
+    for root in 0..c.size() {
+        let given = if c.rank() == root { &counts[..] } else { &[][..] };
+        let b = c.gatherv_counts(&mine, given, root).unwrap();
+        assert_eq!(b, c.gatherv(&mine, root).unwrap());
+        if c.rank() == root {
+            let b = b.unwrap();
+            for s in 0..size {
+                assert!(b.block(s).iter().enumerate().all(|(i, x)| *x == cell(s, i)));
+            }
+        }
+    }
+    let b = c.allgatherv_counts(&mine, &counts).unwrap();
+    assert_eq!(b, c.allgatherv(&mine).unwrap());
+    // Rank r sends (r + d) % 3 elements to rank d.
+    let scounts: Vec<usize> = (0..size).map(|d| (r + d) % 3).collect();
+    let rcounts: Vec<usize> = (0..size).map(|s| (s + r) % 3).collect();
+    let send: Vec<[u16; 2]> = (0..size).flat_map(|d| vec![[r as u16, d as u16]; (r + d) % 3]).collect();
+    let b = c.alltoallv_counts(&send, &scounts, &rcounts).unwrap();
+    assert_eq!(b, c.alltoallv(&send, &scounts).unwrap());
+}
+
+fn reduce_scatters(c: &Comm) {
+    let (size, r) = (c.size() as usize, c.rank() as usize);
+    // Element i of rank r's contribution is i * (r + 1); the sum over ranks is i * size(size+1)/2.
+    let factor = (size * (size + 1) / 2) as i64;
+    let send: Vec<i64> = (0..3 * size).map(|i| (i * (r + 1)) as i64).collect();
+    let got = c.reduce_scatter_block(&send, Op::Sum).unwrap();
+    assert_eq!(got, (3 * r..3 * r + 3).map(|i| i as i64 * factor).collect::<Vec<_>>());
+    let counts: Vec<usize> = (0..size).map(count).collect();
+    let total: usize = counts.iter().sum();
+    let send: Vec<f64> = (0..total).map(|i| (i * (r + 1)) as f64).collect();
+    let got = c.reduce_scatter(&send, &counts, Op::Max).unwrap();
+    let start: usize = counts[..r].iter().sum();
+    assert_eq!(got, (start..start + counts[r]).map(|i| (i * size) as f64).collect::<Vec<_>>());
+    assert!(c.reduce_scatter_block::<u8>(&[], Op::BitOr).unwrap().is_empty());
+}
+
+fn misuse_given_counts(c: &Comm) {
+    c.set_check_mode(CheckMode::Always);
+    let (size, r) = (c.size() as usize, c.rank() as usize);
+    let mine = vec![cell(r, 0); count(r)];
+    let mut counts: Vec<usize> = (0..size).map(count).collect();
+    // The root expects one element more from the last rank than it sends.
+    counts[size - 1] += 1;
+    let e = c.gatherv_counts(&mine, &counts, 0);
+    if c.rank() == 0 {
+        let last = size - 1;
+        let what = format!("receive count for rank {last} is {}", counts[last]);
+        if size == 1 {
+            expect_err(c, e, ErrorKind::CollectiveMismatch, &["the counts give this rank 3 elements but it sends 2"]);
+        } else {
+            expect_err(c, e, ErrorKind::CollectiveMismatch, &[&what]);
+        }
+    } else {
+        expect_err(c, e, ErrorKind::PeerFailed, &["rank 0"]);
+    }
+    still_works(c);
+    // Ranks passing different lists to an all-gather.
+    let mut counts: Vec<usize> = (0..size).map(count).collect();
+    if r == size - 1 && size > 1 {
+        counts[0] += 1;
+    }
+    let e = c.allgatherv_counts(&mine, &counts);
+    if size > 1 {
+        let kind = if r == size - 1 && r != 0 { ErrorKind::PeerFailed } else { ErrorKind::CollectiveMismatch };
+        let e = e.expect_err("different count lists");
+        assert!(matches!(e.kind(), ErrorKind::CollectiveMismatch | ErrorKind::PeerFailed), "{e} ({kind:?})");
+    } else {
+        e.unwrap();
+    }
+    still_works(c);
+    // A wrong number of counts, on one rank only.
+    let short: Vec<usize> = if r == 0 { vec![1; size + 1] } else { (0..size).map(|_| 0).collect() };
+    let send = vec![0u8; if r == 0 { 1 } else { 0 }];
+    let e = c.alltoallv_counts(&send, &short, &vec![0; size]);
+    if r == 0 {
+        expect_err(c, e, ErrorKind::InvalidArgument, &[&format!("{} send counts given", size + 1)]);
+    } else {
+        expect_err(c, e, ErrorKind::PeerFailed, &["rank 0"]);
+    }
+    still_works(c);
+    // Receive counts that do not match what the peers send.
+    let scounts = vec![1usize; size];
+    let rcounts: Vec<usize> = (0..size).map(|s| if s == size - 1 { 2 } else { 1 }).collect();
+    let e = c.alltoallv_counts(&vec![7u32; size], &scounts, &rcounts);
+    expect_err(c, e, ErrorKind::CollectiveMismatch, &[&format!("receive count for rank {} is 2", size - 1)]);
+    still_works(c);
+    // reduce_scatter: counts not summing to the data.
+    let e = c.reduce_scatter(&vec![1.0f64; size + 1], &vec![1; size], Op::Sum);
+    expect_err(c, e, ErrorKind::InvalidArgument, &[&format!("counts sum to {size} but send has {}", size + 1)]);
+    let e = c.reduce_scatter_block(&vec![1.0f64; size + 1], Op::Sum);
+    if size == 1 {
+        e.unwrap();
+    } else {
+        expect_err(c, e, ErrorKind::InvalidArgument, &["equal blocks"]);
+    }
+    still_works(c);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nonblocking collectives
+// ---------------------------------------------------------------------------------------------
+
+fn nonblocking_owning(c: &Comm) {
+    let (size, r) = (c.size() as usize, c.rank() as usize);
+    let mut bar = c.ibarrier().unwrap();
+    while !bar.test().unwrap() {}
+    bar.wait().unwrap();
+    for root in 0..c.size() {
+        let data: Vec<Cell> =
+            if c.rank() == root { (0..1000).map(|i| cell(99, i)).collect() } else { vec![Cell::zeroed(); 1000] };
+        let got = c.ibroadcast(data, root).unwrap().wait().unwrap();
+        assert!(got.iter().enumerate().all(|(i, x)| *x == cell(99, i)));
+        let counts: Vec<usize> = (0..size).map(count).collect();
+        let mine: Vec<Cell> = (0..count(r)).map(|i| cell(r, i)).collect();
+        let req = c.igatherv(mine.clone(), if c.rank() == root { &counts } else { &[] }, root).unwrap();
+        assert_eq!(req.wait().unwrap(), c.gatherv(&mine, root).unwrap());
+    }
+    let counts: Vec<usize> = (0..size).map(count).collect();
+    let mine: Vec<Cell> = (0..count(r)).map(|i| cell(r, i)).collect();
+    let mut req = c.iallgatherv(mine.clone(), &counts).unwrap();
+    let mut polls = 0u64;
+    while !req.test().unwrap() {
+        polls += 1;
+    }
+    assert_eq!(req.wait().unwrap(), c.allgatherv(&mine).unwrap());
+    let send: Vec<u32> = (0..size * 3).map(|i| (r * 100 + i) as u32).collect();
+    let got = c.ialltoall(send.clone()).unwrap().wait().unwrap();
+    assert_eq!(got, c.alltoall(&send).unwrap());
+    let scounts: Vec<usize> = (0..size).map(|d| (r + d) % 3).collect();
+    let rcounts: Vec<usize> = (0..size).map(|s| (s + r) % 3).collect();
+    let send: Vec<[u16; 2]> = (0..size).flat_map(|d| vec![[r as u16, d as u16]; (r + d) % 3]).collect();
+    let got = c.ialltoallv(send.clone(), &scounts, &rcounts).unwrap().wait().unwrap();
+    assert_eq!(got, c.alltoallv(&send, &scounts).unwrap());
+    // Several in flight at once, completed in another order than started.
+    let a = c.iallgatherv(vec![r as u64], &vec![1; size]).unwrap();
+    let b = c.ibroadcast(vec![r as i32; 3], 0).unwrap();
+    let bar = c.ibarrier().unwrap();
+    bar.wait().unwrap();
+    assert_eq!(b.wait().unwrap(), vec![0; 3]);
+    assert_eq!(a.wait().unwrap().data, (0..size as u64).collect::<Vec<_>>());
+    // Dropping unfinished requests waits for them; the communicator goes on.
+    drop(c.ialltoall(vec![1u8; size]).unwrap());
+    drop(c.ibarrier().unwrap());
+    still_works(c);
+    let _ = polls;
+}
+
+fn nonblocking_scoped(c: &Comm) {
+    let (size, r) = (c.size() as usize, c.rank() as usize);
+    let counts: Vec<usize> = (0..size).map(count).collect();
+    let total: usize = counts.iter().sum();
+    let mine: Vec<Cell> = (0..count(r)).map(|i| cell(r, i)).collect();
+    let mut all = vec![Cell::zeroed(); total];
+    let mut at_root = vec![Cell::zeroed(); if r == 0 { total } else { 0 }];
+    let mut bcast = if r == 0 { vec![5.5f64; 64] } else { vec![0.0; 64] };
+    let sum_in = vec![r as i64 + 1; 8];
+    let mut sum_out = vec![0i64; 8];
+    let a2a_send: Vec<u32> = (0..size * 2).map(|i| (r * 100 + i) as u32).collect();
+    let mut a2a_recv = vec![0u32; size * 2];
+    let scounts: Vec<usize> = (0..size).map(|d| (r + d) % 3).collect();
+    let rcounts: Vec<usize> = (0..size).map(|s| (s + r) % 3).collect();
+    let v_send: Vec<[u16; 2]> = (0..size).flat_map(|d| vec![[r as u16, d as u16]; (r + d) % 3]).collect();
+    let mut v_recv = vec![[0u16; 2]; rcounts.iter().sum()];
+    c.scope(|s| -> Result<()> {
+        let g = s.iallgatherv(&mine, &mut all, &counts)?;
+        s.igatherv(&mine, &mut at_root, if r == 0 { &counts } else { &[] }, 0)?;
+        s.ibroadcast(&mut bcast, 0)?;
+        let red = s.iallreduce(&sum_in, &mut sum_out, Op::Sum)?;
+        s.ialltoall(&a2a_send, &mut a2a_recv)?;
+        s.ialltoallv(&v_send, &scounts, &mut v_recv, &rcounts)?;
+        s.ibarrier()?;
+        while !s.progress()? {}
+        g.wait()?;
+        red.wait()
+    })
+    .unwrap();
+    assert_eq!(all, c.allgatherv(&mine).unwrap().data);
+    if r == 0 {
+        assert_eq!(at_root, all);
+    }
+    assert_eq!(bcast, vec![5.5; 64]);
+    assert_eq!(sum_out, vec![(size * (size + 1) / 2) as i64; 8]);
+    assert_eq!(a2a_recv, c.alltoall(&a2a_send).unwrap());
+    assert_eq!(v_recv, c.alltoallv(&v_send, &scounts).unwrap().data);
+}
+
+fn misuse_nonblocking(c: &Comm) {
+    c.set_check_mode(CheckMode::Always);
+    let (size, r) = (c.size() as usize, c.rank() as usize);
+    // Broadcast lengths differing between ranks (Open MPI 4.1 would accept it silently).
+    let e = c.ibroadcast(vec![0u8; 4 + r], 0);
+    if size > 1 {
+        expect_err(c, e, ErrorKind::CollectiveMismatch, &["count"]);
+    } else {
+        e.unwrap().wait().unwrap();
+    }
+    still_works(c);
+    let e = c.ibroadcast(vec![0u8; 4], size as i32);
+    expect_err(c, e, ErrorKind::InvalidRoot, &[&format!("root {size} is outside")]);
+    still_works(c);
+    // A scoped all-gather into a buffer of the wrong length on the last rank only.
+    let counts = vec![1usize; size];
+    let mine = [r as u8];
+    let mut recv = vec![0u8; if r == size - 1 { size + 1 } else { size }];
+    let res = c.scope(|s| s.iallgatherv(&mine, &mut recv, &counts).map(|_| ()));
+    if r == size - 1 {
+        expect_err(
+            c,
+            res,
+            ErrorKind::InvalidArgument,
+            &[&format!("has {} elements but the counts sum to {size}", size + 1)],
+        );
+    } else {
+        expect_err(c, res, ErrorKind::PeerFailed, &[&format!("rank {}", size - 1)]);
+    }
+    still_works(c);
+    // Different collectives at the same point.
+    let e = if r == 0 { c.ibarrier().map(|_| ()) } else { c.ialltoall(vec![0u8; size]).map(|_| ()) };
+    if size > 1 {
+        expect_err(c, e, ErrorKind::CollectiveMismatch, &["different collective"]);
+    } else {
+        e.unwrap();
+    }
+    still_works(c);
+}
+
+fn main() {
+    harness::main(
+        "mpi_api",
+        &[
+            Case::new("given_counts", RANKS_1_TO_4, given_counts),
+            Case::new("reduce_scatters", RANKS_1_TO_4, reduce_scatters),
+            Case::new("misuse_given_counts", RANKS_1_TO_4, misuse_given_counts),
+            Case::new("nonblocking_owning", RANKS_1_TO_4, nonblocking_owning),
+            Case::new("nonblocking_scoped", RANKS_1_TO_4, nonblocking_scoped),
+            Case::new("misuse_nonblocking", RANKS_1_TO_4, misuse_nonblocking),
+        ],
+    );
+}
