@@ -7,7 +7,7 @@ mod harness;
 
 use bytemuck::{Pod, Zeroable};
 use harness::{Case, RANKS_1_TO_4};
-use phalanx::comm::{CheckMode, Comm, Op};
+use phalanx::comm::{CartComm, CheckMode, Comm, Neighbourhood, Op};
 use phalanx::{Error, ErrorKind, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
@@ -282,6 +282,164 @@ fn misuse_nonblocking(c: &Comm) {
     still_works(c);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Topologies and neighbourhood collectives
+// ---------------------------------------------------------------------------------------------
+
+/// 2-D grids for `size` ranks: `[size, 1]` and, where it factors, a squarer one.
+fn grids(size: usize) -> Vec<Vec<usize>> {
+    let mut g = vec![vec![size], vec![size, 1], vec![1, size]];
+    if let Some(a) = (2..size).find(|a| size % a == 0) {
+        g.push(vec![a, size / a]);
+    }
+    g
+}
+
+fn check_cart(cart: &CartComm, dims: &[usize], periodic: &[bool]) {
+    let nd = dims.len();
+    assert_eq!(cart.dims(), dims);
+    assert_eq!(cart.coords_of(cart.rank()).unwrap(), cart.coords());
+    let me: Vec<i64> = cart.coords().iter().map(|&x| x as i64).collect();
+    assert_eq!(cart.rank_at(&me).unwrap(), Some(cart.rank()));
+    for d in 0..nd {
+        let (lo, hi) = cart.shift(d, 1).unwrap();
+        let mut below = me.clone();
+        below[d] -= 1;
+        let mut above = me.clone();
+        above[d] += 1;
+        assert_eq!(lo, cart.rank_at(&below).unwrap(), "dim {d} below of {me:?} in {dims:?} {periodic:?}");
+        assert_eq!(hi, cart.rank_at(&above).unwrap());
+        assert_eq!(cart.sources()[2 * d], lo);
+        assert_eq!(cart.sources()[2 * d + 1], hi);
+    }
+    // Neighbour all-to-all: block i to destination i is [sender, i]; source i (below in dim d for
+    // i = 2d) sent it towards its destination 2d + 1, and the other way round.
+    let send: Vec<[i32; 2]> = (0..2 * nd).map(|i| [cart.rank(), i as i32]).collect();
+    let got = cart.neighbour_alltoall(&send).unwrap();
+    for (i, src) in cart.sources().iter().enumerate() {
+        let expect = src.map_or([0, 0], |s| [s, (i ^ 1) as i32]);
+        assert_eq!(got[i], expect, "block {i} on rank {} of {dims:?} {periodic:?}", cart.rank());
+    }
+    // Variable lengths: i + 1 elements towards destination i.
+    let send: Vec<u16> = (0..2 * nd).flat_map(|i| vec![cart.rank() as u16 * 100 + i as u16; i + 1]).collect();
+    let scounts: Vec<usize> = (0..2 * nd).map(|i| i + 1).collect();
+    let rcounts: Vec<usize> = (0..2 * nd).map(|i| (i ^ 1) + 1).collect();
+    let b = cart.neighbour_alltoallv(&send, &scounts, &rcounts).unwrap();
+    let nb = cart.ineighbour_alltoallv(send.clone(), &scounts, &rcounts).unwrap().wait().unwrap();
+    assert_eq!(b, nb, "blocking and nonblocking differ on rank {} of {dims:?} {periodic:?}", cart.rank());
+    for (i, src) in cart.sources().iter().enumerate() {
+        let expect = src.map_or(0, |s| s as u16 * 100 + (i ^ 1) as u16);
+        assert!(b.block(i).iter().all(|&x| x == expect), "block {i}: {:?}", b.block(i));
+    }
+    let g = cart.neighbour_allgather(&[cart.rank() as f64, 0.5]).unwrap();
+    for (i, src) in cart.sources().iter().enumerate() {
+        assert_eq!(&g[2 * i..2 * i + 2], &src.map_or([0.0, 0.0], |s| [s as f64, 0.5]));
+    }
+    let mine = vec![cart.rank() as u8; cart.rank() as usize % 3];
+    let counts: Vec<usize> = cart.sources().iter().map(|s| s.map_or(0, |s| s as usize % 3)).collect();
+    let g = cart.neighbour_allgatherv(&mine, &counts).unwrap();
+    for (i, src) in cart.sources().iter().enumerate() {
+        assert!(g.block(i).iter().all(|&x| Some(x as i32) == *src));
+    }
+}
+
+fn cartesian(c: &Comm) {
+    let size = c.size() as usize;
+    for dims in grids(size) {
+        for per in [false, true] {
+            let periodic = vec![per; dims.len()];
+            for reorder in [false, true] {
+                let cart = c.cartesian(&dims, &periodic, reorder).unwrap().expect("every rank is in the grid");
+                check_cart(&cart, &dims, &periodic);
+                // Rows and columns of a 2-D grid.
+                if dims.len() == 2 {
+                    let row = cart.sub(&[false, true]).unwrap();
+                    assert_eq!(row.size() as usize, dims[1]);
+                    assert_eq!(row.coords(), &cart.coords()[1..]);
+                    let col = cart.sub(&[true, false]).unwrap();
+                    assert_eq!(col.size() as usize, dims[0]);
+                    // The ranks of a row share the row coordinate.
+                    let rows = row.allgather(cart.coords()[0]).unwrap();
+                    assert!(rows.iter().all(|&x| x == cart.coords()[0]));
+                    check_cart(&row, &dims[1..], &periodic[1..]);
+                    let none = cart.sub(&[false, false]).unwrap();
+                    assert_eq!(none.size(), 1);
+                }
+            }
+        }
+    }
+    // A grid smaller than the communicator leaves the last rank out.
+    if size > 1 {
+        let cart = c.cartesian(&[size - 1], &[true], false).unwrap();
+        assert_eq!(cart.is_none(), c.rank() as usize == size - 1);
+        if let Some(cart) = cart {
+            check_cart(&cart, &[size - 1], &[true]);
+        }
+    }
+}
+
+fn dist_graphs(c: &Comm) {
+    let (size, r) = (c.size() as i32, c.rank());
+    // Each rank sends to the next two ranks of a ring and receives from the previous two: repeated
+    // neighbours (and self-edges) at one and two ranks.
+    let dests = [(r + 1) % size, (r + 2) % size];
+    let srcs = [(r + size - 1) % size, (r + 2 * size - 2) % size];
+    for reorder in [false, true] {
+        let g = c.dist_graph(&srcs, &dests, reorder).unwrap();
+        assert_eq!(g.sources().len(), 2);
+        if !reorder {
+            assert_eq!(g.sources(), &[Some(srcs[0]), Some(srcs[1])]);
+            assert_eq!(g.destinations(), &[Some(dests[0]), Some(dests[1])]);
+        }
+        // Destination k gets k + 1 copies of [sender, k]; source k (k steps behind) sent on its k.
+        let send: Vec<[i32; 2]> = (0..2).flat_map(|k| vec![[g.rank(), k]; k as usize + 1]).collect();
+        let b = g.neighbour_alltoallv(&send, &[1, 2], &[1, 2]).unwrap();
+        for k in 0..2 {
+            let s = g.sources()[k].unwrap();
+            assert!(b.block(k).iter().all(|&x| x == [s, k as i32]), "block {k}: {:?}", b.block(k));
+        }
+        let a = g.neighbour_alltoall(&[g.rank() * 10, g.rank() * 10 + 1]).unwrap();
+        assert_eq!(a, vec![g.sources()[0].unwrap() * 10, g.sources()[1].unwrap() * 10 + 1]);
+    }
+    // A rank with no neighbours at all.
+    let g = c.dist_graph(&[], &[], false).unwrap();
+    assert!(g.neighbour_alltoall::<u8>(&[]).unwrap().is_empty());
+}
+
+fn misuse_topologies(c: &Comm) {
+    c.set_check_mode(CheckMode::Always);
+    let (size, r) = (c.size() as usize, c.rank());
+    let e = c.cartesian(&[size + 1], &[false], false);
+    expect_err(c, e, ErrorKind::InvalidArgument, &[&format!("need more ranks than the communicator's {size}")]);
+    let e = c.cartesian(&[size], &[false, true], false);
+    expect_err(c, e, ErrorKind::InvalidArgument, &["2 periodicity flags for 1 dimensions"]);
+    if size > 1 {
+        // Ranks disagreeing on the grid.
+        let dims = if r == 0 { vec![size, 1] } else { vec![1, size] };
+        expect_err(c, c.cartesian(&dims, &[false, false], false), ErrorKind::CollectiveMismatch, &["disagree"]);
+    }
+    still_works(c);
+    // An edge listed at one end only: rank 0 also sends to the last rank, which does not expect it.
+    let last = size as i32 - 1;
+    let dests: Vec<i32> = if r == 0 { vec![0, last] } else { vec![r] };
+    let e = c.dist_graph(&[r], &dests, false);
+    if r == last {
+        let times = if r == 0 { 2 } else { 1 };
+        expect_err(c, e, ErrorKind::InvalidArgument, &[&format!("lists this rank {times} time(s) as a destination")]);
+    } else {
+        expect_err(c, e, ErrorKind::PeerFailed, &[&format!("rank {last}")]);
+    }
+    expect_err(c, c.dist_graph(&[size as i32], &[], false), ErrorKind::InvalidRank, &["outside"]);
+    still_works(c);
+    // Receive counts that do not match what the neighbour sends.
+    let cart = c.cartesian(&[size], &[true], false).unwrap().unwrap();
+    let e = cart.neighbour_alltoallv(&[1u32, 2], &[1, 1], &[1, 2]);
+    expect_err(c, e, ErrorKind::CollectiveMismatch, &["receive count from neighbour 1", "is 2 but it sends 1"]);
+    let e = cart.neighbour_alltoall(&[1u32, 2, 3]);
+    expect_err(c, e, ErrorKind::InvalidArgument, &["3 elements are not one block for each of 2 destinations"]);
+    still_works(c);
+}
+
 fn main() {
     harness::main(
         "mpi_api",
@@ -292,6 +450,9 @@ fn main() {
             Case::new("nonblocking_owning", RANKS_1_TO_4, nonblocking_owning),
             Case::new("nonblocking_scoped", RANKS_1_TO_4, nonblocking_scoped),
             Case::new("misuse_nonblocking", RANKS_1_TO_4, misuse_nonblocking),
+            Case::new("cartesian", RANKS_1_TO_4, cartesian),
+            Case::new("dist_graphs", RANKS_1_TO_4, dist_graphs),
+            Case::new("misuse_topologies", RANKS_1_TO_4, misuse_topologies),
         ],
     );
 }

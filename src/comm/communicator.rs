@@ -136,6 +136,13 @@ impl Comm {
         }
     }
 
+    /// Wraps a communicator that `parent` just created (freed on drop, same check mode).
+    pub(super) fn wrap_owned(raw: MPI_Comm, parent: &Comm) -> Comm {
+        let c = Comm::wrap(raw, true, parent.level);
+        c.set_check_mode(parent.check_mode());
+        c
+    }
+
     /// This process's rank, `0..size()`.
     #[doc(alias = "MPI_Comm_rank")]
     #[inline]

@@ -48,10 +48,15 @@ impl Comm {
                 format!("{} {what} given for a communicator of size {}", counts.len(), self.size),
             ));
         }
+        self.list_counts::<T>(counts, op)
+    }
+
+    /// Converts a count list of any length (per rank, or per neighbour) for MPI.
+    pub(super) fn list_counts<T: Pod>(&self, counts: &[usize], op: &'static str) -> Result<Counts> {
         let total = counts
             .iter()
             .try_fold(0usize, |a, &x| a.checked_add(x))
-            .ok_or_else(|| self.err(ErrorKind::CountOverflow, op, format!("the {what} sum past usize::MAX")))?;
+            .ok_or_else(|| self.err(ErrorKind::CountOverflow, op, "the counts sum past usize::MAX"))?;
         ffi::to_count(total, ffi::layout::<T>().per_elem, op, self.rank)?;
         let (mpi, displs) = self.mpi_counts::<T>(counts, op)?;
         Ok(Counts { mpi, displs, elems: counts.to_vec(), total })

@@ -37,6 +37,7 @@ mod p2p;
 mod request;
 mod scope;
 mod sparse;
+mod topology;
 
 pub use collective::Blocks;
 pub use communicator::{CheckMode, Comm, NodeSplit, SharedComm, SAMPLED_EVERY, SAMPLED_FIRST};
@@ -46,3 +47,4 @@ pub use op::{Loc, Op};
 pub use p2p::{Source, Status, Tag, ANY_TAG};
 pub use request::{AllreduceRequest, RecvRequest, SendRequest};
 pub use scope::{Scope, ScopedCollective, ScopedRecv, ScopedSend};
+pub use topology::{CartComm, GraphComm, Neighbourhood};

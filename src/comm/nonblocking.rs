@@ -33,9 +33,15 @@ use crate::ffi::{self, MPI_Request};
 /// result (`()` for a barrier, the data for the others).
 #[must_use = "a collective request must be waited for (dropping it blocks until it completes)"]
 pub struct CollectiveRequest<O> {
-    req: MPI_Request,
+    // One request for an MPI collective. For a neighbourhood exchange phalanx runs itself (see
+    // `topology.rs`): the receives, then the sends.
+    reqs: Vec<MPI_Request>,
+    nrecv: usize,
     // Owns every buffer MPI may touch, and turns them into the result once MPI is done.
     finish: Option<Box<dyn FnOnce() -> O>>,
+    // The send buffer of a point-to-point exchange, kept apart so that an unfinished one can be
+    // handed to the runtime with its sends.
+    sendbuf: Option<Box<dyn Any>>,
     op: &'static str,
     rank: i32,
     _not_send: PhantomData<*const ()>,
@@ -48,8 +54,36 @@ impl<O> std::fmt::Debug for CollectiveRequest<O> {
 }
 
 impl<O> CollectiveRequest<O> {
-    fn new(req: MPI_Request, op: &'static str, rank: i32, finish: Box<dyn FnOnce() -> O>) -> Self {
-        CollectiveRequest { req, finish: Some(finish), op, rank, _not_send: PhantomData }
+    pub(super) fn new(req: MPI_Request, op: &'static str, rank: i32, finish: Box<dyn FnOnce() -> O>) -> Self {
+        CollectiveRequest {
+            reqs: vec![req],
+            nrecv: 0,
+            finish: Some(finish),
+            sendbuf: None,
+            op,
+            rank,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// A point-to-point exchange: `reqs` are `nrecv` receives then the sends reading `sendbuf`.
+    pub(super) fn p2p(
+        reqs: Vec<MPI_Request>,
+        nrecv: usize,
+        sendbuf: Box<dyn Any>,
+        op: &'static str,
+        rank: i32,
+        finish: Box<dyn FnOnce() -> O>,
+    ) -> Self {
+        CollectiveRequest {
+            reqs,
+            nrecv,
+            finish: Some(finish),
+            sendbuf: Some(sendbuf),
+            op,
+            rank,
+            _not_send: PhantomData,
+        }
     }
 
     /// Blocks until the operation completes on this rank and returns its result.
@@ -60,8 +94,9 @@ impl<O> CollectiveRequest<O> {
     /// An MPI error reported at completion.
     #[doc(alias = "MPI_Wait")]
     pub fn wait(mut self) -> Result<O> {
-        let (res, _) = ffi::wait(&mut self.req, self.op, self.rank);
-        res?;
+        let mut st = vec![ffi::new_status(); self.reqs.len()];
+        ffi::waitall(&mut self.reqs, &mut st, self.op, self.rank)?;
+        self.sendbuf = None;
         let finish = self.finish.take().expect("a request is finished once");
         Ok(finish())
     }
@@ -74,18 +109,35 @@ impl<O> CollectiveRequest<O> {
     /// An MPI error reported at completion.
     #[doc(alias = "MPI_Test")]
     pub fn test(&mut self) -> Result<bool> {
-        if self.req == ffi::request_null() {
+        if self.reqs.iter().all(|r| *r == ffi::request_null()) {
             return Ok(true);
         }
-        ffi::test(&mut self.req, self.op, self.rank).0
+        ffi::testall(&mut self.reqs, self.op, self.rank)
     }
 }
 
 impl<O> Drop for CollectiveRequest<O> {
     fn drop(&mut self) {
-        if self.req != ffi::request_null() && !ffi::finalized() {
+        if self.reqs.iter().all(|r| *r == ffi::request_null()) || ffi::finalized() {
+            return;
+        }
+        let Some(sendbuf) = self.sendbuf.take() else {
             // Collectives cannot be cancelled: the buffers must outlive the operation.
-            let _ = ffi::wait(&mut self.req, self.op, self.rank);
+            let mut st = vec![ffi::new_status(); self.reqs.len()];
+            let _ = ffi::waitall(&mut self.reqs, &mut st, self.op, self.rank);
+            return;
+        };
+        // Point to point, as an unfinished halo exchange: receives cancelled and waited for; sends
+        // handed to the runtime with their buffer (their peers may never receive).
+        let (recvs, sends) = self.reqs.split_at_mut(self.nrecv);
+        for r in recvs.iter_mut().filter(|r| **r != ffi::request_null()) {
+            ffi::cancel(r);
+        }
+        let mut st = vec![ffi::new_status(); recvs.len()];
+        let _ = ffi::waitall(recvs, &mut st, self.op, self.rank);
+        let pending: Vec<MPI_Request> = sends.iter().copied().filter(|r| *r != ffi::request_null()).collect();
+        if !pending.is_empty() {
+            crate::runtime::orphans::adopt(pending, sendbuf);
         }
     }
 }
@@ -125,7 +177,7 @@ impl Comm {
         self.agree(OP, local, sig)?;
         self.check_root(root, OP)?;
         // SAFETY: forwarded from this function's contract.
-        let req = unsafe { ffi::nonblocking::ibcast(buf.as_mut_ptr(), buf.len(), root, self.raw, OP, self.rank)? };
+        let req = unsafe { ffi::nonblocking::ibcast(ffi::recv_ptr(buf), buf.len(), root, self.raw, OP, self.rank)? };
         Ok(Started { req, keep: Box::new(()) })
     }
 
@@ -148,7 +200,16 @@ impl Comm {
         let (mpi_op, dt) = resolved?;
         // SAFETY: forwarded from this function's contract; both buffers hold `send.len()` elements.
         let req = unsafe {
-            ffi::iallreduce_typed(send.as_ptr(), recv.as_mut_ptr(), send.len(), dt, mpi_op, self.raw, OP, self.rank)?
+            ffi::iallreduce_typed(
+                ffi::send_ptr(send),
+                ffi::recv_ptr(recv),
+                send.len(),
+                dt,
+                mpi_op,
+                self.raw,
+                OP,
+                self.rank,
+            )?
         };
         Ok(Started { req, keep: Box::new(()) })
     }
@@ -171,9 +232,9 @@ impl Comm {
         // Vec does not move its heap buffer).
         let req = unsafe {
             ffi::nonblocking::igatherv(
-                send.as_ptr(),
+                ffi::send_ptr(send),
                 send.len(),
-                recv.as_mut_ptr(),
+                ffi::recv_ptr(recv),
                 mpi.as_ptr(),
                 displs.as_ptr(),
                 root,
@@ -197,9 +258,9 @@ impl Comm {
         // SAFETY: as in `start_igatherv`, on every rank.
         let req = unsafe {
             ffi::nonblocking::iallgatherv(
-                send.as_ptr(),
+                ffi::send_ptr(send),
                 send.len(),
-                recv.as_mut_ptr(),
+                ffi::recv_ptr(recv),
                 g.mpi.as_ptr(),
                 g.displs.as_ptr(),
                 self.raw,
@@ -230,8 +291,9 @@ impl Comm {
             Signature { count: Some(per as i64), elem_size: elem_size::<T>(), ..Default::default() },
         )?;
         // SAFETY: forwarded from this function's contract; both buffers hold `size * per` elements.
-        let req =
-            unsafe { ffi::nonblocking::ialltoall(send.as_ptr(), recv.as_mut_ptr(), per, self.raw, OP, self.rank)? };
+        let req = unsafe {
+            ffi::nonblocking::ialltoall(ffi::send_ptr(send), ffi::recv_ptr(recv), per, self.raw, OP, self.rank)?
+        };
         Ok(Started { req, keep: Box::new(()) })
     }
 
@@ -248,10 +310,10 @@ impl Comm {
         // SAFETY: as in `start_igatherv`; every block lies inside its buffer (checked above).
         let req = unsafe {
             ffi::nonblocking::ialltoallv(
-                send.as_ptr(),
+                ffi::send_ptr(send),
                 s.mpi.as_ptr(),
                 s.displs.as_ptr(),
-                recv.as_mut_ptr(),
+                ffi::recv_ptr(recv),
                 r.mpi.as_ptr(),
                 r.displs.as_ptr(),
                 self.raw,

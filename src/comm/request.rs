@@ -206,7 +206,7 @@ impl Comm {
         // nor writes it until MPI_Wait/MPI_Test report completion; an unfinished request's Drop hands
         // the buffer to the runtime (`runtime::orphans`), which frees it only after completion or
         // leaks it; a leaked request leaks it too. Moving a Vec does not move its heap allocation.
-        let req = unsafe { ffi::isend(data.as_ptr(), data.len(), dest, tag, self.raw, "isend", self.rank)? };
+        let req = unsafe { ffi::isend(ffi::send_ptr(&data), data.len(), dest, tag, self.raw, "isend", self.rank)? };
         Ok(SendRequest { req, buf: data, rank: self.rank, _not_send: PhantomData })
     }
 
@@ -225,7 +225,7 @@ impl Comm {
         let mut buf = vec![T::zeroed(); capacity];
         // SAFETY: `buf` is moved into the returned request and not touched until completion; Drop
         // cancels and waits before freeing it, and leaking the request leaks the buffer.
-        let req = unsafe { ffi::irecv(buf.as_mut_ptr(), buf.len(), src, tag, self.raw, "irecv", self.rank)? };
+        let req = unsafe { ffi::irecv(ffi::recv_ptr(&mut buf), buf.len(), src, tag, self.raw, "irecv", self.rank)? };
         Ok(RecvRequest { req, buf, comm: self, completed: None, _not_send: PhantomData })
     }
 
@@ -253,7 +253,16 @@ impl Comm {
         // SAFETY: both heap buffers move into the returned request and are not touched until
         // completion; Drop waits before freeing them; leaking the request leaks them.
         let req = unsafe {
-            ffi::iallreduce_typed(data.as_ptr(), recv.as_mut_ptr(), data.len(), dt, mpi_op, self.raw, OP, self.rank)?
+            ffi::iallreduce_typed(
+                ffi::send_ptr(&data),
+                ffi::recv_ptr(&mut recv),
+                data.len(),
+                dt,
+                mpi_op,
+                self.raw,
+                OP,
+                self.rank,
+            )?
         };
         Ok(AllreduceRequest { req, _send: data, recv, rank: self.rank, _not_send: PhantomData })
     }

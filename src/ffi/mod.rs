@@ -232,6 +232,18 @@ pub(crate) fn recv_layout<T: Pod>(elems: usize, op: &'static str, rank: i32) -> 
 static EMPTY_SEND: u64 = 0;
 static EMPTY_RECV: u64 = 0;
 
+/// The address to give MPI for a send buffer that outlives the call (nonblocking operations):
+/// the slice's own, or for an empty slice a distinct static (see above; an empty `[u8]`'s dangling
+/// address is 1, which is also Open MPI's `MPI_IN_PLACE`).
+pub(crate) fn send_ptr<T>(s: &[T]) -> *const T {
+    ptr(s) as *const T
+}
+
+/// As [`send_ptr`], for a receive buffer.
+pub(crate) fn recv_ptr<T>(s: &mut [T]) -> *mut T {
+    mut_ptr(s) as *mut T
+}
+
 fn ptr<T>(s: &[T]) -> *mut c_void {
     if s.is_empty() {
         &EMPTY_SEND as *const u64 as *mut c_void

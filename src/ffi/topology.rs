@@ -111,6 +111,37 @@ pub(crate) fn dist_graph_adjacent(
     Ok(out)
 }
 
+/// `MPI_Dist_graph_neighbors`: the sources and destinations of a distributed-graph communicator
+/// (in its own numbering), given their counts.
+pub(crate) fn dist_graph_neighbors(
+    comm: MPI_Comm,
+    indegree: usize,
+    outdegree: usize,
+    op: &'static str,
+    rank: i32,
+) -> Result<(Vec<c_int>, Vec<c_int>)> {
+    let mut s = vec![0 as c_int; indegree.max(1)];
+    let mut d = vec![0 as c_int; outdegree.max(1)];
+    let mut sw = vec![0 as c_int; indegree.max(1)];
+    let mut dw = vec![0 as c_int; outdegree.max(1)];
+    // SAFETY: each array has at least as many entries as the degree passed for it.
+    let code = unsafe {
+        sys::MPI_Dist_graph_neighbors(
+            comm,
+            indegree as c_int,
+            s.as_mut_ptr(),
+            sw.as_mut_ptr(),
+            outdegree as c_int,
+            d.as_mut_ptr(),
+            dw.as_mut_ptr(),
+        )
+    };
+    check(code, op, rank)?;
+    s.truncate(indegree);
+    d.truncate(outdegree);
+    Ok((s, d))
+}
+
 /// `MPI_Neighbor_alltoallv`; counts and displacements in MPI items, one per source/destination.
 ///
 /// # Safety
