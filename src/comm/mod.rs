@@ -34,6 +34,7 @@ mod hybrid;
 mod nonblocking;
 mod op;
 mod p2p;
+mod persistent;
 mod request;
 mod scope;
 mod sparse;
@@ -45,6 +46,7 @@ pub use hybrid::{BindingReport, BindingRow, ThreadConfig, Threads, MAX_THREADS_P
 pub use nonblocking::CollectiveRequest;
 pub use op::{Loc, Op};
 pub use p2p::{Source, Status, Tag, ANY_TAG};
+pub use persistent::{start_all, Persistent, PersistentRecv, PersistentSend};
 pub use request::{AllreduceRequest, RecvRequest, SendRequest};
 pub use scope::{Scope, ScopedCollective, ScopedRecv, ScopedSend};
 pub use topology::{CartComm, GraphComm, Neighbourhood};

@@ -249,9 +249,9 @@ impl CartComm {
             ));
         }
         let mut rank = 0i64;
-        for d in 0..self.dims.len() {
-            let n = self.dims[d] as i64;
-            let c = if self.periodic[d] { coords[d].rem_euclid(n) } else { coords[d] };
+        for ((&x, &n), &p) in coords.iter().zip(&self.dims).zip(&self.periodic) {
+            let n = n as i64;
+            let c = if p { x.rem_euclid(n) } else { x };
             if !(0..n).contains(&c) {
                 return Ok(None);
             }
@@ -386,7 +386,7 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
         let local = c.local_check(fits, ErrorKind::InvalidArgument, OP, || {
             format!("{} elements are not one block for each of {nd} destinations", send.len())
         });
-        let per = if nd == 0 { 0 } else { send.len() / nd };
+        let per = send.len().checked_div(nd).unwrap_or(0);
         c.agree(OP, local, Signature { count: Some(per as i64), elem_size: elem_size::<T>(), ..Default::default() })?;
         let s = c.list_counts::<T>(&vec![per; nd], OP)?;
         let r = c.list_counts::<T>(&vec![per; ns], OP)?;
