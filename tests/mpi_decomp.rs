@@ -9,7 +9,7 @@ use std::rc::Rc;
 use harness::Case;
 use ndarray::{Array, Dimension, IntoDimension, Ix1, Ix2, Ix3, IxDyn};
 use phalanx::comm::Comm;
-use phalanx::decomp::{Decomposition, DistArray, Stencil};
+use phalanx::decomp::{Decomposition, DistArray, HaloTransport, Stencil};
 use phalanx::ErrorKind;
 
 const RANKS: &[usize] = &[1, 2, 3, 4, 6];
@@ -46,7 +46,27 @@ fn expected(u_local: &[usize], dc: &Decomposition, scale: u64) -> u64 {
 }
 
 fn check_exchange<D: Dimension>(comm: &Comm, shape: &[usize], periodic: &[bool], w: usize, stencil: Stencil) {
-    let dc = Decomposition::builder(comm, shape).ghost_width(w).periodic(periodic).stencil(stencil).build().unwrap();
+    check_exchange_by::<D>(comm, shape, periodic, w, stencil, HaloTransport::default(), false)
+}
+
+fn check_exchange_by<D: Dimension>(
+    comm: &Comm,
+    shape: &[usize],
+    periodic: &[bool],
+    w: usize,
+    stencil: Stencil,
+    transport: HaloTransport,
+    reorder: bool,
+) {
+    let dc = Decomposition::builder(comm, shape)
+        .ghost_width(w)
+        .periodic(periodic)
+        .stencil(stencil)
+        .halo_transport(transport)
+        .reorder(reorder)
+        .build()
+        .unwrap();
+    assert_eq!(dc.halo_transport(), transport);
     let mut u = DistArray::<u64, D>::new(&dc, SENTINEL).unwrap();
     u.fill_owned_with(|g| linear(g, shape) + 1);
     u.exchange().unwrap();
@@ -104,6 +124,39 @@ fn exchange_matrix(c: &Comm) {
                 check_exchange::<Ix3>(c, &[7, 9, 5], &p, w, stencil);
             }
         }
+    }
+}
+
+/// The matrix again with the persistent and the neighbour-collective transports, and on a
+/// communicator whose ranks are numbered backwards (what a reordering Cartesian communicator may
+/// do): every rank-keyed step must follow the decomposition's own numbering.
+fn exchange_matrix_transports(c: &Comm) {
+    let backwards = c.split(Some(0), c.size() - 1 - c.rank()).unwrap().unwrap();
+    assert_eq!(backwards.rank(), c.size() - 1 - c.rank());
+    for (comm, transport) in [
+        (c, HaloTransport::Persistent),
+        (c, HaloTransport::Neighbour),
+        (&backwards, HaloTransport::PointToPoint),
+        (&backwards, HaloTransport::Neighbour),
+    ] {
+        for stencil in [Stencil::Star, Stencil::Box] {
+            for p in periodic_combinations(1) {
+                check_exchange_by::<Ix1>(comm, &[23], &p, 2, stencil, transport, true);
+            }
+            for p in periodic_combinations(2) {
+                check_exchange_by::<Ix2>(comm, &[13, 11], &p, 1, stencil, transport, true);
+            }
+            for p in periodic_combinations(3) {
+                check_exchange_by::<Ix3>(comm, &[7, 9, 5], &p, 1, stencil, transport, false);
+            }
+        }
+    }
+    // Gathering on a renumbered communicator puts every block where it belongs.
+    let shape = [9, 7];
+    let dc = Decomposition::builder(&backwards, &shape).build().unwrap();
+    let u = DistArray::<u64, Ix2>::from_fn(&dc, |g| linear(g, &shape)).unwrap();
+    if let Some(all) = u.gather(0).unwrap() {
+        assert!(all.indexed_iter().all(|((i, j), &v)| v == linear(&[i, j], &shape)));
     }
 }
 
@@ -482,6 +535,7 @@ fn main() {
         "mpi_decomp",
         &[
             Case::new("exchange_matrix", RANKS, exchange_matrix),
+            Case::new("exchange_matrix_transports", RANKS, exchange_matrix_transports),
             Case::new("exchange_on_chosen_grids", RANKS, exchange_on_chosen_grids),
             Case::new("uneven_explicit_blocks", RANKS, uneven_explicit_blocks),
             Case::new(

@@ -318,6 +318,12 @@ impl CartComm {
 }
 
 impl GraphComm {
+    /// Whether any rank's neighbour lists repeat a rank (then phalanx exchanges by its own
+    /// messages; the same answer on every rank).
+    pub(crate) fn has_repeats(&self) -> bool {
+        self.repeated.is_some()
+    }
+
     /// The plain communicator, giving up the neighbour lists (MPI keeps the topology attached).
     pub fn into_comm(self) -> Comm {
         self.comm

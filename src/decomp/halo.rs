@@ -10,19 +10,80 @@
 //! `o` the message that neighbour sent towards `-o`), so the plain point-to-point path stays correct
 //! when a periodic dimension has one or two ranks and several directions lead to the same peer.
 //!
+//! Three transports move the same messages ([`HaloTransport`]): a fresh `MPI_Isend`/`MPI_Irecv`
+//! per direction each exchange; the same messages as persistent requests set up at the first
+//! exchange and started with one `MPI_Startall`; or one `MPI_Ineighbor_alltoallv` on a
+//! distributed-graph communicator whose edges are the directions (faces only for a star stencil;
+//! faces, edges and corners for a box). The neighbour form falls back to point-to-point where a
+//! neighbour repeats (a periodic dimension of one or two ranks: see `comm::topology` for why), and
+//! fault-tolerant runs always use point-to-point (ULFM's recovery relies on its per-request
+//! handling). `docs/PERFORMANCE.md` has the measurements behind the default.
+//!
 //! Open MPI 4.1 has no asynchronous progress: messages above the eager limit move only inside MPI
 //! calls. Call [`HaloExchange::progress`] now and then during the interior computation.
 
 use std::cell::Cell;
+use std::ffi::c_int;
 use std::marker::PhantomData;
 use std::rc::Rc;
 
 use bytemuck::Pod;
 
 use super::layout::{Decomposition, Stencil};
-use crate::comm::Comm;
+use crate::comm::{Comm, GraphComm};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ffi::{self, MPI_Request};
+
+/// How a halo exchange moves its messages; chosen per decomposition
+/// ([`DecompositionBuilder::halo_transport`](super::DecompositionBuilder::halo_transport)) or for a
+/// whole run with `PHALANX_HALO=p2p|persistent|neighbour`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HaloTransport {
+    /// `MPI_Irecv` and `MPI_Isend` per neighbour direction, every exchange.
+    #[default]
+    PointToPoint = 0,
+    /// The same messages as persistent requests, set up at the first exchange and started with
+    /// one `MPI_Startall` per exchange.
+    Persistent = 1,
+    /// One `MPI_Ineighbor_alltoallv` on a distributed-graph communicator of the directions.
+    Neighbour = 2,
+}
+
+impl HaloTransport {
+    /// The transport named by `PHALANX_HALO` (`p2p`, `persistent`, `neighbour`/`neighbor`), or the
+    /// default when it is unset or empty.
+    ///
+    /// # Errors
+    /// The message for any other value.
+    pub(crate) fn from_env() -> std::result::Result<HaloTransport, String> {
+        match std::env::var("PHALANX_HALO").as_deref().map(str::trim) {
+            Err(_) | Ok("") => Ok(HaloTransport::default()),
+            Ok(v) => v.parse(),
+        }
+    }
+}
+
+impl std::str::FromStr for HaloTransport {
+    type Err = String;
+    fn from_str(v: &str) -> std::result::Result<Self, String> {
+        match v {
+            "p2p" | "point-to-point" => Ok(HaloTransport::PointToPoint),
+            "persistent" => Ok(HaloTransport::Persistent),
+            "neighbour" | "neighbor" => Ok(HaloTransport::Neighbour),
+            other => Err(format!("PHALANX_HALO={other:?}: expected p2p, persistent or neighbour")),
+        }
+    }
+}
+
+/// A neighbour-collective exchange's communicator and MPI counts (in MPI items).
+#[derive(Debug)]
+struct Graph {
+    comm: GraphComm,
+    scounts: Vec<c_int>,
+    sdispls: Vec<c_int>,
+    rcounts: Vec<c_int>,
+    rdispls: Vec<c_int>,
+}
 
 /// A box of local (ghosted-array) indices, padded to 3 dimensions (leading dimensions of extent 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +162,11 @@ pub(crate) struct HaloPlan<T> {
     // identity (checked mode, at the first exchange).
     number: i32,
     agreed: bool,
+    transport: HaloTransport,
+    // Persistent: whether `reqs` holds the persistent requests (receives, then sends).
+    persistent: bool,
+    // Neighbour: the graph, built at the first exchange (collective over the decomposition).
+    graph: Option<Rc<Graph>>,
 }
 
 fn direction_index(o: [i32; 3]) -> i32 {
@@ -166,7 +232,41 @@ impl<T: Pod> HaloPlan<T> {
             array_id,
             number,
             agreed: false,
+            // Fault-tolerant runs recover through per-request handling (`ulfm::waitall_keep`).
+            transport: if crate::runtime::ft::fault_tolerant() {
+                HaloTransport::PointToPoint
+            } else {
+                dc.halo_transport()
+            },
+            persistent: false,
+            graph: None,
         }
+    }
+
+    /// The graph communicator of the neighbour transport, built on first use; `None` where a
+    /// neighbour repeats (the exchange then goes point to point). Collective over `comm`.
+    fn graph(&mut self, comm: &Comm) -> Result<Option<Rc<Graph>>> {
+        const OP: &str = "halo exchange_begin";
+        if self.graph.is_none() {
+            let per = ffi::layout::<T>().per_elem;
+            let rank = comm.rank();
+            let count = |n: usize| ffi::to_count(n, per, OP, rank);
+            // Sends in direction order; receives ordered by the sender's direction, so that the
+            // k-th message between two ranks is the k-th edge at both ends.
+            let mut by_sender: Vec<&Msg> = self.msgs.iter().collect();
+            by_sender.sort_by_key(|m| m.recv_tag);
+            let dests: Vec<i32> = self.msgs.iter().map(|m| m.peer).collect();
+            let srcs: Vec<i32> = by_sender.iter().map(|m| m.peer).collect();
+            let g = Graph {
+                comm: comm.dist_graph(&srcs, &dests, false)?,
+                scounts: self.msgs.iter().map(|m| count(m.send.count())).collect::<Result<_>>()?,
+                sdispls: self.msgs.iter().map(|m| count(m.send_off)).collect::<Result<_>>()?,
+                rcounts: by_sender.iter().map(|m| count(m.recv.count())).collect::<Result<_>>()?,
+                rdispls: by_sender.iter().map(|m| count(m.recv_off)).collect::<Result<_>>()?,
+            };
+            self.graph = Some(Rc::new(g));
+        }
+        Ok(self.graph.clone().filter(|g| !g.comm.has_repeats()))
     }
 
     /// Checked mode, first exchange of this array: every rank must be exchanging its array of the same
@@ -245,6 +345,10 @@ impl<T: Pod> HaloPlan<T> {
             let c = m.send.count();
             pack(data, self.shape, &m.send, &mut send_buf[m.send_off..m.send_off + c]);
         }
+        let graph = match self.transport {
+            HaloTransport::Neighbour => self.graph(comm)?,
+            _ => None,
+        };
         let mut ex = HaloExchange {
             send_buf,
             recv_buf,
@@ -256,12 +360,84 @@ impl<T: Pod> HaloPlan<T> {
             rank: comm.rank(),
             comm: comm.as_raw(),
             _keep: keep,
+            graph: None,
             done: false,
             _not_send: PhantomData,
         };
-        ex.reqs.clear();
         self.busy.set(true);
         let raw = comm.as_raw();
+        if let Some(g) = graph {
+            ex.reqs.clear();
+            // SAFETY: both buffers are owned by `ex`, and the count arrays and the communicator
+            // by the graph that `ex` keeps (`ex.graph`); `finish` waits for the request before
+            // handing the buffers back, and an unfinished `ex` dropped hands all of them to the
+            // runtime (`orphans::adopt_collective`), which frees them only after completion or
+            // leaks them; leaking `ex` leaks them. The counts and displacements put every block
+            // inside its buffer (they are the plan's own segments).
+            let req = unsafe {
+                ffi::topology::ineighbor_alltoallv(
+                    ffi::send_ptr(&ex.send_buf),
+                    g.scounts.as_ptr(),
+                    g.sdispls.as_ptr(),
+                    ffi::recv_ptr(&mut ex.recv_buf),
+                    g.rcounts.as_ptr(),
+                    g.rdispls.as_ptr(),
+                    g.comm.as_raw(),
+                    OP,
+                    ex.rank,
+                )?
+            };
+            ex.reqs.push(req);
+            ex.graph = Some(g);
+            return Ok(ex);
+        }
+        if self.transport == HaloTransport::Persistent {
+            if !self.persistent {
+                ex.reqs.clear();
+                for m in &self.msgs {
+                    let c = m.recv.count();
+                    // SAFETY: the receive buffer's heap block stays the same for the plan's life
+                    // (it moves between the plan and its exchanges, never reallocated: an array
+                    // whose exchange was dropped never exchanges again), and a persistent request
+                    // lives in the same place as the buffers: freed by the plan's Drop only when
+                    // inactive, or handed to the runtime with the buffers by an unfinished
+                    // exchange's Drop. Segments of different messages are disjoint.
+                    let req = unsafe {
+                        ffi::topology::recv_init(
+                            ex.recv_buf.as_mut_ptr().add(m.recv_off),
+                            c,
+                            m.peer,
+                            m.recv_tag,
+                            raw,
+                            OP,
+                            ex.rank,
+                        )?
+                    };
+                    ex.reqs.push(req);
+                }
+                for m in &self.msgs {
+                    let c = m.send.count();
+                    // SAFETY: as above, for the send buffer, which nobody writes while a run is active.
+                    let req = unsafe {
+                        ffi::topology::send_init(
+                            ex.send_buf.as_ptr().add(m.send_off),
+                            c,
+                            m.peer,
+                            m.send_tag,
+                            raw,
+                            OP,
+                            ex.rank,
+                        )?
+                    };
+                    ex.reqs.push(req);
+                }
+                self.persistent = true;
+            }
+            ex.nrecv = self.msgs.len();
+            ffi::topology::startall(&mut ex.reqs, OP, ex.rank)?;
+            return Ok(ex);
+        }
+        ex.reqs.clear();
         for m in &self.msgs {
             let c = m.recv.count();
             // SAFETY: the receive buffer is owned by `ex`, which waits for (after cancelling) every
@@ -311,8 +487,20 @@ impl<T: Pod> HaloPlan<T> {
         self.send_buf = std::mem::take(&mut ex.send_buf);
         self.recv_buf = std::mem::take(&mut ex.recv_buf);
         self.reqs = std::mem::take(&mut ex.reqs);
+        ex.graph = None;
         self.busy.set(false);
         Ok(())
+    }
+}
+
+impl<T> Drop for HaloPlan<T> {
+    fn drop(&mut self) {
+        // The persistent requests, when the plan holds them (inactive: no exchange in flight).
+        if self.persistent && !self.busy.get() && !ffi::finalized() {
+            for r in self.reqs.iter_mut().filter(|r| **r != ffi::request_null()) {
+                ffi::request_free(r);
+            }
+        }
     }
 }
 
@@ -342,6 +530,8 @@ pub struct HaloExchange<T: Pod> {
     /// The communicator of the exchange: `_keep`'s, so alive while the exchange is.
     comm: ffi::MPI_Comm,
     _keep: Rc<Decomposition>,
+    // The neighbour transport's graph (communicator and count arrays MPI reads until completion).
+    graph: Option<Rc<Graph>>,
     done: bool,
     _not_send: PhantomData<*const ()>,
 }
@@ -383,6 +573,17 @@ impl<T: Pod> Drop for HaloExchange<T> {
             // neither cancelled nor waited for, and the buffers they may still use are leaked.
             std::mem::forget(std::mem::take(&mut self.send_buf));
             std::mem::forget(std::mem::take(&mut self.recv_buf));
+            self.abandoned.set(true);
+            self.busy.set(false);
+            return;
+        }
+        if let Some(g) = self.graph.take() {
+            // A neighbour collective cannot be cancelled, and waiting could block forever (the
+            // peers may have left their exchanges): the runtime keeps the request with every
+            // buffer and array it uses until it completes.
+            let reqs: Vec<MPI_Request> = self.reqs.iter().copied().filter(|r| *r != ffi::request_null()).collect();
+            let bufs = (std::mem::take(&mut self.send_buf), std::mem::take(&mut self.recv_buf), g);
+            crate::runtime::orphans::adopt_collective(reqs, Box::new(bufs));
             self.abandoned.set(true);
             self.busy.set(false);
             return;

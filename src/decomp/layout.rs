@@ -6,8 +6,9 @@ use std::ops::Range;
 use std::rc::Rc;
 
 use super::grid::{ProcessGrid, MAX_DIMS};
+use super::halo::HaloTransport;
 use super::partition::Partition;
-use crate::comm::Comm;
+use crate::comm::{CartComm, Comm};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Which neighbours a stencil reads.
@@ -91,7 +92,8 @@ impl GhostedBox {
 /// [`Decomposition::builder`].
 #[derive(Debug)]
 pub struct Decomposition {
-    pub(crate) comm: Comm,
+    pub(crate) comm: CartComm,
+    transport: HaloTransport,
     grid: ProcessGrid,
     parts: Vec<Partition>,
     shape: Vec<usize>,
@@ -113,6 +115,8 @@ pub struct DecompositionBuilder<'c> {
     stencil: Stencil,
     dims: Option<Vec<usize>>,
     sizes: Vec<Option<Vec<usize>>>,
+    reorder: bool,
+    transport: Option<HaloTransport>,
 }
 
 impl Decomposition {
@@ -130,12 +134,29 @@ impl Decomposition {
             stencil: Stencil::Star,
             dims: None,
             sizes: vec![None; nd],
+            reorder: false,
+            transport: None,
         }
     }
 
-    /// The communicator (a duplicate of the one given, so halo traffic never matches user messages).
+    /// The communicator (a Cartesian communicator over the one given, so halo traffic never
+    /// matches user messages). Its ranks are the ones this decomposition keys everything by; they
+    /// differ from the given communicator's only when built with
+    /// [`reorder`](DecompositionBuilder::reorder).
     pub fn comm(&self) -> &Comm {
         &self.comm
+    }
+
+    /// The process grid as an MPI Cartesian communicator (for `shift`, row and column
+    /// communicators, and neighbourhood collectives over the grid's faces).
+    #[doc(alias = "MPI_Cart_create")]
+    pub fn cartesian(&self) -> &CartComm {
+        &self.comm
+    }
+
+    /// How halo exchanges of this decomposition's arrays move their messages.
+    pub fn halo_transport(&self) -> HaloTransport {
+        self.transport
     }
     /// The process grid.
     pub fn grid(&self) -> &ProcessGrid {
@@ -249,7 +270,8 @@ impl Decomposition {
             .ghost_widths(&self.ghost)
             .stencil(self.stencil)
             .periodic(self.grid.periodic())
-            .dims(self.grid.dims());
+            .dims(self.grid.dims())
+            .halo_transport(self.transport);
         for (d, s) in sizes.iter().enumerate() {
             b = b.block_sizes(d, s);
         }
@@ -322,6 +344,23 @@ impl DecompositionBuilder<'_> {
         self.dims = Some(dims.to_vec());
         self
     }
+    /// Lets the MPI library renumber the ranks to fit the process grid to the machine
+    /// (`MPI_Cart_create` with `reorder`; default off). The decomposition's
+    /// [`comm`](Decomposition::comm) then has this process at another rank than the communicator
+    /// given, and every rank-keyed thing phalanx does with the decomposition (halo peers, gathers,
+    /// checkpoints and output through its arrays) uses the new rank.
+    pub fn reorder(mut self, reorder: bool) -> Self {
+        self.reorder = reorder;
+        self
+    }
+
+    /// How halo exchanges move their messages (default: `PHALANX_HALO` if set, else
+    /// [`HaloTransport::default`]; see [`HaloTransport`]).
+    pub fn halo_transport(mut self, t: HaloTransport) -> Self {
+        self.transport = Some(t);
+        self
+    }
+
     /// Explicit block sizes along dimension `d` (PETSc's `lx`/`ly`/`lz`); their number sets the
     /// grid's extent in `d`. Out-of-range `d` is reported by [`build`](Self::build).
     pub fn block_sizes(mut self, d: usize, sizes: &[usize]) -> Self {
@@ -356,7 +395,11 @@ impl DecompositionBuilder<'_> {
         // 1. Every rank must describe the same decomposition: compare a fixed-length signature of
         // every builder input, block sizes included (a rank that failed a check of its own before
         // this point would leave the others waiting in the collectives below).
-        let mut sig = [-1i64; 1 + 5 * MAX_DIMS + 2];
+        let transport = match self.transport {
+            Some(t) => Ok(t),
+            None => HaloTransport::from_env(),
+        };
+        let mut sig = [-1i64; 1 + 5 * MAX_DIMS + 3];
         sig[0] = nd as i64;
         for d in 0..nd.min(MAX_DIMS) {
             sig[1 + d] = self.shape[d] as i64;
@@ -368,6 +411,7 @@ impl DecompositionBuilder<'_> {
         sig[5 * MAX_DIMS + 1] = self.stencil as i64;
         sig[5 * MAX_DIMS + 2] =
             (self.sizes.len() as i64) << 8 | (self.ghost.len() as i64) << 4 | self.periodic.len() as i64;
+        sig[5 * MAX_DIMS + 3] = transport.as_ref().map_or(15, |&t| t as i64) | (self.reorder as i64) << 4;
         // Values past what an i64 negation can hold would break the max/-min comparison.
         let sig = sig.map(|x| x.clamp(-(1 << 62), 1 << 62));
         let (min, max) = comm.min_max(&sig)?;
@@ -378,6 +422,7 @@ impl DecompositionBuilder<'_> {
                 0 => what[0],
                 i if i <= 5 * MAX_DIMS => what[(i - 1) / MAX_DIMS + 1],
                 i if i == 5 * MAX_DIMS + 1 => "stencil",
+                i if i == 5 * MAX_DIMS + 3 => "halo transport (PHALANX_HALO) or reorder flag",
                 _ => "number of per-dimension options",
             };
             let sizes: Vec<String> =
@@ -483,7 +528,16 @@ impl DecompositionBuilder<'_> {
             parts.push(p);
         }
 
-        let coords = grid.coords(rank as usize);
+        // The grid as an MPI Cartesian communicator. With `reorder` MPI may renumber the ranks;
+        // from here on everything is keyed by the new rank (MPI numbers Cartesian ranks row-major,
+        // as `ProcessGrid` does).
+        let dims: Vec<usize> = grid.dims().to_vec();
+        let cart = comm
+            .cartesian(&dims, &self.periodic, self.reorder)?
+            .ok_or_else(|| fail(format!("rank {rank} was left out of the process grid {dims:?}")))?;
+        let coords = grid.coords(cart.rank() as usize);
+        debug_assert_eq!(coords, cart.coords());
+        let transport = transport.map_err(fail)?;
         let owned = OwnedBox {
             start: (0..nd).map(|d| parts[d].range(coords[d]).start).collect(),
             len: (0..nd).map(|d| parts[d].size(coords[d])).collect(),
@@ -493,7 +547,8 @@ impl DecompositionBuilder<'_> {
             len: (0..nd).map(|d| owned.len[d] + 2 * self.ghost[d]).collect(),
         };
         Ok(Rc::new(Decomposition {
-            comm: comm.dup()?,
+            comm: cart,
+            transport,
             grid,
             parts,
             shape: self.shape,

@@ -60,7 +60,7 @@ mod partition;
 pub use balance::{imbalance, BalanceCheck, BalanceDecision, Balancer, ParticleCost};
 pub use dist_array::{field_hash_of, DistArray};
 pub use grid::{ProcessGrid, MAX_DIMS};
-pub use halo::HaloExchange;
+pub use halo::{HaloExchange, HaloTransport};
 pub use layout::{Decomposition, DecompositionBuilder, GhostedBox, OwnedBox, Stencil};
 pub use particles::{particles_hash_of, CellList, GhostUpdate, Particle, ParticleBox, Particles, VerletList};
 pub use partition::Partition;

@@ -19,6 +19,8 @@ use crate::ffi::{self, MPI_Request};
 
 struct Orphan {
     reqs: Vec<MPI_Request>,
+    // Nonblocking collectives may not be released with MPI_Request_free (MPI-4.1 section 6.12).
+    collective: bool,
     // Owned by the list until every request above has completed: MPI reads it until then.
     buf: Box<dyn Any>,
 }
@@ -40,7 +42,19 @@ pub(crate) fn adopt(reqs: Vec<MPI_Request>, buf: Box<dyn Any>) {
         std::mem::forget(buf);
         return;
     }
-    ORPHANS.with(|o| o.borrow_mut().push(Orphan { reqs, buf }));
+    ORPHANS.with(|o| o.borrow_mut().push(Orphan { reqs, collective: false, buf }));
+    reap();
+}
+
+/// Takes over an unfinished nonblocking collective (a neighbour exchange whose peers may have left
+/// it) with everything it reads or writes; freed once it completes, leaked at the end of the run
+/// if it never does (a collective request cannot be released to MPI).
+pub(crate) fn adopt_collective(reqs: Vec<MPI_Request>, buf: Box<dyn Any>) {
+    if ffi::ulfm::failure_seen() {
+        std::mem::forget(buf);
+        return;
+    }
+    ORPHANS.with(|o| o.borrow_mut().push(Orphan { reqs, collective: true, buf }));
     reap();
 }
 
@@ -76,7 +90,7 @@ pub(crate) fn release_all() {
             // In fault-tolerant mode a released send to a failed peer fails later, and Open MPI
             // raises that error on no communicator, with MPI_ERRORS_ARE_FATAL (seen: heat --recover
             // ended by it after recovering): the request is left alone, as its buffer is.
-            if !ft {
+            if !ft && !orphan.collective {
                 for r in &mut orphan.reqs {
                     ffi::request_free(r);
                 }
