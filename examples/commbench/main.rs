@@ -17,23 +17,31 @@
 //!   to each other rank): mean time of one call, the slowest rank's mean, microseconds;
 //! - `halo2d`, `halo3d`: one exchange of the faces of a periodic f64 grid (4096^2 and 256^3 cells
 //!   over all ranks, ghost width 1): `DistArray::exchange` against the hand-written exchange in
-//!   `halo.rs`; microseconds, the slowest rank.
+//!   `halo.rs`; microseconds, the slowest rank;
+//! - `halo_transports`: the same exchanges, star and box stencils, through each
+//!   [`HaloTransport`](phalanx::decomp::HaloTransport) (rows `halo2d_p2p`, `halo2d_persistent`,
+//!   `halo2d_neighbour`, `..._box`), each against the hand-written star exchange;
+//! - `api`: nonblocking and v-collectives, reduce-scatter, neighbourhood collectives (on a
+//!   non-periodic 1-D Cartesian communicator) and persistent ping-pong at 8 B, 4 KiB and 64 KiB
+//!   per block, against rsmpi or, where rsmpi lacks the call, raw `mpi::ffi` (`api.rs`).
 //!
 //! Each figure alternates timed blocks of phalanx and rsmpi (A B A B ...); it reports the median
 //! of each and the median of the per-block ratios phalanx / rsmpi (lower is better for times,
 //! higher for bandwidths).
 
+mod api;
 mod halo;
 mod raw;
 
 use clap::Parser;
 use ndarray::{Ix2, Ix3};
 use phalanx::comm::{Comm, Op};
-use phalanx::decomp::{Decomposition, DistArray, Stencil};
+use phalanx::decomp::{Decomposition, DistArray, HaloTransport, Stencil};
 use phalanx::ThreadLevel;
 
 pub(crate) const WINDOW: usize = 64;
-const BENCHES: [&str; 8] = ["latency", "bandwidth", "bibw", "allreduce", "bcast", "alltoall", "halo2d", "halo3d"];
+const BENCHES: [&str; 10] =
+    ["latency", "bandwidth", "bibw", "allreduce", "bcast", "alltoall", "halo2d", "halo3d", "api", "halo_transports"];
 
 #[derive(Parser, Debug)]
 #[command(about = "Point-to-point, collective and halo benchmarks: phalanx against raw rsmpi in the same run")]
@@ -47,7 +55,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Benchmarks to run, comma-separated [default: all of latency, bandwidth, bibw, allreduce,
-    /// bcast, alltoall, halo2d, halo3d].
+    /// bcast, alltoall, halo2d, halo3d, api, halo_transports].
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Largest message size in bytes.
@@ -177,7 +185,7 @@ fn bandwidth(w: &Comm, sbuf: &[u8], rbuf: &mut [u8], size: usize, iters: usize, 
     w.broadcast(moved as f64 / t / 1e6, 0)
 }
 
-fn slowest_mean_us(w: &Comm, t: f64, iters: usize) -> phalanx::Result<f64> {
+pub(crate) fn slowest_mean_us(w: &Comm, t: f64, iters: usize) -> phalanx::Result<f64> {
     w.allreduce(t / iters as f64 * 1e6, Op::Max)
 }
 
@@ -186,14 +194,31 @@ fn halo<D: ndarray::Dimension>(
     raw: &mpi::topology::SimpleCommunicator,
     shape: &[usize],
     blocks: usize,
+    how: Option<(HaloTransport, Stencil)>,
 ) -> phalanx::Result<(f64, f64, f64)> {
-    let dc = Decomposition::builder(w, shape).periodic(&vec![true; shape.len()]).stencil(Stencil::Star).build()?;
+    let builder = || Decomposition::builder(w, shape).periodic(&vec![true; shape.len()]);
+    // Without `how`: the transport PHALANX_HALO names, or the default.
+    let (dc, stencil) = match how {
+        None => (builder().build()?, Stencil::Star),
+        Some((t, st)) => (builder().stencil(st).halo_transport(t).build()?, st),
+    };
+    // The hand-written exchange is the star one; a box exchange is checked against it on the faces.
+    let star = builder().build()?;
     let mut u = DistArray::<f64, D>::from_fn(&dc, |g| g.iter().sum::<usize>() as f64)?;
     let mut hand_u: Vec<f64> = u.as_slice().to_vec();
-    let mut hand = halo::Hand::new(&dc);
+    let mut hand = halo::Hand::new(&star);
     u.exchange()?;
     hand.exchange(&mut hand_u, raw);
-    let same = u.ghosted().iter().zip(hand_u.iter()).all(|(a, b)| a == b);
+    let same = if stencil == Stencil::Star {
+        u.ghosted().iter().zip(hand_u.iter()).all(|(a, b)| a == b)
+    } else {
+        // Edges and corners are the box stencil's alone: compared with phalanx's point-to-point
+        // box exchange instead.
+        let p2p = builder().stencil(Stencil::Box).halo_transport(HaloTransport::PointToPoint).build()?;
+        let mut r = DistArray::<f64, D>::from_fn(&p2p, |g| g.iter().sum::<usize>() as f64)?;
+        r.exchange()?;
+        u.ghosted().iter().zip(r.ghosted().iter()).all(|(a, b)| a == b)
+    };
     assert!(w.all(same)?, "hand-written and phalanx exchanges disagree");
     let (sent, _, _) = u.halo_volume();
     let reps = iters_for(sent * 8, 200);
@@ -308,12 +333,38 @@ fn run(args: &Args, w: &Comm) -> phalanx::Result<Vec<Row>> {
         }
     }
     if want("halo2d") {
-        let v = halo::<Ix2>(w, &raw, &[args.n2, args.n2], args.blocks)?;
+        let v = halo::<Ix2>(w, &raw, &[args.n2, args.n2], args.blocks, None)?;
         push("halo2d", args.n2, "us", v);
     }
     if want("halo3d") {
-        let v = halo::<Ix3>(w, &raw, &[args.n3, args.n3, args.n3], args.blocks)?;
+        let v = halo::<Ix3>(w, &raw, &[args.n3, args.n3, args.n3], args.blocks, None)?;
         push("halo3d", args.n3, "us", v);
+    }
+    if want("halo_transports") {
+        const ROWS: [(&str, &str, HaloTransport, Stencil); 6] = [
+            ("halo2d_p2p", "halo3d_p2p", HaloTransport::PointToPoint, Stencil::Star),
+            ("halo2d_persistent", "halo3d_persistent", HaloTransport::Persistent, Stencil::Star),
+            ("halo2d_neighbour", "halo3d_neighbour", HaloTransport::Neighbour, Stencil::Star),
+            ("halo2d_p2p_box", "halo3d_p2p_box", HaloTransport::PointToPoint, Stencil::Box),
+            ("halo2d_persistent_box", "halo3d_persistent_box", HaloTransport::Persistent, Stencil::Box),
+            ("halo2d_neighbour_box", "halo3d_neighbour_box", HaloTransport::Neighbour, Stencil::Box),
+        ];
+        for (n2, n3, t, st) in ROWS {
+            let v = halo::<Ix2>(w, &raw, &[args.n2, args.n2], args.blocks, Some((t, st)))?;
+            push(n2, args.n2, "us", v);
+            let v = halo::<Ix3>(w, &raw, &[args.n3, args.n3, args.n3], args.blocks, Some((t, st)))?;
+            push(n3, args.n3, "us", v);
+        }
+    }
+    if want("api") {
+        let cart = w.cartesian(&[w.size() as usize], &[false], false)?.expect("every rank is in the grid");
+        for mut case in api::cases(w, &raw, &cart, args.iters) {
+            for bytes in [8usize, 4096, 65536] {
+                let n = (bytes / 8).max(1);
+                let v = compare(args.blocks, || (case.phalanx)(n), || (case.reference)(n))?;
+                push(case.name, bytes, "us", v);
+            }
+        }
     }
     Ok(rows)
 }
