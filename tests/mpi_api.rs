@@ -7,7 +7,9 @@ mod harness;
 
 use bytemuck::{Pod, Zeroable};
 use harness::{Case, RANKS_1_TO_4};
+use ndarray::{Dimension, Ix2, Ix3};
 use phalanx::comm::{start_all, CartComm, CheckMode, Comm, Neighbourhood, Op, Source};
+use phalanx::decomp::{Decomposition, DistArray, Stencil};
 use phalanx::{Error, ErrorKind, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
@@ -509,6 +511,102 @@ fn misuse_persistent(c: &Comm) {
     still_works(c);
 }
 
+// ---------------------------------------------------------------------------------------------
+// DistArray: map-reduce over owned cells, interior and boundary for the overlapped exchange
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+struct Stats {
+    count: u64,
+    sum: u64,
+    max_index: u64,
+    min_value: f64,
+}
+
+fn map_reduce_any_pod(c: &Comm) {
+    let shape = [13, 7, 5];
+    let n: u64 = shape.iter().product::<usize>() as u64;
+    let dc = Decomposition::builder(c, &shape).build().unwrap();
+    let linear = |g: &[usize]| ((g[0] * shape[1] + g[1]) * shape[2] + g[2]) as u64;
+    let u = DistArray::<Cell, Ix3>::from_fn(&dc, |g| cell(g[0], linear(g) as usize)).unwrap();
+    let id = Stats { count: 0, sum: 0, max_index: 0, min_value: f64::INFINITY };
+    let join = |a: Stats, b: Stats| Stats {
+        count: a.count + b.count,
+        sum: a.sum + b.sum,
+        max_index: a.max_index.max(b.max_index),
+        min_value: a.min_value.min(b.min_value),
+    };
+    let s = u
+        .map_reduce(
+            id,
+            |x| Stats { count: 1, sum: x.index as u64, max_index: x.index as u64, min_value: x.value },
+            join,
+        )
+        .unwrap();
+    assert_eq!(s, Stats { count: n, sum: n * (n - 1) / 2, max_index: n - 1, min_value: 0.0 });
+    // With global indices: every cell's index matches the value it was made from.
+    let bad = u.map_reduce_indexed(0u64, |g, x| u64::from(x.index as u64 != linear(g)), |a, b| a + b).unwrap();
+    assert_eq!(bad, 0);
+    // A non-commutative but associative reduction: the row-major order of the ranks' first cells.
+    let firsts = u
+        .map_reduce_indexed([u64::MAX; 2], |g, _| [linear(g), linear(g)], |a, b| [a[0].min(b[0]), a[1].min(b[1])])
+        .unwrap();
+    assert_eq!(firsts, [0, 0]);
+}
+
+fn overlap_helpers(c: &Comm) {
+    for (shape, w) in [(vec![17usize, 9], 1usize), (vec![6, 5], 2), (vec![9, 8, 7], 1), (vec![5, 4, 6], 2)] {
+        let nd = shape.len();
+        let dc =
+            Decomposition::builder(c, &shape).ghost_width(w).stencil(Stencil::Star).periodic(&vec![true; nd]).build();
+        let Ok(dc) = dc else { continue }; // a grid whose blocks are narrower than the ghost width
+        let (g, n) = (dc.ghost_width().to_vec(), dc.owned_box().len().to_vec());
+        // Interior and boundary boxes cover every owned cell exactly once.
+        let mut hits = ndarray::ArrayD::<u8>::zeros(dc.ghosted_box().len().to_vec());
+        let mut boxes = dc.boundary(w);
+        boxes.push(dc.interior(w));
+        for b in &boxes {
+            for (idx, h) in hits.indexed_iter_mut() {
+                if idx.slice().iter().zip(b).all(|(i, r)| r.contains(i)) {
+                    *h += 1;
+                }
+            }
+        }
+        for (idx, &h) in hits.indexed_iter() {
+            let owned = (0..nd).all(|d| (g[d]..g[d] + n[d]).contains(&idx[d]));
+            assert_eq!(h, u8::from(owned), "cell {:?} of {shape:?} width {w} covered {h} times", idx.slice());
+            if owned {
+                let inner = (0..nd).all(|d| idx[d] >= g[d] + w && idx[d] + w < g[d] + n[d]);
+                let in_interior = dc.interior(w).iter().zip(idx.slice()).all(|(r, i)| r.contains(i));
+                assert_eq!(inner, in_interior, "cell {:?}", idx.slice());
+            }
+        }
+    }
+    // The overlapped update (interior during the exchange, boundary after) equals the plain one.
+    let shape = [23, 19];
+    let dc = Decomposition::builder(c, &shape).periodic(&[true, true]).build().unwrap();
+    let mut u = DistArray::<f64, Ix2>::from_fn(&dc, |g| (g[0] * 31 + g[1] * 7 % 13) as f64).unwrap();
+    let step = |v: &ndarray::ArrayView2<f64>, out: &mut ndarray::Array2<f64>, b: &[std::ops::Range<usize>]| {
+        for i in b[0].clone() {
+            for j in b[1].clone() {
+                out[[i - 1, j - 1]] = v[[i - 1, j]] + v[[i + 1, j]] + v[[i, j - 1]] + v[[i, j + 1]] - 4.0 * v[[i, j]];
+            }
+        }
+    };
+    let mut overlapped = u.owned().to_owned();
+    let ex = u.exchange_begin().unwrap();
+    step(&u.ghosted(), &mut overlapped, &dc.interior(1));
+    u.exchange_finish(ex).unwrap();
+    for b in dc.boundary(1) {
+        step(&u.ghosted(), &mut overlapped, &b);
+    }
+    let mut plain = u.owned().to_owned();
+    let all: Vec<std::ops::Range<usize>> = (0..2).map(|d| 1..1 + dc.owned_box().len()[d]).collect();
+    step(&u.ghosted(), &mut plain, &all);
+    assert_eq!(overlapped, plain);
+}
+
 fn main() {
     harness::main(
         "mpi_api",
@@ -524,6 +622,8 @@ fn main() {
             Case::new("misuse_topologies", RANKS_1_TO_4, misuse_topologies),
             Case::new("persistent_ring", RANKS_1_TO_4, persistent_ring),
             Case::new("misuse_persistent", RANKS_1_TO_4, misuse_persistent),
+            Case::new("map_reduce_any_pod", RANKS_1_TO_4, map_reduce_any_pod),
+            Case::new("overlap_helpers", RANKS_1_TO_4, overlap_helpers),
         ],
     );
 }

@@ -349,8 +349,24 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
                     unsafe { (sys::RSMPI_REQUEST_NULL, sys::RSMPI_REQUEST_NULL, sys::RSMPI_STATUS_IGNORE) };
                 // SAFETY: the buffers outlive the requests, freed below after their last run.
                 unsafe {
-                    sys::MPI_Send_init(sbuf.as_ptr().cast(), n as i32, sys::RSMPI_DOUBLE, peer, 7, raw.as_raw(), &mut sr);
-                    sys::MPI_Recv_init(rbuf.as_mut_ptr().cast(), n as i32, sys::RSMPI_DOUBLE, peer, 7, raw.as_raw(), &mut rr);
+                    sys::MPI_Send_init(
+                        sbuf.as_ptr().cast(),
+                        n as i32,
+                        sys::RSMPI_DOUBLE,
+                        peer,
+                        7,
+                        raw.as_raw(),
+                        &mut sr,
+                    );
+                    sys::MPI_Recv_init(
+                        rbuf.as_mut_ptr().cast(),
+                        n as i32,
+                        sys::RSMPI_DOUBLE,
+                        peer,
+                        7,
+                        raw.as_raw(),
+                        &mut rr,
+                    );
                 }
                 let t = timed(w, iters, || {
                     // SAFETY: inactive persistent requests, started and completed in turn.

@@ -607,6 +607,62 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
         let total = dc.comm().allreduce_vec(&lanes, Op::Sum)?;
         Ok((total[0] as u128) << 64 | total[1] as u128)
     }
+
+    /// Maps every owned cell with `map` and combines the results with `reduce`, first over this
+    /// rank's cells (starting from `identity`), then over the ranks in rank order; every rank gets
+    /// the result. Works for any `Pod` result (a struct of sums and extremes, a histogram array):
+    /// `reduce` must be associative, and `identity` its neutral element.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// MPI errors.
+    ///
+    /// ```no_run
+    /// # use phalanx::decomp::{Decomposition, DistArray};
+    /// # let rt = phalanx::init()?; let world = rt.world();
+    /// # let dc = Decomposition::builder(&world, &[64, 64]).build()?;
+    /// let u = DistArray::<f32, ndarray::Ix2>::new(&dc, 1.5)?;
+    /// // How many cells are above 1, and the largest value: one pass, one collective.
+    /// let [above, max] = u.map_reduce([0.0f64, f64::MIN], |&v| [f64::from(u8::from(v > 1.0)), f64::from(v)], |a, b| {
+    ///     [a[0] + b[0], a[1].max(b[1])]
+    /// })?;
+    /// # Ok::<(), phalanx::Error>(())
+    /// ```
+    #[doc(alias = "MPI_Allreduce")]
+    pub fn map_reduce<R: Pod>(
+        &self,
+        identity: R,
+        map: impl Fn(&T) -> R,
+        reduce: impl Fn(R, R) -> R + Sync,
+    ) -> Result<R> {
+        let local = self.owned().iter().fold(identity, |acc, v| reduce(acc, map(v)));
+        Ok(self.comm().allreduce_with(&[local], |a, b| reduce(*a, *b))?[0])
+    }
+
+    /// [`map_reduce`](Self::map_reduce) with the global index of each cell passed to `map`.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// MPI errors.
+    #[doc(alias = "MPI_Allreduce")]
+    pub fn map_reduce_indexed<R: Pod>(
+        &self,
+        identity: R,
+        map: impl Fn(&[usize], &T) -> R,
+        reduce: impl Fn(R, R) -> R + Sync,
+    ) -> Result<R> {
+        let start = self.decomp.owned_box().start();
+        let mut global = vec![0usize; start.len()];
+        let local = self.owned().indexed_iter().fold(identity, |acc, (idx, v)| {
+            for ((g, &i), &s) in global.iter_mut().zip(idx.into_dimension().slice()).zip(start) {
+                *g = i + s;
+            }
+            reduce(acc, map(&global, v))
+        });
+        Ok(self.comm().allreduce_with(&[local], |a, b| reduce(*a, *b))?[0])
+    }
 }
 
 impl<T: Pod + Send + Sync + Into<f64>, D: Dimension> DistArray<T, D> {

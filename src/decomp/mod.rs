@@ -56,6 +56,7 @@ mod halo;
 mod layout;
 mod particles;
 mod partition;
+mod regions;
 
 pub use balance::{imbalance, BalanceCheck, BalanceDecision, Balancer, ParticleCost};
 pub use dist_array::{field_hash_of, DistArray};
