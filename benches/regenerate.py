@@ -468,6 +468,94 @@ def render_balance(bl):
     return "\n".join(L)
 
 
+API_BEGIN = "<!-- api: written by benches/regenerate (--api-table refreshes this section alone) -->"
+API_END = "<!-- /api -->"
+
+
+def api_section(blocks=7):
+    """The wider API against rsmpi or raw MPI (commbench --only api, 2 ranks), and the halo exchange
+    through each transport against the point-to-point plan at 1-4 ranks and on the emulated cluster."""
+    log("api: commbench --only api, 2 ranks")
+    api = last_json(sh(mpirun(2, f"{EX}/commbench", "--json", "--only", "api", "--blocks", blocks)))
+    halo = {}
+    grid = ["--n2", 2048, "--n3", 128]
+    for n in (1, 2, 3, 4):
+        log(f"api: halo transports, {n} ranks")
+        halo[str(n)] = last_json(sh(mpirun(n, f"{EX}/commbench", "--json", "--only", "halo_transports",
+                                           "--blocks", blocks, *grid)))
+    cluster = None
+    if subprocess.run([os.path.join(ROOT, "ci", "cluster"), "check"], capture_output=True).returncode == 0:
+        log("api: halo transports on the emulated cluster, 2 nodes x 2 ranks (TCP)")
+        cl = os.path.join(ROOT, "ci", "cluster")
+        sh([cl, "up", "2"])
+        try:
+            cluster = last_json(sh([cl, "run", "4", f"{EX}/commbench", "--json", "--only", "halo_transports",
+                                    "--blocks", str(blocks)] + [str(x) for x in grid]))
+        finally:
+            subprocess.run([cl, "down"], capture_output=True)
+    return {"blocks": blocks, "api": api["rows"], "halo": {k: v["rows"] for k, v in halo.items()},
+            "cluster": cluster["rows"] if cluster else None, "grid": grid}
+
+
+def render_api(a):
+    L = [API_BEGIN, "## The wider API against raw MPI, and the halo transports", ""]
+    w = L.append
+    w(f"`commbench --only api` at 2 ranks: each operation through phalanx against the same operation in the same "
+      f"run, rsmpi where rsmpi 0.8.2 has it and raw `mpi::ffi` where it has not (`MPI_Reduce_scatter`, neighbourhood "
+      f"collectives, persistent requests); median of {a['blocks']} alternating blocks, microseconds per call (the "
+      "slowest rank's mean). Nonblocking operations are started and waited for at once (scoped forms, the "
+      "receive buffers kept); `allgatherv_counts` passes the counts, `allgatherv_inferred` lets phalanx learn "
+      "them (one extra all-gather); neighbourhood collectives run on a non-periodic 1-D Cartesian communicator.")
+    w("")
+    w("```sh\nbenches/regenerate --api-table\nmpirun -n 2 target/release/examples/commbench --only api\n```\n")
+    w("| operation | 8 B phalanx | 8 B reference | ratio | 4 KiB ratio | 64 KiB ratio |")
+    w("|---|---|---|---|---|---|")
+    rows = {}
+    for r in a["api"]:
+        rows.setdefault(r["bench"], {})[r["bytes"]] = r
+    for name, by in rows.items():
+        small = by.get(8)
+        w(f"| {name} | {small['phalanx']:.3f} us | {small['rsmpi']:.3f} us | {small['ratio']:.3f} | "
+          f"{by[4096]['ratio']:.3f} | {by[65536]['ratio']:.3f} |")
+    w("")
+    n2, n3 = a["grid"][1], a["grid"][3]
+    w(f"Halo exchange through each transport (`commbench --only halo_transports --n2 {n2} --n3 {n3}`): the "
+      f"persistent requests and the neighbour collective against the point-to-point plan on the same grid "
+      f"({n2}^2 and {n3}^3 f64, ghost width 1), alternating blocks, the ratio transport / point-to-point "
+      "(below 1: the transport is faster). Periodic star grids, and open box grids (faces, edges and "
+      "corners); on a periodic dimension of one or two ranks the neighbour transport falls back to point to "
+      "point (see `comm::topology`), so its periodic rows at 1, 2 and 4 ranks measure that fallback. 3 and "
+      "4 ranks share 2 cores. The cluster row: 2 emulated nodes x 2 ranks over TCP (`ci/cluster`).")
+    w("")
+    names = [r["bench"] for r in a["halo"]["1"]]
+    cols = [("1 rank", a["halo"]["1"]), ("2 ranks", a["halo"]["2"]), ("3 ranks", a["halo"]["3"]),
+            ("4 ranks", a["halo"]["4"])] + ([("cluster 2x2", a["cluster"])] if a["cluster"] else [])
+    w("| exchange | " + " | ".join(c for c, _ in cols) + " |")
+    w("|---|" + "---|" * len(cols))
+    for name in names:
+        cells = []
+        for _, rs in cols:
+            r = next(x for x in rs if x["bench"] == name)
+            cells.append(f"{r['ratio']:.3f} ({r['rsmpi']:.1f} us p2p)")
+        w(f"| {name} | " + " | ".join(cells) + " |")
+    w("")
+    by = {t: [x["ratio"] for _, rs in cols for x in rs if f"_{t}" in x["bench"]] for t in ("persistent", "neighbour")}
+    mp, mn = med(by["persistent"]), med(by["neighbour"])
+    w(f"Median of all figures: persistent {mp:.3f}, neighbour {mn:.3f} (ranges {min(by['persistent']):.3f}-"
+      f"{max(by['persistent']):.3f} and {min(by['neighbour']):.3f}-{max(by['neighbour']):.3f}).")
+    if min(mp, mn) >= 0.97:
+        w("Neither transport is faster than point to point by more than 3 % in the median, so point to point "
+          "stays the default: it is also the one fault-tolerant runs need.")
+    else:
+        best = "persistent" if mp < mn else "neighbour"
+        w(f"The {best} transport is faster in the median ({min(mp, mn):.3f}); the default is point to point "
+          "nonetheless where the figures above disagree across rank counts (see the text of this section).")
+    w("`PHALANX_HALO=persistent|neighbour` or `DecompositionBuilder::halo_transport` choose another per run or "
+      "per decomposition.")
+    w(API_END)
+    return "\n".join(L)
+
+
 REC_BEGIN = "<!-- recovery: written by benches/regenerate (--recovery-table refreshes this section alone) -->"
 REC_END = "<!-- /recovery -->"
 
@@ -890,6 +978,8 @@ def render(r):
         w(render_md(r["md"]) + "\n")
     if "balance" in r:
         w(render_balance(r["balance"]) + "\n")
+    if "api" in r:
+        w(render_api(r["api"]) + "\n")
     w("## Kernels under criterion (single process, one thread)\n")
     w("```sh\ncargo bench --bench kernels\n```\n")
     w("| benchmark | median time per iteration | throughput |")
@@ -1042,6 +1132,8 @@ def main():
         "--md-table": ("md", md_section, render_md, MD_BEGIN, MD_END, "## Kernels under criterion", "md"),
         "--balance-table": ("balance", balance_section, render_balance, BAL_BEGIN, BAL_END,
                             "## Kernels under criterion", "load balancing"),
+        "--api-table": ("api", api_section, render_api, API_BEGIN, API_END, "## Kernels under criterion",
+                        "wider API"),
     }
     for flag, (key, measure, draw, begin, end, before, what) in sections.items():
         if flag not in sys.argv:
@@ -1087,6 +1179,7 @@ def main():
     r["nbody_c"] = nbody_c()
     r["md"] = md_section()
     r["balance"] = balance_section()
+    r["api"] = api_section()
     r["timers"] = timers()
     r["checkpoints"] = checkpoints()
     r["recovery"] = recovery()
