@@ -536,7 +536,7 @@ def render_api(a):
         cells = []
         for _, rs in cols:
             r = next(x for x in rs if x["bench"] == name)
-            cells.append(f"{r['ratio']:.3f} ({r['rsmpi']:.1f} us p2p)")
+            cells.append(f"{r['ratio']:.3f} ({r['rsmpi']:.3g} us p2p)")
         w(f"| {name} | " + " | ".join(cells) + " |")
     w("")
     by = {t: [x["ratio"] for _, rs in cols for x in rs if f"_{t}" in x["bench"]] for t in ("persistent", "neighbour")}

@@ -25,6 +25,35 @@
 //!   shows on the first calls; its cost is in `docs/PERFORMANCE.md`;
 //! - `Off` (`PHALANX_CHECK=0`): none. Each rank still validates its own arguments, but a rank that
 //!   returns early, or a mismatch between ranks, leaves its peers blocked or computes garbage.
+//!
+//! # Beyond point-to-point and the basic collectives
+//! Nonblocking collectives (`nonblocking.rs`, owning and scoped), v-collectives with given counts
+//! (`counts.rs`), reduce-scatter, Cartesian and graph communicators with neighbourhood collectives
+//! (`topology.rs`) and persistent requests (`persistent.rs`):
+//!
+//! ```no_run
+//! use phalanx::comm::{start_all, Neighbourhood, Op};
+//! # let rt = phalanx::init()?; let world = rt.world();
+//! let (n, me) = (world.size() as usize, world.rank() as usize);
+//! let req = world.iallgatherv(vec![me as f64; 3], &vec![3; n])?; // counts given: no hidden exchange
+//! let _blocks = req.wait()?;
+//! let mut sums = vec![0.0; 4];
+//! world.scope(|s| s.iallreduce(&[1.0; 4], &mut sums, Op::Sum)?.wait())?;
+//! let _mine = world.reduce_scatter_block(&vec![1u64; 2 * n], Op::Sum)?;
+//! let cart = world.cartesian(&[n], &[true], true)?.expect("every rank is in the grid");
+//! let (below, above) = cart.shift(0, 1)?;
+//! let _from_neighbours = cart.neighbour_alltoall(&[me as i32, me as i32])?;
+//! let (below, above) = (below.expect("periodic"), above.expect("periodic"));
+//! let mut send = cart.send_init(vec![0.0f64; 1024], above, 0)?;
+//! let mut recv = cart.recv_init::<f64>(1024, below, 0)?;
+//! for step in 0..10 {
+//!     send.data_mut()?.fill(step as f64);
+//!     start_all(&mut [&mut recv, &mut send])?;
+//!     recv.wait()?;
+//!     send.wait()?;
+//! }
+//! # Ok::<(), phalanx::Error>(())
+//! ```
 
 mod check;
 mod collective;

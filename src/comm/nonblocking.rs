@@ -94,8 +94,12 @@ impl<O> CollectiveRequest<O> {
     /// An MPI error reported at completion.
     #[doc(alias = "MPI_Wait")]
     pub fn wait(mut self) -> Result<O> {
-        let mut st = vec![ffi::new_status(); self.reqs.len()];
-        ffi::waitall(&mut self.reqs, &mut st, self.op, self.rank)?;
+        if let [req] = &mut self.reqs[..] {
+            ffi::wait(req, self.op, self.rank).0?;
+        } else {
+            let mut st = vec![ffi::new_status(); self.reqs.len()];
+            ffi::waitall(&mut self.reqs, &mut st, self.op, self.rank)?;
+        }
         self.sendbuf = None;
         let finish = self.finish.take().expect("a request is finished once");
         Ok(finish())
@@ -111,6 +115,9 @@ impl<O> CollectiveRequest<O> {
     pub fn test(&mut self) -> Result<bool> {
         if self.reqs.iter().all(|r| *r == ffi::request_null()) {
             return Ok(true);
+        }
+        if let [req] = &mut self.reqs[..] {
+            return ffi::test(req, self.op, self.rank).0;
         }
         ffi::testall(&mut self.reqs, self.op, self.rank)
     }

@@ -394,9 +394,16 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
         });
         let per = send.len().checked_div(nd).unwrap_or(0);
         c.agree(OP, local, Signature { count: Some(per as i64), elem_size: elem_size::<T>(), ..Default::default() })?;
-        let s = c.list_counts::<T>(&vec![per; nd], OP)?;
-        let r = c.list_counts::<T>(&vec![per; ns], OP)?;
-        Ok(exchange(self, send, s, r, OP)?.data)
+        if self.repeated().is_some() {
+            let s = c.list_counts::<T>(&vec![per; nd], OP)?;
+            let r = c.list_counts::<T>(&vec![per; ns], OP)?;
+            return Ok(exchange(self, send, s, r, OP)?.data);
+        }
+        let mut out = vec![T::zeroed(); per * ns];
+        // SAFETY: blocking; `send` holds `per` elements per destination (checked above) and `out`
+        // `per` per source.
+        unsafe { topo::neighbor_alltoall(ffi::send_ptr(send), ffi::recv_ptr(&mut out), per, c.raw, OP, c.rank)? };
+        Ok(out)
     }
 
     /// Sends `send_counts[i]` consecutive elements of `send` to destination i and receives
@@ -465,8 +472,16 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
             Ok(()),
             Signature { count: Some(send.len() as i64), elem_size: elem_size::<T>(), ..Default::default() },
         )?;
-        let r = c.list_counts::<T>(&vec![send.len(); self.sources().len()], OP)?;
-        Ok(allgather(self, send, r, OP)?.data)
+        if self.repeated().is_some() {
+            let r = c.list_counts::<T>(&vec![send.len(); self.sources().len()], OP)?;
+            return Ok(allgather(self, send, r, OP)?.data);
+        }
+        let mut out = vec![T::zeroed(); send.len() * self.sources().len()];
+        // SAFETY: blocking; `out` holds `send.len()` elements per source.
+        unsafe {
+            topo::neighbor_allgather(ffi::send_ptr(send), send.len(), ffi::recv_ptr(&mut out), c.raw, OP, c.rank)?
+        };
+        Ok(out)
     }
 
     /// Sends `send` to every destination and receives `recv_counts[i]` elements from source i.

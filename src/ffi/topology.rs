@@ -214,6 +214,48 @@ pub(crate) unsafe fn ineighbor_alltoallv<T: Pod>(
     Ok(req)
 }
 
+/// `MPI_Neighbor_alltoall` with `per` elements to and from each neighbour.
+///
+/// # Safety
+/// `send` holds `per` elements per destination and `recv` `per` per source; blocking.
+pub(crate) unsafe fn neighbor_alltoall<T: Pod>(
+    send: *const T,
+    recv: *mut T,
+    per: usize,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<()> {
+    let l = layout::<T>();
+    let n = to_count(per, l.per_elem, op, rank)?;
+    // SAFETY: forwarded from the caller's contract.
+    let code = unsafe {
+        sys::MPI_Neighbor_alltoall(send as *const c_void, n, l.datatype, recv as *mut c_void, n, l.datatype, comm)
+    };
+    check(code, op, rank)
+}
+
+/// `MPI_Neighbor_allgather` of `len` elements to every destination, `len` from every source.
+///
+/// # Safety
+/// `send` holds `len` elements and `recv` `len` per source; blocking.
+pub(crate) unsafe fn neighbor_allgather<T: Pod>(
+    send: *const T,
+    len: usize,
+    recv: *mut T,
+    comm: MPI_Comm,
+    op: &'static str,
+    rank: i32,
+) -> Result<()> {
+    let l = layout::<T>();
+    let n = to_count(len, l.per_elem, op, rank)?;
+    // SAFETY: forwarded from the caller's contract.
+    let code = unsafe {
+        sys::MPI_Neighbor_allgather(send as *const c_void, n, l.datatype, recv as *mut c_void, n, l.datatype, comm)
+    };
+    check(code, op, rank)
+}
+
 /// `MPI_Neighbor_allgatherv`: `send` (`send_len` elements) to every destination; counts and
 /// displacements per source.
 ///
