@@ -520,14 +520,25 @@ fn arrays_created_in_different_orders(c: &Comm) {
 /// receives of: a deadlock), and the array then refuses to exchange again instead of taking the
 /// abandoned messages for new ones.
 fn dropped_exchanges_do_not_hang(c: &Comm) {
-    let dc = Decomposition::builder(c, &[4 * c.size() as usize, 50_000]).dims(&[c.size() as usize, 1]).build().unwrap();
-    let mut u = DistArray::<f64, Ix2>::new(&dc, 1.0).unwrap();
-    drop(u.exchange_begin().unwrap());
-    c.barrier().unwrap();
-    let e = u.exchange().unwrap_err();
-    assert!(e.to_string().contains("dropped unfinished"), "{e}");
-    let mut fresh = DistArray::<f64, Ix2>::new(&dc, 2.0).unwrap();
-    fresh.exchange().unwrap();
+    for t in [HaloTransport::PointToPoint, HaloTransport::Persistent, HaloTransport::Neighbour] {
+        let dc = Decomposition::builder(c, &[4 * c.size() as usize, 50_000])
+            .dims(&[c.size() as usize, 1])
+            .halo_transport(t)
+            .build()
+            .unwrap();
+        let mut u = DistArray::<f64, Ix2>::new(&dc, 1.0).unwrap();
+        // A persistent array exchanges once first, so that its requests exist when it is dropped.
+        if t == HaloTransport::Persistent {
+            u.exchange().unwrap();
+        }
+        drop(u.exchange_begin().unwrap());
+        c.barrier().unwrap();
+        let e = u.exchange().unwrap_err();
+        assert!(e.to_string().contains("dropped unfinished"), "{t:?}: {e}");
+        let mut fresh = DistArray::<f64, Ix2>::new(&dc, 2.0).unwrap();
+        fresh.exchange().unwrap();
+        assert!(fresh.ghosted().iter().all(|&x| x == 2.0), "{t:?}");
+    }
 }
 
 fn main() {

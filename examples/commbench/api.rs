@@ -233,7 +233,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
         name: "neighbour_alltoall",
         phalanx: Box::new(move |n| {
             let send = vec![1.0f64; n * nbrs];
-            mean(w, iters, || cart.neighbour_alltoall(&send).map(|_| ()))
+            mean(w, iters, || cart.neighbour_alltoall(&send, n).map(|_| ()))
         }),
         reference: Box::new(move |n| {
             let send = vec![1.0f64; n * nbrs];

@@ -42,7 +42,7 @@
 //! let _mine = world.reduce_scatter_block(&vec![1u64; 2 * n], Op::Sum)?;
 //! let cart = world.cartesian(&[n], &[true], true)?.expect("every rank is in the grid");
 //! let (below, above) = cart.shift(0, 1)?;
-//! let _from_neighbours = cart.neighbour_alltoall(&[me as i32, me as i32])?;
+//! let _from_neighbours = cart.neighbour_alltoall(&[me as i32, me as i32], 1)?;
 //! let (below, above) = (below.expect("periodic"), above.expect("periodic"));
 //! let mut send = cart.send_init(vec![0.0f64; 1024], above, 0)?;
 //! let mut recv = cart.recv_init::<f64>(1024, below, 0)?;

@@ -33,15 +33,11 @@ use crate::ffi::{self, MPI_Request};
 /// result (`()` for a barrier, the data for the others).
 #[must_use = "a collective request must be waited for (dropping it blocks until it completes)"]
 pub struct CollectiveRequest<O> {
-    // One request for an MPI collective. For a neighbourhood exchange phalanx runs itself (see
-    // `topology.rs`): the receives, then the sends.
+    // One request for an MPI collective; for a neighbourhood exchange phalanx runs itself (see
+    // `topology.rs`) its receives and sends.
     reqs: Vec<MPI_Request>,
-    nrecv: usize,
     // Owns every buffer MPI may touch, and turns them into the result once MPI is done.
     finish: Option<Box<dyn FnOnce() -> O>>,
-    // The send buffer of a point-to-point exchange, kept apart so that an unfinished one can be
-    // handed to the runtime with its sends.
-    sendbuf: Option<Box<dyn Any>>,
     op: &'static str,
     rank: i32,
     _not_send: PhantomData<*const ()>,
@@ -55,35 +51,12 @@ impl<O> std::fmt::Debug for CollectiveRequest<O> {
 
 impl<O> CollectiveRequest<O> {
     pub(super) fn new(req: MPI_Request, op: &'static str, rank: i32, finish: Box<dyn FnOnce() -> O>) -> Self {
-        CollectiveRequest {
-            reqs: vec![req],
-            nrecv: 0,
-            finish: Some(finish),
-            sendbuf: None,
-            op,
-            rank,
-            _not_send: PhantomData,
-        }
+        CollectiveRequest { reqs: vec![req], finish: Some(finish), op, rank, _not_send: PhantomData }
     }
 
-    /// A point-to-point exchange: `reqs` are `nrecv` receives then the sends reading `sendbuf`.
-    pub(super) fn p2p(
-        reqs: Vec<MPI_Request>,
-        nrecv: usize,
-        sendbuf: Box<dyn Any>,
-        op: &'static str,
-        rank: i32,
-        finish: Box<dyn FnOnce() -> O>,
-    ) -> Self {
-        CollectiveRequest {
-            reqs,
-            nrecv,
-            finish: Some(finish),
-            sendbuf: Some(sendbuf),
-            op,
-            rank,
-            _not_send: PhantomData,
-        }
+    /// A point-to-point exchange: `reqs` read and write only buffers that `finish` owns.
+    pub(super) fn p2p(reqs: Vec<MPI_Request>, op: &'static str, rank: i32, finish: Box<dyn FnOnce() -> O>) -> Self {
+        CollectiveRequest { reqs, finish: Some(finish), op, rank, _not_send: PhantomData }
     }
 
     /// Blocks until the operation completes on this rank and returns its result.
@@ -100,7 +73,6 @@ impl<O> CollectiveRequest<O> {
             let mut st = vec![ffi::new_status(); self.reqs.len()];
             ffi::waitall(&mut self.reqs, &mut st, self.op, self.rank)?;
         }
-        self.sendbuf = None;
         let finish = self.finish.take().expect("a request is finished once");
         Ok(finish())
     }
@@ -128,23 +100,15 @@ impl<O> Drop for CollectiveRequest<O> {
         if self.reqs.iter().all(|r| *r == ffi::request_null()) || ffi::finalized() {
             return;
         }
-        let Some(sendbuf) = self.sendbuf.take() else {
-            // Collectives cannot be cancelled: the buffers must outlive the operation.
-            let mut st = vec![ffi::new_status(); self.reqs.len()];
-            let _ = ffi::waitall(&mut self.reqs, &mut st, self.op, self.rank);
-            return;
-        };
-        // Point to point, as an unfinished halo exchange: receives cancelled and waited for; sends
-        // handed to the runtime with their buffer (their peers may never receive).
-        let (recvs, sends) = self.reqs.split_at_mut(self.nrecv);
-        for r in recvs.iter_mut().filter(|r| **r != ffi::request_null()) {
-            ffi::cancel(r);
-        }
-        let mut st = vec![ffi::new_status(); recvs.len()];
-        let _ = ffi::waitall(recvs, &mut st, self.op, self.rank);
-        let pending: Vec<MPI_Request> = sends.iter().copied().filter(|r| *r != ffi::request_null()).collect();
-        if !pending.is_empty() {
-            crate::runtime::orphans::adopt(pending, sendbuf);
+        // Collectives cannot be cancelled: the buffers must outlive the operation. A neighbour
+        // exchange phalanx runs with its own messages is waited for the same way, not cancelled:
+        // every rank agreed to it and posted its sends, and a cancelled receive would leave its
+        // message to be taken by the next exchange on the communicator.
+        let mut st = vec![ffi::new_status(); self.reqs.len()];
+        if ffi::waitall(&mut self.reqs, &mut st, self.op, self.rank).is_err() {
+            for r in self.reqs.iter_mut().filter(|r| **r != ffi::request_null()) {
+                let _ = ffi::wait(r, self.op, self.rank);
+            }
         }
     }
 }
@@ -380,12 +344,7 @@ impl Comm {
         counts: &[usize],
         root: i32,
     ) -> Result<CollectiveRequest<Option<Blocks<T>>>> {
-        let total = if self.rank == root { counts.iter().fold(0usize, |a, &c| a.saturating_add(c)) } else { 0 };
-        let mut recv = if self.rank == root && total <= isize::MAX as usize / std::mem::size_of::<T>().max(1) {
-            vec![T::zeroed(); total]
-        } else {
-            Vec::new()
-        };
+        let mut recv = if self.rank == root { alloc_for::<T>(counts) } else { Vec::new() };
         // SAFETY: both buffers and the count arrays move into the request and are touched by nobody
         // until completion; Drop waits first; leaking the request leaks them.
         let (s, elems) = unsafe { self.start_igatherv(&send, &mut recv, counts, root)? };
@@ -486,6 +445,16 @@ impl Comm {
                 Blocks::new(recv, elems)
             }),
         ))
+    }
+}
+
+/// A receive buffer for the sum of `counts`, or an empty one when that sum is beyond MPI's count
+/// limit (the count check that follows then reports it, instead of an allocation failing first).
+fn alloc_for<T: Pod>(counts: &[usize]) -> Vec<T> {
+    let total = counts.iter().try_fold(0usize, |a, &c| a.checked_add(c));
+    match total {
+        Some(t) if ffi::to_count(t, ffi::layout::<T>().per_elem, "", 0).is_ok() => vec![T::zeroed(); t],
+        _ => Vec::new(),
     }
 }
 

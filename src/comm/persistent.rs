@@ -180,6 +180,8 @@ impl<T: Pod> PersistentRecv<'_, T> {
         if self.active {
             let (res, st) = ffi::wait(&mut self.req, OP, self.comm.rank);
             self.active = false;
+            // A failed run leaves no status: `data` must not show the last good count over new bytes.
+            self.last = None;
             self.last = Some(self.comm.finish_recv::<T>(res, &st, self.buf.len(), OP)?);
         }
         self.last.ok_or_else(|| self.comm.err(ErrorKind::InvalidArgument, OP, "the receive was never started"))
@@ -198,6 +200,7 @@ impl<T: Pod> PersistentRecv<'_, T> {
                 Ok(false) => return Ok(false),
                 Ok(true) => {
                     self.active = false;
+                    self.last = None;
                     self.last = Some(self.comm.finish_recv::<T>(Ok(()), &st, self.buf.len(), OP)?);
                 }
                 Err(e) => {
@@ -231,31 +234,37 @@ impl<T: Pod> PersistentRecv<'_, T> {
 
 mod sealed {
     pub trait Sealed {}
+    /// Only this module can make one, so only it can call [`super::Persistent::handle`]: the
+    /// handle gives out the request and its active flag, which safe code must not change.
+    #[derive(Clone, Copy)]
+    pub struct Token(pub(super) ());
 }
 
 /// A persistent request of either direction, for [`start_all`].
 pub trait Persistent: sealed::Sealed {
     #[doc(hidden)]
-    fn handle(&mut self) -> (&mut MPI_Request, &mut bool, &Comm);
+    fn handle(&mut self, token: sealed::Token) -> (&mut MPI_Request, &mut bool, &Comm);
 }
 
 impl<T: Pod> sealed::Sealed for PersistentSend<'_, T> {}
 impl<T: Pod> sealed::Sealed for PersistentRecv<'_, T> {}
 
 impl<T: Pod> Persistent for PersistentSend<'_, T> {
-    fn handle(&mut self) -> (&mut MPI_Request, &mut bool, &Comm) {
+    fn handle(&mut self, _: sealed::Token) -> (&mut MPI_Request, &mut bool, &Comm) {
         (&mut self.req, &mut self.active, self.comm)
     }
 }
 
 impl<T: Pod> Persistent for PersistentRecv<'_, T> {
-    fn handle(&mut self) -> (&mut MPI_Request, &mut bool, &Comm) {
+    fn handle(&mut self, _: sealed::Token) -> (&mut MPI_Request, &mut bool, &Comm) {
         (&mut self.req, &mut self.active, self.comm)
     }
 }
 
-/// Starts a run of every request in `reqs` with one `MPI_Startall` (receives first is the usual
-/// order: a matching message then finds its receive posted).
+/// Starts a run of every request in `reqs`, in order (receives first is the usual order: a
+/// matching message then finds its receive posted). Each is started with its own `MPI_Start`, so
+/// that after an error exactly the requests before it are active (`MPI_Startall` leaves their
+/// state undefined, and a receive wrongly taken for inactive would be freed under MPI).
 ///
 /// Point-to-point.
 ///
@@ -265,20 +274,18 @@ impl<T: Pod> Persistent for PersistentRecv<'_, T> {
 #[doc(alias = "MPI_Startall")]
 pub fn start_all(reqs: &mut [&mut dyn Persistent]) -> Result<()> {
     const OP: &str = "start_all";
-    let mut raw = Vec::with_capacity(reqs.len());
-    let mut rank = 0;
+    let token = sealed::Token(());
     for r in reqs.iter_mut() {
-        let (req, active, comm) = r.handle();
-        rank = comm.rank;
+        let (_, active, comm) = r.handle(token);
         let _busy = comm.begin(OP)?;
         if *active {
             return Err(already_active(comm, OP));
         }
-        raw.push(*req);
     }
-    topo::startall(&mut raw, OP, rank)?;
     for r in reqs.iter_mut() {
-        *r.handle().1 = true;
+        let (req, active, comm) = r.handle(token);
+        topo::startall(std::slice::from_mut(req), OP, comm.rank)?;
+        *active = true;
     }
     Ok(())
 }

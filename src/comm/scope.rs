@@ -106,7 +106,8 @@ impl Comm {
     /// Runs `f` with a [`Scope`] in which nonblocking sends and receives may borrow buffers; waits
     /// for every operation still in flight before returning.
     ///
-    /// Local (the operations started inside are point-to-point).
+    /// Local, except for what is started inside: point-to-point operations, and nonblocking
+    /// collectives, whose completion at the end of the scope waits for the other ranks to take part.
     ///
     /// ```no_run
     /// # let rt = phalanx::init()?; let world = rt.world();
@@ -274,13 +275,23 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         }
         let mut st = vec![ffi::new_status(); reqs.len()];
         // Errors are of no use to anyone here; what matters is that MPI is done with the buffers.
-        let _ = ffi::waitall(&mut reqs, &mut st, "scope unwinding", self.comm.rank);
+        if ffi::waitall(&mut reqs, &mut st, "scope unwinding", self.comm.rank).is_err() {
+            for r in reqs.iter_mut().filter(|r| **r != ffi::request_null()) {
+                let _ = ffi::wait(r, "scope unwinding", self.comm.rank);
+            }
+        }
     }
 
     fn wait_all_inner(&self) {
         // Errors here would already have been reported to anyone who waited; the point is only that
-        // MPI is done with every borrowed buffer.
-        let _ = self.wait_all();
+        // MPI is done with every borrowed buffer: after an error (`MPI_ERR_PENDING` leaves requests
+        // in flight) each request still pending is waited for on its own.
+        if self.wait_all().is_err() {
+            let mut reqs = self.reqs.borrow_mut();
+            for r in reqs.iter_mut().filter(|r| **r != ffi::request_null()) {
+                let _ = ffi::wait(r, "scope end", self.comm.rank);
+            }
+        }
     }
 }
 

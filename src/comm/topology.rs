@@ -372,27 +372,33 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
     /// The ranks this one sends to, in block order (`None`: no neighbour there).
     fn destinations(&self) -> &[Option<i32>];
 
-    /// Sends block i of `send` (`send.len() / destinations().len()` elements each) to destination
-    /// i, and returns the blocks of the same length from the sources in order (zeroed where a
-    /// source is `None`). Every rank must use the same block length.
+    /// Sends block i of `send` (`block` elements each) to destination i, and returns the blocks of
+    /// `block` elements from the sources in order (zeroed where a source is `None`). Every rank
+    /// passes the same `block` (a rank without destinations passes an empty `send` and still
+    /// receives).
     ///
     /// Neighbour-wise collective.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidArgument`] if `send` is not one block per destination; in checked mode
+    /// [`ErrorKind::InvalidArgument`] if `send` is not `block` elements per destination;
+    /// [`ErrorKind::CountOverflow`] past MPI's count limit; in checked mode
     /// [`ErrorKind::CollectiveMismatch`] if the ranks' block lengths differ.
     #[doc(alias = "MPI_Neighbor_alltoall")]
     #[doc(alias = "neighbor_alltoall")]
-    fn neighbour_alltoall<T: Pod>(&self, send: &[T]) -> Result<Vec<T>> {
+    fn neighbour_alltoall<T: Pod>(&self, send: &[T], block: usize) -> Result<Vec<T>> {
         const OP: &str = "neighbour_alltoall";
         let c: &Comm = self;
         let _busy = c.begin(OP)?;
         let (nd, ns) = (self.destinations().len(), self.sources().len());
-        let fits = if nd == 0 { send.is_empty() } else { send.len() % nd == 0 };
-        let local = c.local_check(fits, ErrorKind::InvalidArgument, OP, || {
-            format!("{} elements are not one block for each of {nd} destinations", send.len())
-        });
-        let per = send.len().checked_div(nd).unwrap_or(0);
+        let per = block;
+        let local = c
+            .local_check(block.checked_mul(nd) == Some(send.len()), ErrorKind::InvalidArgument, OP, || {
+                format!("{} elements are not {nd} blocks of {block} (one for each destination)", send.len())
+            })
+            .and_then(|_| {
+                let total = block.checked_mul(ns).unwrap_or(usize::MAX);
+                ffi::to_count(total, ffi::layout::<T>().per_elem, OP, c.rank).map(|_| ())
+            });
         c.agree(OP, local, Signature { count: Some(per as i64), elem_size: elem_size::<T>(), ..Default::default() })?;
         if self.repeated().is_some() {
             let s = c.list_counts::<T>(&vec![per; nd], OP)?;
@@ -608,9 +614,9 @@ fn start<T: Pod, N: Neighbourhood + ?Sized>(
         let (off, len) = (at, r.elems[i]);
         at += len;
         let Some(src) = *src else { continue };
-        // SAFETY: `data`'s heap buffer moves into the request below, which waits for (after
-        // cancelling) every receive before freeing it, or leaks it with the request; the
-        // segments of different sources are disjoint.
+        // SAFETY: `data`'s heap buffer moves into the request below, which waits for every
+        // receive before freeing it, or leaks it with the request; the segments of different
+        // sources are disjoint.
         match unsafe { ffi::irecv(ffi::recv_ptr(&mut data[off..off + len]), len, src, rep.recv_tags[i], raw, op, rank) }
         {
             Ok(req) => reqs.push(req),
@@ -620,7 +626,6 @@ fn start<T: Pod, N: Neighbourhood + ?Sized>(
             }
         }
     }
-    let nrecv = reqs.len();
     let mut at = 0;
     for (i, dst) in n.destinations().iter().enumerate() {
         let (off, len) = (at, s.elems[i]);
@@ -629,16 +634,24 @@ fn start<T: Pod, N: Neighbourhood + ?Sized>(
         if failed.is_err() {
             break;
         }
-        // SAFETY: `send`'s heap buffer moves into the request below, which hands unfinished sends
-        // to the runtime with it (freed only once MPI is done) or leaks it; nobody writes it.
+        // SAFETY: `send`'s heap buffer moves into the request below, which waits for every send
+        // before freeing it, or leaks it with the request; nobody writes it.
         match unsafe { ffi::isend(ffi::send_ptr(&send[off..off + len]), len, dst, rep.send_tags[i], raw, op, rank) } {
             Ok(req) => reqs.push(req),
             Err(e) => failed = Err(e),
         }
     }
     let elems = r.elems;
-    let req = CollectiveRequest::p2p(reqs, nrecv, Box::new(send), op, rank, Box::new(move || Blocks::new(data, elems)));
-    // On an error the request is dropped: receives cancelled, sends handed to the runtime.
+    let req = CollectiveRequest::p2p(
+        reqs,
+        op,
+        rank,
+        Box::new(move || {
+            drop(send);
+            Blocks::new(data, elems)
+        }),
+    );
+    // On an error the request is dropped, which waits for what was posted (the peers post theirs).
     failed.map(|_| req)
 }
 

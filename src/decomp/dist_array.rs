@@ -57,9 +57,11 @@ fn first_touch<T: Pod + Send + Sync>(shape: &[usize], value: T) -> Vec<T> {
 /// See the [module documentation](crate::decomp) for a picture and a complete example.
 #[derive(Debug)]
 pub struct DistArray<T: Pod + Send + Sync, D: Dimension> {
+    // Dropped first: its persistent requests are freed while their communicator (held through
+    // `decomp`) still exists.
+    halo: HaloPlan<T>,
     decomp: Rc<Decomposition>,
     data: Array<T, D>,
-    halo: HaloPlan<T>,
 }
 
 impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
@@ -244,7 +246,10 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
     /// interior meanwhile (calling [`HaloExchange::progress`] now and then), then
     /// [`exchange_finish`](DistArray::exchange_finish).
     ///
-    /// Neighbour-wise collective.
+    /// Neighbour-wise collective; under [`HaloTransport::Neighbour`](super::HaloTransport) the
+    /// array's first exchange is collective over the decomposition's communicator (it builds the
+    /// array's graph communicator), so every rank must make its arrays' first exchanges in the same
+    /// order (checked mode verifies it).
     ///
     /// # Errors
     /// An MPI error; [`ErrorKind::InvalidArgument`] if an exchange is already in flight.

@@ -163,8 +163,10 @@ pub(crate) struct HaloPlan<T> {
     number: i32,
     agreed: bool,
     transport: HaloTransport,
-    // Persistent: whether `reqs` holds the persistent requests (receives, then sends).
+    // Persistent: whether `reqs` holds the persistent requests (receives, then sends), and the
+    // buffer addresses they were made for.
     persistent: bool,
+    bound: (usize, usize),
     // Neighbour: the graph, built at the first exchange (collective over the decomposition).
     graph: Option<Rc<Graph>>,
 }
@@ -239,6 +241,7 @@ impl<T: Pod> HaloPlan<T> {
                 dc.halo_transport()
             },
             persistent: false,
+            bound: (0, 0),
             graph: None,
         }
     }
@@ -257,13 +260,18 @@ impl<T: Pod> HaloPlan<T> {
             by_sender.sort_by_key(|m| m.recv_tag);
             let dests: Vec<i32> = self.msgs.iter().map(|m| m.peer).collect();
             let srcs: Vec<i32> = by_sender.iter().map(|m| m.peer).collect();
-            let g = Graph {
-                comm: comm.dist_graph(&srcs, &dests, false)?,
-                scounts: self.msgs.iter().map(|m| count(m.send.count())).collect::<Result<_>>()?,
-                sdispls: self.msgs.iter().map(|m| count(m.send_off)).collect::<Result<_>>()?,
-                rcounts: by_sender.iter().map(|m| count(m.recv.count())).collect::<Result<_>>()?,
-                rdispls: by_sender.iter().map(|m| count(m.recv_off)).collect::<Result<_>>()?,
-            };
+            let counts = (|| -> Result<[Vec<c_int>; 4]> {
+                Ok([
+                    self.msgs.iter().map(|m| count(m.send.count())).collect::<Result<_>>()?,
+                    self.msgs.iter().map(|m| count(m.send_off)).collect::<Result<_>>()?,
+                    by_sender.iter().map(|m| count(m.recv.count())).collect::<Result<_>>()?,
+                    by_sender.iter().map(|m| count(m.recv_off)).collect::<Result<_>>()?,
+                ])
+            })();
+            // A block past MPI's count limit on one rank is an error on every rank.
+            comm.agree_errors(OP, counts.as_ref().map(|_| ()).map_err(Clone::clone))?;
+            let [scounts, sdispls, rcounts, rdispls] = counts?;
+            let g = Graph { comm: comm.dist_graph(&srcs, &dests, false)?, scounts, sdispls, rcounts, rdispls };
             self.graph = Some(Rc::new(g));
         }
         Ok(self.graph.clone().filter(|g| !g.comm.has_repeats()))
@@ -392,6 +400,15 @@ impl<T: Pod> HaloPlan<T> {
             return Ok(ex);
         }
         if self.transport == HaloTransport::Persistent {
+            let at = (ex.send_buf.as_ptr() as usize, ex.recv_buf.as_ptr() as usize);
+            if self.persistent && self.bound != at {
+                // New buffers (the old ones went with an unwound `begin`): the requests made for the
+                // old addresses are freed (they are inactive) and made again.
+                for r in ex.reqs.iter_mut().filter(|r| **r != ffi::request_null()) {
+                    ffi::request_free(r);
+                }
+                self.persistent = false;
+            }
             if !self.persistent {
                 ex.reqs.clear();
                 for m in &self.msgs {
@@ -432,6 +449,7 @@ impl<T: Pod> HaloPlan<T> {
                     ex.reqs.push(req);
                 }
                 self.persistent = true;
+                self.bound = at;
             }
             ex.nrecv = self.msgs.len();
             ffi::topology::startall(&mut ex.reqs, OP, ex.rank)?;
@@ -593,7 +611,9 @@ impl<T: Pod> Drop for HaloExchange<T> {
         // would block forever; the runtime adopts them with the send buffer (`runtime::orphans`).
         let (recvs, sends) = self.reqs.split_at_mut(self.nrecv);
         for r in recvs.iter_mut() {
-            if *r != ffi::request_null() {
+            // Not a receive that has completed (a persistent one is then inactive, and cancelling
+            // an inactive request is erroneous).
+            if *r != ffi::request_null() && !ffi::test_quiet(r) {
                 ffi::cancel(r);
             }
         }
