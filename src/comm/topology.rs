@@ -396,7 +396,7 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
                 format!("{} elements are not {nd} blocks of {block} (one for each destination)", send.len())
             })
             .and_then(|_| {
-                let total = block.checked_mul(ns).unwrap_or(usize::MAX);
+                let total = block.saturating_mul(ns);
                 ffi::to_count(total, ffi::layout::<T>().per_elem, OP, c.rank).map(|_| ())
             });
         c.agree(OP, local, Signature { count: Some(per as i64), elem_size: elem_size::<T>(), ..Default::default() })?;
