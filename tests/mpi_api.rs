@@ -412,6 +412,7 @@ fn dist_graphs(c: &Comm) {
         // Destination k gets k + 1 copies of [sender, k]; source k (k steps behind) sent on its k.
         let send: Vec<[i32; 2]> = (0..2).flat_map(|k| vec![[g.rank(), k]; k as usize + 1]).collect();
         let b = g.neighbour_alltoallv(&send, &[1, 2], &[1, 2]).unwrap();
+        assert_eq!(b, g.ineighbour_alltoallv(send.clone(), &[1, 2], &[1, 2]).unwrap().wait().unwrap());
         for k in 0..2 {
             let s = g.sources()[k].unwrap();
             assert!(b.block(k).iter().all(|&x| x == [s, k as i32]), "block {k}: {:?}", b.block(k));
@@ -428,6 +429,16 @@ fn dist_graphs(c: &Comm) {
     let got = g.neighbour_alltoall(&send, 2).unwrap();
     let expect: Vec<u32> = if r == 0 { (1..size as u32).flat_map(|s| [s, 7]).collect() } else { vec![] };
     assert_eq!(got, expect);
+    // A graph made from a Cartesian communicator (Open MPI 5.0.11 kept running the Cartesian
+    // neighbour code on it, which divided by zero): one edge to the next rank.
+    let cart = c.cartesian(&[size], &[false], false).unwrap().unwrap();
+    let g = cart
+        .dist_graph(&[(r + size - 1) % size].map(|x| x as i32), &[(r + 1) % size].map(|x| x as i32), false)
+        .unwrap();
+    let got = g.neighbour_alltoallv(&[r as u64; 2], &[2], &[2]).unwrap();
+    assert_eq!(got.data, vec![((r + size - 1) % size) as u64; 2]);
+    let got = g.ineighbour_alltoallv(vec![r as u64; 2], &[2], &[2]).unwrap().wait().unwrap();
+    assert_eq!(got.data, vec![((r + size - 1) % size) as u64; 2]);
     // A rank with no neighbours at all.
     let g = c.dist_graph(&[], &[], false).unwrap();
     assert!(g.neighbour_alltoall::<u8>(&[], 0).unwrap().is_empty());

@@ -69,7 +69,7 @@ fn check_exchange_by<D: Dimension>(
     assert_eq!(dc.halo_transport(), transport);
     let mut u = DistArray::<u64, D>::new(&dc, SENTINEL).unwrap();
     u.fill_owned_with(|g| linear(g, shape) + 1);
-    u.exchange().unwrap();
+    u.exchange().unwrap_or_else(|e| panic!("{transport:?} {shape:?} periodic {periodic:?} {stencil:?} width {w}: {e}"));
     verify(&u, &dc, 1, shape, periodic, w, stencil);
     // The plan is reused: change the values and exchange again, split-phase with progress polling.
     u.fill_owned_with(|g| (linear(g, shape) + 1) * 3);

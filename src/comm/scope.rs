@@ -62,8 +62,8 @@ pub struct Scope<'scope, 'env: 'scope> {
     reqs: RefCell<Vec<MPI_Request>>,
     // Statuses of requests that `progress` found complete, kept for their handles' `wait`.
     done: RefCell<Vec<Option<MPI_Status>>>,
-    // Which requests are receives (cancelled, not only waited for, when the scope unwinds).
-    receives: RefCell<Vec<bool>>,
+    // The indices of the receives (cancelled, not only waited for, when the scope unwinds).
+    receives: RefCell<Vec<usize>>,
     // What nonblocking collectives need until they complete besides the borrowed buffers (the
     // count arrays of v-collectives): freed only when the scope ends, after every wait.
     keep: RefCell<Vec<Box<dyn Any>>>,
@@ -153,13 +153,18 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         let mut r = self.reqs.borrow_mut();
         r.push(req);
         self.done.borrow_mut().push(None);
-        self.receives.borrow_mut().push(is_recv);
+        if is_recv {
+            self.receives.borrow_mut().push(r.len() - 1);
+        }
         r.len() - 1
     }
 
     /// Registers a nonblocking collective with what must outlive it.
     pub(super) fn push_collective(&'scope self, req: MPI_Request, keep: Box<dyn Any>) -> usize {
-        self.keep.borrow_mut().push(keep);
+        // Nothing to keep for most (a unit box allocates nothing; its list entry would).
+        if !keep.is::<()>() {
+            self.keep.borrow_mut().push(keep);
+        }
         self.push(req, false)
     }
 
@@ -268,9 +273,9 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     /// waits for every request, so that MPI has let go of every borrowed buffer.
     fn cancel_and_wait(&self) {
         let mut reqs = self.reqs.borrow_mut();
-        for (r, &is_recv) in reqs.iter_mut().zip(self.receives.borrow().iter()) {
-            if is_recv && *r != ffi::request_null() {
-                ffi::cancel(r);
+        for &i in self.receives.borrow().iter() {
+            if reqs[i] != ffi::request_null() {
+                ffi::cancel(&mut reqs[i]);
             }
         }
         let mut st = vec![ffi::new_status(); reqs.len()];

@@ -157,7 +157,17 @@ impl Comm {
         }
         let s: Vec<c_int> = sources.to_vec();
         let d: Vec<c_int> = destinations.to_vec();
-        let raw = topo::dist_graph_adjacent(self.raw, &s, &d, reorder, OP, self.rank)?;
+        // Made from a communicator without a topology: Open MPI 5.0.11 builds a graph from a
+        // Cartesian communicator that still runs the Cartesian neighbour code (its
+        // MPI_Neighbor_alltoallv then divides by zero in cart_shift). A split keeps the ranks.
+        let raw = if topo::has_topology(self.raw, OP, self.rank)? {
+            let mut plain = ffi::comm_split(self.raw, 0, self.rank, self.rank)?;
+            let raw = topo::dist_graph_adjacent(plain, &s, &d, reorder, OP, self.rank);
+            ffi::comm_free(&mut plain);
+            raw?
+        } else {
+            topo::dist_graph_adjacent(self.raw, &s, &d, reorder, OP, self.rank)?
+        };
         let comm = Comm::wrap_owned(raw, self);
         let (sources, destinations) =
             topo::dist_graph_neighbors(comm.raw, sources.len(), destinations.len(), OP, comm.rank)?;

@@ -20,6 +20,14 @@ pub(crate) fn proc_null() -> c_int {
     unsafe { sys::RSMPI_PROC_NULL }
 }
 
+/// Whether `comm` has a process topology attached (`MPI_Topo_test` is not `MPI_UNDEFINED`).
+pub(crate) fn has_topology(comm: MPI_Comm, op: &'static str, rank: i32) -> Result<bool> {
+    let mut status: c_int = 0;
+    // SAFETY: `status` is a valid out-pointer.
+    check(unsafe { sys::MPI_Topo_test(comm, &mut status) }, op, rank)?;
+    Ok(status != super::undefined())
+}
+
 /// `MPI_Cart_create`; `MPI_COMM_NULL` on ranks left out of the grid.
 pub(crate) fn cart_create(
     comm: MPI_Comm,
