@@ -12,6 +12,7 @@
 use std::ffi::c_int;
 
 use bytemuck::Pod;
+use smallvec::SmallVec;
 
 use super::check::Signature;
 use super::collective::{elem_size, Blocks};
@@ -19,12 +20,26 @@ use super::Comm;
 use crate::error::{ErrorKind, Result};
 use crate::ffi;
 
+/// Inline capacity of count arrays: ranks or neighbours up to this many need no heap allocation.
+pub(super) const INLINE: usize = 8;
+
 /// MPI counts and displacements for one side of a v-collective, with the element counts.
 pub(super) struct Counts {
-    pub(super) mpi: Vec<c_int>,
-    pub(super) displs: Vec<c_int>,
-    pub(super) elems: Vec<usize>,
+    pub(super) mpi: SmallVec<[c_int; INLINE]>,
+    pub(super) displs: SmallVec<[c_int; INLINE]>,
+    pub(super) elems: SmallVec<[usize; INLINE]>,
     pub(super) total: usize,
+}
+
+impl Counts {
+    pub(super) fn empty() -> Counts {
+        Counts { mpi: SmallVec::new(), displs: SmallVec::new(), elems: SmallVec::new(), total: 0 }
+    }
+
+    /// The element counts as a `Vec` (for [`Blocks`]).
+    pub(super) fn elems_vec(&self) -> Vec<usize> {
+        self.elems.to_vec()
+    }
 }
 
 /// A 62-bit digest of a count list, so that ranks can agree on a whole list in one signature field.
@@ -53,13 +68,19 @@ impl Comm {
 
     /// Converts a count list of any length (per rank, or per neighbour) for MPI.
     pub(super) fn list_counts<T: Pod>(&self, counts: &[usize], op: &'static str) -> Result<Counts> {
-        let total = counts
-            .iter()
-            .try_fold(0usize, |a, &x| a.checked_add(x))
-            .ok_or_else(|| self.err(ErrorKind::CountOverflow, op, "the counts sum past usize::MAX"))?;
-        ffi::to_count(total, ffi::layout::<T>().per_elem, op, self.rank)?;
-        let (mpi, displs) = self.mpi_counts::<T>(counts, op)?;
-        Ok(Counts { mpi, displs, elems: counts.to_vec(), total })
+        let per = ffi::layout::<T>().per_elem;
+        let mut c = Counts { total: 0, ..Counts::empty() };
+        for &n in counts {
+            c.displs.push(ffi::to_count(c.total, per, op, self.rank)?);
+            c.mpi.push(ffi::to_count(n, per, op, self.rank)?);
+            c.total = c
+                .total
+                .checked_add(n)
+                .ok_or_else(|| self.err(ErrorKind::CountOverflow, op, "the counts sum past usize::MAX"))?;
+        }
+        ffi::to_count(c.total, per, op, self.rank)?;
+        c.elems.extend_from_slice(counts);
+        Ok(c)
     }
 
     /// The receive counts of a gather to `root` as given by the caller (read on the root only),
@@ -223,7 +244,7 @@ impl Comm {
         };
         let mut data = vec![T::zeroed(); total];
         ffi::gatherv(send, &mut data, c, d, root, self.raw, OP, self.rank)?;
-        Ok(given.map(|g| Blocks::new(data, g.elems)))
+        Ok(given.map(|g| Blocks::new(data, g.elems_vec())))
     }
 
     /// [`allgatherv`](Comm::allgatherv) with the counts given by the caller: `counts[r]` elements
@@ -242,7 +263,7 @@ impl Comm {
         let g = self.allgather_counts::<T>(send.len(), counts, None, OP)?;
         let mut data = vec![T::zeroed(); g.total];
         ffi::allgatherv(send, &mut data, &g.mpi, &g.displs, self.raw, OP, self.rank)?;
-        Ok(Blocks::new(data, g.elems))
+        Ok(Blocks::new(data, g.elems_vec()))
     }
 
     /// [`alltoallv`](Comm::alltoallv) with the receive counts given by the caller:
@@ -268,7 +289,7 @@ impl Comm {
         let (s, r) = self.alltoall_counts::<T>(send.len(), send_counts, recv_counts, None, OP)?;
         let mut data = vec![T::zeroed(); r.total];
         ffi::alltoallv(send, &s.mpi, &s.displs, &mut data, &r.mpi, &r.displs, self.raw, OP, self.rank)?;
-        Ok(Blocks::new(data, r.elems))
+        Ok(Blocks::new(data, r.elems_vec()))
     }
 }
 

@@ -196,25 +196,28 @@ impl Comm {
         const OP: &str = "igatherv";
         let _busy = self.begin(OP)?;
         let given = self.gather_counts::<T>(send.len(), counts, Some(recv.len()), root, OP)?;
-        let Counts { mpi, displs, elems, .. } = given.unwrap_or(Counts::empty());
         let root_side = self.rank == root;
+        // Boxed before MPI sees their addresses: the arrays may be inline (`SmallVec`), and only a
+        // box keeps them in place while the request moves.
+        let keep = Box::new(given.unwrap_or(Counts::empty()));
         // SAFETY: forwarded from this function's contract; on the root every block lies inside
-        // `recv` (checked above) and the arrays move into `keep`, alive until completion (moving a
-        // Vec does not move its heap buffer).
+        // `recv` (checked above); the arrays live in `keep`'s heap block, which goes into the
+        // returned `Started` and stays until completion.
         let req = unsafe {
             ffi::nonblocking::igatherv(
                 ffi::send_ptr(send),
                 send.len(),
                 ffi::recv_ptr(recv),
-                mpi.as_ptr(),
-                displs.as_ptr(),
+                keep.mpi.as_ptr(),
+                keep.displs.as_ptr(),
                 root,
                 self.raw,
                 OP,
                 self.rank,
             )?
         };
-        Ok((Started { req, keep: Box::new((mpi, displs)) }, root_side.then_some(elems)))
+        let elems = keep.elems_vec();
+        Ok((Started { req, keep }, root_side.then_some(elems)))
     }
 
     unsafe fn start_iallgatherv<T: Pod>(
@@ -225,7 +228,7 @@ impl Comm {
     ) -> Result<(Started, Vec<usize>)> {
         const OP: &str = "iallgatherv";
         let _busy = self.begin(OP)?;
-        let g = self.allgather_counts::<T>(send.len(), counts, Some(recv.len()), OP)?;
+        let g = Box::new(self.allgather_counts::<T>(send.len(), counts, Some(recv.len()), OP)?);
         // SAFETY: as in `start_igatherv`, on every rank.
         let req = unsafe {
             ffi::nonblocking::iallgatherv(
@@ -239,7 +242,8 @@ impl Comm {
                 self.rank,
             )?
         };
-        Ok((Started { req, keep: Box::new((g.mpi, g.displs)) }, g.elems))
+        let elems = g.elems_vec();
+        Ok((Started { req, keep: g }, elems))
     }
 
     unsafe fn start_ialltoall<T: Pod>(&self, send: &[T], recv: &mut [T]) -> Result<Started> {
@@ -277,7 +281,8 @@ impl Comm {
     ) -> Result<(Started, Vec<usize>)> {
         const OP: &str = "ialltoallv";
         let _busy = self.begin(OP)?;
-        let (s, r) = self.alltoall_counts::<T>(send.len(), send_counts, recv_counts, Some(recv.len()), OP)?;
+        let both = Box::new(self.alltoall_counts::<T>(send.len(), send_counts, recv_counts, Some(recv.len()), OP)?);
+        let (s, r) = &*both;
         // SAFETY: as in `start_igatherv`; every block lies inside its buffer (checked above).
         let req = unsafe {
             ffi::nonblocking::ialltoallv(
@@ -292,7 +297,8 @@ impl Comm {
                 self.rank,
             )?
         };
-        Ok((Started { req, keep: Box::new((s.mpi, s.displs, r.mpi, r.displs)) }, r.elems))
+        let elems = r.elems_vec();
+        Ok((Started { req, keep: both }, elems))
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -586,11 +592,5 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         // SAFETY: as in `igatherv`.
         let (s, _) = unsafe { self.comm().start_ialltoallv(send, send_counts, recv, recv_counts)? };
         Ok(self.started(s, "ialltoallv"))
-    }
-}
-
-impl Counts {
-    fn empty() -> Counts {
-        Counts { mpi: Vec::new(), displs: Vec::new(), elems: Vec::new(), total: 0 }
     }
 }

@@ -28,11 +28,16 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 
 use bytemuck::Pod;
+use smallvec::SmallVec;
 
 use super::p2p::{Source, Status, Tag};
 use super::Comm;
 use crate::error::Result;
 use crate::ffi::{self, MPI_Request, MPI_Status};
+
+// A scope's requests, inline for the usual few (MPI keeps no pointer to a handle after a call).
+type Reqs = SmallVec<[MPI_Request; 4]>;
+type Done = SmallVec<[Option<MPI_Status>; 4]>;
 
 /// A region in which nonblocking operations may borrow buffers; see [`Comm::scope`].
 ///
@@ -59,9 +64,9 @@ use crate::ffi::{self, MPI_Request, MPI_Status};
 /// ```
 pub struct Scope<'scope, 'env: 'scope> {
     comm: &'env Comm,
-    reqs: RefCell<Vec<MPI_Request>>,
+    reqs: RefCell<Reqs>,
     // Statuses of requests that `progress` found complete, kept for their handles' `wait`.
-    done: RefCell<Vec<Option<MPI_Status>>>,
+    done: RefCell<Done>,
     // The indices of the receives (cancelled, not only waited for, when the scope unwinds).
     receives: RefCell<Vec<usize>>,
     // What nonblocking collectives need until they complete besides the borrowed buffers (the
@@ -75,8 +80,8 @@ pub struct Scope<'scope, 'env: 'scope> {
 #[must_use = "wait for the send, or let the scope wait for it at its end"]
 pub struct ScopedSend<'scope> {
     idx: usize,
-    reqs: &'scope RefCell<Vec<MPI_Request>>,
-    done: &'scope RefCell<Vec<Option<MPI_Status>>>,
+    reqs: &'scope RefCell<Reqs>,
+    done: &'scope RefCell<Done>,
     rank: i32,
 }
 
@@ -85,8 +90,8 @@ pub struct ScopedSend<'scope> {
 #[must_use = "wait for the collective, or let the scope wait for it at its end"]
 pub struct ScopedCollective<'scope> {
     idx: usize,
-    reqs: &'scope RefCell<Vec<MPI_Request>>,
-    done: &'scope RefCell<Vec<Option<MPI_Status>>>,
+    reqs: &'scope RefCell<Reqs>,
+    done: &'scope RefCell<Done>,
     op: &'static str,
     rank: i32,
 }
@@ -95,8 +100,8 @@ pub struct ScopedCollective<'scope> {
 #[must_use = "a receive's status (and errors such as truncation) is only seen through wait"]
 pub struct ScopedRecv<'scope, T> {
     idx: usize,
-    reqs: &'scope RefCell<Vec<MPI_Request>>,
-    done: &'scope RefCell<Vec<Option<MPI_Status>>>,
+    reqs: &'scope RefCell<Reqs>,
+    done: &'scope RefCell<Done>,
     comm: &'scope Comm,
     capacity: usize,
     _elem: PhantomData<T>,
@@ -126,8 +131,8 @@ impl Comm {
     pub fn scope<'env, R>(&'env self, f: impl for<'scope> FnOnce(&'scope Scope<'scope, 'env>) -> R) -> R {
         let scope = Scope {
             comm: self,
-            reqs: RefCell::new(Vec::new()),
-            done: RefCell::new(Vec::new()),
+            reqs: RefCell::new(Reqs::new()),
+            done: RefCell::new(Done::new()),
             receives: RefCell::new(Vec::new()),
             keep: RefCell::new(Vec::new()),
             _scope: PhantomData,
@@ -265,7 +270,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     #[doc(alias = "MPI_Waitall")]
     pub fn wait_all(&self) -> Result<()> {
         let mut reqs = self.reqs.borrow_mut();
-        let mut st = vec![ffi::new_status(); reqs.len()];
+        let mut st: SmallVec<[MPI_Status; 4]> = smallvec::smallvec![ffi::new_status(); reqs.len()];
         ffi::waitall(&mut reqs, &mut st, "waitall", self.comm.rank)
     }
 
@@ -278,7 +283,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
                 ffi::cancel(&mut reqs[i]);
             }
         }
-        let mut st = vec![ffi::new_status(); reqs.len()];
+        let mut st: SmallVec<[MPI_Status; 4]> = smallvec::smallvec![ffi::new_status(); reqs.len()];
         // Errors are of no use to anyone here; what matters is that MPI is done with the buffers.
         if ffi::waitall(&mut reqs, &mut st, "scope unwinding", self.comm.rank).is_err() {
             for r in reqs.iter_mut().filter(|r| **r != ffi::request_null()) {
@@ -301,8 +306,8 @@ impl<'scope, 'env> Scope<'scope, 'env> {
 }
 
 fn wait_one(
-    reqs: &RefCell<Vec<MPI_Request>>,
-    done: &RefCell<Vec<Option<MPI_Status>>>,
+    reqs: &RefCell<Reqs>,
+    done: &RefCell<Done>,
     idx: usize,
     op: &'static str,
     rank: i32,

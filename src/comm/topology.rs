@@ -548,7 +548,7 @@ fn exchange<T: Pod, N: Neighbourhood + ?Sized>(
             c.rank,
         )?
     };
-    Ok(Blocks::new(data, r.elems))
+    Ok(Blocks::new(data, r.elems_vec()))
 }
 
 /// A blocking neighbour all-gather of `send` into blocks of `r`.
@@ -574,7 +574,7 @@ fn allgather<T: Pod, N: Neighbourhood + ?Sized>(n: &N, send: &[T], r: Counts, op
             c.rank,
         )?
     };
-    Ok(Blocks::new(data, r.elems))
+    Ok(Blocks::new(data, r.elems_vec()))
 }
 
 /// Starts a neighbour all-to-all on validated counts: MPI's, or phalanx's own messages where the
@@ -589,9 +589,12 @@ fn start<T: Pod, N: Neighbourhood + ?Sized>(
     let c: &Comm = n;
     let mut data = vec![T::zeroed(); r.total];
     let Some(rep) = n.repeated() else {
-        // SAFETY: every buffer and count array moves into the request's closure (moving a Vec
-        // does not move its heap buffer) and nobody touches them until completion; Drop waits
-        // first; leaking the request leaks them. Every block lies inside its buffer.
+        // Boxed before MPI sees their addresses: the count arrays may be inline (`SmallVec`).
+        let counts = Box::new((s, r));
+        let (s, r) = &*counts;
+        // SAFETY: the buffers and the boxed count arrays move into the request's closure (moving
+        // a Vec or a Box does not move its heap block) and nobody touches them until completion;
+        // Drop waits first; leaking the request leaks them. Every block lies inside its buffer.
         let req = unsafe {
             topo::ineighbor_alltoallv(
                 ffi::send_ptr(&send),
@@ -605,13 +608,13 @@ fn start<T: Pod, N: Neighbourhood + ?Sized>(
                 c.rank,
             )?
         };
-        let elems = r.elems.clone();
+        let elems = r.elems_vec();
         return Ok(CollectiveRequest::new(
             req,
             op,
             c.rank,
             Box::new(move || {
-                drop((send, s, r));
+                drop((send, counts));
                 Blocks::new(data, elems)
             }),
         ));
@@ -651,7 +654,7 @@ fn start<T: Pod, N: Neighbourhood + ?Sized>(
             Err(e) => failed = Err(e),
         }
     }
-    let elems = r.elems;
+    let elems = r.elems_vec();
     let req = CollectiveRequest::p2p(
         reqs,
         op,
