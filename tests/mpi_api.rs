@@ -545,6 +545,10 @@ fn misuse_persistent(c: &Comm) {
     lonely.start().unwrap();
     drop(lonely);
     still_works(c);
+    // It stays posted (documented): a message that matches it later is taken there, not left for
+    // a later receive.
+    c.send_one(&5u8, r, 77).unwrap();
+    assert!(c.probe_nonblocking::<u8>(r, 77).unwrap().is_none());
 }
 
 // ---------------------------------------------------------------------------------------------

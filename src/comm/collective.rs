@@ -741,23 +741,30 @@ impl Comm {
     pub fn alltoall_into<T: Pod>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
         const OP: &str = "alltoall";
         let _busy = self.begin(OP)?;
+        let per = self.agree_alltoall::<T>(send.len(), recv.len(), OP)?;
+        ffi::alltoall(send, recv, per, self.raw, OP, self.rank)
+    }
+
+    /// The checks of an all-to-all of equal blocks (`send_len` a multiple of the size, a receive
+    /// buffer as long), agreed across the ranks; returns the block length. Collective (checked).
+    pub(super) fn agree_alltoall<T: Pod>(&self, send_len: usize, recv_len: usize, op: &'static str) -> Result<usize> {
         let size = self.size as usize;
         let local = self
-            .local_check(send.len() % size == 0, ErrorKind::InvalidArgument, OP, || {
-                format!("{} elements are not {size} equal blocks", send.len())
+            .local_check(send_len % size == 0, ErrorKind::InvalidArgument, op, || {
+                format!("{send_len} elements are not {size} equal blocks")
             })
             .and_then(|_| {
-                self.local_check(recv.len() == send.len(), ErrorKind::InvalidArgument, OP, || {
-                    format!("a receive buffer of {} elements for {} sent", recv.len(), send.len())
+                self.local_check(recv_len == send_len, ErrorKind::InvalidArgument, op, || {
+                    format!("a receive buffer of {recv_len} elements for {send_len} sent")
                 })
             });
-        let per = send.len() / size;
+        let per = send_len / size;
         self.agree(
-            OP,
+            op,
             local,
             Signature { count: Some(per as i64), elem_size: elem_size::<T>(), ..Default::default() },
         )?;
-        ffi::alltoall(send, recv, per, self.raw, OP, self.rank)
+        Ok(per)
     }
 
     /// Personalised exchange of blocks of any length: `counts[r]` consecutive elements of `send` go

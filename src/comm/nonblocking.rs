@@ -249,22 +249,7 @@ impl Comm {
     unsafe fn start_ialltoall<T: Pod>(&self, send: &[T], recv: &mut [T]) -> Result<Started> {
         const OP: &str = "ialltoall";
         let _busy = self.begin(OP)?;
-        let size = self.size as usize;
-        let local = self
-            .local_check(send.len() % size == 0, ErrorKind::InvalidArgument, OP, || {
-                format!("{} elements are not {size} equal blocks", send.len())
-            })
-            .and_then(|_| {
-                self.local_check(recv.len() == send.len(), ErrorKind::InvalidArgument, OP, || {
-                    format!("a receive buffer of {} elements for {} sent", recv.len(), send.len())
-                })
-            });
-        let per = send.len() / size;
-        self.agree(
-            OP,
-            local,
-            Signature { count: Some(per as i64), elem_size: elem_size::<T>(), ..Default::default() },
-        )?;
+        let per = self.agree_alltoall::<T>(send.len(), recv.len(), OP)?;
         // SAFETY: forwarded from this function's contract; both buffers hold `size * per` elements.
         let req = unsafe {
             ffi::nonblocking::ialltoall(ffi::send_ptr(send), ffi::recv_ptr(recv), per, self.raw, OP, self.rank)?

@@ -5,9 +5,11 @@
 //! `MPI_Request_free`). Between runs the buffer is the caller's: [`PersistentSend::data_mut`] fills
 //! the next message, [`PersistentRecv::data`] reads the last one. While a run is active those
 //! accessors return an error instead of touching memory MPI owns, and `start` refuses to start an
-//! active request. Dropping an active receive cancels it and waits; dropping an active send hands
-//! it with its buffer to the runtime, as an unfinished [`SendRequest`](super::SendRequest) is;
-//! leaking a request leaks its buffer.
+//! active request. Dropping an active request hands it with its buffer to the runtime, as an
+//! unfinished [`SendRequest`](super::SendRequest) is: a send goes on; a receive stays posted, so a
+//! message that matches it later is taken there and discarded (cancelling is not used: MPICH 5.0.2
+//! fails an assertion when a cancelled persistent receive later meets a large message). Leaking a
+//! request leaks its buffer.
 
 use std::marker::PhantomData;
 
@@ -297,7 +299,7 @@ impl<T: Pod> Drop for PersistentSend<'_, T> {
         }
         if self.active && !matches!(ffi::test(&mut self.req, "persistent send drop", self.comm.rank).0, Ok(true)) {
             // Its peer may never receive: the runtime keeps the buffer until MPI reports the send
-            // complete (the inactive handle is not freed then: a small leak on an error path).
+            // complete, and then frees the request.
             crate::runtime::orphans::adopt(vec![self.req], Box::new(std::mem::take(&mut self.buf)));
             return;
         }
@@ -310,10 +312,12 @@ impl<T: Pod> Drop for PersistentRecv<'_, T> {
         if ffi::finalized() {
             return;
         }
-        if self.active {
-            // Nobody wants the message any more: cancel, then wait so MPI is done with the buffer.
-            ffi::cancel(&mut self.req);
-            let _ = ffi::wait(&mut self.req, "persistent recv drop", self.comm.rank);
+        if self.active && !matches!(ffi::test(&mut self.req, "persistent recv drop", self.comm.rank).0, Ok(true)) {
+            // Not cancelled (MPICH 5.0.2 fails an assertion when a cancelled persistent receive
+            // later meets its large message): the runtime keeps the request with its buffer, and
+            // frees both once a matching message has arrived, or leaks them at the end of the run.
+            crate::runtime::orphans::adopt(vec![self.req], Box::new(std::mem::take(&mut self.buf)));
+            return;
         }
         ffi::request_free(&mut self.req);
     }

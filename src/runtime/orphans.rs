@@ -1,4 +1,4 @@
-//! Sends whose handle was dropped before they completed.
+//! Sends (and persistent requests) whose handle was dropped before they completed.
 //!
 //! Dropping an unfinished owning send ([`crate::comm::SendRequest`], the sends of an unfinished
 //! halo exchange) used to wait for it. A send of rendezvous size whose peer will never receive (it
@@ -65,7 +65,19 @@ pub(crate) fn reap() -> usize {
         list.retain_mut(|orphan| {
             // A send that completed with an error (its peer failed, its communicator was revoked)
             // is over too: MPI has released the request.
-            orphan.reqs.retain_mut(|r| *r != ffi::request_null() && !ffi::test_quiet(r));
+            orphan.reqs.retain_mut(|r| {
+                if *r == ffi::request_null() {
+                    return false;
+                }
+                if !ffi::test_quiet(r) {
+                    return true;
+                }
+                // A completed persistent request is inactive, not null: released here.
+                if *r != ffi::request_null() {
+                    ffi::request_free(r);
+                }
+                false
+            });
             !orphan.reqs.is_empty()
         });
         list.len()
