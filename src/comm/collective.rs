@@ -22,6 +22,9 @@ use crate::runtime::activity::Busy;
 /// A root's "I failed" marker in a count message.
 const ROOT_FAILED: u64 = u64::MAX;
 
+/// MPI counts or displacements, one per rank or neighbour: inline for the usual few.
+pub(super) type MpiCounts = smallvec::SmallVec<[c_int; 8]>;
+
 /// Data gathered from every rank, with each rank's block boundaries.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Blocks<T> {
@@ -71,15 +74,16 @@ pub(super) fn elem_size<T>() -> Option<i64> {
 
 impl Comm {
     /// Converts per-rank element counts to MPI counts and displacements.
-    pub(super) fn mpi_counts<T: Pod>(&self, counts: &[usize], op: &'static str) -> Result<(Vec<c_int>, Vec<c_int>)> {
+    pub(super) fn mpi_counts<T: Pod>(&self, counts: &[usize], op: &'static str) -> Result<(MpiCounts, MpiCounts)> {
         let per = ffi::layout::<T>().per_elem;
-        let mut c = Vec::with_capacity(counts.len());
-        let mut d = Vec::with_capacity(counts.len());
+        let (mut c, mut d) = (MpiCounts::new(), MpiCounts::new());
         let mut acc = 0usize;
         for &n in counts {
             d.push(to_count(acc, per, op, self.rank)?);
             c.push(to_count(n, per, op, self.rank)?);
-            acc += n;
+            acc = acc
+                .checked_add(n)
+                .ok_or_else(|| self.err(ErrorKind::CountOverflow, op, "the counts sum past usize::MAX"))?;
         }
         Ok((c, d))
     }
@@ -684,7 +688,7 @@ impl Comm {
         // The root's own argument problems. Checked communicators agree on them up front; unchecked
         // ones announce them through the count message, so receivers never wait for data.
         let root_state = self.check_root(root, op).and_then(|_| match (is_root, data, counts) {
-            (false, _, _) => Ok(((Vec::new(), Vec::new()), Vec::new())),
+            (false, _, _) => Ok(Default::default()),
             (true, None, _) => Err(self.err(ErrorKind::InvalidArgument, op, "the root passed no data")),
             (true, _, Err(e)) => Err(e),
             (true, Some(_), Ok(c)) => self.mpi_counts::<T>(&c, op).map(|m| (m, c)),

@@ -15,7 +15,7 @@ use bytemuck::Pod;
 use smallvec::SmallVec;
 
 use super::check::Signature;
-use super::collective::{elem_size, Blocks};
+use super::collective::{elem_size, Blocks, MpiCounts};
 use super::Comm;
 use crate::error::{ErrorKind, Result};
 use crate::ffi;
@@ -25,8 +25,8 @@ pub(super) const INLINE: usize = 8;
 
 /// MPI counts and displacements for one side of a v-collective, with the element counts.
 pub(super) struct Counts {
-    pub(super) mpi: SmallVec<[c_int; INLINE]>,
-    pub(super) displs: SmallVec<[c_int; INLINE]>,
+    pub(super) mpi: MpiCounts,
+    pub(super) displs: MpiCounts,
     pub(super) elems: SmallVec<[usize; INLINE]>,
     pub(super) total: usize,
 }
@@ -44,13 +44,8 @@ impl Counts {
 
 /// A 62-bit digest of a count list, so that ranks can agree on a whole list in one signature field.
 pub(super) fn digest(counts: &[usize]) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &c in counts {
-        for b in (c as u64).to_le_bytes() {
-            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    (h >> 2) as i64
+    let bytes: Vec<u8> = counts.iter().flat_map(|&c| (c as u64).to_le_bytes()).collect();
+    (xxhash_rust::xxh3::xxh3_64(&bytes) >> 2) as i64
 }
 
 impl Comm {
@@ -68,19 +63,10 @@ impl Comm {
 
     /// Converts a count list of any length (per rank, or per neighbour) for MPI.
     pub(super) fn list_counts<T: Pod>(&self, counts: &[usize], op: &'static str) -> Result<Counts> {
-        let per = ffi::layout::<T>().per_elem;
-        let mut c = Counts { total: 0, ..Counts::empty() };
-        for &n in counts {
-            c.displs.push(ffi::to_count(c.total, per, op, self.rank)?);
-            c.mpi.push(ffi::to_count(n, per, op, self.rank)?);
-            c.total = c
-                .total
-                .checked_add(n)
-                .ok_or_else(|| self.err(ErrorKind::CountOverflow, op, "the counts sum past usize::MAX"))?;
-        }
-        ffi::to_count(c.total, per, op, self.rank)?;
-        c.elems.extend_from_slice(counts);
-        Ok(c)
+        let (mpi, displs) = self.mpi_counts::<T>(counts, op)?;
+        let total: usize = counts.iter().sum(); // no overflow: `mpi_counts` summed them checked
+        ffi::to_count(total, ffi::layout::<T>().per_elem, op, self.rank)?;
+        Ok(Counts { mpi, displs, elems: SmallVec::from_slice(counts), total })
     }
 
     /// The receive counts of a gather to `root` as given by the caller (read on the root only),

@@ -51,11 +51,17 @@ impl<O> std::fmt::Debug for CollectiveRequest<O> {
 
 impl<O> CollectiveRequest<O> {
     pub(super) fn new(req: MPI_Request, op: &'static str, rank: i32, finish: Box<dyn FnOnce() -> O>) -> Self {
-        CollectiveRequest { reqs: vec![req], finish: Some(finish), op, rank, _not_send: PhantomData }
+        Self::with_requests(vec![req], op, rank, finish)
     }
 
-    /// A point-to-point exchange: `reqs` read and write only buffers that `finish` owns.
-    pub(super) fn p2p(reqs: Vec<MPI_Request>, op: &'static str, rank: i32, finish: Box<dyn FnOnce() -> O>) -> Self {
+    /// Several requests (a neighbour exchange phalanx runs with its own messages), all reading and
+    /// writing only buffers that `finish` owns.
+    pub(super) fn with_requests(
+        reqs: Vec<MPI_Request>,
+        op: &'static str,
+        rank: i32,
+        finish: Box<dyn FnOnce() -> O>,
+    ) -> Self {
         CollectiveRequest { reqs, finish: Some(finish), op, rank, _not_send: PhantomData }
     }
 

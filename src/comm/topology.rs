@@ -655,7 +655,7 @@ fn start<T: Pod, N: Neighbourhood + ?Sized>(
         }
     }
     let elems = r.elems_vec();
-    let req = CollectiveRequest::p2p(
+    let req = CollectiveRequest::with_requests(
         reqs,
         op,
         rank,

@@ -411,44 +411,7 @@ impl<T: Pod> HaloPlan<T> {
                 self.persistent = false;
             }
             if !self.persistent {
-                ex.reqs.clear();
-                for m in &self.msgs {
-                    let c = m.recv.count();
-                    // SAFETY: the receive buffer's heap block stays the same for the plan's life
-                    // (it moves between the plan and its exchanges, never reallocated: an array
-                    // whose exchange was dropped never exchanges again), and a persistent request
-                    // lives in the same place as the buffers: freed by the plan's Drop only when
-                    // inactive, or handed to the runtime with the buffers by an unfinished
-                    // exchange's Drop. Segments of different messages are disjoint.
-                    let req = unsafe {
-                        ffi::topology::recv_init(
-                            ex.recv_buf.as_mut_ptr().add(m.recv_off),
-                            c,
-                            m.peer,
-                            m.recv_tag,
-                            raw,
-                            OP,
-                            ex.rank,
-                        )?
-                    };
-                    ex.reqs.push(req);
-                }
-                for m in &self.msgs {
-                    let c = m.send.count();
-                    // SAFETY: as above, for the send buffer, which nobody writes while a run is active.
-                    let req = unsafe {
-                        ffi::topology::send_init(
-                            ex.send_buf.as_ptr().add(m.send_off),
-                            c,
-                            m.peer,
-                            m.send_tag,
-                            raw,
-                            OP,
-                            ex.rank,
-                        )?
-                    };
-                    ex.reqs.push(req);
-                }
+                self.post(&mut ex, raw, true)?;
                 self.persistent = true;
                 self.bound = at;
             }
@@ -457,27 +420,44 @@ impl<T: Pod> HaloPlan<T> {
             ffi::topology::startall(&mut ex.reqs, OP, ex.rank)?;
             return Ok(ex);
         }
+        self.post(&mut ex, raw, false)?;
+        Ok(ex)
+    }
+
+    /// Posts every receive of `ex`, then every send: started now (point to point), or set up as
+    /// the plan's persistent requests (`persistent`; started by `MPI_Startall`).
+    fn post(&self, ex: &mut HaloExchange<T>, comm: ffi::MPI_Comm, persistent: bool) -> Result<()> {
+        const OP: &str = "halo exchange_begin";
+        type Post<P> = unsafe fn(P, usize, c_int, c_int, ffi::MPI_Comm, &'static str, i32) -> Result<MPI_Request>;
+        let (recv, send): (Post<*mut T>, Post<*const T>) = if persistent {
+            (ffi::topology::recv_init::<T>, ffi::topology::send_init::<T>)
+        } else {
+            (ffi::irecv::<T>, ffi::isend::<T>)
+        };
         ex.reqs.clear();
+        ex.nrecv = 0;
         for m in &self.msgs {
-            let c = m.recv.count();
             // SAFETY: the receive buffer is owned by `ex`, which waits for (after cancelling) every
-            // posted request in `finish` or Drop before the buffer can be freed, or, in
-            // fault-tolerant mode after a failure, leaks it with the requests; leaking `ex` leaks
-            // the buffer. Segments of different messages do not overlap (offsets are disjoint).
+            // posted request in `finish` or Drop before the buffer can be freed, or hands it to the
+            // runtime with the requests (persistent ones, or in fault-tolerant mode after a
+            // failure); leaking `ex` leaks the buffer. A persistent request keeps the address for
+            // the plan's life: the buffer moves between the plan and its exchanges without being
+            // reallocated, and new buffers get new requests (`bound`). Segments of different
+            // messages do not overlap (offsets are disjoint).
             let req = unsafe {
-                ffi::irecv(ex.recv_buf.as_mut_ptr().add(m.recv_off), c, m.peer, m.recv_tag, raw, OP, ex.rank)?
+                recv(ex.recv_buf.as_mut_ptr().add(m.recv_off), m.recv.count(), m.peer, m.recv_tag, comm, OP, ex.rank)?
             };
             ex.reqs.push(req);
             ex.nrecv += 1;
         }
         for m in &self.msgs {
-            let c = m.send.count();
-            // SAFETY: as above for the send buffer, which nobody writes while `ex` holds it.
-            let req =
-                unsafe { ffi::isend(ex.send_buf.as_ptr().add(m.send_off), c, m.peer, m.send_tag, raw, OP, ex.rank)? };
+            // SAFETY: as above for the send buffer, which nobody writes while a message is in flight.
+            let req = unsafe {
+                send(ex.send_buf.as_ptr().add(m.send_off), m.send.count(), m.peer, m.send_tag, comm, OP, ex.rank)?
+            };
             ex.reqs.push(req);
         }
-        Ok(ex)
+        Ok(())
     }
 
     /// Waits for `ex`, copies the received ghosts into `data` and takes the buffers back.

@@ -38,23 +38,22 @@ thread_local! {
 /// request, and when the transfer fails afterwards the library ends the job ("Send error after
 /// request freed", see `ffi::ulfm::waitall_keep`).
 pub(crate) fn adopt(reqs: Vec<MPI_Request>, buf: Box<dyn Any>) {
-    if ffi::ulfm::failure_seen() {
-        std::mem::forget(buf);
-        return;
-    }
-    ORPHANS.with(|o| o.borrow_mut().push(Orphan { reqs, collective: false, buf }));
-    reap();
+    take_over(Orphan { reqs, collective: false, buf });
 }
 
 /// Takes over an unfinished nonblocking collective (a neighbour exchange whose peers may have left
 /// it) with everything it reads or writes; freed once it completes, leaked at the end of the run
 /// if it never does (a collective request cannot be released to MPI).
 pub(crate) fn adopt_collective(reqs: Vec<MPI_Request>, buf: Box<dyn Any>) {
+    take_over(Orphan { reqs, collective: true, buf });
+}
+
+fn take_over(orphan: Orphan) {
     if ffi::ulfm::failure_seen() {
-        std::mem::forget(buf);
+        std::mem::forget(orphan.buf);
         return;
     }
-    ORPHANS.with(|o| o.borrow_mut().push(Orphan { reqs, collective: true, buf }));
+    ORPHANS.with(|o| o.borrow_mut().push(orphan));
     reap();
 }
 
