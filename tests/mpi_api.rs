@@ -61,6 +61,10 @@ fn given_counts(c: &Comm) {
         let given = if c.rank() == root { &counts[..] } else { &[][..] };
         let b = c.gatherv_counts(&mine, given, root).unwrap();
         assert_eq!(b, c.gatherv(&mine, root).unwrap());
+        // Into a buffer of the caller's: the root's holds every block, the others' nothing.
+        let mut into = vec![cell(99, 99); if c.rank() == root { counts.iter().sum() } else { 0 }];
+        c.gatherv_into(&mine, &mut into, given, root).unwrap();
+        assert_eq!(into, b.as_ref().map_or(Vec::new(), |b| b.data.clone()));
         if c.rank() == root {
             let b = b.unwrap();
             for s in 0..size {
@@ -70,12 +74,18 @@ fn given_counts(c: &Comm) {
     }
     let b = c.allgatherv_counts(&mine, &counts).unwrap();
     assert_eq!(b, c.allgatherv(&mine).unwrap());
+    let mut into = vec![cell(99, 99); counts.iter().sum()];
+    c.allgatherv_into(&mine, &mut into, &counts).unwrap();
+    assert_eq!(into, b.data);
     // Rank r sends (r + d) % 3 elements to rank d.
     let scounts: Vec<usize> = (0..size).map(|d| (r + d) % 3).collect();
     let rcounts: Vec<usize> = (0..size).map(|s| (s + r) % 3).collect();
     let send: Vec<[u16; 2]> = (0..size).flat_map(|d| vec![[r as u16, d as u16]; (r + d) % 3]).collect();
     let b = c.alltoallv_counts(&send, &scounts, &rcounts).unwrap();
     assert_eq!(b, c.alltoallv(&send, &scounts).unwrap());
+    let mut into = vec![[9u16; 2]; rcounts.iter().sum()];
+    c.alltoallv_into(&send, &scounts, &mut into, &rcounts).unwrap();
+    assert_eq!(into, b.data);
 }
 
 fn reduce_scatters(c: &Comm) {
@@ -142,6 +152,35 @@ fn misuse_given_counts(c: &Comm) {
     let rcounts: Vec<usize> = (0..size).map(|s| if s == size - 1 { 2 } else { 1 }).collect();
     let e = c.alltoallv_counts(&vec![7u32; size], &scounts, &rcounts);
     expect_err(c, e, ErrorKind::CollectiveMismatch, &[&format!("receive count for rank {} is 2", size - 1)]);
+    still_works(c);
+    // Receive buffers of the wrong length, on one rank only (the last).
+    let counts: Vec<usize> = (0..size).map(count).collect();
+    let total: usize = counts.iter().sum();
+    let mut recv = vec![cell(0, 0); if r == size - 1 { total + 1 } else { total }];
+    let e = c.allgatherv_into(&mine, &mut recv, &counts);
+    let last = size - 1;
+    let expect_on_last = |e: Result<()>, words: &[&str]| {
+        if r == last {
+            expect_err(c, e, ErrorKind::InvalidArgument, words);
+        } else {
+            expect_err(c, e, ErrorKind::PeerFailed, &[&format!("rank {last}")]);
+        }
+    };
+    let words = format!("the receive buffer has {} elements but the counts sum to {total}", total + 1);
+    expect_on_last(e, &[&words]);
+    still_works(c);
+    let e = c.alltoallv_into(
+        &vec![7u32; size],
+        &vec![1; size],
+        &mut vec![0u32; size + usize::from(r == last)],
+        &vec![1; size],
+    );
+    expect_on_last(e, &["the receive buffer has"]);
+    still_works(c);
+    // The root's buffer for a gather: checked on the root only (the root is the last rank).
+    let given = if r == last { &counts[..] } else { &[][..] };
+    let e = c.gatherv_into(&mine, &mut recv, given, last as i32);
+    expect_on_last(e, &[&words]);
     still_works(c);
     // reduce_scatter: counts not summing to the data.
     let e = c.reduce_scatter(&vec![1.0f64; size + 1], &vec![1; size], Op::Sum);
@@ -328,6 +367,13 @@ fn check_cart(cart: &CartComm, dims: &[usize], periodic: &[bool]) {
     let b = cart.neighbour_alltoallv(&send, &scounts, &rcounts).unwrap();
     let nb = cart.ineighbour_alltoallv(send.clone(), &scounts, &rcounts).unwrap().wait().unwrap();
     assert_eq!(b, nb, "blocking and nonblocking differ on rank {} of {dims:?} {periodic:?}", cart.rank());
+    // Into a buffer of the caller's: the blocks of missing neighbours are left as they were.
+    let mut into = vec![u16::MAX; rcounts.iter().sum()];
+    cart.neighbour_alltoallv_into(&send, &scounts, &mut into, &rcounts).unwrap();
+    let expect: Vec<u16> = (0..2 * nd)
+        .flat_map(|i| b.block(i).iter().map(move |&x| if cart.sources()[i].is_some() { x } else { u16::MAX }))
+        .collect();
+    assert_eq!(into, expect, "into a buffer on rank {} of {dims:?} {periodic:?}", cart.rank());
     for (i, src) in cart.sources().iter().enumerate() {
         let expect = src.map_or(0, |s| s as u16 * 100 + (i ^ 1) as u16);
         assert!(b.block(i).iter().all(|&x| x == expect), "block {i}: {:?}", b.block(i));
@@ -347,8 +393,10 @@ fn check_cart(cart: &CartComm, dims: &[usize], periodic: &[bool]) {
 fn cartesian(c: &Comm) {
     let size = c.size() as usize;
     for dims in grids(size) {
-        for per in [false, true] {
-            let periodic = vec![per; dims.len()];
+        // Open, periodic, and periodic in the first dimension only (neighbours repeated along it
+        // at 1 or 2 ranks while missing along the others).
+        for mixed in [[false, false], [true, true], [true, false]] {
+            let periodic: Vec<bool> = (0..dims.len()).map(|d| if d == 0 { mixed[0] } else { mixed[1] }).collect();
             for reorder in [false, true] {
                 let cart = c.cartesian(&dims, &periodic, reorder).unwrap().expect("every rank is in the grid");
                 check_cart(&cart, &dims, &periodic);
@@ -473,6 +521,15 @@ fn misuse_topologies(c: &Comm) {
     let cart = c.cartesian(&[size], &[true], false).unwrap().unwrap();
     let e = cart.neighbour_alltoallv(&[1u32, 2], &[1, 1], &[1, 2]);
     expect_err(c, e, ErrorKind::CollectiveMismatch, &["receive count from neighbour 1", "is 2 but it sends 1"]);
+    // A receive buffer too short on rank 0: an error there, and on its neighbours instead of a hang.
+    let mut recv = vec![0u32; if c.rank() == 0 { 1 } else { 2 }];
+    let e = cart.neighbour_alltoallv_into(&[1u32, 2], &[1, 1], &mut recv, &[1, 1]);
+    if c.rank() == 0 {
+        expect_err(c, e, ErrorKind::InvalidArgument, &["the receive buffer has 1 elements but the counts sum to 2"]);
+    } else {
+        expect_err(c, e, ErrorKind::PeerFailed, &["rank 0"]);
+    }
+    still_works(c);
     let e = cart.neighbour_alltoall(&[1u32, 2, 3], 1);
     expect_err(c, e, ErrorKind::InvalidArgument, &["3 elements are not 2 blocks of 1 (one for each destination)"]);
     still_works(c);

@@ -169,6 +169,25 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
         }),
     });
     v.push(Case {
+        name: "allgatherv_into",
+        phalanx: Box::new(move |n| {
+            let send = vec![1.0f64; n];
+            let mut recv = vec![0.0f64; n * size];
+            let counts = vec![n; size];
+            mean(w, iters, || w.allgatherv_into(&send, &mut recv, &counts))
+        }),
+        reference: Box::new(move |n| {
+            let send = vec![1.0f64; n];
+            let mut recv = vec![0.0f64; n * size];
+            let (c, d) = counts_displs(size, n);
+            mean(w, iters, || {
+                let mut p = PartitionMut::new(&mut recv[..], &c[..], &d[..]);
+                raw.all_gather_varcount_into(&send[..], &mut p);
+                Ok(())
+            })
+        }),
+    });
+    v.push(Case {
         name: "allgatherv_inferred",
         phalanx: Box::new(move |n| {
             let send = vec![1.0f64; n];
@@ -267,20 +286,25 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
             let (c, d) = counts_displs(nbrs, n);
             mean(w, iters, || {
                 let mut recv = vec![0.0f64; n * nbrs];
-                // SAFETY: as above, with explicit counts and displacements per neighbour.
-                unsafe {
-                    sys::MPI_Neighbor_alltoallv(
-                        send.as_ptr().cast(),
-                        c.as_ptr(),
-                        d.as_ptr(),
-                        sys::RSMPI_DOUBLE,
-                        recv.as_mut_ptr().cast(),
-                        c.as_ptr(),
-                        d.as_ptr(),
-                        sys::RSMPI_DOUBLE,
-                        cart.as_raw(),
-                    )
-                };
+                raw_neighbour_alltoallv(cart, &send, &mut recv, &c, &d);
+                Ok(())
+            })
+        }),
+    });
+    v.push(Case {
+        name: "neighbour_alltoallv_into",
+        phalanx: Box::new(move |n| {
+            let send = vec![1.0f64; n * nbrs];
+            let mut recv = vec![0.0f64; n * nbrs];
+            let counts = vec![n; nbrs];
+            mean(w, iters, || cart.neighbour_alltoallv_into(&send, &counts, &mut recv, &counts))
+        }),
+        reference: Box::new(move |n| {
+            let send = vec![1.0f64; n * nbrs];
+            let mut recv = vec![0.0f64; n * nbrs];
+            let (c, d) = counts_displs(nbrs, n);
+            mean(w, iters, || {
+                raw_neighbour_alltoallv(cart, &send, &mut recv, &c, &d);
                 Ok(())
             })
         }),
@@ -399,4 +423,24 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
         });
     }
     v
+}
+
+/// `MPI_Neighbor_alltoallv` of doubles with the same counts and displacements both ways.
+fn raw_neighbour_alltoallv(cart: &CartComm, send: &[f64], recv: &mut [f64], c: &[i32], d: &[i32]) {
+    assert!(c.iter().zip(d).all(|(&n, &at)| (at + n) as usize <= send.len().min(recv.len())));
+    // SAFETY: blocking; every block (counts and displacements per neighbour) lies inside both
+    // buffers (asserted above).
+    unsafe {
+        sys::MPI_Neighbor_alltoallv(
+            send.as_ptr().cast(),
+            c.as_ptr(),
+            d.as_ptr(),
+            sys::RSMPI_DOUBLE,
+            recv.as_mut_ptr().cast(),
+            c.as_ptr(),
+            d.as_ptr(),
+            sys::RSMPI_DOUBLE,
+            cart.as_raw(),
+        )
+    };
 }

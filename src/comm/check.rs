@@ -40,12 +40,19 @@ impl Comm {
     /// any field or operation that differs. Unchecked communicators return `local` unchanged.
     ///
     /// Collective (in checked mode).
+    #[inline]
     pub(crate) fn agree(&self, op: &'static str, local: Result<()>, sig: Signature) -> Result<()> {
         let check = self.will_check();
         self.count_collective();
         if !check {
             return local;
         }
+        self.agree_checked(op, local, sig)
+    }
+
+    /// The checked part of [`agree`](Comm::agree), out of line: most calls skip it.
+    #[inline(never)]
+    fn agree_checked(&self, op: &'static str, local: Result<()>, sig: Signature) -> Result<()> {
         let code = op_code(op);
         let mut v = [i64::MIN; LEN];
         v[0] = code;

@@ -8,8 +8,6 @@
 //! Root-side errors in `scatter*` and `broadcast_vec` are announced to the other ranks through the
 //! count message itself, so even unchecked communicators do not hang on them.
 
-use std::ffi::c_int;
-
 use bytemuck::Pod;
 
 use super::check::Signature;
@@ -21,9 +19,6 @@ use crate::runtime::activity::Busy;
 
 /// A root's "I failed" marker in a count message.
 const ROOT_FAILED: u64 = u64::MAX;
-
-/// MPI counts or displacements, one per rank or neighbour: inline for the usual few.
-pub(super) type MpiCounts = smallvec::SmallVec<[c_int; 8]>;
 
 /// Data gathered from every rank, with each rank's block boundaries.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,21 +68,6 @@ pub(super) fn elem_size<T>() -> Option<i64> {
 }
 
 impl Comm {
-    /// Converts per-rank element counts to MPI counts and displacements.
-    pub(super) fn mpi_counts<T: Pod>(&self, counts: &[usize], op: &'static str) -> Result<(MpiCounts, MpiCounts)> {
-        let per = ffi::layout::<T>().per_elem;
-        let (mut c, mut d) = (MpiCounts::new(), MpiCounts::new());
-        let mut acc = 0usize;
-        for &n in counts {
-            d.push(to_count(acc, per, op, self.rank)?);
-            c.push(to_count(n, per, op, self.rank)?);
-            acc = acc
-                .checked_add(n)
-                .ok_or_else(|| self.err(ErrorKind::CountOverflow, op, "the counts sum past usize::MAX"))?;
-        }
-        Ok((c, d))
-    }
-
     /// The prologue of a rooted collective whose counts differ per rank: a valid root, and (checked)
     /// the same root, element size and operation everywhere.
     fn agree_on_root<T>(&self, op: &'static str, root: i32) -> Result<Busy> {
@@ -347,21 +327,20 @@ impl Comm {
         const OP: &str = "reduce_scatter";
         let _busy = self.begin(OP)?;
         let resolved = op.resolve::<T>(OP, self.rank);
-        let given = self.given_counts::<T>(counts, "counts", OP).and_then(|c| {
+        let mut c = super::counts::Counts::default();
+        let given = self.given_counts::<T>(counts, "counts", &mut c, OP).and_then(|_| {
             self.local_check(c.total == send.len(), ErrorKind::InvalidArgument, OP, || {
                 format!("counts sum to {} but send has {} elements", c.total, send.len())
             })?;
-            resolved.as_ref().map_err(Clone::clone)?;
-            Ok(c)
+            resolved.as_ref().map(|_| ()).map_err(Clone::clone)
         });
         let mut sig = self.reduce_sig::<T>(None, send.len(), Some(op));
-        sig.count = Some(super::counts::digest(counts));
-        self.agree(OP, given.as_ref().map(|_| ()).map_err(Clone::clone), sig)?;
+        sig.count = self.will_check().then(|| super::counts::digest(counts));
+        self.agree(OP, given, sig)?;
         let (mpi_op, dt) = resolved?;
-        let c = given?;
         // Counts in elements of `dt` (reductions run on primitive element types, one item each).
         let mut out = vec![T::zeroed(); counts[self.rank as usize]];
-        ffi::nonblocking::reduce_scatter(send, &mut out, &c.mpi, dt, mpi_op, self.raw, OP, self.rank)?;
+        ffi::nonblocking::reduce_scatter(send, &mut out, c.mpi(), dt, mpi_op, self.raw, OP, self.rank)?;
         Ok(out)
     }
 
@@ -562,10 +541,9 @@ impl Comm {
         const OP: &str = "gatherv";
         let _busy = self.agree_on_root::<T>(OP, root)?;
         let counts = self.exchange_counts::<T>(send.len(), OP)?;
-        let (c, d) = self.mpi_counts::<T>(&counts, OP)?;
-        let total: usize = counts.iter().sum();
-        let mut data = if self.rank == root { vec![T::zeroed(); total] } else { Vec::new() };
-        ffi::gatherv(send, &mut data, &c, &d, root, self.raw, OP, self.rank)?;
+        let c = self.list_counts::<T>(&counts, OP)?;
+        let mut data = if self.rank == root { vec![T::zeroed(); c.total] } else { Vec::new() };
+        ffi::gatherv(send, &mut data, c.mpi(), c.displs(), root, self.raw, OP, self.rank)?;
         Ok((self.rank == root).then(|| Blocks::new(data, counts)))
     }
 
@@ -607,9 +585,9 @@ impl Comm {
         let _busy = self.begin(OP)?;
         self.agree(OP, Ok(()), Signature { elem_size: elem_size::<T>(), ..Default::default() })?;
         let counts = self.exchange_counts::<T>(send.len(), OP)?;
-        let (c, d) = self.mpi_counts::<T>(&counts, OP)?;
-        let mut data = vec![T::zeroed(); counts.iter().sum()];
-        ffi::allgatherv(send, &mut data, &c, &d, self.raw, OP, self.rank)?;
+        let c = self.list_counts::<T>(&counts, OP)?;
+        let mut data = vec![T::zeroed(); c.total];
+        ffi::allgatherv(send, &mut data, c.mpi(), c.displs(), self.raw, OP, self.rank)?;
         Ok(Blocks::new(data, counts))
     }
 
@@ -691,7 +669,7 @@ impl Comm {
             (false, _, _) => Ok(Default::default()),
             (true, None, _) => Err(self.err(ErrorKind::InvalidArgument, op, "the root passed no data")),
             (true, _, Err(e)) => Err(e),
-            (true, Some(_), Ok(c)) => self.mpi_counts::<T>(&c, op).map(|m| (m, c)),
+            (true, Some(_), Ok(c)) => self.list_counts::<T>(&c, op).map(|m| (m, c)),
         });
         let pre = if self.will_check() { root_state.as_ref().map(|_| ()).map_err(Clone::clone) } else { Ok(()) };
         self.agree(op, pre, Signature { root: Some(root as i64), elem_size: elem_size::<T>(), ..Default::default() })?;
@@ -705,12 +683,12 @@ impl Comm {
         let (ones, displs) = if is_root { (vec![1; size], (0..self.size).collect()) } else { (Vec::new(), Vec::new()) };
         let mut mine = [0u64];
         ffi::scatterv(&wire, &ones, &displs, &mut mine, root, self.raw, op, self.rank)?;
-        let ((mc, md), _) = root_state?;
+        let (m, _) = root_state?;
         if mine[0] == ROOT_FAILED {
             return Err(self.peer_failed(op, root));
         }
         let mut out = vec![T::zeroed(); mine[0] as usize];
-        ffi::scatterv(data.unwrap_or(&[]), &mc, &md, &mut out, root, self.raw, op, self.rank)?;
+        ffi::scatterv(data.unwrap_or(&[]), m.mpi(), m.displs(), &mut out, root, self.raw, op, self.rank)?;
         Ok(out)
     }
 
@@ -800,22 +778,22 @@ impl Comm {
         } else {
             Ok(())
         };
-        let send_mpi = local.and_then(|_| self.mpi_counts::<T>(counts, OP));
+        let send_mpi = local.and_then(|_| self.list_counts::<T>(counts, OP));
         self.agree(
             OP,
             send_mpi.as_ref().map(|_| ()).map_err(Clone::clone),
             Signature { elem_size: elem_size::<T>(), ..Default::default() },
         )?;
-        let (sc, sd) = send_mpi?;
+        let sm = send_mpi?;
         let wire: Vec<u64> = counts.iter().map(|&c| c as u64).collect();
         let mut rwire = vec![0u64; size];
         ffi::alltoall(&wire, &mut rwire, 1, self.raw, OP, self.rank)?;
         let rcounts: Vec<usize> = rwire.iter().map(|&c| c as usize).collect();
-        let recv_mpi = self.mpi_counts::<T>(&rcounts, OP);
+        let recv_mpi = self.list_counts::<T>(&rcounts, OP);
         self.agree(OP, recv_mpi.as_ref().map(|_| ()).map_err(Clone::clone), Signature::default())?;
-        let (rc, rd) = recv_mpi?;
-        let mut data = vec![T::zeroed(); rcounts.iter().sum()];
-        ffi::alltoallv(send, &sc, &sd, &mut data, &rc, &rd, self.raw, OP, self.rank)?;
+        let rm = recv_mpi?;
+        let mut data = vec![T::zeroed(); rm.total];
+        ffi::alltoallv(send, sm.mpi(), sm.displs(), &mut data, rm.mpi(), rm.displs(), self.raw, OP, self.rank)?;
         Ok(Blocks::new(data, rcounts))
     }
 }

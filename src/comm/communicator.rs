@@ -175,6 +175,7 @@ impl Comm {
     }
 
     /// How collectives on this communicator verify their arguments across ranks.
+    #[inline]
     pub fn check_mode(&self) -> CheckMode {
         match self.checked.load(Ordering::Relaxed) {
             0 => CheckMode::Off,
@@ -199,6 +200,7 @@ impl Comm {
     }
 
     /// Whether the next collective verifies its arguments (the same answer on every rank).
+    #[inline]
     pub(crate) fn will_check(&self) -> bool {
         match self.check_mode() {
             CheckMode::Off => false,
@@ -425,6 +427,14 @@ impl Comm {
 
     pub(crate) fn err(&self, kind: ErrorKind, op: &'static str, msg: impl Into<String>) -> Error {
         Error::new(kind, op, Some(self.rank), msg)
+    }
+
+    /// [`err`](Comm::err) with the message built out of line: for checks on paths where every call
+    /// counts, so that the check itself stays small enough to inline.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn cold_err(&self, kind: ErrorKind, op: &'static str, msg: impl FnOnce() -> String) -> Error {
+        Error::new(kind, op, Some(self.rank), msg())
     }
 
     /// Validates a peer rank (`MPI_PROC_NULL` is not accepted here: phalanx uses `Option`).

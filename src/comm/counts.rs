@@ -12,10 +12,9 @@
 use std::ffi::c_int;
 
 use bytemuck::Pod;
-use smallvec::SmallVec;
 
 use super::check::Signature;
-use super::collective::{elem_size, Blocks, MpiCounts};
+use super::collective::{elem_size, Blocks};
 use super::Comm;
 use crate::error::{ErrorKind, Result};
 use crate::ffi;
@@ -23,80 +22,156 @@ use crate::ffi;
 /// Inline capacity of count arrays: ranks or neighbours up to this many need no heap allocation.
 pub(super) const INLINE: usize = 8;
 
-/// MPI counts and displacements for one side of a v-collective, with the element counts.
+/// MPI counts and displacements for one side of a v-collective (the element counts stay the
+/// caller's list), and their sum in elements.
+#[derive(Clone, Default)]
 pub(super) struct Counts {
-    pub(super) mpi: MpiCounts,
-    pub(super) displs: MpiCounts,
-    pub(super) elems: SmallVec<[usize; INLINE]>,
+    // The counts, then the displacements: in `inline` for up to `INLINE` entries each, else in
+    // `heap` (a plain array rather than a `SmallVec`: its `resize` cost more than the MPI call).
+    inline: [c_int; 2 * INLINE],
+    heap: Vec<c_int>,
+    n: usize,
     pub(super) total: usize,
 }
 
 impl Counts {
-    pub(super) fn empty() -> Counts {
-        Counts { mpi: SmallVec::new(), displs: SmallVec::new(), elems: SmallVec::new(), total: 0 }
+    /// Converts element counts of `per` MPI items each. When the total fits MPI's count, so does
+    /// every count and displacement (each is at most the total), so no element needs its own
+    /// check. Else `Err(Some(total))`, or `Err(None)` if the counts sum past `usize::MAX`.
+    #[inline]
+    fn convert(&mut self, counts: &[usize], per: usize) -> std::result::Result<(), Option<usize>> {
+        let n = counts.len();
+        let total = counts.iter().try_fold(0usize, |a, &c| a.checked_add(c)).ok_or(None)?;
+        if total.checked_mul(per).is_none_or(|b| b > c_int::MAX as usize) {
+            return Err(Some(total));
+        }
+        let (mpi, displs) = self.arrays_mut(n).split_at_mut(n);
+        let mut acc = 0;
+        for ((m, d), &c) in mpi.iter_mut().zip(displs.iter_mut()).zip(counts) {
+            *m = (c * per) as c_int;
+            *d = (acc * per) as c_int;
+            acc += c;
+        }
+        self.total = total;
+        Ok(())
     }
 
-    /// The element counts as a `Vec` (for [`Blocks`]).
-    pub(super) fn elems_vec(&self) -> Vec<usize> {
-        self.elems.to_vec()
+    /// Room for `n` counts and `n` displacements.
+    #[inline]
+    fn arrays_mut(&mut self, n: usize) -> &mut [c_int] {
+        self.n = n;
+        if n <= INLINE {
+            &mut self.inline[..2 * n]
+        } else {
+            self.heap.resize(2 * n, 0);
+            &mut self.heap
+        }
+    }
+
+    #[inline]
+    fn arrays(&self) -> &[c_int] {
+        if self.n <= INLINE {
+            &self.inline[..2 * self.n]
+        } else {
+            &self.heap
+        }
+    }
+
+    /// MPI's counts.
+    #[inline]
+    pub(super) fn mpi(&self) -> &[c_int] {
+        &self.arrays()[..self.n]
+    }
+
+    /// MPI's displacements.
+    #[inline]
+    pub(super) fn displs(&self) -> &[c_int] {
+        &self.arrays()[self.n..]
     }
 }
 
 /// A 62-bit digest of a count list, so that ranks can agree on a whole list in one signature field.
+/// The ranks of a job share one architecture, so the list's bytes in memory serve.
 pub(super) fn digest(counts: &[usize]) -> i64 {
-    let bytes: Vec<u8> = counts.iter().flat_map(|&c| (c as u64).to_le_bytes()).collect();
-    (xxhash_rust::xxh3::xxh3_64(&bytes) >> 2) as i64
+    (xxhash_rust::xxh3::xxh3_64(bytemuck::cast_slice(counts)) >> 2) as i64
 }
 
 impl Comm {
-    /// Validates a per-rank count list given by the caller (`what` names it in errors) and converts it.
-    pub(super) fn given_counts<T: Pod>(&self, counts: &[usize], what: &str, op: &'static str) -> Result<Counts> {
+    /// Validates a per-rank count list given by the caller (`what` names it in errors) and converts
+    /// it into `out`.
+    #[inline]
+    pub(super) fn given_counts<T: Pod>(
+        &self,
+        counts: &[usize],
+        what: &str,
+        out: &mut Counts,
+        op: &'static str,
+    ) -> Result<()> {
         if counts.len() != self.size as usize {
-            return Err(self.err(
-                ErrorKind::InvalidArgument,
-                op,
-                format!("{} {what} given for a communicator of size {}", counts.len(), self.size),
-            ));
+            return Err(self.cold_err(ErrorKind::InvalidArgument, op, || {
+                format!("{} {what} given for a communicator of size {}", counts.len(), self.size)
+            }));
         }
-        self.list_counts::<T>(counts, op)
+        self.fill_counts::<T>(counts, out, op)
     }
 
-    /// Converts a count list of any length (per rank, or per neighbour) for MPI.
+    /// Converts a count list of any length (per rank, or per neighbour) to MPI's counts and
+    /// displacements.
     pub(super) fn list_counts<T: Pod>(&self, counts: &[usize], op: &'static str) -> Result<Counts> {
-        let (mpi, displs) = self.mpi_counts::<T>(counts, op)?;
-        let total: usize = counts.iter().sum(); // no overflow: `mpi_counts` summed them checked
-        ffi::to_count(total, ffi::layout::<T>().per_elem, op, self.rank)?;
-        Ok(Counts { mpi, displs, elems: SmallVec::from_slice(counts), total })
+        let mut c = Counts::default();
+        self.fill_counts::<T>(counts, &mut c, op)?;
+        Ok(c)
+    }
+
+    /// [`list_counts`](Comm::list_counts) into `out` where it stays: on the paths where every call
+    /// counts, the arrays are written in place, not moved (a copy of a just-written inline array
+    /// stalls on store forwarding, several times per call).
+    #[inline]
+    pub(super) fn fill_counts<T: Pod>(&self, counts: &[usize], out: &mut Counts, op: &'static str) -> Result<()> {
+        let per = ffi::layout::<T>().per_elem;
+        match out.convert(counts, per) {
+            Ok(()) => Ok(()),
+            Err(None) => Err(self.err(ErrorKind::CountOverflow, op, "the counts sum past usize::MAX")),
+            Err(Some(t)) => {
+                // Names the first count or displacement that overflows, else the total.
+                let mut acc = 0usize;
+                for &c in counts {
+                    ffi::to_count(c, per, op, self.rank)?;
+                    ffi::to_count(acc, per, op, self.rank)?;
+                    acc += c;
+                }
+                Err(ffi::to_count(t, per, op, self.rank).expect_err("the total exceeds MPI's count limit"))
+            }
+        }
     }
 
     /// The receive counts of a gather to `root` as given by the caller (read on the root only),
     /// checked: on the root against its own send length, and in checked mode against every rank's
-    /// send length. Returns the root's counts (`None` elsewhere). Collective.
+    /// send length. Converts them into `out` on the root (left empty elsewhere). Collective.
     pub(super) fn gather_counts<T: Pod>(
         &self,
         mine: usize,
         counts: &[usize],
         recv_have: Option<usize>,
         root: i32,
+        out: &mut Counts,
         op: &'static str,
-    ) -> Result<Option<Counts>> {
+    ) -> Result<()> {
         let is_root = self.rank == root;
         let verify = self.will_check();
         let local = self.check_root(root, op).and_then(|_| {
             if !is_root {
-                return Ok(None);
+                return Ok(());
             }
-            let c = self.given_counts::<T>(counts, "receive counts", op)?;
-            self.own_count(&c, mine, op)?;
-            self.recv_len(recv_have, c.total, op)?;
-            Ok(Some(c))
+            self.given_counts::<T>(counts, "receive counts", out, op)?;
+            self.own_count(counts, mine, op)?;
+            self.recv_len(recv_have, out.total, op)
         });
         self.agree(
             op,
-            local.as_ref().map(|_| ()).map_err(Clone::clone),
+            local,
             Signature { root: Some(root as i64), elem_size: elem_size::<T>(), ..Default::default() },
         )?;
-        let given = local?;
         if verify && self.size > 1 {
             let (ones, displs): (Vec<c_int>, Vec<c_int>) = if is_root {
                 (vec![1; self.size as usize], (0..self.size).collect())
@@ -105,95 +180,92 @@ impl Comm {
             };
             let mut lens = if is_root { vec![0u64; self.size as usize] } else { Vec::new() };
             ffi::gatherv(&[mine as u64], &mut lens, &ones, &displs, root, self.raw, op, self.rank)?;
-            let check = match &given {
-                Some(c) => self.compare_counts(&c.elems, &lens, "sends", op),
-                None => Ok(()),
-            };
+            let check = if is_root { self.compare_counts(counts, &lens, "sends", op) } else { Ok(()) };
             self.agree_errors(op, check)?;
         }
-        Ok(given)
+        Ok(())
     }
 
     /// The counts of an all-gather as given by the caller (the same list on every rank), checked
-    /// against this rank's send length and, in checked mode, across the ranks. Collective.
+    /// against this rank's send length and, in checked mode, across the ranks; converted into
+    /// `out`. Collective.
     pub(super) fn allgather_counts<T: Pod>(
         &self,
         mine: usize,
         counts: &[usize],
         recv_have: Option<usize>,
+        out: &mut Counts,
         op: &'static str,
-    ) -> Result<Counts> {
-        let local = self.given_counts::<T>(counts, "counts", op).and_then(|c| {
-            self.own_count(&c, mine, op)?;
-            self.recv_len(recv_have, c.total, op)?;
-            Ok(c)
+    ) -> Result<()> {
+        let local = self.given_counts::<T>(counts, "counts", out, op).and_then(|_| {
+            self.own_count(counts, mine, op)?;
+            self.recv_len(recv_have, out.total, op)
         });
         self.agree(
             op,
-            local.as_ref().map(|_| ()).map_err(Clone::clone),
-            Signature { count: Some(digest(counts)), elem_size: elem_size::<T>(), ..Default::default() },
-        )?;
-        local
+            local,
+            // The digest only when the call is checked (`agree` ignores the signature otherwise).
+            Signature {
+                count: self.will_check().then(|| digest(counts)),
+                elem_size: elem_size::<T>(),
+                ..Default::default()
+            },
+        )
     }
 
     /// The send and receive counts of an all-to-all as given by the caller, checked against the
-    /// buffer lengths and, in checked mode, against what the other ranks send. Collective.
+    /// buffer lengths and, in checked mode, against what the other ranks send; converted into
+    /// `send_out` and `recv_out`. Collective.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn alltoall_counts<T: Pod>(
         &self,
         send_len: usize,
         send_counts: &[usize],
         recv_counts: &[usize],
         recv_have: Option<usize>,
+        (send_out, recv_out): (&mut Counts, &mut Counts),
         op: &'static str,
-    ) -> Result<(Counts, Counts)> {
+    ) -> Result<()> {
         let verify = self.will_check();
-        let local = self.given_counts::<T>(send_counts, "send counts", op).and_then(|s| {
-            if s.total > send_len {
+        let local = self.given_counts::<T>(send_counts, "send counts", send_out, op).and_then(|_| {
+            if send_out.total > send_len {
                 return Err(self.err(
                     ErrorKind::InvalidArgument,
                     op,
-                    format!("send counts sum to {} but send has {send_len} elements", s.total),
+                    format!("send counts sum to {} but send has {send_len} elements", send_out.total),
                 ));
             }
-            let r = self.given_counts::<T>(recv_counts, "receive counts", op)?;
-            self.recv_len(recv_have, r.total, op)?;
-            Ok((s, r))
+            self.given_counts::<T>(recv_counts, "receive counts", recv_out, op)?;
+            self.recv_len(recv_have, recv_out.total, op)
         });
-        self.agree(
-            op,
-            local.as_ref().map(|_| ()).map_err(Clone::clone),
-            Signature { elem_size: elem_size::<T>(), ..Default::default() },
-        )?;
-        let (s, r) = local?;
+        self.agree(op, local, Signature { elem_size: elem_size::<T>(), ..Default::default() })?;
         if verify {
             let wire: Vec<u64> = send_counts.iter().map(|&c| c as u64).collect();
             let mut incoming = vec![0u64; self.size as usize];
             ffi::alltoall(&wire, &mut incoming, 1, self.raw, op, self.rank)?;
             self.agree_errors(op, self.compare_counts(recv_counts, &incoming, "sends this rank", op))?;
         }
-        Ok((s, r))
+        Ok(())
     }
 
     /// A caller's receive buffer (`None`: phalanx allocates it) must hold exactly the counts' sum.
-    fn recv_len(&self, have: Option<usize>, need: usize, op: &'static str) -> Result<()> {
+    #[inline]
+    pub(super) fn recv_len(&self, have: Option<usize>, need: usize, op: &'static str) -> Result<()> {
         match have {
-            Some(have) if have != need => Err(self.err(
-                ErrorKind::InvalidArgument,
-                op,
-                format!("the receive buffer has {have} elements but the counts sum to {need}"),
-            )),
+            Some(have) if have != need => Err(self.cold_err(ErrorKind::InvalidArgument, op, || {
+                format!("the receive buffer has {have} elements but the counts sum to {need}")
+            })),
             _ => Ok(()),
         }
     }
 
-    fn own_count(&self, c: &Counts, mine: usize, op: &'static str) -> Result<()> {
-        let given = c.elems[self.rank as usize];
+    #[inline]
+    fn own_count(&self, counts: &[usize], mine: usize, op: &'static str) -> Result<()> {
+        let given = counts[self.rank as usize];
         if given != mine {
-            return Err(self.err(
-                ErrorKind::CollectiveMismatch,
-                op,
-                format!("the counts give this rank {given} elements but it sends {mine}"),
-            ));
+            return Err(self.cold_err(ErrorKind::CollectiveMismatch, op, || {
+                format!("the counts give this rank {given} elements but it sends {mine}")
+            }));
         }
         Ok(())
     }
@@ -221,16 +293,29 @@ impl Comm {
     /// [`ErrorKind::PeerFailed`] elsewhere) if any rank sends another count than the root expects.
     #[doc(alias = "MPI_Gatherv")]
     pub fn gatherv_counts<T: Pod>(&self, send: &[T], counts: &[usize], root: i32) -> Result<Option<Blocks<T>>> {
+        let is_root = self.rank == root;
+        let mut data = if is_root { super::nonblocking::alloc_for::<T>(counts) } else { Vec::new() };
+        self.gatherv_into(send, &mut data, counts, root)?;
+        Ok(is_root.then(|| Blocks::new(data, counts.to_vec())))
+    }
+
+    /// [`gatherv_counts`](Comm::gatherv_counts) into the root's `recv` (as long as the counts' sum;
+    /// not read elsewhere, where `&mut []` will do): nothing allocated per call, for gathers
+    /// repeated with the same counts.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// As [`gatherv_counts`](Comm::gatherv_counts); on the root [`ErrorKind::InvalidArgument`] if
+    /// `recv` is not as long as the counts' sum.
+    #[doc(alias = "MPI_Gatherv")]
+    pub fn gatherv_into<T: Pod>(&self, send: &[T], recv: &mut [T], counts: &[usize], root: i32) -> Result<()> {
         const OP: &str = "gatherv";
         let _busy = self.begin(OP)?;
-        let given = self.gather_counts::<T>(send.len(), counts, None, root, OP)?;
-        let (c, d, total) = match &given {
-            Some(g) => (&g.mpi[..], &g.displs[..], g.total),
-            None => (&[][..], &[][..], 0),
-        };
-        let mut data = vec![T::zeroed(); total];
-        ffi::gatherv(send, &mut data, c, d, root, self.raw, OP, self.rank)?;
-        Ok(given.map(|g| Blocks::new(data, g.elems_vec())))
+        let mut g = Counts::default();
+        let have = (self.rank == root).then_some(recv.len());
+        self.gather_counts::<T>(send.len(), counts, have, root, &mut g, OP)?;
+        ffi::gatherv(send, recv, g.mpi(), g.displs(), root, self.raw, OP, self.rank)
     }
 
     /// [`allgatherv`](Comm::allgatherv) with the counts given by the caller: `counts[r]` elements
@@ -244,12 +329,26 @@ impl Comm {
     /// mode) if the ranks pass different lists.
     #[doc(alias = "MPI_Allgatherv")]
     pub fn allgatherv_counts<T: Pod>(&self, send: &[T], counts: &[usize]) -> Result<Blocks<T>> {
+        let mut data = super::nonblocking::alloc_for::<T>(counts);
+        self.allgatherv_into(send, &mut data, counts)?;
+        Ok(Blocks::new(data, counts.to_vec()))
+    }
+
+    /// [`allgatherv_counts`](Comm::allgatherv_counts) into `recv` (as long as the counts' sum):
+    /// nothing allocated per call.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// As [`allgatherv_counts`](Comm::allgatherv_counts); [`ErrorKind::InvalidArgument`] if `recv`
+    /// is not as long as the counts' sum.
+    #[doc(alias = "MPI_Allgatherv")]
+    pub fn allgatherv_into<T: Pod>(&self, send: &[T], recv: &mut [T], counts: &[usize]) -> Result<()> {
         const OP: &str = "allgatherv";
         let _busy = self.begin(OP)?;
-        let g = self.allgather_counts::<T>(send.len(), counts, None, OP)?;
-        let mut data = vec![T::zeroed(); g.total];
-        ffi::allgatherv(send, &mut data, &g.mpi, &g.displs, self.raw, OP, self.rank)?;
-        Ok(Blocks::new(data, g.elems_vec()))
+        let mut g = Counts::default();
+        self.allgather_counts::<T>(send.len(), counts, Some(recv.len()), &mut g, OP)?;
+        ffi::allgatherv(send, recv, g.mpi(), g.displs(), self.raw, OP, self.rank)
     }
 
     /// [`alltoallv`](Comm::alltoallv) with the receive counts given by the caller:
@@ -270,18 +369,69 @@ impl Comm {
         send_counts: &[usize],
         recv_counts: &[usize],
     ) -> Result<Blocks<T>> {
+        let mut data = super::nonblocking::alloc_for::<T>(recv_counts);
+        self.alltoallv_into(send, send_counts, &mut data, recv_counts)?;
+        Ok(Blocks::new(data, recv_counts.to_vec()))
+    }
+
+    /// [`alltoallv_counts`](Comm::alltoallv_counts) into `recv` (as long as the receive counts'
+    /// sum): nothing allocated per call.
+    ///
+    /// Collective.
+    ///
+    /// # Errors
+    /// As [`alltoallv_counts`](Comm::alltoallv_counts); [`ErrorKind::InvalidArgument`] if `recv` is
+    /// not as long as the receive counts' sum.
+    #[doc(alias = "MPI_Alltoallv")]
+    pub fn alltoallv_into<T: Pod>(
+        &self,
+        send: &[T],
+        send_counts: &[usize],
+        recv: &mut [T],
+        recv_counts: &[usize],
+    ) -> Result<()> {
         const OP: &str = "alltoallv";
         let _busy = self.begin(OP)?;
-        let (s, r) = self.alltoall_counts::<T>(send.len(), send_counts, recv_counts, None, OP)?;
-        let mut data = vec![T::zeroed(); r.total];
-        ffi::alltoallv(send, &s.mpi, &s.displs, &mut data, &r.mpi, &r.displs, self.raw, OP, self.rank)?;
-        Ok(Blocks::new(data, r.elems_vec()))
+        let (mut s, mut r) = (Counts::default(), Counts::default());
+        self.alltoall_counts::<T>(send.len(), send_counts, recv_counts, Some(recv.len()), (&mut s, &mut r), OP)?;
+        ffi::alltoallv(send, s.mpi(), s.displs(), recv, r.mpi(), r.displs(), self.raw, OP, self.rank)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::digest;
+    use super::{digest, Counts, INLINE};
+
+    #[test]
+    fn counts_convert_inline_and_on_the_heap() {
+        for n in [0, 3, INLINE, INLINE + 1, 20] {
+            let counts: Vec<usize> = (0..n).map(|i| i % 4).collect();
+            for per in [1, 8] {
+                let mut c = Counts::default();
+                c.convert(&counts, per).unwrap();
+                assert_eq!(c.mpi(), counts.iter().map(|&x| (x * per) as i32).collect::<Vec<_>>());
+                let displs: Vec<i32> = (0..n).map(|i| (counts[..i].iter().sum::<usize>() * per) as i32).collect();
+                assert_eq!(c.displs(), displs);
+                assert_eq!(c.total, counts.iter().sum::<usize>());
+            }
+        }
+        // Reused for a shorter list, as the blocking forms do not, but nothing stops it.
+        let mut c = Counts::default();
+        c.convert(&[1; 20], 1).unwrap();
+        c.convert(&[2, 3], 1).unwrap();
+        assert_eq!((c.mpi(), c.displs(), c.total), (&[2, 3][..], &[0, 2][..], 5));
+    }
+
+    #[test]
+    fn counts_refuse_what_mpi_cannot_count() {
+        let mut c = Counts::default();
+        assert_eq!(c.convert(&[usize::MAX, 1], 1), Err(None));
+        let big = i32::MAX as usize;
+        assert_eq!(c.convert(&[big, 1], 1), Err(Some(big + 1)));
+        assert_eq!(c.convert(&[big / 8 + 1], 8), Err(Some(big / 8 + 1)));
+        c.convert(&[big - 1, 1], 1).unwrap();
+        assert_eq!(c.displs(), &[0, i32::MAX - 1]);
+    }
 
     #[test]
     fn digests_tell_count_lists_apart() {

@@ -20,6 +20,7 @@ use std::any::Any;
 use std::marker::PhantomData;
 
 use bytemuck::Pod;
+use smallvec::SmallVec;
 
 use super::check::Signature;
 use super::collective::{elem_size, Blocks};
@@ -29,13 +30,16 @@ use super::{Comm, Op};
 use crate::error::{ErrorKind, Result};
 use crate::ffi::{self, MPI_Request};
 
+// A collective's requests: inline for an MPI collective's one (no allocation per call).
+pub(super) type Reqs = SmallVec<[MPI_Request; 1]>;
+
 /// An in-flight nonblocking collective; owns its buffers until it completes, and `wait` returns its
 /// result (`()` for a barrier, the data for the others).
 #[must_use = "a collective request must be waited for (dropping it blocks until it completes)"]
 pub struct CollectiveRequest<O> {
     // One request for an MPI collective; for a neighbourhood exchange phalanx runs itself (see
     // `topology.rs`) its receives and sends.
-    reqs: Vec<MPI_Request>,
+    reqs: Reqs,
     // Owns every buffer MPI may touch, and turns them into the result once MPI is done.
     finish: Option<Box<dyn FnOnce() -> O>>,
     op: &'static str,
@@ -51,17 +55,12 @@ impl<O> std::fmt::Debug for CollectiveRequest<O> {
 
 impl<O> CollectiveRequest<O> {
     pub(super) fn new(req: MPI_Request, op: &'static str, rank: i32, finish: Box<dyn FnOnce() -> O>) -> Self {
-        Self::with_requests(vec![req], op, rank, finish)
+        Self::with_requests(smallvec::smallvec![req], op, rank, finish)
     }
 
     /// Several requests (a neighbour exchange phalanx runs with its own messages), all reading and
     /// writing only buffers that `finish` owns.
-    pub(super) fn with_requests(
-        reqs: Vec<MPI_Request>,
-        op: &'static str,
-        rank: i32,
-        finish: Box<dyn FnOnce() -> O>,
-    ) -> Self {
+    pub(super) fn with_requests(reqs: Reqs, op: &'static str, rank: i32, finish: Box<dyn FnOnce() -> O>) -> Self {
         CollectiveRequest { reqs, finish: Some(finish), op, rank, _not_send: PhantomData }
     }
 
@@ -198,14 +197,13 @@ impl Comm {
         recv: &mut [T],
         counts: &[usize],
         root: i32,
-    ) -> Result<(Started, Option<Vec<usize>>)> {
+    ) -> Result<Started> {
         const OP: &str = "igatherv";
         let _busy = self.begin(OP)?;
-        let given = self.gather_counts::<T>(send.len(), counts, Some(recv.len()), root, OP)?;
-        let root_side = self.rank == root;
         // Boxed before MPI sees their addresses: the arrays may be inline (`SmallVec`), and only a
-        // box keeps them in place while the request moves.
-        let keep = Box::new(given.unwrap_or(Counts::empty()));
+        // box keeps them in place while the request moves. Filled in place.
+        let mut keep = Box::<Counts>::default();
+        self.gather_counts::<T>(send.len(), counts, Some(recv.len()), root, &mut keep, OP)?;
         // SAFETY: forwarded from this function's contract; on the root every block lies inside
         // `recv` (checked above); the arrays live in `keep`'s heap block, which goes into the
         // returned `Started` and stays until completion.
@@ -214,42 +212,36 @@ impl Comm {
                 ffi::send_ptr(send),
                 send.len(),
                 ffi::recv_ptr(recv),
-                keep.mpi.as_ptr(),
-                keep.displs.as_ptr(),
+                keep.mpi().as_ptr(),
+                keep.displs().as_ptr(),
                 root,
                 self.raw,
                 OP,
                 self.rank,
             )?
         };
-        let elems = keep.elems_vec();
-        Ok((Started { req, keep }, root_side.then_some(elems)))
+        Ok(Started { req, keep })
     }
 
-    unsafe fn start_iallgatherv<T: Pod>(
-        &self,
-        send: &[T],
-        recv: &mut [T],
-        counts: &[usize],
-    ) -> Result<(Started, Vec<usize>)> {
+    unsafe fn start_iallgatherv<T: Pod>(&self, send: &[T], recv: &mut [T], counts: &[usize]) -> Result<Started> {
         const OP: &str = "iallgatherv";
         let _busy = self.begin(OP)?;
-        let g = Box::new(self.allgather_counts::<T>(send.len(), counts, Some(recv.len()), OP)?);
+        let mut g = Box::<Counts>::default();
+        self.allgather_counts::<T>(send.len(), counts, Some(recv.len()), &mut g, OP)?;
         // SAFETY: as in `start_igatherv`, on every rank.
         let req = unsafe {
             ffi::nonblocking::iallgatherv(
                 ffi::send_ptr(send),
                 send.len(),
                 ffi::recv_ptr(recv),
-                g.mpi.as_ptr(),
-                g.displs.as_ptr(),
+                g.mpi().as_ptr(),
+                g.displs().as_ptr(),
                 self.raw,
                 OP,
                 self.rank,
             )?
         };
-        let elems = g.elems_vec();
-        Ok((Started { req, keep: g }, elems))
+        Ok(Started { req, keep: g })
     }
 
     unsafe fn start_ialltoall<T: Pod>(&self, send: &[T], recv: &mut [T]) -> Result<Started> {
@@ -269,27 +261,28 @@ impl Comm {
         send_counts: &[usize],
         recv: &mut [T],
         recv_counts: &[usize],
-    ) -> Result<(Started, Vec<usize>)> {
+    ) -> Result<Started> {
         const OP: &str = "ialltoallv";
         let _busy = self.begin(OP)?;
-        let both = Box::new(self.alltoall_counts::<T>(send.len(), send_counts, recv_counts, Some(recv.len()), OP)?);
+        let mut both = Box::<(Counts, Counts)>::default();
+        let (s, r) = &mut *both;
+        self.alltoall_counts::<T>(send.len(), send_counts, recv_counts, Some(recv.len()), (s, r), OP)?;
         let (s, r) = &*both;
         // SAFETY: as in `start_igatherv`; every block lies inside its buffer (checked above).
         let req = unsafe {
             ffi::nonblocking::ialltoallv(
                 ffi::send_ptr(send),
-                s.mpi.as_ptr(),
-                s.displs.as_ptr(),
+                s.mpi().as_ptr(),
+                s.displs().as_ptr(),
                 ffi::recv_ptr(recv),
-                r.mpi.as_ptr(),
-                r.displs.as_ptr(),
+                r.mpi().as_ptr(),
+                r.displs().as_ptr(),
                 self.raw,
                 OP,
                 self.rank,
             )?
         };
-        let elems = r.elems_vec();
-        Ok((Started { req, keep: both }, elems))
+        Ok(Started { req, keep: both })
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -344,7 +337,9 @@ impl Comm {
         let mut recv = if self.rank == root { alloc_for::<T>(counts) } else { Vec::new() };
         // SAFETY: both buffers and the count arrays move into the request and are touched by nobody
         // until completion; Drop waits first; leaking the request leaks them.
-        let (s, elems) = unsafe { self.start_igatherv(&send, &mut recv, counts, root)? };
+        let s = unsafe { self.start_igatherv(&send, &mut recv, counts, root)? };
+        // Checked on the root to be this list (as MPI received it).
+        let elems = (self.rank == root).then(|| counts.to_vec());
         let keep = s.keep;
         Ok(CollectiveRequest::new(
             s.req,
@@ -373,7 +368,8 @@ impl Comm {
             Vec::new()
         };
         // SAFETY: as in `igatherv`.
-        let (s, elems) = unsafe { self.start_iallgatherv(&send, &mut recv, counts)? };
+        let s = unsafe { self.start_iallgatherv(&send, &mut recv, counts)? };
+        let elems = counts.to_vec();
         let keep = s.keep;
         Ok(CollectiveRequest::new(
             s.req,
@@ -431,7 +427,8 @@ impl Comm {
             Vec::new()
         };
         // SAFETY: as in `igatherv`.
-        let (s, elems) = unsafe { self.start_ialltoallv(&send, send_counts, &mut recv, recv_counts)? };
+        let s = unsafe { self.start_ialltoallv(&send, send_counts, &mut recv, recv_counts)? };
+        let elems = recv_counts.to_vec();
         let keep = s.keep;
         Ok(CollectiveRequest::new(
             s.req,
@@ -447,7 +444,7 @@ impl Comm {
 
 /// A receive buffer for the sum of `counts`, or an empty one when that sum is beyond MPI's count
 /// limit (the count check that follows then reports it, instead of an allocation failing first).
-fn alloc_for<T: Pod>(counts: &[usize]) -> Vec<T> {
+pub(super) fn alloc_for<T: Pod>(counts: &[usize]) -> Vec<T> {
     let total = counts.iter().try_fold(0usize, |a, &c| a.checked_add(c));
     match total {
         Some(t) if ffi::to_count(t, ffi::layout::<T>().per_elem, "", 0).is_ok() => vec![T::zeroed(); t],
@@ -524,7 +521,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         root: i32,
     ) -> Result<ScopedCollective<'scope>> {
         // SAFETY: as in `iallreduce`; the count arrays go into the scope's keep list.
-        let (s, _) = unsafe { self.comm().start_igatherv(send, recv, counts, root)? };
+        let s = unsafe { self.comm().start_igatherv(send, recv, counts, root)? };
         Ok(self.started(s, "igatherv"))
     }
 
@@ -544,7 +541,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         counts: &[usize],
     ) -> Result<ScopedCollective<'scope>> {
         // SAFETY: as in `igatherv`.
-        let (s, _) = unsafe { self.comm().start_iallgatherv(send, recv, counts)? };
+        let s = unsafe { self.comm().start_iallgatherv(send, recv, counts)? };
         Ok(self.started(s, "iallgatherv"))
     }
 
@@ -581,7 +578,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         recv_counts: &[usize],
     ) -> Result<ScopedCollective<'scope>> {
         // SAFETY: as in `igatherv`.
-        let (s, _) = unsafe { self.comm().start_ialltoallv(send, send_counts, recv, recv_counts)? };
+        let s = unsafe { self.comm().start_ialltoallv(send, send_counts, recv, recv_counts)? };
         Ok(self.started(s, "ialltoallv"))
     }
 }

@@ -71,7 +71,7 @@ pub struct Scope<'scope, 'env: 'scope> {
     receives: RefCell<Vec<usize>>,
     // What nonblocking collectives need until they complete besides the borrowed buffers (the
     // count arrays of v-collectives): freed only when the scope ends, after every wait.
-    keep: RefCell<Vec<Box<dyn Any>>>,
+    keep: RefCell<SmallVec<[Box<dyn Any>; 2]>>,
     _scope: PhantomData<&'scope mut &'scope ()>,
     _env: PhantomData<&'env mut &'env ()>,
 }
@@ -134,7 +134,7 @@ impl Comm {
             reqs: RefCell::new(Reqs::new()),
             done: RefCell::new(Done::new()),
             receives: RefCell::new(Vec::new()),
-            keep: RefCell::new(Vec::new()),
+            keep: RefCell::new(SmallVec::new()),
             _scope: PhantomData,
             _env: PhantomData,
         };
@@ -270,6 +270,11 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     #[doc(alias = "MPI_Waitall")]
     pub fn wait_all(&self) -> Result<()> {
         let mut reqs = self.reqs.borrow_mut();
+        // Each handle waited for already (the usual end of a scope): nothing for MPI to do.
+        let null = ffi::request_null();
+        if reqs.iter().all(|&r| r == null) {
+            return Ok(());
+        }
         let mut st: SmallVec<[MPI_Status; 4]> = smallvec::smallvec![ffi::new_status(); reqs.len()];
         ffi::waitall(&mut reqs, &mut st, "waitall", self.comm.rank)
     }

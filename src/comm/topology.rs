@@ -23,7 +23,7 @@ use bytemuck::Pod;
 use super::check::Signature;
 use super::collective::{elem_size, Blocks};
 use super::counts::{digest, Counts};
-use super::nonblocking::CollectiveRequest;
+use super::nonblocking::{CollectiveRequest, Reqs};
 use super::Comm;
 use crate::error::{ErrorKind, Result};
 use crate::ffi::{self, topology as topo};
@@ -411,9 +411,9 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
             });
         c.agree(OP, local, Signature { count: Some(per as i64), elem_size: elem_size::<T>(), ..Default::default() })?;
         if self.repeated().is_some() {
-            let s = c.list_counts::<T>(&vec![per; nd], OP)?;
-            let r = c.list_counts::<T>(&vec![per; ns], OP)?;
-            return Ok(exchange(self, send, s, r, OP)?.data);
+            let (se, re) = (vec![per; nd], vec![per; ns]);
+            let (s, r) = (c.list_counts::<T>(&se, OP)?, c.list_counts::<T>(&re, OP)?);
+            return Ok(exchange(self, send, (&s, &se), (&r, &re), OP)?.data);
         }
         let mut out = vec![T::zeroed(); per * ns];
         // SAFETY: blocking; `send` holds `per` elements per destination (checked above) and `out`
@@ -443,8 +443,37 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
         const OP: &str = "neighbour_alltoallv";
         let c: &Comm = self;
         let _busy = c.begin(OP)?;
-        let (s, r) = neighbour_counts::<T, _>(self, send.len(), send_counts, recv_counts, OP)?;
-        exchange(self, send, s, r, OP)
+        let mut data = super::nonblocking::alloc_for::<T>(recv_counts);
+        self.neighbour_alltoallv_into(send, send_counts, &mut data, recv_counts)?;
+        Ok(Blocks::new(data, recv_counts.to_vec()))
+    }
+
+    /// [`neighbour_alltoallv`](Neighbourhood::neighbour_alltoallv) into `recv` (as long as the
+    /// receive counts' sum, blocks in source order): nothing allocated per call, for exchanges
+    /// repeated with the same counts. The blocks of missing sources (`None`, off an open grid
+    /// edge) are left as they were.
+    ///
+    /// Neighbour-wise collective.
+    ///
+    /// # Errors
+    /// As [`neighbour_alltoallv`](Neighbourhood::neighbour_alltoallv);
+    /// [`ErrorKind::InvalidArgument`] if `recv` is not as long as the receive counts' sum.
+    #[doc(alias = "MPI_Neighbor_alltoallv")]
+    #[doc(alias = "neighbor_alltoallv")]
+    fn neighbour_alltoallv_into<T: Pod>(
+        &self,
+        send: &[T],
+        send_counts: &[usize],
+        recv: &mut [T],
+        recv_counts: &[usize],
+    ) -> Result<()> {
+        const OP: &str = "neighbour_alltoallv";
+        let c: &Comm = self;
+        let _busy = c.begin(OP)?;
+        let (mut s, mut r) = (Counts::default(), Counts::default());
+        let lens = (send.len(), Some(recv.len()));
+        neighbour_counts::<T, _>(self, lens, send_counts, recv_counts, (&mut s, &mut r), OP)?;
+        exchange_into(self, send, (&s, send_counts), recv, (&r, recv_counts), OP)
     }
 
     /// [`neighbour_alltoallv`](Neighbourhood::neighbour_alltoallv) started without waiting: the
@@ -466,8 +495,11 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
         const OP: &str = "ineighbour_alltoallv";
         let c: &Comm = self;
         let _busy = c.begin(OP)?;
-        let (s, r) = neighbour_counts::<T, _>(self, send.len(), send_counts, recv_counts, OP)?;
-        start(self, send, s, r, OP)
+        // Boxed (and filled in place) before MPI sees their addresses: the arrays may be inline.
+        let mut counts = Box::<(Counts, Counts)>::default();
+        let (s, r) = &mut *counts;
+        neighbour_counts::<T, _>(self, (send.len(), None), send_counts, recv_counts, (s, r), OP)?;
+        start(self, send, counts, (send_counts, recv_counts), OP)
     }
 
     /// Sends `send` to every destination and returns the sources' values in order (zeroed where a
@@ -489,8 +521,9 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
             Signature { count: Some(send.len() as i64), elem_size: elem_size::<T>(), ..Default::default() },
         )?;
         if self.repeated().is_some() {
-            let r = c.list_counts::<T>(&vec![send.len(); self.sources().len()], OP)?;
-            return Ok(allgather(self, send, r, OP)?.data);
+            let re = vec![send.len(); self.sources().len()];
+            let r = c.list_counts::<T>(&re, OP)?;
+            return Ok(allgather(self, send, (&r, &re), OP)?.data);
         }
         let mut out = vec![T::zeroed(); send.len() * self.sources().len()];
         // SAFETY: blocking; `out` holds `send.len()` elements per source.
@@ -515,50 +548,79 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
         let c: &Comm = self;
         let _busy = c.begin(OP)?;
         let nd = self.destinations().len();
-        let (_, r) = neighbour_counts::<T, _>(self, send.len() * nd, &vec![send.len(); nd], recv_counts, OP)?;
-        allgather(self, send, r, OP)
+        let (mut s, mut r) = (Counts::default(), Counts::default());
+        let lens = (send.len() * nd, None);
+        neighbour_counts::<T, _>(self, lens, &vec![send.len(); nd], recv_counts, (&mut s, &mut r), OP)?;
+        allgather(self, send, (&r, recv_counts), OP)
     }
 }
 
-/// A blocking neighbour all-to-all on validated counts.
-fn exchange<T: Pod, N: Neighbourhood + ?Sized>(
+/// A blocking neighbour all-to-all on validated counts, into `recv` (as long as `r`'s total).
+fn exchange_into<T: Pod, N: Neighbourhood + ?Sized>(
     n: &N,
     send: &[T],
-    s: Counts,
-    r: Counts,
+    (s, se): (&Counts, &[usize]),
+    recv: &mut [T],
+    (r, re): (&Counts, &[usize]),
     op: &'static str,
-) -> Result<Blocks<T>> {
+) -> Result<()> {
     if n.repeated().is_some() {
-        return start(n, send[..s.total].to_vec(), s, r, op)?.wait();
+        let counts = Box::new((s.clone(), r.clone()));
+        let got = start(n, send[..s.total].to_vec(), counts, (se, re), op)?.wait()?;
+        // As MPI does: the blocks of missing sources stay as they were.
+        for (i, src) in n.sources().iter().enumerate() {
+            if src.is_some() {
+                let at = got.displs[i];
+                recv[at..at + re[i]].copy_from_slice(got.block(i));
+            }
+        }
+        return Ok(());
     }
     let c: &Comm = n;
-    let mut data = vec![T::zeroed(); r.total];
     // SAFETY: blocking; every block lies inside its buffer (validated counts), and both buffers
     // are valid for the call.
     unsafe {
         topo::neighbor_alltoallv(
             ffi::send_ptr(send),
-            s.mpi.as_ptr(),
-            s.displs.as_ptr(),
-            ffi::recv_ptr(&mut data),
-            r.mpi.as_ptr(),
-            r.displs.as_ptr(),
+            s.mpi().as_ptr(),
+            s.displs().as_ptr(),
+            ffi::recv_ptr(recv),
+            r.mpi().as_ptr(),
+            r.displs().as_ptr(),
             c.raw,
             op,
             c.rank,
-        )?
-    };
-    Ok(Blocks::new(data, r.elems_vec()))
+        )
+    }
+}
+
+/// [`exchange_into`] a new buffer, as blocks.
+fn exchange<T: Pod, N: Neighbourhood + ?Sized>(
+    n: &N,
+    send: &[T],
+    (s, se): (&Counts, &[usize]),
+    (r, re): (&Counts, &[usize]),
+    op: &'static str,
+) -> Result<Blocks<T>> {
+    let mut data = vec![T::zeroed(); r.total];
+    exchange_into(n, send, (s, se), &mut data, (r, re), op)?;
+    Ok(Blocks::new(data, re.to_vec()))
 }
 
 /// A blocking neighbour all-gather of `send` into blocks of `r`.
-fn allgather<T: Pod, N: Neighbourhood + ?Sized>(n: &N, send: &[T], r: Counts, op: &'static str) -> Result<Blocks<T>> {
+fn allgather<T: Pod, N: Neighbourhood + ?Sized>(
+    n: &N,
+    send: &[T],
+    (r, re): (&Counts, &[usize]),
+    op: &'static str,
+) -> Result<Blocks<T>> {
     let c: &Comm = n;
     if n.repeated().is_some() {
         let nd = n.destinations().len();
-        let s = c.list_counts::<T>(&vec![send.len(); nd], op)?;
+        let se = vec![send.len(); nd];
+        let s = c.list_counts::<T>(&se, op)?;
         let copies: Vec<T> = (0..nd).flat_map(|_| send.iter().copied()).collect();
-        return start(n, copies, s, r, op)?.wait();
+        return start(n, copies, Box::new((s, r.clone())), (&se, re), op)?.wait();
     }
     let mut data = vec![T::zeroed(); r.total];
     // SAFETY: blocking; every source's block lies inside `data` (validated counts).
@@ -567,14 +629,14 @@ fn allgather<T: Pod, N: Neighbourhood + ?Sized>(n: &N, send: &[T], r: Counts, op
             ffi::send_ptr(send),
             send.len(),
             ffi::recv_ptr(&mut data),
-            r.mpi.as_ptr(),
-            r.displs.as_ptr(),
+            r.mpi().as_ptr(),
+            r.displs().as_ptr(),
             c.raw,
             op,
             c.rank,
         )?
     };
-    Ok(Blocks::new(data, r.elems_vec()))
+    Ok(Blocks::new(data, re.to_vec()))
 }
 
 /// Starts a neighbour all-to-all on validated counts: MPI's, or phalanx's own messages where the
@@ -582,15 +644,14 @@ fn allgather<T: Pod, N: Neighbourhood + ?Sized>(n: &N, send: &[T], r: Counts, op
 fn start<T: Pod, N: Neighbourhood + ?Sized>(
     n: &N,
     send: Vec<T>,
-    s: Counts,
-    r: Counts,
+    counts: Box<(Counts, Counts)>,
+    (se, re): (&[usize], &[usize]),
     op: &'static str,
 ) -> Result<CollectiveRequest<Blocks<T>>> {
     let c: &Comm = n;
-    let mut data = vec![T::zeroed(); r.total];
+    let mut data = vec![T::zeroed(); counts.1.total];
     let Some(rep) = n.repeated() else {
-        // Boxed before MPI sees their addresses: the count arrays may be inline (`SmallVec`).
-        let counts = Box::new((s, r));
+        // The count arrays are boxed (MPI keeps their addresses; they may be inline).
         let (s, r) = &*counts;
         // SAFETY: the buffers and the boxed count arrays move into the request's closure (moving
         // a Vec or a Box does not move its heap block) and nobody touches them until completion;
@@ -598,17 +659,17 @@ fn start<T: Pod, N: Neighbourhood + ?Sized>(
         let req = unsafe {
             topo::ineighbor_alltoallv(
                 ffi::send_ptr(&send),
-                s.mpi.as_ptr(),
-                s.displs.as_ptr(),
+                s.mpi().as_ptr(),
+                s.displs().as_ptr(),
                 ffi::recv_ptr(&mut data),
-                r.mpi.as_ptr(),
-                r.displs.as_ptr(),
+                r.mpi().as_ptr(),
+                r.displs().as_ptr(),
                 c.raw,
                 op,
                 c.rank,
             )?
         };
-        let elems = r.elems_vec();
+        let elems = re.to_vec();
         return Ok(CollectiveRequest::new(
             req,
             op,
@@ -620,11 +681,11 @@ fn start<T: Pod, N: Neighbourhood + ?Sized>(
         ));
     };
     let (raw, rank) = (rep.comm.raw, c.rank);
-    let mut reqs = Vec::with_capacity(n.sources().len() + n.destinations().len());
+    let mut reqs = Reqs::with_capacity(n.sources().len() + n.destinations().len());
     let mut failed = Ok(());
     let mut at = 0;
     for (i, src) in n.sources().iter().enumerate() {
-        let (off, len) = (at, r.elems[i]);
+        let (off, len) = (at, re[i]);
         at += len;
         let Some(src) = *src else { continue };
         // SAFETY: `data`'s heap buffer moves into the request below, which waits for every
@@ -641,7 +702,7 @@ fn start<T: Pod, N: Neighbourhood + ?Sized>(
     }
     let mut at = 0;
     for (i, dst) in n.destinations().iter().enumerate() {
-        let (off, len) = (at, s.elems[i]);
+        let (off, len) = (at, se[i]);
         at += len;
         let Some(dst) = *dst else { continue };
         if failed.is_err() {
@@ -654,7 +715,7 @@ fn start<T: Pod, N: Neighbourhood + ?Sized>(
             Err(e) => failed = Err(e),
         }
     }
-    let elems = r.elems_vec();
+    let elems = re.to_vec();
     let req = CollectiveRequest::with_requests(
         reqs,
         op,
@@ -702,11 +763,12 @@ impl Neighbourhood for GraphComm {
 /// sources send (a neighbour all-to-all of the send counts first). Neighbour-wise collective.
 fn neighbour_counts<T: Pod, N: Neighbourhood + ?Sized>(
     n: &N,
-    send_len: usize,
+    (send_len, recv_have): (usize, Option<usize>),
     send_counts: &[usize],
     recv_counts: &[usize],
+    (s, r): (&mut Counts, &mut Counts),
     op: &'static str,
-) -> Result<(Counts, Counts)> {
+) -> Result<()> {
     let c: &Comm = n;
     let verify = c.will_check();
     let (nd, ns) = (n.destinations().len(), n.sources().len());
@@ -720,7 +782,7 @@ fn neighbour_counts<T: Pod, N: Neighbourhood + ?Sized>(
                 ));
             }
         }
-        let s = c.list_counts::<T>(send_counts, op)?;
+        c.fill_counts::<T>(send_counts, s, op)?;
         if s.total > send_len {
             return Err(c.err(
                 ErrorKind::InvalidArgument,
@@ -728,18 +790,15 @@ fn neighbour_counts<T: Pod, N: Neighbourhood + ?Sized>(
                 format!("send counts sum to {} but send has {send_len} elements", s.total),
             ));
         }
-        Ok((s, c.list_counts::<T>(recv_counts, op)?))
+        c.fill_counts::<T>(recv_counts, r, op)?;
+        c.recv_len(recv_have, r.total, op)
     })();
-    c.agree(
-        op,
-        local.as_ref().map(|_| ()).map_err(Clone::clone),
-        Signature { elem_size: elem_size::<T>(), ..Default::default() },
-    )?;
-    let (s, r) = local?;
+    c.agree(op, local, Signature { elem_size: elem_size::<T>(), ..Default::default() })?;
     if verify {
         let wire: Vec<u64> = send_counts.iter().map(|&x| x as u64).collect();
-        let (so, ro) = (c.list_counts::<u64>(&vec![1; nd], op)?, c.list_counts::<u64>(&vec![1; ns], op)?);
-        let incoming = exchange(n, &wire, so, ro, op)?.data;
+        let (oe, ie) = (vec![1; nd], vec![1; ns]);
+        let (so, ro) = (c.list_counts::<u64>(&oe, op)?, c.list_counts::<u64>(&ie, op)?);
+        let incoming = exchange(n, &wire, (&so, &oe), (&ro, &ie), op)?.data;
         let bad = (0..ns).find(|&i| n.sources()[i].is_some() && incoming[i] != recv_counts[i] as u64);
         let check = match bad {
             None => Ok(()),
@@ -756,5 +815,5 @@ fn neighbour_counts<T: Pod, N: Neighbourhood + ?Sized>(
         };
         c.agree_errors(op, check)?;
     }
-    Ok((s, r))
+    Ok(())
 }

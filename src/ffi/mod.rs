@@ -192,18 +192,26 @@ pub(crate) fn layout<T: Pod>() -> Layout {
 }
 
 /// Converts an element count to MPI's `int`, or says which operation overflowed it.
+#[inline]
 pub(crate) fn to_count(elems: usize, per_elem: usize, op: &'static str, rank: i32) -> Result<c_int> {
-    elems.checked_mul(per_elem).and_then(|n| c_int::try_from(n).ok()).ok_or_else(|| {
-        Error::new(
-            ErrorKind::CountOverflow,
-            op,
-            Some(rank),
-            format!(
-                "{elems} elements ({per_elem} MPI items each) exceed MPI's count limit of {} items; split the data",
-                c_int::MAX
-            ),
-        )
-    })
+    match elems.checked_mul(per_elem).and_then(|n| c_int::try_from(n).ok()) {
+        Some(n) => Ok(n),
+        None => Err(count_overflow(elems, per_elem, op, rank)),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn count_overflow(elems: usize, per_elem: usize, op: &'static str, rank: i32) -> Error {
+    Error::new(
+        ErrorKind::CountOverflow,
+        op,
+        Some(rank),
+        format!(
+            "{elems} elements ({per_elem} MPI items each) exceed MPI's count limit of {} items; split the data",
+            c_int::MAX
+        ),
+    )
 }
 
 /// The datatype and count a receive of `elems` elements of `T` posts: bytes whenever the byte count
