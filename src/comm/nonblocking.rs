@@ -16,7 +16,6 @@
 //! Open MPI 4.1 has no asynchronous progress: a nonblocking collective moves forward only inside
 //! MPI calls, so call `test` (or [`Scope::progress`]) now and then while computing.
 
-use std::any::Any;
 use std::marker::PhantomData;
 
 use bytemuck::Pod;
@@ -118,12 +117,6 @@ impl<O> Drop for CollectiveRequest<O> {
     }
 }
 
-/// A started operation and what must live as long as it (the count arrays of v-variants).
-struct Started {
-    req: MPI_Request,
-    keep: Box<dyn Any>,
-}
-
 impl Comm {
     // ---------------------------------------------------------------------------------------------
     // Starters shared by the owning and the scoped forms. Each checks its arguments, agrees in
@@ -131,16 +124,18 @@ impl Comm {
     //
     // Safety contract of every starter: the buffers stay valid until the request completes, those
     // MPI reads are not modified and those MPI writes are not accessed by anyone else until then.
+    // The same holds for `keep`, where v-variants write their count arrays: it must stay at its
+    // address, untouched, until completion (a box, or a slot of the scope).
     // ---------------------------------------------------------------------------------------------
 
-    unsafe fn start_ibarrier(&self) -> Result<Started> {
+    unsafe fn start_ibarrier(&self) -> Result<MPI_Request> {
         const OP: &str = "ibarrier";
         let _busy = self.begin(OP)?;
         self.agree(OP, Ok(()), Signature::default())?;
-        Ok(Started { req: ffi::ibarrier(self.raw, OP, self.rank)?, keep: Box::new(()) })
+        ffi::ibarrier(self.raw, OP, self.rank)
     }
 
-    unsafe fn start_ibroadcast<T: Pod>(&self, buf: &mut [T], root: i32) -> Result<Started> {
+    unsafe fn start_ibroadcast<T: Pod>(&self, buf: &mut [T], root: i32) -> Result<MPI_Request> {
         const OP: &str = "ibroadcast";
         let _busy = self.begin(OP)?;
         let local = self.check_root(root, OP);
@@ -154,10 +149,10 @@ impl Comm {
         self.check_root(root, OP)?;
         // SAFETY: forwarded from this function's contract.
         let req = unsafe { ffi::nonblocking::ibcast(ffi::recv_ptr(buf), buf.len(), root, self.raw, OP, self.rank)? };
-        Ok(Started { req, keep: Box::new(()) })
+        Ok(req)
     }
 
-    unsafe fn start_iallreduce<T: Pod>(&self, send: &[T], recv: &mut [T], op: Op) -> Result<Started> {
+    unsafe fn start_iallreduce<T: Pod>(&self, send: &[T], recv: &mut [T], op: Op) -> Result<MPI_Request> {
         const OP: &str = "iallreduce";
         let _busy = self.begin(OP)?;
         let resolved = op.resolve::<T>(OP, self.rank);
@@ -187,7 +182,7 @@ impl Comm {
                 self.rank,
             )?
         };
-        Ok(Started { req, keep: Box::new(()) })
+        Ok(req)
     }
 
     /// `recv` must hold the sum of `counts` on the root (it is not read elsewhere).
@@ -197,17 +192,14 @@ impl Comm {
         recv: &mut [T],
         counts: &[usize],
         root: i32,
-    ) -> Result<Started> {
+        keep: &mut Counts,
+    ) -> Result<MPI_Request> {
         const OP: &str = "igatherv";
         let _busy = self.begin(OP)?;
-        // Boxed before MPI sees their addresses: the arrays may be inline (`SmallVec`), and only a
-        // box keeps them in place while the request moves. Filled in place.
-        let mut keep = Box::<Counts>::default();
-        self.gather_counts::<T>(send.len(), counts, Some(recv.len()), root, &mut keep, OP)?;
+        self.gather_counts::<T>(send.len(), counts, Some(recv.len()), root, keep, OP)?;
         // SAFETY: forwarded from this function's contract; on the root every block lies inside
-        // `recv` (checked above); the arrays live in `keep`'s heap block, which goes into the
-        // returned `Started` and stays until completion.
-        let req = unsafe {
+        // `recv` (checked above); the count arrays are in `keep`.
+        unsafe {
             ffi::nonblocking::igatherv(
                 ffi::send_ptr(send),
                 send.len(),
@@ -218,33 +210,36 @@ impl Comm {
                 self.raw,
                 OP,
                 self.rank,
-            )?
-        };
-        Ok(Started { req, keep })
+            )
+        }
     }
 
-    unsafe fn start_iallgatherv<T: Pod>(&self, send: &[T], recv: &mut [T], counts: &[usize]) -> Result<Started> {
+    unsafe fn start_iallgatherv<T: Pod>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        keep: &mut Counts,
+    ) -> Result<MPI_Request> {
         const OP: &str = "iallgatherv";
         let _busy = self.begin(OP)?;
-        let mut g = Box::<Counts>::default();
-        self.allgather_counts::<T>(send.len(), counts, Some(recv.len()), &mut g, OP)?;
+        self.allgather_counts::<T>(send.len(), counts, Some(recv.len()), keep, OP)?;
         // SAFETY: as in `start_igatherv`, on every rank.
-        let req = unsafe {
+        unsafe {
             ffi::nonblocking::iallgatherv(
                 ffi::send_ptr(send),
                 send.len(),
                 ffi::recv_ptr(recv),
-                g.mpi().as_ptr(),
-                g.displs().as_ptr(),
+                keep.mpi().as_ptr(),
+                keep.displs().as_ptr(),
                 self.raw,
                 OP,
                 self.rank,
-            )?
-        };
-        Ok(Started { req, keep: g })
+            )
+        }
     }
 
-    unsafe fn start_ialltoall<T: Pod>(&self, send: &[T], recv: &mut [T]) -> Result<Started> {
+    unsafe fn start_ialltoall<T: Pod>(&self, send: &[T], recv: &mut [T]) -> Result<MPI_Request> {
         const OP: &str = "ialltoall";
         let _busy = self.begin(OP)?;
         let per = self.agree_alltoall::<T>(send.len(), recv.len(), OP)?;
@@ -252,7 +247,7 @@ impl Comm {
         let req = unsafe {
             ffi::nonblocking::ialltoall(ffi::send_ptr(send), ffi::recv_ptr(recv), per, self.raw, OP, self.rank)?
         };
-        Ok(Started { req, keep: Box::new(()) })
+        Ok(req)
     }
 
     unsafe fn start_ialltoallv<T: Pod>(
@@ -261,15 +256,14 @@ impl Comm {
         send_counts: &[usize],
         recv: &mut [T],
         recv_counts: &[usize],
-    ) -> Result<Started> {
+        keep: &mut (Counts, Counts),
+    ) -> Result<MPI_Request> {
         const OP: &str = "ialltoallv";
         let _busy = self.begin(OP)?;
-        let mut both = Box::<(Counts, Counts)>::default();
-        let (s, r) = &mut *both;
+        let (s, r) = keep;
         self.alltoall_counts::<T>(send.len(), send_counts, recv_counts, Some(recv.len()), (s, r), OP)?;
-        let (s, r) = &*both;
         // SAFETY: as in `start_igatherv`; every block lies inside its buffer (checked above).
-        let req = unsafe {
+        unsafe {
             ffi::nonblocking::ialltoallv(
                 ffi::send_ptr(send),
                 s.mpi().as_ptr(),
@@ -280,9 +274,8 @@ impl Comm {
                 self.raw,
                 OP,
                 self.rank,
-            )?
-        };
-        Ok(Started { req, keep: both })
+            )
+        }
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -299,8 +292,8 @@ impl Comm {
     #[doc(alias = "MPI_Ibarrier")]
     pub fn ibarrier(&self) -> Result<CollectiveRequest<()>> {
         // SAFETY: no buffer is involved.
-        let s = unsafe { self.start_ibarrier()? };
-        Ok(CollectiveRequest::new(s.req, "ibarrier", self.rank, Box::new(|| ())))
+        let req = unsafe { self.start_ibarrier()? };
+        Ok(CollectiveRequest::new(req, "ibarrier", self.rank, Box::new(|| ())))
     }
 
     /// Starts broadcasting the root's `data` into every rank's `data` (all ranks pass a vector of
@@ -315,8 +308,8 @@ impl Comm {
     pub fn ibroadcast<T: Pod>(&self, mut data: Vec<T>, root: i32) -> Result<CollectiveRequest<Vec<T>>> {
         // SAFETY: `data`'s heap buffer moves into the request's closure and is touched by nobody
         // until completion; Drop waits first; leaking the request leaks it.
-        let s = unsafe { self.start_ibroadcast(&mut data, root)? };
-        Ok(CollectiveRequest::new(s.req, "ibroadcast", self.rank, Box::new(move || data)))
+        let req = unsafe { self.start_ibroadcast(&mut data, root)? };
+        Ok(CollectiveRequest::new(req, "ibroadcast", self.rank, Box::new(move || data)))
     }
 
     /// Starts gathering every rank's `send` on `root`, `counts[r]` elements from rank r (the counts
@@ -335,14 +328,16 @@ impl Comm {
         root: i32,
     ) -> Result<CollectiveRequest<Option<Blocks<T>>>> {
         let mut recv = if self.rank == root { alloc_for::<T>(counts) } else { Vec::new() };
-        // SAFETY: both buffers and the count arrays move into the request and are touched by nobody
-        // until completion; Drop waits first; leaking the request leaks them.
-        let s = unsafe { self.start_igatherv(&send, &mut recv, counts, root)? };
+        // Boxed: MPI reads the count arrays until completion, and the box moves into the request.
+        let mut keep = Box::<Counts>::default();
+        // SAFETY: both buffers and the boxed count arrays move into the request (moving a Vec or a
+        // Box does not move its heap block) and are touched by nobody until completion; Drop waits
+        // first; leaking the request leaks them.
+        let req = unsafe { self.start_igatherv(&send, &mut recv, counts, root, &mut keep)? };
         // Checked on the root to be this list (as MPI received it).
         let elems = (self.rank == root).then(|| counts.to_vec());
-        let keep = s.keep;
         Ok(CollectiveRequest::new(
-            s.req,
+            req,
             "igatherv",
             self.rank,
             Box::new(move || {
@@ -367,12 +362,12 @@ impl Comm {
         } else {
             Vec::new()
         };
+        let mut keep = Box::<Counts>::default();
         // SAFETY: as in `igatherv`.
-        let s = unsafe { self.start_iallgatherv(&send, &mut recv, counts)? };
+        let req = unsafe { self.start_iallgatherv(&send, &mut recv, counts, &mut keep)? };
         let elems = counts.to_vec();
-        let keep = s.keep;
         Ok(CollectiveRequest::new(
-            s.req,
+            req,
             "iallgatherv",
             self.rank,
             Box::new(move || {
@@ -393,9 +388,9 @@ impl Comm {
     pub fn ialltoall<T: Pod>(&self, send: Vec<T>) -> Result<CollectiveRequest<Vec<T>>> {
         let mut recv = vec![T::zeroed(); send.len()];
         // SAFETY: as in `igatherv`.
-        let s = unsafe { self.start_ialltoall(&send, &mut recv)? };
+        let req = unsafe { self.start_ialltoall(&send, &mut recv)? };
         Ok(CollectiveRequest::new(
-            s.req,
+            req,
             "ialltoall",
             self.rank,
             Box::new(move || {
@@ -426,12 +421,12 @@ impl Comm {
         } else {
             Vec::new()
         };
+        let mut keep = Box::<(Counts, Counts)>::default();
         // SAFETY: as in `igatherv`.
-        let s = unsafe { self.start_ialltoallv(&send, send_counts, &mut recv, recv_counts)? };
+        let req = unsafe { self.start_ialltoallv(&send, send_counts, &mut recv, recv_counts, &mut keep)? };
         let elems = recv_counts.to_vec();
-        let keep = s.keep;
         Ok(CollectiveRequest::new(
-            s.req,
+            req,
             "ialltoallv",
             self.rank,
             Box::new(move || {
@@ -453,8 +448,8 @@ pub(super) fn alloc_for<T: Pod>(counts: &[usize]) -> Vec<T> {
 }
 
 impl<'scope, 'env> Scope<'scope, 'env> {
-    fn started(&'scope self, s: Started, op: &'static str) -> ScopedCollective<'scope> {
-        let idx = self.push_collective(s.req, s.keep);
+    fn started(&'scope self, req: MPI_Request, op: &'static str) -> ScopedCollective<'scope> {
+        let idx = self.push_collective(req);
         self.collective_handle(idx, op)
     }
 
@@ -520,8 +515,11 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         counts: &[usize],
         root: i32,
     ) -> Result<ScopedCollective<'scope>> {
-        // SAFETY: as in `iallreduce`; the count arrays go into the scope's keep list.
-        let s = unsafe { self.comm().start_igatherv(send, recv, counts, root)? };
+        let keep = self.count_slot();
+        // SAFETY: as in `iallreduce`; the count arrays are in a slot of the scope that no one else
+        // was given, which stays in place, untouched, until the scope has waited for every
+        // request (the slots are dropped with the scope).
+        let s = unsafe { self.comm().start_igatherv(send, recv, counts, root, &mut (*keep).0)? };
         Ok(self.started(s, "igatherv"))
     }
 
@@ -540,8 +538,9 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         recv: &'scope mut [T],
         counts: &[usize],
     ) -> Result<ScopedCollective<'scope>> {
-        // SAFETY: as in `igatherv`.
-        let s = unsafe { self.comm().start_iallgatherv(send, recv, counts)? };
+        let keep = self.count_slot();
+        // SAFETY: as in `igatherv`; `keep` is a slot no one else was given.
+        let s = unsafe { self.comm().start_iallgatherv(send, recv, counts, &mut (*keep).0)? };
         Ok(self.started(s, "iallgatherv"))
     }
 
@@ -577,8 +576,9 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         recv: &'scope mut [T],
         recv_counts: &[usize],
     ) -> Result<ScopedCollective<'scope>> {
-        // SAFETY: as in `igatherv`.
-        let s = unsafe { self.comm().start_ialltoallv(send, send_counts, recv, recv_counts)? };
+        let keep = self.count_slot();
+        // SAFETY: as in `igatherv`; `keep` is a slot no one else was given.
+        let s = unsafe { self.comm().start_ialltoallv(send, send_counts, recv, recv_counts, &mut *keep)? };
         Ok(self.started(s, "ialltoallv"))
     }
 }

@@ -23,13 +23,14 @@
 //! blocks until they do). A cancelled receive leaves its message, if one comes, for
 //! a later receive; a send waits until MPI is done with its buffer.
 
-use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell, UnsafeCell};
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 
 use bytemuck::Pod;
 use smallvec::SmallVec;
 
+use super::counts::Counts;
 use super::p2p::{Source, Status, Tag};
 use super::Comm;
 use crate::error::Result;
@@ -38,6 +39,58 @@ use crate::ffi::{self, MPI_Request, MPI_Status};
 // A scope's requests, inline for the usual few (MPI keeps no pointer to a handle after a call).
 type Reqs = SmallVec<[MPI_Request; 4]>;
 type Done = SmallVec<[Option<MPI_Status>; 4]>;
+
+/// Count arrays of a scope's nonblocking v-collectives: the first `SLOTS` in the scope itself (it
+/// stays in place while borrowed), so the usual one or two per scope allocate nothing; later ones
+/// boxed. Nothing is initialised before it is handed out.
+struct CountSlots {
+    inline: [UnsafeCell<MaybeUninit<(Counts, Counts)>>; SLOTS],
+    used: Cell<usize>,
+    // From `Box::into_raw`, freed on drop.
+    boxed: RefCell<Vec<*mut (Counts, Counts)>>,
+}
+
+const SLOTS: usize = 2;
+
+impl CountSlots {
+    fn new() -> Self {
+        CountSlots {
+            inline: [const { UnsafeCell::new(MaybeUninit::uninit()) }; SLOTS],
+            used: Cell::new(0),
+            boxed: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// A pair no one else has been given, initialised empty.
+    fn take(&self) -> *mut (Counts, Counts) {
+        let i = self.used.get();
+        if i < SLOTS {
+            self.used.set(i + 1);
+            let p = self.inline[i].get().cast::<(Counts, Counts)>();
+            // SAFETY: slot `i` was never handed out (`used` counts the ones that were), so
+            // nothing refers to it; writing initialises it.
+            unsafe { p.write(Default::default()) };
+            p
+        } else {
+            let p = Box::into_raw(Box::<(Counts, Counts)>::default());
+            self.boxed.borrow_mut().push(p);
+            p
+        }
+    }
+}
+
+impl Drop for CountSlots {
+    fn drop(&mut self) {
+        for slot in &mut self.inline[..self.used.get()] {
+            // SAFETY: the first `used` slots were initialised by `take`; dropped once, here.
+            unsafe { slot.get_mut().assume_init_drop() };
+        }
+        for &p in self.boxed.get_mut().iter() {
+            // SAFETY: made by `Box::into_raw` in `take`, freed once, here.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
 
 /// A region in which nonblocking operations may borrow buffers; see [`Comm::scope`].
 ///
@@ -69,9 +122,9 @@ pub struct Scope<'scope, 'env: 'scope> {
     done: RefCell<Done>,
     // The indices of the receives (cancelled, not only waited for, when the scope unwinds).
     receives: RefCell<Vec<usize>>,
-    // What nonblocking collectives need until they complete besides the borrowed buffers (the
-    // count arrays of v-collectives): freed only when the scope ends, after every wait.
-    keep: RefCell<SmallVec<[Box<dyn Any>; 2]>>,
+    // The count arrays of nonblocking v-collectives, which MPI reads until they complete: dropped
+    // only with the scope, after every wait.
+    counts: CountSlots,
     _scope: PhantomData<&'scope mut &'scope ()>,
     _env: PhantomData<&'env mut &'env ()>,
 }
@@ -134,7 +187,7 @@ impl Comm {
             reqs: RefCell::new(Reqs::new()),
             done: RefCell::new(Done::new()),
             receives: RefCell::new(Vec::new()),
-            keep: RefCell::new(SmallVec::new()),
+            counts: CountSlots::new(),
             _scope: PhantomData,
             _env: PhantomData,
         };
@@ -164,13 +217,15 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         r.len() - 1
     }
 
-    /// Registers a nonblocking collective with what must outlive it.
-    pub(super) fn push_collective(&'scope self, req: MPI_Request, keep: Box<dyn Any>) -> usize {
-        // Nothing to keep for most (a unit box allocates nothing; its list entry would).
-        if !keep.is::<()>() {
-            self.keep.borrow_mut().push(keep);
-        }
+    /// Registers a nonblocking collective.
+    pub(super) fn push_collective(&'scope self, req: MPI_Request) -> usize {
         self.push(req, false)
+    }
+
+    /// A new, empty pair of count arrays that stays at its address, and is touched by nobody else,
+    /// until the scope is dropped (after it has waited for every request).
+    pub(super) fn count_slot(&'scope self) -> *mut (Counts, Counts) {
+        self.counts.take()
     }
 
     pub(super) fn collective_handle(&'scope self, idx: usize, op: &'static str) -> ScopedCollective<'scope> {
