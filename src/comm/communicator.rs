@@ -438,35 +438,32 @@ impl Comm {
     }
 
     /// Validates a peer rank (`MPI_PROC_NULL` is not accepted here: phalanx uses `Option`).
+    #[inline]
     pub(crate) fn check_peer(&self, peer: i32, what: &str, op: &'static str) -> Result<()> {
         if peer < 0 || peer >= self.size {
-            return Err(self.err(
-                ErrorKind::InvalidRank,
-                op,
-                format!("{what} rank {peer} is outside 0..{} (communicator size {})", self.size, self.size),
-            ));
+            return Err(self.cold_err(ErrorKind::InvalidRank, op, || {
+                format!("{what} rank {peer} is outside 0..{} (communicator size {})", self.size, self.size)
+            }));
         }
         Ok(())
     }
 
+    #[inline]
     pub(crate) fn check_root(&self, root: i32, op: &'static str) -> Result<()> {
         if root < 0 || root >= self.size {
-            return Err(self.err(
-                ErrorKind::InvalidRoot,
-                op,
-                format!("root {root} is outside 0..{} (communicator size {})", self.size, self.size),
-            ));
+            return Err(self.cold_err(ErrorKind::InvalidRoot, op, || {
+                format!("root {root} is outside 0..{} (communicator size {})", self.size, self.size)
+            }));
         }
         Ok(())
     }
 
+    #[inline]
     pub(crate) fn check_tag(&self, tag: i32, op: &'static str) -> Result<()> {
         if tag < 0 || tag > self.tag_ub {
-            return Err(self.err(
-                ErrorKind::InvalidTag,
-                op,
-                format!("tag {tag} is outside 0..={} (MPI_TAG_UB)", self.tag_ub),
-            ));
+            return Err(self.cold_err(ErrorKind::InvalidTag, op, || {
+                format!("tag {tag} is outside 0..={} (MPI_TAG_UB)", self.tag_ub)
+            }));
         }
         Ok(())
     }

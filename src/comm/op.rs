@@ -67,8 +67,21 @@ const ALL: [Op; 10] = [
 ];
 
 impl Op {
+    /// The position in `ALL` (a match, not a search: every reduction asks).
+    #[inline]
     pub(crate) fn index(self) -> usize {
-        ALL.iter().position(|&o| o == self).unwrap_or(0)
+        match self {
+            Op::Sum => 0,
+            Op::Prod => 1,
+            Op::Min => 2,
+            Op::Max => 3,
+            Op::LogicalAnd => 4,
+            Op::LogicalOr => 5,
+            Op::LogicalXor => 6,
+            Op::BitAnd => 7,
+            Op::BitOr => 8,
+            Op::BitXor => 9,
+        }
     }
 
     pub(crate) fn name_of(index: i64) -> String {
@@ -221,4 +234,17 @@ pub(crate) fn with_closure<T: Pod, F: Fn(&T, &T) -> T + Sync, R>(
     lent().push((k, Erased(f as *const F as *const (), apply::<T, F>)));
     let _lending = Lending(k);
     body(mpi_op.0, dt.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Op, ALL};
+
+    #[test]
+    fn index_is_the_place_in_all() {
+        for (i, op) in ALL.iter().enumerate() {
+            assert_eq!(op.index(), i, "{op:?}");
+            assert_eq!(Op::name_of(i as i64), format!("{op:?}"));
+        }
+    }
 }

@@ -46,6 +46,7 @@ pub struct Status {
 
 impl Comm {
     /// Checks a receive's arguments; the operation counts as running while the guard lives.
+    #[inline]
     pub(crate) fn recv_args(&self, source: Source, tag: Tag, op: &'static str) -> Result<(i32, i32, Busy)> {
         let busy = self.begin(op)?;
         let src = match source {
@@ -65,6 +66,7 @@ impl Comm {
         Ok((src, tag, busy))
     }
 
+    #[inline]
     fn send_args(&self, dest: i32, tag: Tag, op: &'static str) -> Result<Busy> {
         let busy = self.begin(op)?;
         self.check_peer(dest, "destination", op)?;

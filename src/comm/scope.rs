@@ -120,8 +120,9 @@ pub struct Scope<'scope, 'env: 'scope> {
     reqs: RefCell<Reqs>,
     // Statuses of requests that `progress` found complete, kept for their handles' `wait`.
     done: RefCell<Done>,
-    // The indices of the receives (cancelled, not only waited for, when the scope unwinds).
-    receives: RefCell<Vec<usize>>,
+    // Which requests are receives, one bit each (cancelled, not only waited for, when the scope
+    // unwinds).
+    receives: RefCell<SmallVec<[u64; 2]>>,
     // The count arrays of nonblocking v-collectives, which MPI reads until they complete: dropped
     // only with the scope, after every wait.
     counts: CountSlots,
@@ -186,7 +187,7 @@ impl Comm {
             comm: self,
             reqs: RefCell::new(Reqs::new()),
             done: RefCell::new(Done::new()),
-            receives: RefCell::new(Vec::new()),
+            receives: RefCell::new(SmallVec::new()),
             counts: CountSlots::new(),
             _scope: PhantomData,
             _env: PhantomData,
@@ -207,14 +208,25 @@ impl Comm {
 }
 
 impl<'scope, 'env> Scope<'scope, 'env> {
+    #[inline]
     fn push(&'scope self, req: MPI_Request, is_recv: bool) -> usize {
         let mut r = self.reqs.borrow_mut();
-        r.push(req);
-        self.done.borrow_mut().push(None);
-        if is_recv {
-            self.receives.borrow_mut().push(r.len() - 1);
+        if r.len() == r.capacity() {
+            // Past the inline few, grow in large steps: a scope with many requests (a window of
+            // messages) would otherwise reallocate at 8, 16, 32, ...
+            let n = r.len();
+            r.reserve(n.max(60));
         }
-        r.len() - 1
+        r.push(req);
+        let idx = r.len() - 1;
+        if is_recv {
+            let mut bits = self.receives.borrow_mut();
+            if bits.len() <= idx / 64 {
+                bits.resize(idx / 64 + 1, 0);
+            }
+            bits[idx / 64] |= 1 << (idx % 64);
+        }
+        idx
     }
 
     /// Registers a nonblocking collective.
@@ -245,6 +257,8 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     pub fn progress(&self) -> Result<bool> {
         let mut reqs = self.reqs.borrow_mut();
         let mut done = self.done.borrow_mut();
+        // Statuses are kept only once `progress` is used (`wait` asks MPI otherwise).
+        done.resize(reqs.len(), None);
         let mut all = true;
         for (r, d) in reqs.iter_mut().zip(done.iter_mut()) {
             if *r == ffi::request_null() {
@@ -338,9 +352,11 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     /// waits for every request, so that MPI has let go of every borrowed buffer.
     fn cancel_and_wait(&self) {
         let mut reqs = self.reqs.borrow_mut();
-        for &i in self.receives.borrow().iter() {
-            if reqs[i] != ffi::request_null() {
-                ffi::cancel(&mut reqs[i]);
+        let bits = self.receives.borrow();
+        for (i, r) in reqs.iter_mut().enumerate() {
+            let is_recv = bits.get(i / 64).is_some_and(|b| b & (1 << (i % 64)) != 0);
+            if is_recv && *r != ffi::request_null() {
+                ffi::cancel(r);
             }
         }
         let mut st: SmallVec<[MPI_Status; 4]> = smallvec::smallvec![ffi::new_status(); reqs.len()];
@@ -372,7 +388,7 @@ fn wait_one(
     op: &'static str,
     rank: i32,
 ) -> (Result<()>, MPI_Status) {
-    if let Some(st) = done.borrow_mut()[idx].take() {
+    if let Some(st) = done.borrow_mut().get_mut(idx).and_then(Option::take) {
         return (Ok(()), st);
     }
     let mut r = reqs.borrow_mut();
