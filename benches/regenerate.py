@@ -468,6 +468,88 @@ def render_balance(bl):
     return "\n".join(L)
 
 
+SMALL_BEGIN = "<!-- small: written by benches/regenerate (--small-table refreshes this section alone) -->"
+SMALL_END = "<!-- /small -->"
+SMALL = ["latency", "bandwidth", "bibw", "allreduce"]
+
+
+def runs_of(ranks, only, runs, blocks, *extra):
+    """`runs` separate commbench runs (each alternating `blocks` pairs of blocks); the rows of each."""
+    out = []
+    for i in range(runs):
+        log(f"{only}: commbench run {i + 1} of {runs}, {ranks} ranks")
+        out.append(last_json(sh(mpirun(ranks, f"{EX}/commbench", "--json", "--only", only, "--blocks", blocks,
+                                       *extra)))["rows"])
+    return out
+
+
+def across_runs(runs):
+    """Per (bench, bytes): the median over runs of each run's median pair ratio, the ratio of the best
+    runs (the lowest time, or the highest MB/s, of each side), and each side's figures."""
+    by = {}
+    for rows in runs:
+        for x in rows:
+            by.setdefault((x["bench"], x["bytes"]), []).append(x)
+    out = []
+    for (bench, size), xs in by.items():
+        higher = xs[0]["unit"] == "MB/s"
+        best = (lambda v: max(v)) if higher else (lambda v: min(v))
+        ph, rs = [x["phalanx"] for x in xs], [x["rsmpi"] for x in xs]
+        out.append({"bench": bench, "bytes": size, "unit": xs[0]["unit"], "ratio": med([x["ratio"] for x in xs]),
+                    "best_ratio": best(ph) / best(rs), "phalanx": med(ph), "rsmpi": med(rs),
+                    "ratios": [x["ratio"] for x in xs]})
+    return out
+
+
+def vm_mode(latency_8b_us):
+    """This VM's mode from raw rsmpi's own 8 B latency (fast about 0.2-0.3 us, slow 0.5 us and more)."""
+    return "fast" if latency_8b_us < 0.4 else "slow"
+
+
+def small_section(runs=9, blocks=9, iters=20000):
+    """Small messages (8 B - 1 KiB) against raw rsmpi: the per-call cost phalanx adds, over several
+    runs (the VM's mode changes between runs). Blocks of `iters` iterations (10x commbench's default:
+    a block of the default lasts under a millisecond, where one descheduling shows)."""
+    rr = runs_of(2, ",".join(SMALL), runs, blocks, "--max-size", 1024, "--iters", iters)
+    modes = [vm_mode(next(x["rsmpi"] for x in rows if x["bench"] == "latency" and x["bytes"] == 8)) for rows in rr]
+    return {"runs": runs, "blocks": blocks, "iters": iters, "rows": across_runs(rr), "modes": modes}
+
+
+def render_small(sm):
+    L = [SMALL_BEGIN, "## Small messages: what phalanx adds per call", ""]
+    w = L.append
+    nf, ns = sm["modes"].count("fast"), sm["modes"].count("slow")
+    w(f"`commbench --only {','.join(SMALL)} --max-size 1024 --iters {sm['iters']}` at 2 ranks, {sm['runs']} "
+      f"separate runs of {sm['blocks']} alternating pairs of blocks each (which side goes first alternates too; "
+      f"{sm['iters']} round trips or all-reduces, or {sm['iters'] // 10} windows of 64 messages, per block), with the defaults a "
+      "user gets (checked mode sampled, no watchdog). Per figure: the median over the runs of each run's median "
+      "pair ratio, and the ratio of the best runs (phalanx's best against raw rsmpi's best). "
+      f"The VM was in its fast mode in {nf} runs and in its slow mode in {ns} (told by raw rsmpi's own 8 B "
+      "latency: below 0.4 us fast). Targets ([perf]): latency and all-reduce <= 1.02, bandwidth and "
+      "bidirectional bandwidth >= 0.98.")
+    w("")
+    w("```sh\nbenches/regenerate --small-table\n```\n")
+    w("| figure | 8 B | 64 B | 256 B | 1 KiB | target |")
+    w("|---|---|---|---|---|---|")
+    rows = {(x["bench"], x["bytes"]): x for x in sm["rows"]}
+    target = {"latency": "<= 1.02", "allreduce": "<= 1.02", "bandwidth": ">= 0.98", "bibw": ">= 0.98"}
+    for b in SMALL:
+        cells = []
+        for size in (8, 64, 256, 1024):
+            x = rows[(b, size)]
+            cells.append(f"{x['ratio']:.3f} (best {x['best_ratio']:.3f})")
+        w(f"| {b} | " + " | ".join(cells) + f" | {target[b]} |")
+    w("")
+    w("Each ratio is phalanx / raw rsmpi: above 1 is slower for latency and all-reduce (microseconds), faster "
+      "for the bandwidths (MB/s). The per-run ratios of one figure spread over several per cent from run to run "
+      "(lowest-highest):")
+    w("")
+    spread = [(x["bench"], x["bytes"], min(x["ratios"]), max(x["ratios"])) for x in sm["rows"]]
+    w("; ".join(f"{b} {n} B {lo:.3f}-{hi:.3f}" for b, n, lo, hi in spread) + ".")
+    w(SMALL_END)
+    return "\n".join(L)
+
+
 API_BEGIN = "<!-- api: written by benches/regenerate (--api-table refreshes this section alone) -->"
 API_END = "<!-- /api -->"
 
@@ -475,8 +557,9 @@ API_END = "<!-- /api -->"
 def api_section(blocks=7):
     """The wider API against rsmpi or raw MPI (commbench --only api, 2 ranks), and the halo exchange
     through each transport against the point-to-point plan at 1-4 ranks and on the emulated cluster."""
-    log("api: commbench --only api, 2 ranks")
-    api = last_json(sh(mpirun(2, f"{EX}/commbench", "--json", "--only", "api", "--blocks", blocks)))
+    api = across_runs(runs_of(2, "api", 5, blocks))
+    log("api: commbench --only api, 1 rank (the cost phalanx adds, without a peer's noise)")
+    one = across_runs(runs_of(1, "api", 3, blocks, "--max-size", 8))
     halo = {}
     grid = ["--n2", 2048, "--n3", 128]
     for n in (1, 2, 3, 4):
@@ -493,7 +576,7 @@ def api_section(blocks=7):
                                     "--blocks", str(blocks)] + [str(x) for x in grid]))
         finally:
             subprocess.run([cl, "down"], capture_output=True)
-    return {"blocks": blocks, "api": api["rows"], "halo": {k: v["rows"] for k, v in halo.items()},
+    return {"blocks": blocks, "api": api, "one": one, "halo": {k: v["rows"] for k, v in halo.items()},
             "cluster": cluster["rows"] if cluster else None, "grid": grid}
 
 
@@ -502,21 +585,28 @@ def render_api(a):
     w = L.append
     w(f"`commbench --only api` at 2 ranks: each operation through phalanx against the same operation in the same "
       f"run, rsmpi where rsmpi 0.8.2 has it and raw `mpi::ffi` where it has not (`MPI_Reduce_scatter`, neighbourhood "
-      f"collectives, persistent requests); median of {a['blocks']} alternating blocks, microseconds per call (the "
-      "slowest rank's mean). Nonblocking operations are started and waited for at once (scoped forms, the "
-      "receive buffers kept); `allgatherv_counts` passes the counts, `allgatherv_inferred` lets phalanx learn "
-      "them (one extra all-gather); neighbourhood collectives run on a non-periodic 1-D Cartesian communicator.")
+      f"collectives, persistent requests), microseconds per call (the slowest rank's mean). 5 separate runs of "
+      f"{a['blocks']} alternating pairs of blocks: the median over the runs of each run's median pair ratio, and "
+      "the ratio of the best runs. Nonblocking operations are started and waited for at once (scoped forms, the "
+      "receive buffers kept); `allgatherv_counts` passes the counts and returns blocks (allocated per call, as "
+      "the reference's receive buffer is), `allgatherv_into` and `neighbour_alltoallv_into` write into the "
+      "caller's buffer (the reference's kept too), `allgatherv_inferred` lets phalanx learn the counts (one "
+      "extra all-gather); neighbourhood collectives run on a non-periodic 1-D Cartesian communicator. "
+      "Added at 1 rank: phalanx's time minus the reference's at 8 B on one rank, where no peer adds noise "
+      "(median of 3 runs): the cost of phalanx's own work per call.")
     w("")
     w("```sh\nbenches/regenerate --api-table\nmpirun -n 2 target/release/examples/commbench --only api\n```\n")
-    w("| operation | 8 B phalanx | 8 B reference | ratio | 4 KiB ratio | 64 KiB ratio |")
-    w("|---|---|---|---|---|---|")
+    w("| operation | 8 B phalanx | 8 B reference | ratio (best) | 4 KiB ratio | 64 KiB ratio | added at 1 rank |")
+    w("|---|---|---|---|---|---|---|")
     rows = {}
     for r in a["api"]:
         rows.setdefault(r["bench"], {})[r["bytes"]] = r
+    one = {r["bench"]: r for r in a["one"]}
     for name, by in rows.items():
         small = by.get(8)
-        w(f"| {name} | {small['phalanx']:.3f} us | {small['rsmpi']:.3f} us | {small['ratio']:.3f} | "
-          f"{by[4096]['ratio']:.3f} | {by[65536]['ratio']:.3f} |")
+        added = (one[name]["phalanx"] - one[name]["rsmpi"]) * 1000 if name in one else float("nan")
+        w(f"| {name} | {small['phalanx']:.3f} us | {small['rsmpi']:.3f} us | {small['ratio']:.3f} "
+          f"({small['best_ratio']:.3f}) | {by[4096]['ratio']:.3f} | {by[65536]['ratio']:.3f} | {added:.0f} ns |")
     w("")
     n2, n3 = a["grid"][1], a["grid"][3]
     w(f"Halo exchange through each transport (`commbench --only halo_transports --n2 {n2} --n3 {n3}`): the "
@@ -868,6 +958,8 @@ def render(r):
 
     if r.get("mpi_matrix"):
         w(render_mpi_matrix(r["mpi_matrix"]) + "\n")
+    if "small" in r:
+        w(render_small(r["small"]) + "\n")
     w("## Communication against raw rsmpi, over message sizes\n")
     w("```sh\nmpirun -n 2 target/release/examples/commbench --json --blocks 7\n```\n")
     w("Each figure alternates 7 timed blocks of phalanx's typed API and of the same operation written with")
@@ -1134,6 +1226,8 @@ def main():
                             "## Kernels under criterion", "load balancing"),
         "--api-table": ("api", api_section, render_api, API_BEGIN, API_END, "## Kernels under criterion",
                         "wider API"),
+        "--small-table": ("small", small_section, render_small, SMALL_BEGIN, SMALL_END,
+                          "## Communication against raw rsmpi", "small-message"),
     }
     for flag, (key, measure, draw, begin, end, before, what) in sections.items():
         if flag not in sys.argv:
@@ -1180,6 +1274,7 @@ def main():
     r["md"] = md_section()
     r["balance"] = balance_section()
     r["api"] = api_section()
+    r["small"] = small_section()
     r["timers"] = timers()
     r["checkpoints"] = checkpoints()
     r["recovery"] = recovery()
