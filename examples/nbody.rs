@@ -27,7 +27,9 @@ use clap::Parser;
 mod common;
 use phalanx::comm::{Op, ThreadConfig};
 use phalanx::decomp::field_hash_of;
-use phalanx::kernels::nbody::{serial_reference, uses_avx2, NBody};
+use phalanx::kernels::nbody::{
+    accumulate_forces_with, fast_kernel, serial_reference, uses_avx2, Bodies, NBody, Precision,
+};
 use phalanx::runtime::PinPolicy;
 use phalanx::services::checkpoint::{Checkpoint, CheckpointStore};
 use phalanx::services::recovery::{self, Snapshot};
@@ -55,9 +57,17 @@ struct Args {
     /// Thread pinning: none, compact, spread or auto [default: PHALANX_PIN or auto].
     #[arg(long)]
     pin: Option<PinPolicy>,
+    /// Force kernel: ieee (bit-identical to the plain scalar loop) or fast (approximate reciprocal
+    /// square root refined by Newton steps, each force within 1e-12 of ieee; needs AVX2 and FMA).
+    #[arg(long, default_value = "ieee")]
+    precision: Precision,
     /// Compare with a serial computation (maximum relative error at most 1e-12; small runs).
     #[arg(long)]
     check: bool,
+    /// Time the force kernel alone instead of a simulation: all pairs of this many bodies on one
+    /// core, best of 10 passes, one JSON line with interactions/s (as benches/c/nbody_ref.c prints).
+    #[arg(long, value_name = "BODIES")]
+    kernel_only: Option<usize>,
     /// Print a JSON summary as the last line of standard output (rank 0).
     #[arg(long)]
     json: bool,
@@ -107,6 +117,7 @@ fn solve(
     let threads = world.start_threads(ThreadConfig::from_options(args.threads, args.pin))?;
     let pool = threads.pool();
     let mut sim = NBody::new(world, args.bodies, args.eps)?;
+    sim.set_precision(args.precision);
     let root = world.rank() == 0;
     let mut first = 0;
     let mut e0 = None;
@@ -256,7 +267,12 @@ fn solve(
             args.bodies,
             world.size(),
             threads.threads(),
-            if uses_avx2() { "AVX2 kernel" } else { "baseline kernel" }
+            match (args.precision, fast_kernel(), uses_avx2()) {
+                (Precision::Fast, Some("avx512"), _) => "fast kernel: AVX-512, approximate 1/sqrt",
+                (Precision::Fast, Some(_), _) => "fast kernel: AVX2 and FMA, approximate 1/sqrt",
+                (_, _, true) => "AVX2 kernel",
+                _ => "baseline kernel",
+            }
         );
         if args.json {
             let j = serde_json::json!({
@@ -266,7 +282,8 @@ fn solve(
                 "recoveries": at.map(|a| a.recoveries()), "recovery_seconds": at.map(|a| a.recovery_seconds()),
                 "steps_recomputed": recovering.map(|(_, [_, r])| r.get()),
                 "seconds": seconds, "interactions_per_s": ips, "energy_drift": drift,
-                "avx2": uses_avx2(), "check": check,
+                "avx2": uses_avx2(), "precision": format!("{:?}", args.precision).to_lowercase(),
+                "fast_kernel": fast_kernel().filter(|_| args.precision == Precision::Fast), "check": check,
             });
             println!("{j}");
         }
@@ -274,8 +291,35 @@ fn solve(
     world.allreduce(code, Op::Max)
 }
 
+/// `--kernel-only N`: the force kernel alone, as benches/c/nbody_ref.c times its loop.
+fn kernel_only(n: usize, precision: Precision, eps: f64) -> std::process::ExitCode {
+    let b = Bodies::cluster(n, 0..n);
+    let mut src = Vec::with_capacity(4 * n);
+    for a in [&b.x, &b.y, &b.z, &b.m] {
+        src.extend_from_slice(a);
+    }
+    let (mut ax, mut ay, mut az) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    let mut pass = || {
+        let t0 = Instant::now();
+        accumulate_forces_with(precision, [&b.x, &b.y, &b.z], &src, eps * eps, [&mut ax, &mut ay, &mut az]);
+        t0.elapsed().as_secs_f64()
+    };
+    pass(); // warm-up
+    let best = (0..10).map(|_| pass()).fold(f64::INFINITY, f64::min);
+    println!(
+        "{}",
+        serde_json::json!({"n": n, "precision": format!("{precision:?}").to_lowercase(),
+            "fast_kernel": fast_kernel().filter(|_| precision == Precision::Fast),
+            "interactions_per_s": (n * n) as f64 / best, "checksum": ax[0] + ay[n / 2]})
+    );
+    std::process::ExitCode::SUCCESS
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(n) = args.kernel_only {
+        return kernel_only(n.max(1), args.precision, args.eps);
+    }
     // An error on any rank prints it with the rank and ends the whole job (exit code 3) instead of
     // leaving the others waiting in a collective.
     phalanx::Runtime::builder().fault_tolerant(args.resilience.recover).run(|rt| run(rt, &args))

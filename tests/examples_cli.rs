@@ -109,6 +109,23 @@ fn nbody_json_and_check() {
     }
     assert_eq!(j["check"]["passed"], true);
     assert!(j["energy_drift"].as_f64().unwrap() < 1e-8);
+    // The fast kernel: within the same 1e-12 of the serial IEEE loop, and says which kernel ran.
+    let args = ["--bodies", "150", "--steps", "3", "--threads", "1", "--check", "--json", "--precision", "fast"];
+    let out = mpirun(2, &example("nbody"), &args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "nbody --precision fast failed: {}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("output")).expect("the last line is JSON");
+    assert_eq!(j["check"]["passed"], true, "{j}");
+    assert_eq!(j["precision"], "fast");
+    assert_eq!(j["fast_kernel"].as_str(), phalanx::kernels::nbody::fast_kernel(), "{j}");
+    let out = mpirun(1, &example("nbody"), &["--precision", "fastest"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown precision is a usage error");
 }
 
 /// Checkpoint options as a user meets them: --restart without a directory is a usage error (2); a

@@ -26,7 +26,7 @@ fn cell(from: usize, index: usize) -> Cell {
 
 /// Rank r sends `count(r)` elements: zero from even ranks above 0, so empty blocks are covered.
 fn count(r: usize) -> usize {
-    if r % 2 == 0 && r > 0 {
+    if r.is_multiple_of(2) && r > 0 {
         0
     } else {
         r + 2
@@ -329,7 +329,7 @@ fn misuse_nonblocking(c: &Comm) {
 /// 2-D grids for `size` ranks: `[size, 1]` and, where it factors, a squarer one.
 fn grids(size: usize) -> Vec<Vec<usize>> {
     let mut g = vec![vec![size], vec![size, 1], vec![1, size]];
-    if let Some(a) = (2..size).find(|a| size % a == 0) {
+    if let Some(a) = (2..size).find(|a| size.is_multiple_of(*a)) {
         g.push(vec![a, size / a]);
     }
     g

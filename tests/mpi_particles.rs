@@ -41,7 +41,7 @@ fn cloud(n: u64, b: &ParticleBox) -> Vec<P> {
             let mut x = [0.0; 3];
             for d in 0..3 {
                 // Every third coordinate hugs a side of the box.
-                let u = if (i + d as u64) % 3 == 0 {
+                let u = if (i + d as u64).is_multiple_of(3) {
                     if f(d as u64 + 7) < 0.5 {
                         0.001
                     } else {
@@ -306,7 +306,7 @@ fn lj_run(comm: &Comm, pool: &rayon::ThreadPool, cells: usize, steps: u64, shift
     let every = (steps / 4).max(1);
     for _ in 0..steps {
         md.step(pool).unwrap();
-        if md.step_number() % every == 0 {
+        if md.step_number().is_multiple_of(every) {
             out.push(md.thermo().unwrap());
         }
     }

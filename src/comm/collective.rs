@@ -300,7 +300,7 @@ impl Comm {
         let size = self.size as usize;
         let resolved = op.resolve::<T>(OP, self.rank);
         let local = self
-            .local_check(send.len() % size == 0, ErrorKind::InvalidArgument, OP, || {
+            .local_check(send.len().is_multiple_of(size), ErrorKind::InvalidArgument, OP, || {
                 format!("{} elements are not {size} equal blocks", send.len())
             })
             .and(resolved.as_ref().map(|_| ()).map_err(Clone::clone));
@@ -732,7 +732,7 @@ impl Comm {
     pub(super) fn agree_alltoall<T: Pod>(&self, send_len: usize, recv_len: usize, op: &'static str) -> Result<usize> {
         let size = self.size as usize;
         let local = self
-            .local_check(send_len % size == 0, ErrorKind::InvalidArgument, op, || {
+            .local_check(send_len.is_multiple_of(size), ErrorKind::InvalidArgument, op, || {
                 format!("{send_len} elements are not {size} equal blocks")
             })
             .and_then(|_| {

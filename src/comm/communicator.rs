@@ -207,7 +207,7 @@ impl Comm {
             CheckMode::Always => true,
             CheckMode::Sampled => {
                 let n = self.calls.load(Ordering::Relaxed);
-                n < SAMPLED_FIRST || n % SAMPLED_EVERY == 0
+                n < SAMPLED_FIRST || n.is_multiple_of(SAMPLED_EVERY)
             }
         }
     }

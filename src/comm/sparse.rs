@@ -125,7 +125,7 @@ impl Comm {
                 let (mut msg, st) = ffi::mprobe(st.MPI_SOURCE, tag, self.raw, OP, self.rank)?;
                 let bytes = ffi::status_bytes(&st);
                 let size = std::mem::size_of::<T>();
-                if bytes % size != 0 {
+                if !bytes.is_multiple_of(size) {
                     // Received anyway (as bytes), and the exchange goes on to its end, so that
                     // the peers are not left waiting for this rank in the barrier.
                     let mut sink = vec![0u8; bytes];
@@ -161,7 +161,7 @@ impl Comm {
             }
             // On an oversubscribed node a rank spinning here starves the ranks it waits for.
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now();
             }
         }

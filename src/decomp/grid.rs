@@ -180,7 +180,7 @@ fn factorisations(n: usize, k: usize) -> Vec<Vec<usize>> {
         return vec![vec![n]];
     }
     let mut out = Vec::new();
-    for f in (1..=n).rev().filter(|f| n % f == 0) {
+    for f in (1..=n).rev().filter(|f| n.is_multiple_of(*f)) {
         for mut rest in factorisations(n / f, k - 1) {
             rest.insert(0, f);
             out.push(rest);

@@ -456,7 +456,7 @@ impl DecompositionBuilder<'_> {
         if dims.is_none() && self.sizes.iter().any(Option::is_some) {
             // Dimensions with explicit blocks fix their extent; the rest share what remains.
             let fixed: usize = self.sizes.iter().flatten().map(Vec::len).product();
-            if fixed == 0 || size % fixed != 0 {
+            if fixed == 0 || !size.is_multiple_of(fixed) {
                 return Err(fail(format!(
                     "explicit block counts multiply to {fixed}, which does not divide {size} ranks"
                 )));

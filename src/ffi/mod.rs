@@ -523,7 +523,7 @@ pub(crate) fn status_count<T: Pod>(status: &MPI_Status) -> Option<usize> {
     let bytes = status_bytes(status);
     match std::mem::size_of::<T>() {
         0 => Some(0),
-        size => (bytes % size == 0).then_some(bytes / size),
+        size => bytes.is_multiple_of(size).then_some(bytes / size),
     }
 }
 

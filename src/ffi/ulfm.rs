@@ -259,7 +259,7 @@ pub(crate) fn waitall_keep(
             check(unsafe { sys::MPI_Request_get_status(*r, &mut flag, s) }, op, rank)?;
             all &= flag != 0;
         }
-        if all || once || polls % 64 == 0 {
+        if all || once || polls.is_multiple_of(64) {
             if let Some(class) = broken(comm, op, rank)? {
                 reqs.iter_mut().for_each(|r| *r = super::request_null());
                 return check(class, op, rank).map(|_| false);

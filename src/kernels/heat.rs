@@ -163,7 +163,7 @@ fn row_stream_avx2(nb: Neighbours<'_>, o: &mut [f64], three_d: bool, r: f64) {
     };
     // Scalar head until the output is 32-byte aligned, streamed body, scalar tail.
     let mut i = 0;
-    while i < len && (o[i..].as_ptr() as usize) % 32 != 0 {
+    while i < len && !(o[i..].as_ptr() as usize).is_multiple_of(32) {
         o[i] = scalar(i);
         i += 1;
     }

@@ -440,7 +440,7 @@ fn recv_probed<T: Particle>(comm: &crate::comm::Comm, q: i32, into: &mut Vec<T>)
     let (mut msg, st) = ffi::mprobe(q, TAG_BORDERS, comm.raw, OP, comm.rank)?;
     let bytes = ffi::status_bytes(&st);
     let size = std::mem::size_of::<T>();
-    if bytes % size != 0 {
+    if !bytes.is_multiple_of(size) {
         let mut sink = vec![0u8; bytes];
         let _ = ffi::mrecv(&mut sink, &mut msg, OP, comm.rank);
         return Err(comm.err(

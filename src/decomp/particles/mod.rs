@@ -364,7 +364,7 @@ impl<T: Particle> Particles<T> {
         self.owned = self.data.len();
         // Particles drift slowly: the order stays good for many migrations (LAMMPS sorts every
         // 1000 steps by default), and a sort costs about as much as the rest of a migration.
-        if self.migrations % SORT_EVERY == 0 {
+        if self.migrations.is_multiple_of(SORT_EVERY) {
             self.sort_by_cell();
         }
         self.migrations += 1;

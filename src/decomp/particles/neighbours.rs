@@ -281,7 +281,7 @@ impl VerletList {
     /// `migrate` since, without a build), [`ErrorKind::PeerFailed`] on the other ranks; MPI errors.
     pub fn needs_rebuild<T: Particle>(&mut self, parts: &Particles<T>) -> Result<bool> {
         self.since += 1;
-        if self.since % self.every != 0 {
+        if !self.since.is_multiple_of(self.every) {
             return Ok(false);
         }
         if !self.check {
