@@ -5,7 +5,12 @@
 //! cargo build --release --example nbody
 //! mpirun -n 2 --bind-to none target/release/examples/nbody --bodies 8192 --steps 10 --json
 //! mpirun -n 3 --oversubscribe target/release/examples/nbody --bodies 300 --steps 5 --check
+//! target/release/examples/nbody --kernel-only 4096 --precision fast   # the force loop alone
 //! ```
+//!
+//! `--precision fast` uses the force kernel without the divider (`kernels::nbody::Precision::Fast`:
+//! AVX-512 or AVX2 with FMA, each force within 1e-12 of the IEEE kernel's); the default IEEE kernel is
+//! bit-identical to the plain scalar loop.
 //!
 //! In-job recovery (`--recover --partner-every K --spares S`, fault-tolerant mode: Open MPI 5 with
 //! `ci/mpi run --ft`) works as in heat; the all-pairs sums depend on the rank count, so spare ranks

@@ -159,12 +159,14 @@ pub enum Precision {
     /// IEEE square root and division: bit-identical to the plain scalar loop (the default).
     #[default]
     Ieee,
-    /// An approximate reciprocal square root (`vrsqrtps`, 12 bits, in single precision) corrected
-    /// in double precision by a series (to the fifth power of its error) straight for `r^-3`, with
-    /// FMA: no divider or square-root unit in the loop. Each body's force stays within 1e-12 of the
-    /// IEEE kernel's, relative (tested); results differ from the IEEE kernel's in the last bits,
-    /// and may differ between CPU families. `r^2 + eps^2` must lie within single precision's normal
-    /// range (about 1.2e-38 to 3.4e38). Needs AVX2 and FMA; without them the IEEE kernel runs.
+    /// No divider or square-root unit in the loop: an estimate of `1 / sqrt(r^2 + eps^2)` from the
+    /// CPU's approximate reciprocal square root (`vrsqrt14pd`, 14 bits, with AVX-512; else
+    /// `vrsqrtps`, 12 bits in single precision, and one Newton step, with AVX2 and FMA), corrected
+    /// in double precision by a series straight for `r^-3`. Each body's force stays within 1e-12 of
+    /// the IEEE kernel's, relative (tested: 2.3e-15 at most seen); results differ from the IEEE
+    /// kernel's in the last bits, and may differ between CPU families. With AVX2 only,
+    /// `r^2 + eps^2` must lie within single precision's normal range (about 1.2e-38 to 3.4e38).
+    /// Without AVX2 and FMA the IEEE kernel runs. See [`fast_kernel`].
     Fast,
 }
 
@@ -205,18 +207,24 @@ pub fn uses_fast() -> bool {
 }
 
 /// The kernel [`Precision::Fast`] runs on this CPU: `avx512` (eight lanes, `vrsqrt14pd`), `avx2`
-/// (four lanes, `vrsqrtps`, needs FMA too), or `None` (the IEEE kernel runs).
+/// (four lanes, `vrsqrtps`, needs FMA too), or `None` (the IEEE kernel runs). The widest the CPU
+/// has, unless `PHALANX_NBODY_FAST=avx2` asks for the AVX2 one (to measure it on a CPU with AVX-512).
 pub fn fast_kernel() -> Option<&'static str> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            return Some("avx512");
+    static CHOICE: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            let narrow = std::env::var("PHALANX_NBODY_FAST").is_ok_and(|v| v == "avx2");
+            if std::is_x86_feature_detected!("avx512f") && !(narrow && avx2) {
+                return Some("avx512");
+            }
+            if avx2 {
+                return Some("avx2");
+            }
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return Some("avx2");
-        }
-    }
-    None
+        None
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
