@@ -12,6 +12,45 @@ use phalanx::comm::{start_all, CartComm, CheckMode, Comm, Neighbourhood, Op, Sou
 use phalanx::decomp::{Decomposition, DistArray, Stencil};
 use phalanx::{Error, ErrorKind, Result};
 
+/// The process's allocator, recording the largest single allocation: a wrong count must be an
+/// error before anything of its size is allocated.
+struct Largest;
+
+static LARGEST: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; only a size is recorded.
+unsafe impl std::alloc::GlobalAlloc for Largest {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        LARGEST.fetch_max(new_size, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Largest = Largest;
+
+/// Runs `f` and returns the largest allocation it made (bytes).
+fn largest_allocation<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    LARGEST.store(0, std::sync::atomic::Ordering::Relaxed);
+    let r = f();
+    (r, LARGEST.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 #[repr(C)]
 struct Cell {
@@ -152,6 +191,29 @@ fn misuse_given_counts(c: &Comm) {
     let rcounts: Vec<usize> = (0..size).map(|s| if s == size - 1 { 2 } else { 1 }).collect();
     let e = c.alltoallv_counts(&vec![7u32; size], &scounts, &rcounts);
     expect_err(c, e, ErrorKind::CollectiveMismatch, &[&format!("receive count for rank {} is 2", size - 1)]);
+    still_works(c);
+    // A count far beyond what its rank sends (2^26 cells, 1 GiB, within MPI's count limit): an error
+    // on every rank before anything of that size is allocated, by the forms that allocate the result.
+    let mut huge: Vec<usize> = (0..size).map(count).collect();
+    huge[size - 1] = 1 << 26;
+    let limit = 1 << 20;
+    let bad = |e: Result<()>| {
+        if r == size - 1 {
+            expect_err(c, e, ErrorKind::CollectiveMismatch, &["the counts give this rank 67108864 elements"]);
+        } else {
+            expect_err(c, e, ErrorKind::PeerFailed, &[&format!("rank {}", size - 1)]);
+        }
+    };
+    let (e, most) = largest_allocation(|| c.allgatherv_counts(&mine, &huge).map(|_| ()));
+    bad(e);
+    assert!(most < limit, "allgatherv_counts allocated {most} bytes for a wrong count");
+    let (e, most) = largest_allocation(|| c.iallgatherv(mine.clone(), &huge).map(|_| ()));
+    bad(e);
+    assert!(most < limit, "iallgatherv allocated {most} bytes for a wrong count");
+    let given = if r == size - 1 { &huge[..] } else { &[][..] };
+    let (e, most) = largest_allocation(|| c.gatherv_counts(&mine, given, size as i32 - 1).map(|_| ()));
+    bad(e);
+    assert!(most < limit, "gatherv_counts allocated {most} bytes for a wrong count");
     still_works(c);
     // Receive buffers of the wrong length, on one rank only (the last).
     let counts: Vec<usize> = (0..size).map(count).collect();

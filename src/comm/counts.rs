@@ -8,6 +8,13 @@
 //! the counts against what the others send (an `MPI_Gather` or `MPI_Alltoall` of the lengths, only
 //! when the collective is checked), so a wrong count is an error on every rank instead of a
 //! truncated message or a hang.
+//!
+//! The `_into` forms receive into the caller's buffer and allocate nothing per call. Its length is
+//! checked against the counts' sum on each rank; as every local argument error, it reaches the
+//! other ranks (as [`ErrorKind::PeerFailed`]) when the call is checked ([`crate::comm::CheckMode`]:
+//! always in debug builds, the first calls on a communicator and then a sample in release builds).
+//! An unchecked call returns the error on the rank that made it while the others wait in the
+//! collective, so develop with checking on.
 
 use std::ffi::c_int;
 
@@ -293,10 +300,9 @@ impl Comm {
     /// [`ErrorKind::PeerFailed`] elsewhere) if any rank sends another count than the root expects.
     #[doc(alias = "MPI_Gatherv")]
     pub fn gatherv_counts<T: Pod>(&self, send: &[T], counts: &[usize], root: i32) -> Result<Option<Blocks<T>>> {
-        let is_root = self.rank == root;
-        let mut data = if is_root { super::nonblocking::alloc_for::<T>(counts) } else { Vec::new() };
-        self.gatherv_into(send, &mut data, counts, root)?;
-        Ok(is_root.then(|| Blocks::new(data, counts.to_vec())))
+        let mut data = RecvBuf::New(Vec::new());
+        self.gatherv_in(send, &mut data, counts, root)?;
+        Ok((self.rank == root).then(|| Blocks::new(data.into_vec(), counts.to_vec())))
     }
 
     /// [`gatherv_counts`](Comm::gatherv_counts) into the root's `recv` (as long as the counts' sum;
@@ -310,12 +316,16 @@ impl Comm {
     /// `recv` is not as long as the counts' sum.
     #[doc(alias = "MPI_Gatherv")]
     pub fn gatherv_into<T: Pod>(&self, send: &[T], recv: &mut [T], counts: &[usize], root: i32) -> Result<()> {
+        self.gatherv_in(send, &mut RecvBuf::Given(recv), counts, root)
+    }
+
+    fn gatherv_in<T: Pod>(&self, send: &[T], recv: &mut RecvBuf<T>, counts: &[usize], root: i32) -> Result<()> {
         const OP: &str = "gatherv";
         let _busy = self.begin(OP)?;
         let mut g = Counts::default();
-        let have = (self.rank == root).then_some(recv.len());
+        let have = recv.have().filter(|_| self.rank == root);
         self.gather_counts::<T>(send.len(), counts, have, root, &mut g, OP)?;
-        ffi::gatherv(send, recv, g.mpi(), g.displs(), root, self.raw, OP, self.rank)
+        ffi::gatherv(send, recv.slice(g.total), g.mpi(), g.displs(), root, self.raw, OP, self.rank)
     }
 
     /// [`allgatherv`](Comm::allgatherv) with the counts given by the caller: `counts[r]` elements
@@ -329,9 +339,9 @@ impl Comm {
     /// mode) if the ranks pass different lists.
     #[doc(alias = "MPI_Allgatherv")]
     pub fn allgatherv_counts<T: Pod>(&self, send: &[T], counts: &[usize]) -> Result<Blocks<T>> {
-        let mut data = super::nonblocking::alloc_for::<T>(counts);
-        self.allgatherv_into(send, &mut data, counts)?;
-        Ok(Blocks::new(data, counts.to_vec()))
+        let mut data = RecvBuf::New(Vec::new());
+        self.allgatherv_in(send, &mut data, counts)?;
+        Ok(Blocks::new(data.into_vec(), counts.to_vec()))
     }
 
     /// [`allgatherv_counts`](Comm::allgatherv_counts) into `recv` (as long as the counts' sum):
@@ -344,11 +354,15 @@ impl Comm {
     /// is not as long as the counts' sum.
     #[doc(alias = "MPI_Allgatherv")]
     pub fn allgatherv_into<T: Pod>(&self, send: &[T], recv: &mut [T], counts: &[usize]) -> Result<()> {
+        self.allgatherv_in(send, &mut RecvBuf::Given(recv), counts)
+    }
+
+    fn allgatherv_in<T: Pod>(&self, send: &[T], recv: &mut RecvBuf<T>, counts: &[usize]) -> Result<()> {
         const OP: &str = "allgatherv";
         let _busy = self.begin(OP)?;
         let mut g = Counts::default();
-        self.allgather_counts::<T>(send.len(), counts, Some(recv.len()), &mut g, OP)?;
-        ffi::allgatherv(send, recv, g.mpi(), g.displs(), self.raw, OP, self.rank)
+        self.allgather_counts::<T>(send.len(), counts, recv.have(), &mut g, OP)?;
+        ffi::allgatherv(send, recv.slice(g.total), g.mpi(), g.displs(), self.raw, OP, self.rank)
     }
 
     /// [`alltoallv`](Comm::alltoallv) with the receive counts given by the caller:
@@ -369,9 +383,9 @@ impl Comm {
         send_counts: &[usize],
         recv_counts: &[usize],
     ) -> Result<Blocks<T>> {
-        let mut data = super::nonblocking::alloc_for::<T>(recv_counts);
-        self.alltoallv_into(send, send_counts, &mut data, recv_counts)?;
-        Ok(Blocks::new(data, recv_counts.to_vec()))
+        let mut data = RecvBuf::New(Vec::new());
+        self.alltoallv_in(send, send_counts, &mut data, recv_counts)?;
+        Ok(Blocks::new(data.into_vec(), recv_counts.to_vec()))
     }
 
     /// [`alltoallv_counts`](Comm::alltoallv_counts) into `recv` (as long as the receive counts'
@@ -390,11 +404,58 @@ impl Comm {
         recv: &mut [T],
         recv_counts: &[usize],
     ) -> Result<()> {
+        self.alltoallv_in(send, send_counts, &mut RecvBuf::Given(recv), recv_counts)
+    }
+
+    fn alltoallv_in<T: Pod>(
+        &self,
+        send: &[T],
+        send_counts: &[usize],
+        recv: &mut RecvBuf<T>,
+        recv_counts: &[usize],
+    ) -> Result<()> {
         const OP: &str = "alltoallv";
         let _busy = self.begin(OP)?;
         let (mut s, mut r) = (Counts::default(), Counts::default());
-        self.alltoall_counts::<T>(send.len(), send_counts, recv_counts, Some(recv.len()), (&mut s, &mut r), OP)?;
+        self.alltoall_counts::<T>(send.len(), send_counts, recv_counts, recv.have(), (&mut s, &mut r), OP)?;
+        let recv = recv.slice(r.total);
         ffi::alltoallv(send, s.mpi(), s.displs(), recv, r.mpi(), r.displs(), self.raw, OP, self.rank)
+    }
+}
+
+/// The receive side of a blocking v-collective: the caller's buffer (its length checked with the
+/// other arguments), or, for the forms returning blocks, a new one allocated once the counts have
+/// passed their checks (a wrong count must be an error, not an allocation of its size).
+pub(super) enum RecvBuf<'a, T> {
+    Given(&'a mut [T]),
+    New(Vec<T>),
+}
+
+impl<T: Pod> RecvBuf<'_, T> {
+    /// The length to check against the counts' sum: the caller's buffer's.
+    pub(super) fn have(&self) -> Option<usize> {
+        match self {
+            RecvBuf::Given(b) => Some(b.len()),
+            RecvBuf::New(_) => None,
+        }
+    }
+
+    /// The buffer to receive `total` elements into, allocated now for a new one.
+    pub(super) fn slice(&mut self, total: usize) -> &mut [T] {
+        match self {
+            RecvBuf::Given(b) => b,
+            RecvBuf::New(v) => {
+                *v = vec![T::zeroed(); total];
+                v
+            }
+        }
+    }
+
+    pub(super) fn into_vec(self) -> Vec<T> {
+        match self {
+            RecvBuf::New(v) => v,
+            RecvBuf::Given(_) => Vec::new(),
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use smallvec::SmallVec;
 
 use super::check::Signature;
 use super::collective::{elem_size, Blocks};
-use super::counts::Counts;
+use super::counts::{Counts, RecvBuf};
 use super::scope::{Scope, ScopedCollective};
 use super::{Comm, Op};
 use crate::error::{ErrorKind, Result};
@@ -185,18 +185,21 @@ impl Comm {
         Ok(req)
     }
 
-    /// `recv` must hold the sum of `counts` on the root (it is not read elsewhere).
+    /// A given `recv` must hold the sum of `counts` on the root (it is not read elsewhere); a new
+    /// one is allocated once the counts have passed their checks.
     unsafe fn start_igatherv<T: Pod>(
         &self,
         send: &[T],
-        recv: &mut [T],
+        recv: &mut RecvBuf<T>,
         counts: &[usize],
         root: i32,
         keep: &mut Counts,
     ) -> Result<MPI_Request> {
         const OP: &str = "igatherv";
         let _busy = self.begin(OP)?;
-        self.gather_counts::<T>(send.len(), counts, Some(recv.len()), root, keep, OP)?;
+        let have = recv.have().filter(|_| self.rank == root);
+        self.gather_counts::<T>(send.len(), counts, have, root, keep, OP)?;
+        let recv = recv.slice(keep.total);
         // SAFETY: forwarded from this function's contract; on the root every block lies inside
         // `recv` (checked above); the count arrays are in `keep`.
         unsafe {
@@ -217,13 +220,14 @@ impl Comm {
     unsafe fn start_iallgatherv<T: Pod>(
         &self,
         send: &[T],
-        recv: &mut [T],
+        recv: &mut RecvBuf<T>,
         counts: &[usize],
         keep: &mut Counts,
     ) -> Result<MPI_Request> {
         const OP: &str = "iallgatherv";
         let _busy = self.begin(OP)?;
-        self.allgather_counts::<T>(send.len(), counts, Some(recv.len()), keep, OP)?;
+        self.allgather_counts::<T>(send.len(), counts, recv.have(), keep, OP)?;
+        let recv = recv.slice(keep.total);
         // SAFETY: as in `start_igatherv`, on every rank.
         unsafe {
             ffi::nonblocking::iallgatherv(
@@ -254,14 +258,15 @@ impl Comm {
         &self,
         send: &[T],
         send_counts: &[usize],
-        recv: &mut [T],
+        recv: &mut RecvBuf<T>,
         recv_counts: &[usize],
         keep: &mut (Counts, Counts),
     ) -> Result<MPI_Request> {
         const OP: &str = "ialltoallv";
         let _busy = self.begin(OP)?;
         let (s, r) = keep;
-        self.alltoall_counts::<T>(send.len(), send_counts, recv_counts, Some(recv.len()), (s, r), OP)?;
+        self.alltoall_counts::<T>(send.len(), send_counts, recv_counts, recv.have(), (s, r), OP)?;
+        let recv = recv.slice(r.total);
         // SAFETY: as in `start_igatherv`; every block lies inside its buffer (checked above).
         unsafe {
             ffi::nonblocking::ialltoallv(
@@ -327,13 +332,15 @@ impl Comm {
         counts: &[usize],
         root: i32,
     ) -> Result<CollectiveRequest<Option<Blocks<T>>>> {
-        let mut recv = if self.rank == root { alloc_for::<T>(counts) } else { Vec::new() };
+        // Allocated by the starter once the counts have passed their checks.
+        let mut recv = RecvBuf::New(Vec::new());
         // Boxed: MPI reads the count arrays until completion, and the box moves into the request.
         let mut keep = Box::<Counts>::default();
         // SAFETY: both buffers and the boxed count arrays move into the request (moving a Vec or a
         // Box does not move its heap block) and are touched by nobody until completion; Drop waits
         // first; leaking the request leaks them.
         let req = unsafe { self.start_igatherv(&send, &mut recv, counts, root, &mut keep)? };
+        let recv = recv.into_vec();
         // Checked on the root to be this list (as MPI received it).
         let elems = (self.rank == root).then(|| counts.to_vec());
         Ok(CollectiveRequest::new(
@@ -356,15 +363,11 @@ impl Comm {
     /// As [`allgatherv_counts`](Comm::allgatherv_counts).
     #[doc(alias = "MPI_Iallgatherv")]
     pub fn iallgatherv<T: Pod>(&self, send: Vec<T>, counts: &[usize]) -> Result<CollectiveRequest<Blocks<T>>> {
-        let total = counts.iter().fold(0usize, |a, &c| a.saturating_add(c));
-        let mut recv = if total <= isize::MAX as usize / std::mem::size_of::<T>().max(1) {
-            vec![T::zeroed(); total]
-        } else {
-            Vec::new()
-        };
+        let mut recv = RecvBuf::New(Vec::new());
         let mut keep = Box::<Counts>::default();
         // SAFETY: as in `igatherv`.
         let req = unsafe { self.start_iallgatherv(&send, &mut recv, counts, &mut keep)? };
+        let recv = recv.into_vec();
         let elems = counts.to_vec();
         Ok(CollectiveRequest::new(
             req,
@@ -415,15 +418,11 @@ impl Comm {
         send_counts: &[usize],
         recv_counts: &[usize],
     ) -> Result<CollectiveRequest<Blocks<T>>> {
-        let total = recv_counts.iter().fold(0usize, |a, &c| a.saturating_add(c));
-        let mut recv = if total <= isize::MAX as usize / std::mem::size_of::<T>().max(1) {
-            vec![T::zeroed(); total]
-        } else {
-            Vec::new()
-        };
+        let mut recv = RecvBuf::New(Vec::new());
         let mut keep = Box::<(Counts, Counts)>::default();
         // SAFETY: as in `igatherv`.
         let req = unsafe { self.start_ialltoallv(&send, send_counts, &mut recv, recv_counts, &mut keep)? };
+        let recv = recv.into_vec();
         let elems = recv_counts.to_vec();
         Ok(CollectiveRequest::new(
             req,
@@ -434,16 +433,6 @@ impl Comm {
                 Blocks::new(recv, elems)
             }),
         ))
-    }
-}
-
-/// A receive buffer for the sum of `counts`, or an empty one when that sum is beyond MPI's count
-/// limit (the count check that follows then reports it, instead of an allocation failing first).
-pub(super) fn alloc_for<T: Pod>(counts: &[usize]) -> Vec<T> {
-    let total = counts.iter().try_fold(0usize, |a, &c| a.checked_add(c));
-    match total {
-        Some(t) if ffi::to_count(t, ffi::layout::<T>().per_elem, "", 0).is_ok() => vec![T::zeroed(); t],
-        _ => Vec::new(),
     }
 }
 
@@ -519,7 +508,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         // SAFETY: as in `iallreduce`; the count arrays are in a slot of the scope that no one else
         // was given, which stays in place, untouched, until the scope has waited for every
         // request (the slots are dropped with the scope).
-        let s = unsafe { self.comm().start_igatherv(send, recv, counts, root, &mut (*keep).0)? };
+        let s = unsafe { self.comm().start_igatherv(send, &mut RecvBuf::Given(recv), counts, root, &mut (*keep).0)? };
         Ok(self.started(s, "igatherv"))
     }
 
@@ -540,7 +529,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     ) -> Result<ScopedCollective<'scope>> {
         let keep = self.count_slot();
         // SAFETY: as in `igatherv`; `keep` is a slot no one else was given.
-        let s = unsafe { self.comm().start_iallgatherv(send, recv, counts, &mut (*keep).0)? };
+        let s = unsafe { self.comm().start_iallgatherv(send, &mut RecvBuf::Given(recv), counts, &mut (*keep).0)? };
         Ok(self.started(s, "iallgatherv"))
     }
 
@@ -578,7 +567,9 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     ) -> Result<ScopedCollective<'scope>> {
         let keep = self.count_slot();
         // SAFETY: as in `igatherv`; `keep` is a slot no one else was given.
-        let s = unsafe { self.comm().start_ialltoallv(send, send_counts, recv, recv_counts, &mut *keep)? };
+        let s = unsafe {
+            self.comm().start_ialltoallv(send, send_counts, &mut RecvBuf::Given(recv), recv_counts, &mut *keep)?
+        };
         Ok(self.started(s, "ialltoallv"))
     }
 }

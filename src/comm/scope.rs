@@ -65,11 +65,12 @@ impl CountSlots {
     fn take(&self) -> *mut (Counts, Counts) {
         let i = self.used.get();
         if i < SLOTS {
-            self.used.set(i + 1);
             let p = self.inline[i].get().cast::<(Counts, Counts)>();
             // SAFETY: slot `i` was never handed out (`used` counts the ones that were), so
             // nothing refers to it; writing initialises it.
             unsafe { p.write(Default::default()) };
+            // Counted once initialised: `Drop` drops the first `used`.
+            self.used.set(i + 1);
             p
         } else {
             let p = Box::into_raw(Box::<(Counts, Counts)>::default());

@@ -22,7 +22,7 @@ use bytemuck::Pod;
 
 use super::check::Signature;
 use super::collective::{elem_size, Blocks};
-use super::counts::{digest, Counts};
+use super::counts::{digest, Counts, RecvBuf};
 use super::nonblocking::{CollectiveRequest, Reqs};
 use super::Comm;
 use crate::error::{ErrorKind, Result};
@@ -443,9 +443,9 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
         const OP: &str = "neighbour_alltoallv";
         let c: &Comm = self;
         let _busy = c.begin(OP)?;
-        let mut data = super::nonblocking::alloc_for::<T>(recv_counts);
-        self.neighbour_alltoallv_into(send, send_counts, &mut data, recv_counts)?;
-        Ok(Blocks::new(data, recv_counts.to_vec()))
+        let mut data = RecvBuf::New(Vec::new());
+        neighbour_alltoallv_in(self, send, send_counts, &mut data, recv_counts)?;
+        Ok(Blocks::new(data.into_vec(), recv_counts.to_vec()))
     }
 
     /// [`neighbour_alltoallv`](Neighbourhood::neighbour_alltoallv) into `recv` (as long as the
@@ -467,13 +467,7 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
         recv: &mut [T],
         recv_counts: &[usize],
     ) -> Result<()> {
-        const OP: &str = "neighbour_alltoallv";
-        let c: &Comm = self;
-        let _busy = c.begin(OP)?;
-        let (mut s, mut r) = (Counts::default(), Counts::default());
-        let lens = (send.len(), Some(recv.len()));
-        neighbour_counts::<T, _>(self, lens, send_counts, recv_counts, (&mut s, &mut r), OP)?;
-        exchange_into(self, send, (&s, send_counts), recv, (&r, recv_counts), OP)
+        neighbour_alltoallv_in(self, send, send_counts, &mut RecvBuf::Given(recv), recv_counts)
     }
 
     /// [`neighbour_alltoallv`](Neighbourhood::neighbour_alltoallv) started without waiting: the
@@ -553,6 +547,23 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
         neighbour_counts::<T, _>(self, lens, &vec![send.len(); nd], recv_counts, (&mut s, &mut r), OP)?;
         allgather(self, send, (&r, recv_counts), OP)
     }
+}
+
+/// [`Neighbourhood::neighbour_alltoallv_into`], or into a buffer allocated once the counts have
+/// passed their checks.
+fn neighbour_alltoallv_in<T: Pod, N: Neighbourhood + ?Sized>(
+    n: &N,
+    send: &[T],
+    send_counts: &[usize],
+    recv: &mut RecvBuf<T>,
+    recv_counts: &[usize],
+) -> Result<()> {
+    const OP: &str = "neighbour_alltoallv";
+    let c: &Comm = n;
+    let _busy = c.begin(OP)?;
+    let (mut s, mut r) = (Counts::default(), Counts::default());
+    neighbour_counts::<T, _>(n, (send.len(), recv.have()), send_counts, recv_counts, (&mut s, &mut r), OP)?;
+    exchange_into(n, send, (&s, send_counts), recv.slice(r.total), (&r, recv_counts), OP)
 }
 
 /// A blocking neighbour all-to-all on validated counts, into `recv` (as long as `r`'s total).
