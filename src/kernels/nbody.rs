@@ -87,13 +87,21 @@ impl Bodies {
     }
 }
 
+/// The packed sources `[x.., y.., z.., m..]` as four slices of the same length.
+#[inline(always)]
+fn unpack(sources: &[f64]) -> [&[f64]; 4] {
+    let ns = sources.len() / 4;
+    let (x, rest) = sources.split_at(ns);
+    let (y, rest) = rest.split_at(ns);
+    let (z, m) = rest.split_at(ns);
+    [x, y, z, &m[..ns]]
+}
+
 /// Adds to `acc` the accelerations on targets `(tx, ty, tz)` from the packed `sources`.
 #[inline(always)]
 fn forces_generic(t: [&[f64]; 3], sources: &[f64], eps2: f64, acc: [&mut [f64]; 3]) {
-    let ns = sources.len() / 4;
-    let (sx, rest) = sources.split_at(ns);
-    let (sy, rest) = rest.split_at(ns);
-    let (sz, sm) = rest.split_at(ns);
+    let [sx, sy, sz, sm] = unpack(sources);
+    let ns = sx.len();
     let [tx, ty, tz] = t;
     let [ax, ay, az] = acc;
     let n = tx.len();
@@ -246,11 +254,8 @@ mod fast {
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn forces(t: [&[f64]; 3], sources: &[f64], eps2: f64, acc: [&mut [f64]; 3]) {
-        let ns = sources.len() / 4;
-        let (sx, rest) = sources.split_at(ns);
-        let (sy, rest) = rest.split_at(ns);
-        let (sz, sm) = rest.split_at(ns);
-        let (sy, sz, sm) = (&sy[..ns], &sz[..ns], &sm[..ns]);
+        let [sx, sy, sz, sm] = super::unpack(sources);
+        let ns = sx.len();
         let [tx, ty, tz] = t;
         let [ax, ay, az] = acc;
         let n = tx.len();
@@ -311,11 +316,8 @@ mod fast {
     /// The CPU must support AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn forces512(t: [&[f64]; 3], sources: &[f64], eps2: f64, acc: [&mut [f64]; 3]) {
-        let ns = sources.len() / 4;
-        let (sx, rest) = sources.split_at(ns);
-        let (sy, rest) = rest.split_at(ns);
-        let (sz, sm) = rest.split_at(ns);
-        let (sy, sz, sm) = (&sy[..ns], &sz[..ns], &sm[..ns]);
+        let [sx, sy, sz, sm] = super::unpack(sources);
+        let ns = sx.len();
         let [tx, ty, tz] = t;
         let [ax, ay, az] = acc;
         let n = tx.len();
