@@ -292,8 +292,9 @@ def render_nbody_kernel(k):
       "tells the VM's mode: a spread above 10 % means the rounds saw both). The CPU "
       + ("has AVX-512: GCC vectorises the C loop's sum over sources with 512-bit vectors (the exact "
          "square root and division, reassociated), " if k["cpu_avx512"] else "has no AVX-512: ")
-      + "the IEEE kernel keeps each target's sum in the scalar loop's order (four targets per 256-bit "
-      "vector, one square root and one division per interaction). The fast kernel replaces both with "
+      + "the IEEE kernel keeps each target's sum in the scalar loop's order (eight targets per 512-bit "
+      "vector with AVX-512, four per 256-bit one with AVX2; one square root and one division per "
+      "interaction). The fast kernel replaces both with "
       "`vrsqrt14pd` (AVX-512) or `vrsqrtps` and a Newton step (AVX2) and a series for r^-3; each force "
       "stays within 1e-12 of the IEEE kernel's (`kernels::nbody` tests, largest seen 2.3e-15). Where the "
       "AVX2 fast kernel is not faster than the IEEE one, this CPU's divider and square root are fast enough "

@@ -33,7 +33,7 @@ mod common;
 use phalanx::comm::{Op, ThreadConfig};
 use phalanx::decomp::field_hash_of;
 use phalanx::kernels::nbody::{
-    accumulate_forces_with, fast_kernel, serial_reference, uses_avx2, Bodies, NBody, Precision,
+    accumulate_forces_with, fast_kernel, ieee_kernel, serial_reference, uses_avx2, Bodies, NBody, Precision,
 };
 use phalanx::runtime::PinPolicy;
 use phalanx::services::checkpoint::{Checkpoint, CheckpointStore};
@@ -272,10 +272,11 @@ fn solve(
             args.bodies,
             world.size(),
             threads.threads(),
-            match (args.precision, fast_kernel(), uses_avx2()) {
+            match (args.precision, fast_kernel(), ieee_kernel()) {
                 (Precision::Fast, Some("avx512"), _) => "fast kernel: AVX-512, approximate 1/sqrt",
                 (Precision::Fast, Some(_), _) => "fast kernel: AVX2 and FMA, approximate 1/sqrt",
-                (_, _, true) => "AVX2 kernel",
+                (_, _, "avx512") => "AVX-512 kernel",
+                (_, _, "avx2") => "AVX2 kernel",
                 _ => "baseline kernel",
             }
         );
@@ -287,7 +288,8 @@ fn solve(
                 "recoveries": at.map(|a| a.recoveries()), "recovery_seconds": at.map(|a| a.recovery_seconds()),
                 "steps_recomputed": recovering.map(|(_, [_, r])| r.get()),
                 "seconds": seconds, "interactions_per_s": ips, "energy_drift": drift,
-                "avx2": uses_avx2(), "precision": format!("{:?}", args.precision).to_lowercase(),
+                "avx2": uses_avx2(), "ieee_kernel": ieee_kernel(),
+                "precision": format!("{:?}", args.precision).to_lowercase(),
                 "fast_kernel": fast_kernel().filter(|_| args.precision == Precision::Fast), "check": check,
             });
             println!("{j}");

@@ -6,12 +6,14 @@
 //! targets because Open MPI 4.1 moves large messages only inside MPI calls.
 //!
 //! # The inner loop and the CPU's vector units
-//! The loop is vectorised *across targets*: four targets form a lane group and each lane sums its
-//! sources in order, so every target's sum is the same sequence of IEEE operations as the scalar
-//! loop (bit-identical results, no fast-math). The kernel is compiled twice: for the baseline x86-64
-//! target, and with AVX2 enabled (`#[target_feature]`), and the AVX2 one is chosen at run time when
-//! the CPU has it. A portable binary therefore uses 256-bit vectors where they exist, without a
+//! The loop is vectorised *across targets*: four (eight with AVX-512) targets form a lane group and
+//! each lane sums its sources in order, so every target's sum is the same sequence of IEEE
+//! operations as the scalar loop (bit-identical results, no fast-math). The kernel is compiled three
+//! times: for the baseline x86-64 target, with AVX2 enabled, and with AVX-512F enabled (eight lanes;
+//! `#[target_feature]`), and the widest the CPU has is chosen at run time ([`ieee_kernel`]). A
+//! portable binary therefore uses 256- or 512-bit vectors where they exist, without a
 //! `target-cpu=native` build; FMA is deliberately not enabled, since fusing would change the results.
+//! [`Precision::Fast`] trades bit-identity for a loop without the divider.
 
 use rayon::prelude::*;
 
@@ -100,6 +102,12 @@ fn unpack(sources: &[f64]) -> [&[f64]; 4] {
 /// Adds to `acc` the accelerations on targets `(tx, ty, tz)` from the packed `sources`.
 #[inline(always)]
 fn forces_generic(t: [&[f64]; 3], sources: &[f64], eps2: f64, acc: [&mut [f64]; 3]) {
+    forces_lanes::<4>(t, sources, eps2, acc)
+}
+
+/// [`forces_generic`] with `L` targets per group (each lane the scalar loop's operations in order).
+#[inline(always)]
+fn forces_lanes<const L: usize>(t: [&[f64]; 3], sources: &[f64], eps2: f64, acc: [&mut [f64]; 3]) {
     let [sx, sy, sz, sm] = unpack(sources);
     let ns = sx.len();
     let [tx, ty, tz] = t;
@@ -107,17 +115,17 @@ fn forces_generic(t: [&[f64]; 3], sources: &[f64], eps2: f64, acc: [&mut [f64]; 
     let n = tx.len();
     let mut i = 0;
     while i < n {
-        // A group of four targets (the last one padded by repeating its final target).
+        // A group of L targets (the last one padded by repeating its final target).
         let lane = |a: &[f64], l: usize| a[(i + l).min(n - 1)];
-        let (px, py, pz) = (
-            [lane(tx, 0), lane(tx, 1), lane(tx, 2), lane(tx, 3)],
-            [lane(ty, 0), lane(ty, 1), lane(ty, 2), lane(ty, 3)],
-            [lane(tz, 0), lane(tz, 1), lane(tz, 2), lane(tz, 3)],
+        let (px, py, pz): ([f64; L], [f64; L], [f64; L]) = (
+            std::array::from_fn(|l| lane(tx, l)),
+            std::array::from_fn(|l| lane(ty, l)),
+            std::array::from_fn(|l| lane(tz, l)),
         );
-        let (mut gx, mut gy, mut gz) = ([0.0f64; 4], [0.0f64; 4], [0.0f64; 4]);
+        let (mut gx, mut gy, mut gz) = ([0.0f64; L], [0.0f64; L], [0.0f64; L]);
         for j in 0..ns {
             let (xj, yj, zj, mj) = (sx[j], sy[j], sz[j], sm[j]);
-            for l in 0..4 {
+            for l in 0..L {
                 let dx = xj - px[l];
                 let dy = yj - py[l];
                 let dz = zj - pz[l];
@@ -129,13 +137,19 @@ fn forces_generic(t: [&[f64]; 3], sources: &[f64], eps2: f64, acc: [&mut [f64]; 
                 gz[l] += s * dz;
             }
         }
-        for l in 0..4.min(n - i) {
+        for l in 0..L.min(n - i) {
             ax[i + l] += G * gx[l];
             ay[i + l] += G * gy[l];
             az[i + l] += G * gz[l];
         }
-        i += 4;
+        i += L;
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn forces_avx512(t: [&[f64]; 3], sources: &[f64], eps2: f64, acc: [&mut [f64]; 3]) {
+    forces_lanes::<8>(t, sources, eps2, acc);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -145,12 +159,18 @@ fn forces_avx2(t: [&[f64]; 3], sources: &[f64], eps2: f64, acc: [&mut [f64]; 3])
 }
 
 /// Adds to `acc` the accelerations from `sources` (packed `[x.., y.., z.., m..]`) on the targets
-/// `t`, using AVX2 when the CPU has it.
+/// `t`, using AVX-512 or AVX2 when the CPU has them (bit-identical either way).
 ///
 /// Local. Sequential: parallelise over chunks of targets.
 pub fn accumulate_forces(t: [&[f64]; 3], sources: &[f64], eps2: f64, acc: [&mut [f64]; 3]) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement of a
+            // `#[target_feature(enable = "avx512f")]` function.
+            unsafe { forces_avx512(t, sources, eps2, acc) };
+            return;
+        }
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above), the only requirement of a
             // `#[target_feature(enable = "avx2")]` function.
@@ -371,7 +391,22 @@ mod fast {
     }
 }
 
-/// Whether the AVX2 kernel is in use on this CPU.
+/// The IEEE kernel this CPU runs: `avx512` (eight lanes), `avx2` (four) or `baseline`; all
+/// bit-identical to the scalar loop.
+pub fn ieee_kernel() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return "avx512";
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            return "avx2";
+        }
+    }
+    "baseline"
+}
+
+/// Whether the CPU has AVX2 (the IEEE kernel uses it, or AVX-512 where there is; see [`ieee_kernel`]).
 pub fn uses_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -775,6 +810,22 @@ mod tests {
         let mut s = (vec![0.0; 37], vec![0.0; 37], vec![0.0; 37]);
         forces_generic([&b.x, &b.y, &b.z], &src, 1e-4, [&mut s.0, &mut s.1, &mut s.2]);
         assert_eq!(v, s);
+        // Every vector width this CPU runs, not only the widest (which `accumulate_forces` picks).
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut w = (vec![0.0; 37], vec![0.0; 37], vec![0.0; 37]);
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 (checked above).
+                unsafe { forces_avx2([&b.x, &b.y, &b.z], &src, 1e-4, [&mut w.0, &mut w.1, &mut w.2]) };
+                assert_eq!(w, s, "AVX2");
+            }
+            let mut w = (vec![0.0; 37], vec![0.0; 37], vec![0.0; 37]);
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked above).
+                unsafe { forces_avx512([&b.x, &b.y, &b.z], &src, 1e-4, [&mut w.0, &mut w.1, &mut w.2]) };
+                assert_eq!(w, s, "AVX-512");
+            }
+        }
         // And the plain scalar loop of the serial reference (0 steps gives the initial state).
         let r = serial_reference(37, 1e-2, 0.0, 0);
         assert_eq!(r, b);
