@@ -99,6 +99,18 @@ fn unpack(sources: &[f64]) -> [&[f64]; 4] {
     [x, y, z, &m[..ns]]
 }
 
+/// Adds `G` times a lane group's sums to the accelerations of targets `base..` (lanes past the last
+/// target were padding).
+#[inline(always)]
+fn add_group<const L: usize>(acc: &mut [&mut [f64]; 3], base: usize, sums: [[f64; L]; 3]) {
+    let n = acc[0].len();
+    for l in 0..L.min(n.saturating_sub(base)) {
+        for (a, g) in acc.iter_mut().zip(&sums) {
+            a[base + l] += G * g[l];
+        }
+    }
+}
+
 /// Adds to `acc` the accelerations on targets `(tx, ty, tz)` from the packed `sources`.
 #[inline(always)]
 fn forces_generic(t: [&[f64]; 3], sources: &[f64], eps2: f64, acc: [&mut [f64]; 3]) {
@@ -107,11 +119,10 @@ fn forces_generic(t: [&[f64]; 3], sources: &[f64], eps2: f64, acc: [&mut [f64]; 
 
 /// [`forces_generic`] with `L` targets per group (each lane the scalar loop's operations in order).
 #[inline(always)]
-fn forces_lanes<const L: usize>(t: [&[f64]; 3], sources: &[f64], eps2: f64, acc: [&mut [f64]; 3]) {
+fn forces_lanes<const L: usize>(t: [&[f64]; 3], sources: &[f64], eps2: f64, mut acc: [&mut [f64]; 3]) {
     let [sx, sy, sz, sm] = unpack(sources);
     let ns = sx.len();
     let [tx, ty, tz] = t;
-    let [ax, ay, az] = acc;
     let n = tx.len();
     let mut i = 0;
     while i < n {
@@ -137,11 +148,7 @@ fn forces_lanes<const L: usize>(t: [&[f64]; 3], sources: &[f64], eps2: f64, acc:
                 gz[l] += s * dz;
             }
         }
-        for l in 0..L.min(n - i) {
-            ax[i + l] += G * gx[l];
-            ay[i + l] += G * gy[l];
-            az[i + l] += G * gz[l];
-        }
+        add_group(&mut acc, i, [gx, gy, gz]);
         i += L;
     }
 }
@@ -265,19 +272,16 @@ pub fn fast_kernel() -> Option<&'static str> {
 mod fast {
     use std::arch::x86_64::*;
 
-    use super::G;
-
     /// Four targets per pass (one per lane), every source in order for each. One group of four
     /// keeps positions, sums and constants in the sixteen vector registers (two groups spilled).
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn forces(t: [&[f64]; 3], sources: &[f64], eps2: f64, acc: [&mut [f64]; 3]) {
+    pub(super) unsafe fn forces(t: [&[f64]; 3], sources: &[f64], eps2: f64, mut acc: [&mut [f64]; 3]) {
         let [sx, sy, sz, sm] = super::unpack(sources);
         let ns = sx.len();
         let [tx, ty, tz] = t;
-        let [ax, ay, az] = acc;
         let n = tx.len();
         // Four targets from `i`, the last ones repeating the final target past the end.
         let load = |a: &[f64], i: usize| {
@@ -318,11 +322,7 @@ mod fast {
                 // SAFETY: `o` is four f64, what an unaligned 256-bit store writes.
                 unsafe { _mm256_storeu_pd(o.as_mut_ptr(), v) };
             }
-            for l in 0..4.min(n - i) {
-                ax[i + l] += G * out[0][l];
-                ay[i + l] += G * out[1][l];
-                az[i + l] += G * out[2][l];
-            }
+            super::add_group(&mut acc, i, out);
             i += 4;
         }
     }
@@ -335,11 +335,10 @@ mod fast {
     /// # Safety
     /// The CPU must support AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn forces512(t: [&[f64]; 3], sources: &[f64], eps2: f64, acc: [&mut [f64]; 3]) {
+    pub(super) unsafe fn forces512(t: [&[f64]; 3], sources: &[f64], eps2: f64, mut acc: [&mut [f64]; 3]) {
         let [sx, sy, sz, sm] = super::unpack(sources);
         let ns = sx.len();
         let [tx, ty, tz] = t;
-        let [ax, ay, az] = acc;
         let n = tx.len();
         // Eight targets from `i`, the last ones repeating the final target past the end.
         let load = |a: &[f64], i: usize| {
@@ -379,12 +378,7 @@ mod fast {
                     // SAFETY: `o` is eight f64, what an unaligned 512-bit store writes.
                     unsafe { _mm512_storeu_pd(o.as_mut_ptr(), *v) };
                 }
-                let base = i + 8 * k;
-                for l in 0..8.min(n.saturating_sub(base)) {
-                    ax[base + l] += G * out[0][l];
-                    ay[base + l] += G * out[1][l];
-                    az[base + l] += G * out[2][l];
-                }
+                super::add_group(&mut acc, i + 8 * k, out);
             }
             i += 16;
         }
