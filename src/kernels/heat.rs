@@ -648,9 +648,9 @@ impl HeatSolver {
         // exchange, and peeling it would cost a second pass (in x, a strided one over every row):
         // at one rank the overlapped step is then the plain sweep.
         let mut interior = owned;
-        for d in pad..3 {
-            interior.lo[d] += usize::from(shared[d][0]);
-            interior.hi[d] = interior.hi[d].saturating_sub(usize::from(shared[d][1])).max(interior.lo[d]);
+        for (d, [low, high]) in shared.iter().copied().enumerate().skip(pad) {
+            interior.lo[d] += usize::from(low);
+            interior.hi[d] = interior.hi[d].saturating_sub(usize::from(high)).max(interior.lo[d]);
         }
         // The shell: owned minus interior, as disjoint boxes (peel one dimension at a time).
         let mut shell = Vec::new();
