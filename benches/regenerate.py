@@ -8,6 +8,7 @@ per-pair ratios: this machine is noisy and drifts between a fast and a slow mode
 
 import datetime
 import json
+import time
 import os
 import platform
 import statistics
@@ -53,8 +54,13 @@ def heat(ranks, *args):
     return last_json(sh(mpirun(ranks, f"{EX}/heat", *args, "--json")))
 
 
+T0 = time.time()
+
+
 def log(msg):
-    print(f"regenerate: {msg}", flush=True)
+    """Progress, with the minutes since the script started (where a regeneration spends its time)."""
+    m, sec = divmod(int(time.time() - T0), 60)
+    print(f"regenerate [{m:2d}:{sec:02d}]: {msg}", flush=True)
 
 
 # ---- measurements --------------------------------------------------------------------------------
@@ -62,7 +68,7 @@ def log(msg):
 
 def criterion():
     log("criterion kernel benchmarks (cargo bench --bench kernels)")
-    sh(["cargo", "bench", "--bench", "kernels"], timeout=1200)
+    sh(["cargo", "bench", "--bench", "kernels", "--", "--warm-up-time", "1", "--measurement-time", "3"], timeout=1200)
     base = os.path.join(ROOT, "target", "criterion")
     items = {
         "heat 2-D 1024^2": ("heat_sweep/2d_1thread/1024", 1024**2, "cell updates/s"),
@@ -95,7 +101,7 @@ def commbench():
     return shm, tcp
 
 
-def c_mpi(pairs=15):
+def c_mpi(pairs=9):
     log(f"commbench --quick against plain C MPI, {pairs} alternating pairs")
     ref = os.path.join(ROOT, "target", "release", "commbench_ref")
     sh(["mpicc", "-O3", "-o", ref, "benches/c/commbench_ref.c"])
@@ -117,7 +123,7 @@ MPI_BEGIN = "<!-- mpi-matrix: written by benches/regenerate (--mpi-table refresh
 MPI_END = "<!-- /mpi-matrix -->"
 
 
-def mpi_matrix(pairs=9):
+def mpi_matrix(pairs=7):
     """benches/commbench_compare.sh under each installed MPI: phalanx against the same C program
     compiled with that MPI's mpicc, both started by its launcher with one core per rank."""
     out = {}
@@ -141,7 +147,7 @@ def mpi_matrix(pairs=9):
 def render_mpi_matrix(mm):
     L = [MPI_BEGIN, "## Communication against plain C MPI, under each MPI implementation\n"]
     w = L.append
-    w("```sh\nPHALANX_MPI=system|openmpi5|mpich benches/commbench_compare.sh 9 2 funneled\n```\n")
+    w("```sh\nPHALANX_MPI=system|openmpi5|mpich benches/commbench_compare.sh 7 2 funneled\n```\n")
     w("The same comparison as above under each implementation `ci/test` runs: phalanx built by `ci/mpi cargo`")
     w("for that MPI, the C reference compiled with its `mpicc`, both started by its launcher with one core per")
     w("rank (`ci/mpi run --bind-core`), 2 ranks on one node, alternating pairs. Ratios are phalanx / C: the")
@@ -177,7 +183,7 @@ HEAT_C_END = "<!-- /heat-c -->"
 HEAT_C_BUILDS = {"native": ["-march=native"], "avx2_fma": ["-mavx2", "-mfma"]}
 
 
-def heat_c(pairs=5):
+def heat_c(pairs=4):
     """heat, one step per exchange, on one rank against a plain C loop of the same update
     (`benches/c/heat_ref.c`, OpenMP) at 1 and 2 threads, 2-D 4000^2 and 3-D 256^3: alternating
     rounds (the order reversed every other round); phalanx with the overlap on (the default) and off."""
@@ -190,7 +196,9 @@ def heat_c(pairs=5):
     out = []
     for dims, n, steps, threads in cases:
         def c(name):
-            j = last_json(sh([exe[name], str(dims), str(n), str(steps)], env={"OMP_NUM_THREADS": str(threads)}))
+            # Pinned one thread per core, as phalanx's default (`--pin auto`: spread) pins its workers.
+            env = {"OMP_NUM_THREADS": str(threads), "OMP_PROC_BIND": "spread", "OMP_PLACES": "cores"}
+            j = last_json(sh([exe[name], str(dims), str(n), str(steps)], env=env))
             return j["rate"] / 1e6
 
         def ph(overlap):
@@ -203,7 +211,10 @@ def heat_c(pairs=5):
         for p in range(pairs):
             rounds.append({k: runs[k]() for k in (order if p % 2 == 0 else order[::-1])})
         out.append({"dims": dims, "n": n, "steps": steps, "threads": threads, "rounds": rounds})
-    return {"pairs": pairs, "cases": out, "builds": HEAT_C_BUILDS}
+    gcc = sh(["gcc", "--version"]).splitlines()[0]
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+    return {"pairs": pairs, "cases": out, "builds": HEAT_C_BUILDS, "gcc": gcc, "cpu": cpu,
+            "avx512": "avx512f" in open("/proc/cpuinfo").read()}
 
 
 def render_heat_c(h):
@@ -234,18 +245,17 @@ def render_heat_c(h):
           f"**{ratio('phalanx', 'c_native')}** | {ratio('phalanx', 'c_avx2_fma')} | "
           f"{ratio('phalanx_overlap_off', 'phalanx')} | {med(cn):.0f} ({min(cn):.0f}-{max(cn):.0f}) |")
     w("")
+    native_vs = med([x["c_native"] / x["c_avx2_fma"] for c in h["cases"] for x in c["rounds"]])
     w("The C reference's own figure tells the VM's mode: a range above 10 % of its median means the rounds "
-      "saw both modes, which the per-round ratios absorb. "
-      "`-march=native` is the build the [perf] issue names; GCC 12 then uses 512-bit vectors on this "
-      "Zen 5, which are slower here than 256-bit ones. `-mavx2 -mfma` is the fastest C build found. "
-      "Both contract the update into two fused multiply-adds, and so does phalanx "
-      "(`kernels::heat::update2`: `fma(r, fma(-4, c, n + s + w + e), c)`, the same bits on every CPU). "
-      "Before it fused, phalanx ran as fast as the C loop built without contraction and 5-10 % behind "
-      "the `-mavx2 -mfma` one (2-D, one core, 2026-12-03: unfused 1431-1654, fused 1644-1727, C "
-      "1588-1766 M updates/s over four alternating rounds). With the overlap on and no neighbour (one "
-      "rank), the interior is the whole block: only sides with a neighbour are peeled into the shell "
-      "(peeling every side made the 3-D step about 30 % slower, 900-940 against 1180-1210 M updates/s "
-      "with the overlap off: a strided second pass over the ends of every row).")
+      "saw both modes, which the per-round ratios absorb. Both C builds are pinned one thread per core "
+      "(`OMP_PROC_BIND=spread OMP_PLACES=cores`), as phalanx's default pins its workers. "
+      f"Compiler: {h.get('gcc', 'gcc')}; CPU: {h.get('cpu', 'unknown')}. `-march=native` is the build the "
+      "[perf] issue names" + (" (this CPU has AVX-512, so GCC may use 512-bit vectors)" if h.get("avx512") else "")
+      + f"; over all rounds it ran at {native_vs:.2f}x the speed of the `-mavx2 -mfma` build. "
+      "GCC contracts the update into two fused multiply-adds in both; phalanx fuses the same two "
+      "(`kernels::heat::update2`: `fma(r, fma(-4, c, n + s + w + e), c)`), so all three compute the "
+      "same operations. With the overlap on and no neighbour (one rank) the interior is the whole block "
+      "and the two phalanx columns do the same work: \"overlap off / on\" shows only the noise there.")
     L.append(HEAT_C_END)
     return "\n".join(L)
 
@@ -287,8 +297,58 @@ def time_blocks(rounds=3):
     out = []
     for (dims, n, steps, ranks, threads, k), v in runs.items():
         out.append({"dims": dims, "n": n, "steps": steps, "ranks": ranks, "threads": threads, "k": k,
-                    "mlups": med([x["mlups"] for x in v]), "hashes": sorted({x["field_hash"] for x in v})})
+                    "mlups": med([x["mlups"] for x in v]), "rounds": [x["mlups"] for x in v],
+                    "hashes": sorted({x["field_hash"] for x in v})})
     return out
+
+
+TB_BEGIN = "<!-- time-blocks: written by benches/regenerate (--blocking-table refreshes this section alone) -->"
+TB_END = "<!-- /time-blocks -->"
+
+
+def render_time_blocks(tb, roofline=None):
+    """The temporal-blocking table; `roofline` (the heat_roofline runs) adds the roofline column, taken
+    from the last full run's results when the section is refreshed alone."""
+    if roofline is None:
+        res = os.path.join(OUT, "results.json")
+        roofline = json.load(open(res)).get("roofline", {}) if os.path.exists(res) else {}
+    L = [TB_BEGIN, "## Heat with temporal blocking", ""]
+    w = L.append
+    w("```sh\nbenches/regenerate --blocking-table\n"
+      "mpirun -n 1 --bind-to none target/release/examples/heat --n 4000 --steps 100 --threads 1 --pin compact --time-block K --json\n"
+      "# likewise -n 2 --threads 1 and -n 1 --threads 2, and 3-D 256^3 with 48 steps; 3 rounds over every case\n```\n")
+    w("`--time-block K` (`HeatSolver::with_time_block`, `step_block`) exchanges a halo K cells deep every K")
+    w("steps and computes the K steps in one wavefront pass: each row (2-D) or plane (3-D) goes through all K")
+    w("levels while it is in cache, so memory traffic per update falls from 24 B to about 32/K B until the")
+    w("kernel is bound by arithmetic and cache bandwidth. The levels alternate between the two arrays (each")
+    w("overwrites the level two below it, already consumed), so no extra memory is needed. Threads split the")
+    w("columns (2-D) or rows (3-D) into bands and keep one wavefront position apart, waiting only for their")
+    w("neighbours. Ranks recompute the K - 1 ghost layers nearest to them instead of receiving them every step.")
+    w("The field is the same bits for every K (hash column). K = 1 is the same pass without overlap; the")
+    w("default (`--time-block 1`) instead overlaps the one-layer exchange with the interior.\n")
+    w("Choosing K: the pass keeps about K + 2 rows (planes in 3-D) of both arrays in cache, split over the")
+    w("threads' bands, so K should keep that within the L2 caches; past it, throughput drops.\n")
+    w("Each round runs every case once, so a round's K = 1 run is its pair: \"x of K = 1\" is the median of "
+      "the per-round ratios and, in brackets, the ratio of the best runs. The K = 1 column of each grid and "
+      "layout gives its runs' range: where it spans more than 10 % the rounds saw both of the VM's modes.\n")
+    w("| grid | layout | K | M cell updates/s (median) | x of K = 1 (best) | K = 1 range | fraction of the 24 B/update copy roofline | same hash |")
+    w("|---|---|---|---|---|---|---|---|")
+    roof = {key: med([x["copy_gbs"] for x in v]) * 1e9 / 24 / 1e6 for key, v in roofline.items()}
+    for x in tb:
+        base = next(y for y in tb if (y["dims"], y["n"], y["ranks"], y["threads"]) == (x["dims"], x["n"], x["ranks"], x["threads"]) and y["k"] == 1)
+        same = {h for y in tb if (y["dims"], y["n"]) == (x["dims"], x["n"]) for h in y["hashes"]}
+        layout = f"{x['ranks']}x{x['threads']}"
+        frac = f(x["mlups"] / roof[layout]) if x["dims"] == 2 and layout in roof else "-"
+        if "rounds" in x:
+            ratio = (f"{f(med([a / b for a, b in zip(x['rounds'], base['rounds'])]))} "
+                     f"({f(max(x['rounds']) / max(base['rounds']))})")
+            spread = f"{min(base['rounds']):.0f}-{max(base['rounds']):.0f}" if x["k"] == 1 else ""
+        else:
+            ratio, spread = f(x["mlups"] / base["mlups"]), "-"
+        w(f"| {x['dims']}-D {x['n']}^{x['dims']} | {x['ranks']} rank(s) x {x['threads']} thread(s) | {x['k']} | {x['mlups']:.0f} | "
+          f"{ratio} | {spread} | {frac} | {'yes' if len(same) == 1 else 'NO'} |")
+    L.append(TB_END)
+    return "\n".join(L)
 
 
 def nbody(runs=3):
@@ -658,7 +718,7 @@ def vm_mode(latency_8b_us):
     return "fast" if latency_8b_us < 0.4 else "slow"
 
 
-def small_section(runs=9, blocks=9, iters=20000):
+def small_section(runs=7, blocks=9, iters=20000):
     """Small messages (8 B - 1 KiB) against raw rsmpi: the per-call cost phalanx adds, over several
     runs (the VM's mode changes between runs). Blocks of `iters` iterations (10x commbench's default:
     a block of the default lasts under a millisecond, where one descheduling shows)."""
@@ -709,7 +769,7 @@ API_END = "<!-- /api -->"
 def api_section(blocks=7):
     """The wider API against rsmpi or raw MPI (commbench --only api, 2 ranks), and the halo exchange
     through each transport against the point-to-point plan at 1-4 ranks and on the emulated cluster."""
-    api = across_runs(runs_of(2, "api", 5, blocks))
+    api = across_runs(runs_of(2, "api", 4, blocks))
     log("api: commbench --only api, 1 rank (the cost phalanx adds, without a peer's noise)")
     one = across_runs(runs_of(1, "api", 3, blocks, "--max-size", 8))
     halo = {}
@@ -987,7 +1047,7 @@ MODEL_KERNELS = [
 ]
 
 
-def model_rounds(rounds=5):
+def model_rounds(rounds=3):
     """The model's kernel rates and the runs it is checked against, measured in alternation: each
     round runs the criterion benchmarks, then heat (one step and K steps per exchange) and nbody
     at 1-4 ranks. This VM's speed drifts by 10 % and more over minutes (the same nbody run gave
@@ -1092,7 +1152,7 @@ def render(r):
     w("## Machine\n")
     w(f"- {NPROC} cores ({cpu}), {mem} GiB, {platform.system()} {platform.release()}")
     w(f"- {ompi} (shared-memory transport `vader`; no asynchronous progress)")
-    w(f"- {rustc}, release profile (`opt-level = 3`, `codegen-units = 1`); kernels pick AVX2 at run time")
+    w(f"- {rustc}, release profile (`opt-level = 3`, `codegen-units = 1`); kernels pick their vector width at run time (heat: AVX2 with FMA; n-body: AVX-512 or AVX2)")
     w(f"- Date: {today}; total time of the run: {r['elapsed'] / 60:.1f} min\n")
 
     c = r["c_mpi"]
@@ -1171,32 +1231,7 @@ def render(r):
     hashes = sorted({h for k in ("1", "2") for h in p[k]["hashes"]})
     w(f"\nEvery phalanx run in this table ended with the same field hash: {'yes' if len(hashes) == 1 else 'NO: ' + ', '.join(hashes)}.\n")
 
-    tb = r["time_blocks"]
-    w("## Heat with temporal blocking\n")
-    w("```sh\nmpirun -n 1 --bind-to none target/release/examples/heat --n 4000 --steps 100 --threads 1 --pin compact --time-block K --json\n"
-      "# likewise -n 2 --threads 1 and -n 1 --threads 2, and 3-D 256^3 with 48 steps; 3 rounds over every case\n```\n")
-    w("`--time-block K` (`HeatSolver::with_time_block`, `step_block`) exchanges a halo K cells deep every K")
-    w("steps and computes the K steps in one wavefront pass: each row (2-D) or plane (3-D) goes through all K")
-    w("levels while it is in cache, so memory traffic per update falls from 24 B to about 32/K B until the")
-    w("kernel is bound by arithmetic and cache bandwidth. The levels alternate between the two arrays (each")
-    w("overwrites the level two below it, already consumed), so no extra memory is needed. Threads split the")
-    w("columns (2-D) or rows (3-D) into bands and keep one wavefront position apart, waiting only for their")
-    w("neighbours. Ranks recompute the K - 1 ghost layers nearest to them instead of receiving them every step.")
-    w("The field is the same bits for every K (hash column). K = 1 is the same pass without overlap; the")
-    w("default (`--time-block 1`) instead overlaps the one-layer exchange with the interior.\n")
-    w("Choosing K: the pass keeps about K + 2 rows (planes in 3-D) of both arrays in cache, split over the")
-    w("threads' bands, so K should keep that within the L2 caches; past it, throughput drops.\n")
-    w("| grid | layout | K | M cell updates/s (median) | x of K = 1 | fraction of the 24 B/update copy roofline | same hash |")
-    w("|---|---|---|---|---|---|---|")
-    roof = {key: med([x["copy_gbs"] for x in v]) * 1e9 / 24 / 1e6 for key, v in r["roofline"].items()}
-    for x in tb:
-        base = next(y for y in tb if (y["dims"], y["n"], y["ranks"], y["threads"]) == (x["dims"], x["n"], x["ranks"], x["threads"]) and y["k"] == 1)
-        same = {h for y in tb if (y["dims"], y["n"]) == (x["dims"], x["n"]) for h in y["hashes"]}
-        layout = f"{x['ranks']}x{x['threads']}"
-        frac = f(x["mlups"] / roof[layout]) if x["dims"] == 2 and layout in roof else "-"
-        w(f"| {x['dims']}-D {x['n']}^{x['dims']} | {x['ranks']} rank(s) x {x['threads']} thread(s) | {x['k']} | {x['mlups']:.0f} | "
-          f"{f(x['mlups'] / base['mlups'])} | {frac} | {'yes' if len(same) == 1 else 'NO'} |")
-    w("")
+    w(render_time_blocks(r["time_blocks"], r["roofline"]) + "\n")
 
     n = r["nbody"]
     w("## n-body: interactions per second\n")
@@ -1330,7 +1365,18 @@ def render(r):
     w("  updates/s; 2026-12-02, AMD EPYC VM), with the threads' wait spinning 256, 2048 or 16384 times")
     w("  before yielding alike; K = 8 was not affected that way. The cause was not found.")
     w("- The watchdog's activity recording costs one relaxed atomic load per operation when no watchdog")
-    w("  runs; the commbench ratios above include it.\n")
+    w("  runs; the commbench ratios above include it.")
+    w("- The heat update before it fused its multiply-adds (2026-12-03, AMD EPYC Zen 5 VM, 2-D 4000^2, one")
+    w("  core, four alternating rounds): phalanx unfused 1431-1654, fused 1644-1727, C `-mavx2 -mfma` 1588-1766")
+    w("  M updates/s; C `-mavx2` without FMA ran 1421-1633, about as fast as unfused phalanx. Peeling every")
+    w("  side of the overlapped step's interior at one rank (before only sides with a neighbour were peeled)")
+    w("  made 3-D 256^3 about 30 % slower: 900-940 against 1180-1210 M updates/s with the overlap off.")
+    w("- 3-D temporal blocking (2026-12-03, same VM): K = 8 at 256^3 ran 2.0-2.1 G updates/s, near the")
+    w("  kernel's own in-cache rate (64^3 at K = 8: 2.2-2.3 G). The row kernel on operands in L1 (one")
+    w("  row of 256 repeated, a scratch microbenchmark) reached 2.2-2.7 G updates/s with AVX2 and 2.8-3.6 G")
+    w("  with AVX-512, so 2.5x of K = 1 (about 2.9 G) needs the 3-D pass tiled to keep its planes in L1")
+    w("  and 512-bit vectors; AVX-512 in today's fused pass, whose planes stream from L2, was slower")
+    w("  (1.5-1.9 against 2.0-2.1 G).\n")
 
     t = r["timers"]
     w("## Metrics: the cost of the phase timers\n")
@@ -1369,6 +1415,8 @@ def main():
                             "## Kernels under criterion", "load balancing"),
         "--api-table": ("api", api_section, render_api, API_BEGIN, API_END, "## Kernels under criterion",
                         "wider API"),
+        "--blocking-table": ("time_blocks", time_blocks, render_time_blocks, TB_BEGIN, TB_END,
+                             "## n-body: interactions per second", "temporal blocking"),
         "--heat-c-table": ("heat_c", heat_c, render_heat_c, HEAT_C_BEGIN, HEAT_C_END,
                            "## Heat against PETSc's DMDA", "heat against C"),
         "--nbody-table": ("nbody_kernel", nbody_kernel, render_nbody_kernel, NBK_BEGIN, NBK_END,

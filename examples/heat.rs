@@ -80,7 +80,8 @@ struct Args {
     /// flight (`--overlap`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     time_block: u64,
-    /// Interior blocks per step with MPI progress polled between them (overlap on).
+    /// Interior blocks per step with MPI progress polled between them (overlap on; one block on a
+    /// rank without neighbours).
     #[arg(long, default_value_t = 4)]
     chunks: usize,
     /// Compare the final field with a serial computation on rank 0, bit for bit (small grids).

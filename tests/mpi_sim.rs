@@ -14,6 +14,23 @@ fn heat_hash_matches_serial(world: &Comm) {
     for threads in [1, 2] {
         // Pinning is tested elsewhere; here several pools are created in one process.
         let t = world.start_threads(ThreadConfig::new().threads(threads).pin(PinPolicy::None)).unwrap();
+        // Blocks one to three cells wide: the overlapped step's interior and shell (peeled only on
+        // the sides with a neighbour) for every mix of shared and boundary sides.
+        for (dims, n, steps) in [(2, 4, 6), (2, 5, 6), (3, 4, 5), (3, 3, 4)] {
+            let want = field_hash_of(&serial_reference(dims, n, steps));
+            for (overlap, chunks) in [(true, 1), (true, 2), (false, 1)] {
+                let mut s = HeatSolver::new(world, dims, n, t.pool()).unwrap();
+                for _ in 0..steps {
+                    s.step(t.pool(), overlap, chunks).unwrap();
+                }
+                let got = s.field().field_hash().unwrap();
+                let ranks = world.size();
+                assert_eq!(
+                    got, want,
+                    "{dims}-D n={n} (thin blocks) on {ranks} ranks x {threads} threads, overlap {overlap}"
+                );
+            }
+        }
         for (dims, n, steps) in [(2, 37, 25), (3, 13, 12)] {
             let want = field_hash_of(&serial_reference(dims, n, steps));
             for (overlap, chunks, stream) in [(true, 3, false), (false, 1, false), (true, 1, true), (false, 2, true)] {

@@ -2,7 +2,9 @@
  * same grid (n^d owned cells, a ring of boundary cells, the low face of dimension 0 held at 1, the
  * rest at 0), two arrays swapped each step, parallel over the outermost dimension with OpenMP.
  *   2-D: u + r (n + s + w + e - 4u), r = 0.2;   3-D: u + r (n + s + w + e + b + t - 6u), r = 0.15.
- * The field sum it prints lets a run be checked against `heat --check`'s serial loop.
+ * It prints the sum over every cell, boundary included: a check that two builds computed the same
+ * field (with FMA contraction, as GCC does by default where the target has FMA, each cell gets the
+ * same operations as phalanx's; heat itself prints a hash of the owned cells, not this sum).
  *
  *   gcc -O3 -march=native -fopenmp -o heat_ref benches/c/heat_ref.c
  *   OMP_NUM_THREADS=1 ./heat_ref DIMS N STEPS     # prints cell updates/s as one JSON line */
