@@ -9,7 +9,7 @@ use std::rc::Rc;
 use harness::Case;
 use ndarray::{Array, Dimension, IntoDimension, Ix1, Ix2, Ix3, IxDyn};
 use phalanx::comm::Comm;
-use phalanx::decomp::{Decomposition, DistArray, HaloTransport, Stencil};
+use phalanx::decomp::{field_hash_of, Decomposition, DistArray, HaloTransport, Stencil};
 use phalanx::ErrorKind;
 
 const RANKS: &[usize] = &[1, 2, 3, 4, 6];
@@ -233,6 +233,13 @@ fn redistribute_onto_new_blocks(c: &Comm) {
                 u.set_boundary_ghosts(5);
                 u.set_boundary_face(0, false, 9);
                 let hash = u.field_hash().unwrap();
+                // The hash of the whole field in row-major order, as one process would compute it.
+                let global: Vec<u64> = (1..=shape.iter().product::<usize>() as u64).collect();
+                assert_eq!(
+                    hash,
+                    field_hash_of(&global),
+                    "{shape:?} {periodic:?} w {w}: field_hash against field_hash_of"
+                );
                 let sizes: Vec<Vec<usize>> = (0..nd).map(|d| skewed(shape[d], dc.grid().dims()[d], w, d + w)).collect();
                 let to = dc.rebalanced(&sizes).unwrap();
                 assert_eq!(to.block_sizes(), sizes);

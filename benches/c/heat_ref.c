@@ -60,11 +60,11 @@ int main(int argc, char **argv) {
     memset(u + i * face, 0, face * sizeof(double));
     memset(v + i * face, 0, face * sizeof(double));
   }
-  for (long c = 1; c < face - 1; c++) u[c] = v[c] = 1.0; /* low face of dimension 0 (corners stay 0) */
-  if (dims == 3)
-    for (long c = 0; c < face; c++) u[c] = v[c] = (c / g >= 1 && c / g <= n && c % g >= 1 && c % g <= n);
-  else
-    u[0] = v[0] = u[g - 1] = v[g - 1] = 0.0;
+  /* The low face of dimension 0 at 1 over its owned cells (its edges stay 0, as in phalanx). */
+  for (long c = 0; c < face; c++) {
+    int inside = dims == 2 ? (c >= 1 && c <= n) : (c / g >= 1 && c / g <= n && c % g >= 1 && c % g <= n);
+    u[c] = v[c] = inside ? 1.0 : 0.0;
+  }
   double t0 = now();
   for (long s = 0; s < steps; s++) {
     if (dims == 2)

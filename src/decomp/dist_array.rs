@@ -592,22 +592,29 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
     /// # Errors
     /// MPI errors.
     pub fn field_hash(&self) -> Result<u128> {
-        use xxhash_rust::xxh3::xxh3_64_with_seed;
         let dc = &self.decomp;
-        let shape = dc.shape();
-        let start = dc.owned_box().start();
+        let (shape, start) = (dc.shape(), dc.owned_box().start());
+        let owned = self.owned();
+        // Row by row (the last axis), in row-major order of the outer indices: the global linear
+        // index of a row's first cell once per row, not an n-D index per cell.
+        let last = owned.ndim() - 1;
+        let outer = owned.shape()[..last].to_vec();
+        let mut at = vec![0usize; last];
         let mut lanes = [0u64; 2];
-        for (idx, v) in self.owned().indexed_iter() {
-            let linear = idx
-                .into_dimension()
-                .slice()
-                .iter()
-                .zip(start)
-                .zip(shape)
-                .fold(0u64, |acc, ((&i, &s), &n)| acc * n as u64 + (i + s) as u64);
-            let bytes = bytemuck::bytes_of(v);
-            lanes[0] = lanes[0].wrapping_add(xxh3_64_with_seed(bytes, linear));
-            lanes[1] = lanes[1].wrapping_add(xxh3_64_with_seed(bytes, linear ^ 0x9e37_79b9_7f4a_7c15));
+        for row in owned.rows() {
+            let base =
+                at.iter().zip(start).zip(shape).fold(0u64, |acc, ((&i, &s), &n)| acc * n as u64 + (i + s) as u64);
+            let first = base * shape[last] as u64 + start[last] as u64;
+            for (j, v) in row.iter().enumerate() {
+                hash_cell(&mut lanes, first + j as u64, v);
+            }
+            for d in (0..last).rev() {
+                at[d] += 1;
+                if at[d] < outer[d] {
+                    break;
+                }
+                at[d] = 0;
+            }
         }
         let total = dc.comm().allreduce_vec(&lanes, Op::Sum)?;
         Ok((total[0] as u128) << 64 | total[1] as u128)

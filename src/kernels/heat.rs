@@ -12,7 +12,8 @@
 //! neighbour), and polls MPI between blocks (Open MPI 4.1 moves messages above its eager limit only
 //! inside MPI calls), then finishes the exchange and computes the shell: one cell on each side that
 //! has a neighbour. A side on the domain's boundary is not peeled (its ghosts hold the boundary
-//! values all along), so on one rank the overlapped step is one plain sweep. The main thread never spins: it waits in the pool while a block runs.
+//! values all along), so on one rank the overlapped step is one plain sweep. The main thread never
+//! spins: it waits in the pool while a block runs.
 //!
 //! # Temporal blocking
 //! [`HeatSolver::with_time_block`]`(k)` and [`HeatSolver::step_block`] trade that overlap for
