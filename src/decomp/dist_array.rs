@@ -4,7 +4,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytemuck::Pod;
-use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, IntoDimension, Slice};
+use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Slice};
 
 use super::halo::{pack, pad3, unpack, HaloExchange, HaloPlan, Region};
 use super::layout::{Decomposition, GhostedBox, OwnedBox};
@@ -18,6 +18,23 @@ pub(crate) fn hash_cell<T: Pod>(lanes: &mut [u64; 2], linear: u64, v: &T) {
     let bytes = bytemuck::bytes_of(v);
     lanes[0] = lanes[0].wrapping_add(xxh3_64_with_seed(bytes, linear));
     lanes[1] = lanes[1].wrapping_add(xxh3_64_with_seed(bytes, linear ^ 0x9e37_79b9_7f4a_7c15));
+}
+
+/// Calls `f(outer index, row)` for each row (lane along the last axis) of a block whose outer
+/// shape is `outer`, given its rows in row-major order: the outer index is stepped once per row,
+/// so the cells of a row need no n-D index of their own.
+fn by_rows<R>(rows: impl IntoIterator<Item = R>, outer: &[usize], mut f: impl FnMut(&[usize], R)) {
+    let mut at = vec![0usize; outer.len()];
+    for row in rows {
+        f(&at, row);
+        for d in (0..outer.len()).rev() {
+            at[d] += 1;
+            if at[d] < outer[d] {
+                break;
+            }
+            at[d] = 0;
+        }
+    }
 }
 
 /// The [`DistArray::field_hash`] of a whole global field given in row-major order on one process
@@ -131,13 +148,19 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
     /// Local.
     pub fn fill_owned_with(&mut self, f: impl Fn(&[usize]) -> T) {
         let start = self.decomp.owned_box().start().to_vec();
+        let last = start.len() - 1;
         let mut g = vec![0; start.len()];
-        for (idx, v) in self.owned_mut().indexed_iter_mut() {
-            for (d, (&i, &s)) in idx.into_dimension().slice().iter().zip(&start).enumerate() {
-                g[d] = i + s;
+        let mut owned = self.owned_mut();
+        let outer = owned.shape()[..last].to_vec();
+        by_rows(owned.rows_mut(), &outer, |at, row| {
+            for (d, &i) in at.iter().enumerate() {
+                g[d] = i + start[d];
             }
-            *v = f(&g);
-        }
+            for (j, v) in row.into_iter().enumerate() {
+                g[last] = start[last] + j;
+                *v = f(&g);
+            }
+        });
     }
 
     /// The decomposition.
@@ -595,27 +618,17 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
         let dc = &self.decomp;
         let (shape, start) = (dc.shape(), dc.owned_box().start());
         let owned = self.owned();
-        // Row by row (the last axis), in row-major order of the outer indices: the global linear
-        // index of a row's first cell once per row, not an n-D index per cell.
+        // The global linear index of a row's first cell once per row, not an n-D index per cell.
         let last = owned.ndim() - 1;
-        let outer = owned.shape()[..last].to_vec();
-        let mut at = vec![0usize; last];
         let mut lanes = [0u64; 2];
-        for row in owned.rows() {
+        by_rows(owned.rows(), &owned.shape()[..last], |at, row| {
             let base =
                 at.iter().zip(start).zip(shape).fold(0u64, |acc, ((&i, &s), &n)| acc * n as u64 + (i + s) as u64);
             let first = base * shape[last] as u64 + start[last] as u64;
-            for (j, v) in row.iter().enumerate() {
+            for (j, v) in row.into_iter().enumerate() {
                 hash_cell(&mut lanes, first + j as u64, v);
             }
-            for d in (0..last).rev() {
-                at[d] += 1;
-                if at[d] < outer[d] {
-                    break;
-                }
-                at[d] = 0;
-            }
-        }
+        });
         let total = dc.comm().allreduce_vec(&lanes, Op::Sum)?;
         Ok((total[0] as u128) << 64 | total[1] as u128)
     }
@@ -666,12 +679,18 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
         reduce: impl Fn(R, R) -> R + Sync,
     ) -> Result<R> {
         let start = self.decomp.owned_box().start();
+        let last = start.len() - 1;
         let mut global = vec![0usize; start.len()];
-        let local = self.owned().indexed_iter().fold(identity, |acc, (idx, v)| {
-            for ((g, &i), &s) in global.iter_mut().zip(idx.into_dimension().slice()).zip(start) {
-                *g = i + s;
+        let owned = self.owned();
+        let mut local = identity;
+        by_rows(owned.rows(), &owned.shape()[..last], |at, row| {
+            for (d, &i) in at.iter().enumerate() {
+                global[d] = i + start[d];
             }
-            reduce(acc, map(&global, v))
+            for (j, v) in row.into_iter().enumerate() {
+                global[last] = start[last] + j;
+                local = reduce(local, map(&global, v));
+            }
         });
         Ok(self.comm().allreduce_with(&[local], |a, b| reduce(*a, *b))?[0])
     }
