@@ -54,18 +54,28 @@ fn heat_slow_rank(ranks: usize, grid: &str, factor: &str) {
     let slow = format!("PHALANX_FAULT=slow:1:{factor}");
     let base = ["--n", "512", "--steps", "2400", "--threads", "1", "--grid", grid, "--json"];
     // Checked every 1200 steps with a threshold nothing reaches: the planes stay, and the whole
-    // run's imbalance is measured.
-    let fixed = json_of(
-        &mpirun(
-            ranks,
-            &[&slow],
-            &heat,
-            &[&base[..], &["--balance-every", "1200", "--balance-threshold", "100"]].concat(),
-        ),
-        "heat unbalanced",
-    );
-    assert_eq!(fixed["balance"]["rebalances"], 0, "{fixed}");
-    let before = f(&fixed, "imbalance_after");
+    // run's imbalance is measured. That run only shows that the slowed rank is slow (the premise
+    // of what follows); the imbalance is CPU time, and once in CI a burst on this 2-core VM hid it
+    // (1.19 where runs give 1.66-1.88), so a premise not met is measured again, up to 3 runs.
+    let mut tries = Vec::new();
+    let (fixed, before) = loop {
+        let fixed = json_of(
+            &mpirun(
+                ranks,
+                &[&slow],
+                &heat,
+                &[&base[..], &["--balance-every", "1200", "--balance-threshold", "100"]].concat(),
+            ),
+            "heat unbalanced",
+        );
+        assert_eq!(fixed["balance"]["rebalances"], 0, "{fixed}");
+        let before = f(&fixed, "imbalance_after");
+        tries.push(before);
+        if before >= 1.5 || tries.len() == 3 {
+            break (fixed, before);
+        }
+        println!("heat {ranks} ranks ({grid}), rank 1 slowed {factor}x: unbalanced imbalance only {before:.3}; measuring again");
+    };
     let out = mpirun(ranks, &[&slow], &heat, &[&base[..], &["--balance-every", "200"]].concat());
     let balanced = json_of(&out, "heat balanced");
     let after = f(&balanced, "imbalance_after");
@@ -74,7 +84,7 @@ fn heat_slow_rank(ranks: usize, grid: &str, factor: &str) {
         "heat {ranks} ranks ({grid}), rank 1 slowed {factor}x: imbalance {before:.3} unbalanced, {after:.3} after {moves} moves, blocks {:?}",
         sizes(&balanced)
     );
-    assert!(before >= 1.5, "unbalanced imbalance {before}: {fixed}");
+    assert!(before >= 1.5, "unbalanced imbalance {tries:?} in {} runs: {fixed}", tries.len());
     assert!(moves >= 1 && after <= 1.2, "balanced imbalance {after} after {moves} moves: {balanced}");
     assert!(sizes(&balanced)[0][1] < 512 / ranks, "the slow rank's block must shrink: {balanced}");
     assert_eq!(balanced["field_hash"], fixed["field_hash"]);

@@ -60,7 +60,8 @@ int main(int argc, char **argv) {
     memset(u + i * face, 0, face * sizeof(double));
     memset(v + i * face, 0, face * sizeof(double));
   }
-  /* The low face of dimension 0 at 1 over its owned cells (its edges stay 0, as in phalanx). */
+  /* The low face of dimension 0 at 1 over its owned cells; its edges stay 0 (phalanx sets them to 1:
+   * the face-neighbour stencil never reads them). */
   for (long c = 0; c < face; c++) {
     int inside = dims == 2 ? (c >= 1 && c <= n) : (c / g >= 1 && c / g <= n && c % g >= 1 && c % g <= n);
     u[c] = v[c] = inside ? 1.0 : 0.0;

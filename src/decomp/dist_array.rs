@@ -22,7 +22,8 @@ pub(crate) fn hash_cell<T: Pod>(lanes: &mut [u64; 2], linear: u64, v: &T) {
 
 /// Calls `f(outer index, row)` for each row (lane along the last axis) of a block whose outer
 /// shape is `outer`, given its rows in row-major order: the outer index is stepped once per row,
-/// so the cells of a row need no n-D index of their own.
+/// so the cells of a row need no n-D index of their own. ndarray's `rows()`/`rows_mut()` yield
+/// them in that order, also for strided views (checked by the test below for ndarray 0.16).
 fn by_rows<R>(rows: impl IntoIterator<Item = R>, outer: &[usize], mut f: impl FnMut(&[usize], R)) {
     let mut at = vec![0usize; outer.len()];
     for row in rows {
@@ -741,5 +742,36 @@ impl<T: Pod + Send + Sync + Into<f64>, D: Dimension> DistArray<T, D> {
     /// MPI errors.
     pub fn norm2(&self) -> Result<f64> {
         Ok(self.reduce_owned(0.0, |a, b| a + b * b, Op::Sum)?.sqrt())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::by_rows;
+    use ndarray::{s, Array, Dimension, IxDyn};
+
+    /// `by_rows` over ndarray's generalized rows gives every cell its own index, in the order of
+    /// `indexed_iter`, on strided views (a block inside a larger array) of 1 to 3 dimensions.
+    #[test]
+    fn by_rows_matches_indexed_iter() {
+        let full = Array::from_shape_fn(IxDyn(&[5, 6, 7]), |i| (i[0] * 100 + i[1] * 10 + i[2]) as u32);
+        let views = [
+            full.slice(s![1..4, 2..5, 1..6]).into_dyn(),
+            full.slice(s![2, 1..6, 2..4]).into_dyn(),
+            full.slice(s![3, 4, 1..7]).into_dyn(),
+        ];
+        for v in views {
+            let last = v.ndim() - 1;
+            let want: Vec<(Vec<usize>, u32)> = v.indexed_iter().map(|(i, &x)| (i.slice().to_vec(), x)).collect();
+            let mut got = Vec::new();
+            by_rows(v.rows(), &v.shape()[..last], |at, row| {
+                for (j, &x) in row.into_iter().enumerate() {
+                    let mut i = at.to_vec();
+                    i.push(j);
+                    got.push((i, x));
+                }
+            });
+            assert_eq!(got, want, "view of shape {:?}", v.shape());
+        }
     }
 }
