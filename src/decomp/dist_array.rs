@@ -20,20 +20,24 @@ pub(crate) fn hash_cell<T: Pod>(lanes: &mut [u64; 2], linear: u64, v: &T) {
     lanes[1] = lanes[1].wrapping_add(xxh3_64_with_seed(bytes, linear ^ 0x9e37_79b9_7f4a_7c15));
 }
 
-/// Calls `f(outer index, row)` for each row (lane along the last axis) of a block whose outer
-/// shape is `outer`, given its rows in row-major order: the outer index is stepped once per row,
-/// so the cells of a row need no n-D index of their own. ndarray's `rows()`/`rows_mut()` yield
-/// them in that order, also for strided views (checked by the test below for ndarray 0.16).
-fn by_rows<R>(rows: impl IntoIterator<Item = R>, outer: &[usize], mut f: impl FnMut(&[usize], R)) {
-    let mut at = vec![0usize; outer.len()];
+/// Calls `f(index, row)` for each row (lane along the last axis) of a block of `shape` whose first
+/// cell has global index `start`, given its rows in row-major order; `index` is the global index
+/// of the row's first cell, stepped once per row, so the cells of a row need no n-D index of their
+/// own (`f` may advance `index`'s last entry along the row; it is reset for the next row).
+/// ndarray's `rows()`/`rows_mut()` yield the rows in that order, also for strided views (checked by
+/// the test below for ndarray 0.16).
+fn by_rows<R>(rows: impl IntoIterator<Item = R>, shape: &[usize], start: &[usize], mut f: impl FnMut(&mut [usize], R)) {
+    let last = shape.len() - 1;
+    let mut at = start.to_vec();
     for row in rows {
-        f(&at, row);
-        for d in (0..outer.len()).rev() {
+        at[last] = start[last];
+        f(&mut at, row);
+        for d in (0..last).rev() {
             at[d] += 1;
-            if at[d] < outer[d] {
+            if at[d] < start[d] + shape[d] {
                 break;
             }
-            at[d] = 0;
+            at[d] = start[d];
         }
     }
 }
@@ -149,17 +153,13 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
     /// Local.
     pub fn fill_owned_with(&mut self, f: impl Fn(&[usize]) -> T) {
         let start = self.decomp.owned_box().start().to_vec();
-        let last = start.len() - 1;
-        let mut g = vec![0; start.len()];
         let mut owned = self.owned_mut();
-        let outer = owned.shape()[..last].to_vec();
-        by_rows(owned.rows_mut(), &outer, |at, row| {
-            for (d, &i) in at.iter().enumerate() {
-                g[d] = i + start[d];
-            }
-            for (j, v) in row.into_iter().enumerate() {
-                g[last] = start[last] + j;
-                *v = f(&g);
+        let shape = owned.shape().to_vec();
+        let last = shape.len() - 1;
+        by_rows(owned.rows_mut(), &shape, &start, |g, row| {
+            for v in row {
+                *v = f(g);
+                g[last] += 1;
             }
         });
     }
@@ -620,12 +620,9 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
         let (shape, start) = (dc.shape(), dc.owned_box().start());
         let owned = self.owned();
         // The global linear index of a row's first cell once per row, not an n-D index per cell.
-        let last = owned.ndim() - 1;
         let mut lanes = [0u64; 2];
-        by_rows(owned.rows(), &owned.shape()[..last], |at, row| {
-            let base =
-                at.iter().zip(start).zip(shape).fold(0u64, |acc, ((&i, &s), &n)| acc * n as u64 + (i + s) as u64);
-            let first = base * shape[last] as u64 + start[last] as u64;
+        by_rows(owned.rows(), owned.shape(), start, |g, row| {
+            let first = g.iter().zip(shape).fold(0u64, |acc, (&i, &n)| acc * n as u64 + i as u64);
             for (j, v) in row.into_iter().enumerate() {
                 hash_cell(&mut lanes, first + j as u64, v);
             }
@@ -679,18 +676,13 @@ impl<T: Pod + Send + Sync, D: Dimension> DistArray<T, D> {
         map: impl Fn(&[usize], &T) -> R,
         reduce: impl Fn(R, R) -> R + Sync,
     ) -> Result<R> {
-        let start = self.decomp.owned_box().start();
-        let last = start.len() - 1;
-        let mut global = vec![0usize; start.len()];
         let owned = self.owned();
+        let last = owned.ndim() - 1;
         let mut local = identity;
-        by_rows(owned.rows(), &owned.shape()[..last], |at, row| {
-            for (d, &i) in at.iter().enumerate() {
-                global[d] = i + start[d];
-            }
-            for (j, v) in row.into_iter().enumerate() {
-                global[last] = start[last] + j;
-                local = reduce(local, map(&global, v));
+        by_rows(owned.rows(), owned.shape(), self.decomp.owned_box().start(), |g, row| {
+            for v in row {
+                local = reduce(local, map(g, v));
+                g[last] += 1;
             }
         });
         Ok(self.comm().allreduce_with(&[local], |a, b| reduce(*a, *b))?[0])
@@ -764,11 +756,10 @@ mod tests {
             let last = v.ndim() - 1;
             let want: Vec<(Vec<usize>, u32)> = v.indexed_iter().map(|(i, &x)| (i.slice().to_vec(), x)).collect();
             let mut got = Vec::new();
-            by_rows(v.rows(), &v.shape()[..last], |at, row| {
-                for (j, &x) in row.into_iter().enumerate() {
-                    let mut i = at.to_vec();
-                    i.push(j);
-                    got.push((i, x));
+            by_rows(v.rows(), v.shape(), &vec![0; v.ndim()], |g, row| {
+                for &x in row {
+                    got.push((g.to_vec(), x));
+                    g[last] += 1;
                 }
             });
             assert_eq!(got, want, "view of shape {:?}", v.shape());
