@@ -32,6 +32,10 @@ const SPARES: &str = "PHALANX_RECOVERY_SPARES";
 /// A directory for disk checkpoints every `DISK_EVERY` steps, the fallback when copies are lost.
 const DISK: &str = "PHALANX_RECOVERY_DISK";
 const DISK_EVERY: u64 = 10;
+/// Milliseconds the workers sleep before their first step: how long a spare waits idle.
+const IDLE: &str = "PHALANX_RECOVERY_IDLE_MS";
+/// The sleep of the cases that measure a waiting spare's CPU time.
+const IDLE_MS: u64 = 1500;
 const N: usize = 240;
 const STEPS: u64 = 40;
 const EVERY: u64 = 5;
@@ -88,8 +92,18 @@ fn child() -> std::process::ExitCode {
         if let Some(s) = &store {
             how = how.disk_fallback(s);
         }
+        let idle = std::env::var(IDLE).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut first = true;
+        let (cpu, wall) = (cpu_seconds(), Instant::now());
+        let body = |at: &recovery::Attempt| {
+            if std::mem::take(&mut first) {
+                std::thread::sleep(Duration::from_millis(idle));
+            }
+            simulate(at, store.as_ref())
+        };
         // A spare never needed returns None.
-        let Some((hash, recoveries)) = how.run(&world, |at| simulate(at, store.as_ref()))? else {
+        let Some((hash, recoveries)) = how.run(&world, body)? else {
+            println!("spare: cpu {:.3} s in {:.3} s", cpu_seconds() - cpu, wall.elapsed().as_secs_f64());
             return Ok(());
         };
         if hash != 0 {
@@ -102,6 +116,32 @@ fn child() -> std::process::ExitCode {
     })
 }
 
+/// This process's CPU time (user and system, every thread), in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 * 1e-6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// Why a spare's wait, as the spare reported it ("spare: cpu A s in B s"), kept a core busy; the
+/// workers slept `IDLE_MS` of it.
+fn spare_busy(out: &str) -> Option<String> {
+    let Some(line) = out.lines().find_map(|l| l.strip_prefix("spare: cpu ")) else {
+        return Some("no \"spare: cpu\" line in the output".into());
+    };
+    let w: Vec<f64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let [cpu, wall] = w[..] else { return Some(format!("cannot read {line:?}")) };
+    if wall < IDLE_MS as f64 * 1e-3 {
+        return Some(format!("the spare waited {wall:.3} s, less than the workers' {IDLE_MS} ms sleep"));
+    }
+    // A spinning wait costs about the wall time (more than half of it even with the two cores
+    // shared by three ranks); a sleeping one, a few percent.
+    (cpu > 0.25 * wall).then(|| format!("the waiting spare used {cpu:.3} s of CPU in {wall:.3} s (want < 25 %)"))
+}
+
 struct Case {
     name: &'static str,
     ranks: usize,
@@ -112,6 +152,8 @@ struct Case {
     ok: bool,
     spares: usize,
     disk: bool,
+    /// The workers sleep `IDLE_MS` first; the spare's CPU time is checked.
+    idle: bool,
 }
 
 fn hash_of(out: &str) -> Option<String> {
@@ -124,16 +166,17 @@ fn launch(
     fault: &str,
     spares: usize,
     disk: Option<&std::path::Path>,
+    idle_ms: u64,
 ) -> (std::process::Output, Duration) {
     let exe = std::env::current_exe().expect("current_exe");
-    let mut a = common::launcher_args(ranks, &[MODE, "PHALANX_FT", "PHALANX_FAULT", SPARES, DISK]);
+    let mut a = common::launcher_args(ranks, &[MODE, "PHALANX_FT", "PHALANX_FAULT", SPARES, DISK, IDLE]);
     if ft {
         let dashdash = a.iter().position(|x| x == "--").expect("--");
         a.insert(dashdash, "--ft".into());
     }
     let mut cmd = Command::new(&a[0]);
     cmd.args(&a[1..]).arg(&exe).env(MODE, "1").env("PHALANX_FT", "1").env("PHALANX_FAULT", fault);
-    cmd.env(SPARES, spares.to_string());
+    cmd.env(SPARES, spares.to_string()).env(IDLE, idle_ms.to_string());
     if let Some(d) = disk {
         cmd.env(DISK, d);
     }
@@ -167,7 +210,7 @@ fn main() -> std::process::ExitCode {
     };
     if !ulfm {
         // The fallback: asked for, refused with the reason, and the run completes as without it.
-        let (o, took) = launch(3, false, "", 0, None);
+        let (o, took) = launch(3, false, "", 0, None, 0);
         let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         let mut why = Vec::new();
         if !o.status.success() {
@@ -180,7 +223,7 @@ fn main() -> std::process::ExitCode {
         }
         report("fault-tolerant mode without ULFM falls back", why, format!("{took:.1?}"), &out);
         // Spares without fault tolerance wait for the workers and end with them.
-        let (o, took) = launch(3, false, "", 1, None);
+        let (o, took) = launch(3, false, "", 1, None, IDLE_MS);
         let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         let mut why = Vec::new();
         if !o.status.success() {
@@ -194,7 +237,9 @@ fn main() -> std::process::ExitCode {
         if out.matches("result hash").count() != 1 {
             why.push("want one result line (rank 0 of the 2 workers)".into());
         }
-        report("1 spare without ULFM waits for the workers", why, format!("{took:.1?}"), &out);
+        why.extend(spare_busy(&out));
+        let spare = out.lines().find(|l| l.starts_with("spare: ")).unwrap_or("").to_string();
+        report("1 spare without ULFM waits for the workers", why, format!("{took:.1?}; {spare}"), &out);
         skipped += 1;
         println!(
             "recovery: SKIPPED the killed-rank cases: they need an MPI that survives a failed process (Open MPI 5 \
@@ -202,7 +247,7 @@ fn main() -> std::process::ExitCode {
             std::env::var("PHALANX_MPI").unwrap_or_else(|_| "system".into())
         );
     } else {
-        let (o, took) = launch(4, true, "", 0, None);
+        let (o, took) = launch(4, true, "", 0, None, 0);
         let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         let reference = hash_of(&out);
         let mut why = Vec::new();
@@ -220,6 +265,7 @@ fn main() -> std::process::ExitCode {
                 ok: true,
                 spares: 0,
                 disk: false,
+                idle: false,
             },
             Case {
                 name: "kill rank 0 of 4 at step 7",
@@ -230,6 +276,7 @@ fn main() -> std::process::ExitCode {
                 ok: true,
                 spares: 0,
                 disk: false,
+                idle: false,
             },
             Case {
                 name: "kill rank 1 of 4 before the first step",
@@ -240,6 +287,7 @@ fn main() -> std::process::ExitCode {
                 ok: true,
                 spares: 0,
                 disk: false,
+                idle: false,
             },
             Case {
                 name: "three successive kills in one run",
@@ -250,6 +298,7 @@ fn main() -> std::process::ExitCode {
                 ok: true,
                 spares: 0,
                 disk: false,
+                idle: false,
             },
             Case {
                 name: "kill two ranks that are not partners at the same step",
@@ -260,6 +309,7 @@ fn main() -> std::process::ExitCode {
                 ok: true,
                 spares: 0,
                 disk: false,
+                idle: false,
             },
             Case {
                 name: "kill rank 2 of 4 in the middle of the partner copy of step 10",
@@ -270,6 +320,7 @@ fn main() -> std::process::ExitCode {
                 ok: true,
                 spares: 0,
                 disk: false,
+                idle: false,
             },
             Case {
                 name: "kill a rank and its partner",
@@ -284,6 +335,7 @@ fn main() -> std::process::ExitCode {
                 ok: false,
                 spares: 0,
                 disk: false,
+                idle: false,
             },
             Case {
                 name: "kill a rank and its partner, falling back to the disk checkpoint",
@@ -294,6 +346,7 @@ fn main() -> std::process::ExitCode {
                 ok: true,
                 spares: 0,
                 disk: true,
+                idle: false,
             },
             Case {
                 name: "kill a rank and its partner before any disk checkpoint",
@@ -304,9 +357,10 @@ fn main() -> std::process::ExitCode {
                 ok: false,
                 spares: 0,
                 disk: true,
+                idle: false,
             },
             Case {
-                name: "1 spare never needed",
+                name: "1 spare never needed, idle while it waits",
                 ranks: 5,
                 fault: "",
                 texts: &["0 recoveries"],
@@ -314,6 +368,7 @@ fn main() -> std::process::ExitCode {
                 ok: true,
                 spares: 1,
                 disk: false,
+                idle: true,
             },
             Case {
                 name: "kill a rank and its partner with 1 spare, falling back to the disk checkpoint",
@@ -327,6 +382,7 @@ fn main() -> std::process::ExitCode {
                 ok: true,
                 spares: 1,
                 disk: true,
+                idle: false,
             },
             Case {
                 name: "kill rank 2 of 4 workers with 1 spare",
@@ -341,6 +397,7 @@ fn main() -> std::process::ExitCode {
                 ok: true,
                 spares: 1,
                 disk: false,
+                idle: false,
             },
             Case {
                 name: "kill rank 0, then rank 3, with 1 spare (then shrinking)",
@@ -356,12 +413,20 @@ fn main() -> std::process::ExitCode {
                 ok: true,
                 spares: 1,
                 disk: false,
+                idle: false,
             },
         ];
         for c in &cases {
             let dir = std::env::temp_dir().join(format!("phalanx-recovery-{}-{}", std::process::id(), c.fault));
             let _ = std::fs::remove_dir_all(&dir);
-            let (o, took) = launch(c.ranks, true, c.fault, c.spares, c.disk.then_some(dir.as_path()));
+            let (o, took) = launch(
+                c.ranks,
+                true,
+                c.fault,
+                c.spares,
+                c.disk.then_some(dir.as_path()),
+                if c.idle { IDLE_MS } else { 0 },
+            );
             let _ = std::fs::remove_dir_all(&dir);
             let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
             let mut why = Vec::new();
@@ -376,7 +441,14 @@ fn main() -> std::process::ExitCode {
                     why.push(format!("no {t:?} in the output"));
                 }
             }
-            let line = out.lines().find(|l| l.contains("phalanx recovery:")).unwrap_or("").to_string();
+            if c.idle {
+                why.extend(spare_busy(&out));
+            }
+            let line = out
+                .lines()
+                .find(|l| l.contains("phalanx recovery:") || (c.idle && l.starts_with("spare: ")))
+                .unwrap_or("")
+                .to_string();
             report(c.name, why, format!("{took:.1?}; {line}"), &out);
         }
     }

@@ -790,6 +790,31 @@ pub(crate) fn test_quiet(req: &mut MPI_Request) -> bool {
     code != sys::MPI_SUCCESS as c_int || flag != 0
 }
 
+/// The pauses of a wait that polls and may last long (a spare rank waits for the whole run): none
+/// for the first 2 ms, then sleeps of 50 us doubling up to 2 ms, so that the waiting rank leaves its
+/// core to the ranks computing. A long wait ends at most about 2 ms late; a short one as before.
+pub(crate) struct Idle {
+    start: std::time::Instant,
+    nap: std::time::Duration,
+}
+
+impl Idle {
+    const SPIN: std::time::Duration = std::time::Duration::from_millis(2);
+    const MAX_NAP: std::time::Duration = std::time::Duration::from_millis(2);
+
+    pub(crate) fn new() -> Idle {
+        Idle { start: std::time::Instant::now(), nap: std::time::Duration::from_micros(50) }
+    }
+
+    /// Called between two polls.
+    pub(crate) fn pause(&mut self) {
+        if self.start.elapsed() >= Self::SPIN {
+            std::thread::sleep(self.nap);
+            self.nap = (self.nap * 2).min(Self::MAX_NAP);
+        }
+    }
+}
+
 /// Waits for all requests; statuses are written into `statuses` (same length as `reqs`).
 pub(crate) fn waitall(
     reqs: &mut [MPI_Request],

@@ -55,6 +55,7 @@ mod decl {
     type Revoke = unsafe extern "C" fn(MPI_Comm) -> c_int;
     type Shrink = unsafe extern "C" fn(MPI_Comm, *mut MPI_Comm) -> c_int;
     type Agree = unsafe extern "C" fn(MPI_Comm, *mut c_int) -> c_int;
+    type IAgree = unsafe extern "C" fn(MPI_Comm, *mut c_int, *mut sys::MPI_Request) -> c_int;
     type Ack = unsafe extern "C" fn(MPI_Comm) -> c_int;
     type GetAcked = unsafe extern "C" fn(MPI_Comm, *mut sys::MPI_Group) -> c_int;
     type IsRevoked = unsafe extern "C" fn(MPI_Comm, *mut c_int) -> c_int;
@@ -64,6 +65,8 @@ mod decl {
         pub(super) revoke: Revoke,
         pub(super) shrink: Shrink,
         pub(super) agree: Agree,
+        /// `MPIX_Comm_iagree`, where the library has it (Open MPI 5; not MPICH).
+        pub(super) iagree: Option<IAgree>,
         pub(super) failure_ack: Ack,
         pub(super) failure_get_acked: GetAcked,
         pub(super) is_revoked: IsRevoked,
@@ -92,6 +95,9 @@ mod decl {
                         revoke: std::mem::transmute::<*mut std::ffi::c_void, Revoke>(find(c"MPIX_Comm_revoke")?),
                         shrink: std::mem::transmute::<*mut std::ffi::c_void, Shrink>(find(c"MPIX_Comm_shrink")?),
                         agree: std::mem::transmute::<*mut std::ffi::c_void, Agree>(find(c"MPIX_Comm_agree")?),
+                        iagree: find(c"MPIX_Comm_iagree")
+                            .ok()
+                            .map(|p| std::mem::transmute::<*mut std::ffi::c_void, IAgree>(p)),
                         failure_ack: std::mem::transmute::<*mut std::ffi::c_void, Ack>(find(c"MPIX_Comm_failure_ack")?),
                         failure_get_acked: std::mem::transmute::<*mut std::ffi::c_void, GetAcked>(find(
                             c"MPIX_Comm_failure_get_acked",
@@ -166,17 +172,53 @@ pub(crate) fn shrink(comm: MPI_Comm, rank: i32) -> Result<MPI_Comm> {
 /// `MPIX_Comm_agree`: the bitwise AND of `flag` over the surviving processes, the same on each.
 /// The value is agreed even when the call reports a failure it had not acknowledged before, so it
 /// is returned with the error code rather than as a `Result`.
+///
+/// Where the library has `MPIX_Comm_iagree` (Open MPI 5), the agreement is started with it and
+/// polled as [`super::Idle`] says (without pause for 2 ms, then sleeping up to 2 ms between
+/// polls): a rank that waits long here (a spare rank waits for the whole run, a worker that
+/// finished early for the others) leaves its core to the ones computing, instead of spinning in
+/// `MPIX_Comm_agree` (Open MPI's blocking agreement polls without yielding). The cost is up to
+/// 2 ms more before a long wait ends; a short wait ends as before.
 pub(crate) fn agree(comm: MPI_Comm, flag: i32, rank: i32) -> (i32, Result<()>) {
     #[cfg(phalanx_ulfm)]
     {
-        let agree = match calls("agree", rank) {
-            Ok(c) => c.agree,
+        let c = match calls("agree", rank) {
+            Ok(c) => c,
             Err(e) => return (0, Err(e)),
         };
-        let mut f: c_int = flag;
-        // SAFETY: `comm` is a live communicator; `f` is a valid in/out pointer.
-        let rc = unsafe { agree(comm, &mut f) };
-        (f, check(rc, "agree", rank))
+        let Some(iagree) = c.iagree else {
+            let mut f: c_int = flag;
+            // SAFETY: `comm` is a live communicator; `f` is a valid in/out pointer.
+            let rc = unsafe { (c.agree)(comm, &mut f) };
+            return (f, check(rc, "agree", rank));
+        };
+        // Boxed: leaked, not freed, if the request is ever abandoned unfinished.
+        let mut f = Box::new(flag as c_int);
+        let mut req = super::request_null();
+        // SAFETY: `comm` is a live communicator; `f` stays valid until the request completes (it
+        // is leaked below if the request is left unfinished); `req` is a valid out-pointer.
+        if let Err(e) = check(unsafe { iagree(comm, &mut *f, &mut req) }, "agree", rank) {
+            return (*f, Err(e));
+        }
+        let mut idle = super::Idle::new();
+        loop {
+            // The agreement completes on every survivor, failures or not; releasing its request
+            // once it has (also with an error) is safe, unlike a send's (see `waitall_keep`).
+            match super::test(&mut req, "agree", rank) {
+                (Ok(false), _) => {}
+                (Ok(true), _) => return (*f, Ok(())),
+                (Err(e), _) => {
+                    let value = *f;
+                    if req != super::request_null() {
+                        // Not completed (an error of the call itself): the request stays MPI's,
+                        // and so does the flag it may still write.
+                        Box::leak(f);
+                    }
+                    return (value, Err(e));
+                }
+            }
+            idle.pause();
+        }
     }
     #[cfg(not(phalanx_ulfm))]
     {

@@ -66,7 +66,9 @@
 //!
 //! # Spare ranks
 //! With [`Recovery::spares`] the last ranks of the communicator do not run the body: they wait in
-//! the agreement that ends each attempt (which a revocation does not interrupt). After a failure
+//! the agreement that ends each attempt (which a revocation does not interrupt), sleeping between
+//! polls so that their cores stay free for the workers (`MPIX_Comm_iagree`; without fault-tolerant
+//! mode, a barrier waited for the same way). After a failure
 //! each spare takes the place of a failed rank, lowest first: it gets that rank's number in the
 //! new communicator and its state from the partner's copy, so the body continues on as many ranks
 //! as before; when the spares are used up, the run shrinks. A program whose result depends on the
@@ -576,6 +578,21 @@ fn rows(start: &[usize], len: &[usize], ghost: &[usize], shape: &[usize]) -> Vec
     out
 }
 
+/// A barrier whose wait may be long (spare ranks wait here for the whole run), waited for without
+/// keeping a core busy (`ffi::Idle`), as `MPIX_Comm_agree` is in fault-tolerant mode. It is
+/// started unchecked: checked mode's agreement on the operation would itself be a blocking
+/// collective, spun in.
+fn barrier_idle(comm: &Comm) -> Result<()> {
+    const OP: &str = "recovery: the spares' barrier";
+    let _busy = comm.begin(OP)?;
+    let mut req = ffi::ibarrier(comm.raw, OP, comm.rank())?;
+    let mut idle = ffi::Idle::new();
+    while !ffi::test(&mut req, OP, comm.rank()).0? {
+        idle.pause();
+    }
+    Ok(())
+}
+
 /// How a run recovers: spare ranks, and a disk checkpoint to fall back to. [`run`] is
 /// `Recovery::new().run(..)` without spares.
 #[derive(Clone, Debug, Default)]
@@ -645,7 +662,7 @@ impl<'a> Recovery<'a> {
                 // A failure ends the job; the spares wait for the workers to finish.
                 let value = result.transpose()?;
                 if let Some(all) = &at.all {
-                    all.barrier()?;
+                    barrier_idle(all)?;
                 }
                 return Ok(value);
             }
