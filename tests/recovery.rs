@@ -36,12 +36,18 @@ const DISK_EVERY: u64 = 10;
 const IDLE: &str = "PHALANX_RECOVERY_IDLE_MS";
 /// The sleep of the cases that measure a waiting spare's CPU time.
 const IDLE_MS: u64 = 1500;
+/// Set: every step also sends `BIG` values (128 KiB, rendezvous size on every transport) to both
+/// neighbours with the program's own `isend`/`irecv`, testing the sends while it "computes", and
+/// the received block on with a blocking `sendrecv`.
+const BIG_ENV: &str = "PHALANX_RECOVERY_BIG";
+const BIG: usize = 1 << 14;
 const N: usize = 240;
 const STEPS: u64 = 40;
 const EVERY: u64 = 5;
 
 /// The loop: returns the hash of the final global vector (on rank 0) and the recoveries.
 fn simulate(at: &recovery::Attempt, disk: Option<&CheckpointStore>) -> Result<(u64, u32)> {
+    let big = std::env::var(BIG_ENV).is_ok_and(|v| v == "1");
     let comm = at.comm();
     let (r, p) = (comm.rank() as usize, comm.size() as usize);
     let mine = N * r / p..N * (r + 1) / p;
@@ -68,6 +74,27 @@ fn simulate(at: &recovery::Attempt, disk: Option<&CheckpointStore>) -> Result<(u
         let (mut from_left, mut from_right) = ([0.0f64], [0.0f64]);
         comm.sendrecv(&x[x.len() - 1..], right, 1, &mut from_left, left, 1)?;
         comm.sendrecv(&x[..1], left, 2, &mut from_right, right, 2)?;
+        if big {
+            let r = comm.irecv::<f64>(BIG, left, 5)?;
+            let r2 = comm.irecv::<f64>(BIG, right, 7)?;
+            let mut s = comm.isend(vec![x[0]; BIG], right, 5)?;
+            let mut s2 = comm.isend(vec![x[0]; BIG], left, 7)?;
+            // `kill:RANK:1000+STEP`: the rank dies with its transfers under way; the others
+            // compute a while before waiting, so that theirs are too when the revocation comes.
+            phalanx::services::fault::at_step(1000 + step);
+            for _ in 0..10 {
+                std::thread::sleep(Duration::from_micros(300));
+                s.test()?;
+                s2.test()?;
+            }
+            let (got, _) = r.wait()?;
+            r2.wait()?;
+            s.wait()?;
+            s2.wait()?;
+            let mut back = vec![0.0f64; BIG];
+            comm.sendrecv(&got, left, 6, &mut back, right, 6)?;
+            assert_eq!(back[BIG - 1], x[0], "the value sent around and back");
+        }
         let old = x.clone();
         for i in 0..x.len() {
             let l = if i == 0 { from_left[0] } else { old[i - 1] };
@@ -167,16 +194,17 @@ fn launch(
     spares: usize,
     disk: Option<&std::path::Path>,
     idle_ms: u64,
+    big: bool,
 ) -> (std::process::Output, Duration) {
     let exe = std::env::current_exe().expect("current_exe");
-    let mut a = common::launcher_args(ranks, &[MODE, "PHALANX_FT", "PHALANX_FAULT", SPARES, DISK, IDLE]);
+    let mut a = common::launcher_args(ranks, &[MODE, "PHALANX_FT", "PHALANX_FAULT", SPARES, DISK, IDLE, BIG_ENV]);
     if ft {
         let dashdash = a.iter().position(|x| x == "--").expect("--");
         a.insert(dashdash, "--ft".into());
     }
     let mut cmd = Command::new(&a[0]);
     cmd.args(&a[1..]).arg(&exe).env(MODE, "1").env("PHALANX_FT", "1").env("PHALANX_FAULT", fault);
-    cmd.env(SPARES, spares.to_string()).env(IDLE, idle_ms.to_string());
+    cmd.env(SPARES, spares.to_string()).env(IDLE, idle_ms.to_string()).env(BIG_ENV, if big { "1" } else { "0" });
     if let Some(d) = disk {
         cmd.env(DISK, d);
     }
@@ -210,7 +238,7 @@ fn main() -> std::process::ExitCode {
     };
     if !ulfm {
         // The fallback: asked for, refused with the reason, and the run completes as without it.
-        let (o, took) = launch(3, false, "", 0, None, 0);
+        let (o, took) = launch(3, false, "", 0, None, 0, false);
         let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         let mut why = Vec::new();
         if !o.status.success() {
@@ -223,7 +251,7 @@ fn main() -> std::process::ExitCode {
         }
         report("fault-tolerant mode without ULFM falls back", why, format!("{took:.1?}"), &out);
         // Spares without fault tolerance wait for the workers and end with them.
-        let (o, took) = launch(3, false, "", 1, None, IDLE_MS);
+        let (o, took) = launch(3, false, "", 1, None, IDLE_MS, false);
         let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         let mut why = Vec::new();
         if !o.status.success() {
@@ -247,7 +275,7 @@ fn main() -> std::process::ExitCode {
             std::env::var("PHALANX_MPI").unwrap_or_else(|_| "system".into())
         );
     } else {
-        let (o, took) = launch(4, true, "", 0, None, 0);
+        let (o, took) = launch(4, true, "", 0, None, 0, false);
         let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         let reference = hash_of(&out);
         let mut why = Vec::new();
@@ -426,6 +454,7 @@ fn main() -> std::process::ExitCode {
                 c.spares,
                 c.disk.then_some(dir.as_path()),
                 if c.idle { IDLE_MS } else { 0 },
+                false,
             );
             let _ = std::fs::remove_dir_all(&dir);
             let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
@@ -450,6 +479,27 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or("")
                 .to_string();
             report(c.name, why, format!("{took:.1?}; {line}"), &out);
+        }
+        // The program's own nonblocking requests and blocking calls of rendezvous size, met by a
+        // failure while their transfers are under way (the rank dies after posting its requests).
+        // Open MPI 5.0.11 ended the job when a halo exchange's requests were released after
+        // completing with an error ("Send error after request freed"; see `ulfm::waitall_keep`);
+        // requests the program makes and waits for itself are checked for the same here.
+        let reps = 5;
+        for (i, fault) in ["kill:2:1012", "kill:1:1007", "kill:3:1012", "kill:2:1012", "kill:0:1007"].iter().enumerate()
+        {
+            let (o, took) = launch(4, true, fault, 0, None, 0, true);
+            let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+            let mut why = Vec::new();
+            if !o.status.success() {
+                why.push(format!("exit {:?}", o.status));
+            }
+            if hash_of(&out) != reference || reference.is_none() {
+                why.push(format!("hash {:?}, uninterrupted {reference:?}", hash_of(&out)));
+            }
+            let line = out.lines().find(|l| l.contains("phalanx recovery:")).unwrap_or("").to_string();
+            let name = format!("own isend/irecv and sendrecv of {BIG} values, {fault}, run {} of {reps}", i + 1);
+            report(&name, why, format!("{took:.1?}; {line}"), &out);
         }
     }
     if ulfm {
