@@ -578,6 +578,18 @@ fn rows(start: &[usize], len: &[usize], ghost: &[usize], shape: &[usize]) -> Vec
     out
 }
 
+/// Whether an MPI error of another class than a failure was caused by one: Open MPI 5.0.11 reports
+/// `MPI_ERR_OTHER` from `MPI_Cart_create` (its nonblocking context-id agreement) when a member
+/// fails during the call. An error MPI reported ([`ErrorKind::Mpi`]) while this rank knows of a
+/// failed process in the attempt's communicators is taken for the failure; the program's own
+/// errors (every other kind) still end the run.
+fn failure_behind(at: &Attempt, e: &Error) -> bool {
+    if e.kind() != ErrorKind::Mpi {
+        return false;
+    }
+    [at.all(), at.comm()].iter().any(|c| matches!(ffi::ulfm::broken(c.raw, OP, c.rank()), Ok(Some(_))))
+}
+
 /// A barrier whose wait may be long (spare ranks wait here for the whole run), waited for without
 /// keeping a core busy (`ffi::Idle`), as `MPIX_Comm_agree` is in fault-tolerant mode. It is
 /// started unchecked: checked mode's agreement on the operation would itself be a blocking
@@ -636,7 +648,9 @@ impl<'a> Recovery<'a> {
     /// # Errors
     /// [`ErrorKind::InvalidArgument`] (on every rank) when there are as many spares as ranks; what
     /// the body returns, except [`ErrorKind::ProcessFailed`] and [`ErrorKind::Revoked`] in
-    /// fault-tolerant mode; [`ErrorKind::ProcessFailed`] on every survivor when a failed rank's
+    /// fault-tolerant mode, and except an [`ErrorKind::Mpi`] error returned while this rank knows
+    /// of a failed process in the attempt's communicators (taken for the failure: Open MPI reports
+    /// some failures as `MPI_ERR_OTHER`); [`ErrorKind::ProcessFailed`] on every survivor when a failed rank's
     /// state is in no survivor's copy (a rank and its partner both failed) and no disk checkpoint
     /// was found; MPI errors of the recovery.
     pub fn run<T>(&self, comm: &Comm, mut body: impl FnMut(&Attempt) -> Result<T>) -> Result<Option<T>> {
@@ -666,7 +680,8 @@ impl<'a> Recovery<'a> {
                 }
                 return Ok(value);
             }
-            let failure = |e: &Error| matches!(e.kind(), ErrorKind::ProcessFailed | ErrorKind::Revoked);
+            let failure =
+                |e: &Error| matches!(e.kind(), ErrorKind::ProcessFailed | ErrorKind::Revoked) || failure_behind(&at, e);
             if let Some(Err(e)) = &result {
                 if !failure(e) {
                     // This rank's own error: it ends the run (and, under `phalanx::run`, the job),
