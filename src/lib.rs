@@ -43,3 +43,28 @@ pub mod services;
 
 pub use error::{Error, ErrorKind, Result};
 pub use runtime::{init, run, Runtime, RuntimeBuilder, ThreadLevel};
+
+/// The `bytemuck` phalanx is built with: element types of messages and arrays are its [`Pod`](bytemuck::Pod).
+/// A crate that depends on phalanx alone derives them through this path:
+///
+/// ```
+/// use phalanx::bytemuck::{Pod, Zeroable};
+///
+/// #[derive(Clone, Copy, Pod, Zeroable)]
+/// #[bytemuck(crate = "phalanx::bytemuck")]
+/// #[repr(C)]
+/// struct Particle {
+///     x: [f64; 3],
+///     id: u32,
+///     // `Pod` forbids padding: the 4 bytes that would follow `id` must be a field.
+///     _pad: u32,
+/// }
+/// let p = Particle { x: [1.0, 2.0, 3.0], id: 7, _pad: 0 };
+/// assert_eq!(phalanx::bytemuck::bytes_of(&p).len(), 32);
+/// ```
+pub use bytemuck;
+/// The `ndarray` phalanx is built with (its `rayon` feature on): [`DistArray`](decomp::DistArray)
+/// hands out its views, so use this one rather than a version of your own.
+pub use ndarray;
+/// The `rayon` phalanx's threads run on ([`comm::ThreadConfig`] sizes its pool).
+pub use rayon;

@@ -1,6 +1,6 @@
 //! The names a simulation needs in scope: `use phalanx::prelude::*;`.
 
-pub use crate::comm::{Comm, Op, Source, ANY_TAG};
+pub use crate::comm::{Comm, Op, Source, ThreadConfig, ANY_TAG};
 pub use crate::decomp::{Decomposition, DistArray, Stencil};
 pub use crate::error::{Error, ErrorKind, Result};
-pub use crate::runtime::{Runtime, ThreadLevel};
+pub use crate::runtime::{PinPolicy, Runtime, ThreadLevel};

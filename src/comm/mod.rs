@@ -1,7 +1,9 @@
 //! The communication layer: communicators, typed point-to-point and collectives.
 //!
 //! Everything here takes and returns Rust values of any [`bytemuck::Pod`] element type (all
-//! primitive numbers, and `#[derive(Pod, Zeroable)]` `#[repr(C)]` structs without padding). Primitive
+//! primitive numbers, and `#[derive(Pod, Zeroable)]` `#[repr(C)]` structs without padding: where
+//! the layout would leave a gap, write it as an explicit field such as `_pad: u32`, or the derive
+//! refuses the struct; see [`crate::bytemuck`] for a crate that depends on phalanx alone). Primitive
 //! numbers travel as their MPI datatype (`MPI_DOUBLE`, `MPI_INT32_T`, ...), other `Pod` types as
 //! `size_of::<T>()` bytes per element, so a struct is never sent with padding and a received struct
 //! is never an invalid bit pattern.
