@@ -231,3 +231,33 @@ fn md_json_restart_and_bad_data() {
     }
     let _ = std::fs::remove_file(&bad);
 }
+
+/// The wave example (written on DistArray, docs/GUIDE.md): `--check` passes in 2-D and 3-D, its
+/// field hash is the same on 1 to 4 ranks, and the check fails (exit 1) on an unstable run.
+#[test]
+fn wave_check_hash_and_failing_check() {
+    let wave = example("wave");
+    let json = |out: &Output| -> serde_json::Value {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.lines().last().expect("output")).expect("the last line is JSON")
+    };
+    for (dims, n, ranks) in [("2", "32", 3), ("3", "16", 4)] {
+        let out = mpirun(ranks, &wave, &["--dims", dims, "--n", n, "--check", "--json"]);
+        let j = json(&out);
+        assert!(
+            out.status.success(),
+            "wave --dims {dims} --check failed: {j}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(j["check"]["same_as_one_rank"], true, "{j}");
+        let order = j["check"]["order"].as_f64().expect("order");
+        assert!((1.8..2.3).contains(&order), "observed order {order} in {j}");
+    }
+    let hashes: Vec<_> = (1..=4)
+        .map(|r| json(&mpirun(r, &wave, &["--n", "20", "--t-end", "0.2", "--json"]))["field_hash"].clone())
+        .collect();
+    assert!(hashes.iter().all(|h| h == &hashes[0] && h.is_string()), "field hashes on 1-4 ranks: {hashes:?}");
+    // Beyond the stability limit (c dt / h about 0.61 in 2-D) the error grows instead of shrinking.
+    let out = mpirun(2, &wave, &["--n", "32", "--cfl", "0.9", "--t-end", "2", "--check", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "an unstable run must fail --check: {}", json(&out));
+}
