@@ -85,7 +85,9 @@ impl Error {
         self
     }
 
-    pub(crate) fn with_mpi_class(mut self, class: i32) -> Self {
+    /// The same error, marked as MPI's error class `class` (what [`Error::mpi_class`] returns):
+    /// for a program that calls MPI itself and reports its errors as phalanx's.
+    pub fn with_mpi_class(mut self, class: i32) -> Self {
         self.0.mpi_class = Some(class);
         self
     }

@@ -41,11 +41,13 @@ const IDLE_MS: u64 = 1500;
 /// the received block on with a blocking `sendrecv`.
 const BIG_ENV: &str = "PHALANX_RECOVERY_BIG";
 const BIG: usize = 1 << 14;
-/// Set: at step `OTHER_STEP` of the first attempt, each rank waits until it knows of a failed
-/// process (a rank killed at that step) and then returns an MPI error of class `MPI_ERR_OTHER`, as
-/// Open MPI 5.0.11's `MPI_Cart_create` does when a member fails during it.
+/// Set: at step `OTHER_STEP` of the first attempt (where a rank is killed), every other rank
+/// returns an MPI error of class `MPI_ERR_OTHER` at once, as Open MPI 5.0.11's `MPI_Cart_create`
+/// does when a member fails during it.
 const OTHER_ENV: &str = "PHALANX_RECOVERY_OTHER";
 const OTHER_STEP: u64 = 12;
+/// `MPI_ERR_OTHER` in Open MPI (the case runs under Open MPI 5 only).
+const OMPI_ERR_OTHER: i32 = 16;
 const N: usize = 240;
 const STEPS: u64 = 40;
 const EVERY: u64 = 5;
@@ -77,21 +79,14 @@ fn simulate(at: &recovery::Attempt, disk: Option<&CheckpointStore>) -> Result<(u
         }
         phalanx::services::fault::at_step(step);
         if other && step == OTHER_STEP && at.recoveries() == 0 {
-            let t = Instant::now();
-            while comm.failed_ranks()?.is_empty() && t.elapsed() < Duration::from_secs(20) {
-                // Drives MPI's progress, where the failure is noticed; fails once another rank
-                // revoked the communicator for it (this rank then reports the error below too).
-                if comm.probe_nonblocking::<u8>(comm.rank(), 99).is_err() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            return Err(phalanx::Error::new(
+            // At once, before this rank's MPI may have noticed the failure.
+            let e = phalanx::Error::new(
                 phalanx::ErrorKind::Mpi,
                 "cartesian",
                 Some(comm.rank()),
                 "MPI reported: MPI_ERR_OTHER: known error not in list (error class 16)",
-            ));
+            );
+            return Err(e.with_mpi_class(OMPI_ERR_OTHER));
         }
         // Periodic neighbours' edge values.
         let (mut from_left, mut from_right) = ([0.0f64], [0.0f64]);
@@ -525,6 +520,18 @@ fn main() -> std::process::ExitCode {
             format!("{took:.1?}; {line}"),
             &out,
         );
+        // The same error with no failure behind it is the program's own: it ends the job (after
+        // the 2 s recovery::run gives MPI to notice a failure), as any other error does.
+        let (o, took) = launch(4, true, "", 0, None, &[(OTHER_ENV, "1".into())]);
+        let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let mut why = Vec::new();
+        if o.status.success() || hash_of(&out).is_some() || out.contains("phalanx recovery: rank(s)") {
+            why.push(format!("exit {:?}: the run must end with the error, not recover", o.status));
+        }
+        if !out.contains("cartesian on rank") {
+            why.push("the MPI_ERR_OTHER of \"cartesian\" is not reported".into());
+        }
+        report("MPI_ERR_OTHER with no failed rank ends the job", why, format!("{took:.1?}"), &out);
         // The program's own nonblocking requests and blocking calls of rendezvous size, met by a
         // failure while their transfers are under way (the rank dies after posting its requests).
         // Open MPI 5.0.11 ended the job when a halo exchange's requests were released after
@@ -875,7 +882,8 @@ fn node_killed() -> Option<(Vec<String>, String, String)> {
     // after starting, 5 of 50 runs with a build beside crashed so, in heat's first
     // `MPI_Cart_create` (both core files examined); the same trace is in sandialabs/Fenix#136.
     // README, "Limits".
-    while t.elapsed() < Duration::from_secs(90) && !metrics.exists() {
+    let stepping_since = Instant::now();
+    while stepping_since.elapsed() < Duration::from_secs(90) && !metrics.exists() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let stepping = metrics.exists();

@@ -71,12 +71,13 @@ impl<O> CollectiveRequest<O> {
     /// An MPI error reported at completion.
     #[doc(alias = "MPI_Wait")]
     pub fn wait(mut self) -> Result<O> {
-        if let [req] = &mut self.reqs[..] {
-            ffi::wait(req, self.op, self.rank).0?;
+        let res = if let [req] = &mut self.reqs[..] {
+            ffi::wait(req, self.op, self.rank).0
         } else {
             let mut st = vec![ffi::new_status(); self.reqs.len()];
-            ffi::waitall(&mut self.reqs, &mut st, self.op, self.rank)?;
-        }
+            ffi::waitall(&mut self.reqs, &mut st, self.op, self.rank)
+        };
+        self.keep_on_failure(res)?;
         let finish = self.finish.take().expect("a request is finished once");
         Ok(finish())
     }
@@ -92,10 +93,26 @@ impl<O> CollectiveRequest<O> {
         if self.reqs.iter().all(|r| *r == ffi::request_null()) {
             return Ok(true);
         }
-        if let [req] = &mut self.reqs[..] {
-            return ffi::test(req, self.op, self.rank).0;
+        let res = if let [req] = &mut self.reqs[..] {
+            ffi::test(req, self.op, self.rank).0
+        } else {
+            ffi::testall(&mut self.reqs, self.op, self.rank)
+        };
+        self.keep_on_failure(res)
+    }
+
+    /// In fault-tolerant mode, after a failure (a failed member, a revoked communicator) the
+    /// buffers `finish` owns are leaked, never freed: MPI may still use them (see
+    /// `request::keep_on_failure`).
+    fn keep_on_failure<R>(&mut self, res: Result<R>) -> Result<R> {
+        if let Err(e) = &res {
+            if crate::runtime::ft::fault_tolerant()
+                && matches!(e.kind(), crate::ErrorKind::ProcessFailed | crate::ErrorKind::Revoked)
+            {
+                std::mem::forget(self.finish.take());
+            }
         }
-        ffi::testall(&mut self.reqs, self.op, self.rank)
+        res
     }
 }
 
@@ -109,10 +126,11 @@ impl<O> Drop for CollectiveRequest<O> {
         // every rank agreed to it and posted its sends, and a cancelled receive would leave its
         // message to be taken by the next exchange on the communicator.
         let mut st = vec![ffi::new_status(); self.reqs.len()];
-        if ffi::waitall(&mut self.reqs, &mut st, self.op, self.rank).is_err() {
+        if let Err(e) = ffi::waitall(&mut self.reqs, &mut st, self.op, self.rank) {
             for r in self.reqs.iter_mut().filter(|r| **r != ffi::request_null()) {
                 let _ = ffi::wait(r, self.op, self.rank);
             }
+            let _ = self.keep_on_failure(Err::<(), _>(e));
         }
     }
 }

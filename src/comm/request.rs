@@ -9,7 +9,10 @@
 //!   and the buffer, and frees the buffer once MPI reports the send complete (checked whenever
 //!   another send is dropped unfinished, and at the end of the run, where sends that never
 //!   completed are released to MPI and their buffers leaked);
-//! - leaking a request (`mem::forget`) leaks the buffer too, so MPI never writes to freed memory.
+//! - leaking a request (`mem::forget`) leaks the buffer too, so MPI never writes to freed memory;
+//! - in fault-tolerant mode, a request that completes with a failure (a failed peer, a revoked
+//!   communicator) leaks its buffer instead of freeing or returning it: Open MPI may still be
+//!   moving its data.
 //!
 //! Requests are `#[must_use]`: call `wait` (or poll with `test`) and take the buffer back.
 
@@ -20,7 +23,7 @@ use bytemuck::Pod;
 use super::check::Signature;
 use super::p2p::{Source, Status, Tag};
 use super::{Comm, Op};
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::ffi::{self, MPI_Request};
 
 /// An in-flight nonblocking send; owns the data until it completes.
@@ -59,6 +62,31 @@ fn done(req: MPI_Request) -> bool {
     req == ffi::request_null()
 }
 
+/// In fault-tolerant mode, a request that completed with a failure (a failed peer, a revoked
+/// communicator) may still have its transfer under way inside MPI: Open MPI 5.0.11 completes such a
+/// request with the error, releases it, and can go on reading or writing its buffer (see
+/// `ffi::ulfm::waitall_keep`). The buffer is then leaked rather than freed or handed back.
+/// Returns `result` unchanged.
+fn keep_on_failure<R>(result: Result<R>, bufs: &mut [&mut dyn Leak]) -> Result<R> {
+    if let Err(e) = &result {
+        if crate::runtime::ft::fault_tolerant() && matches!(e.kind(), ErrorKind::ProcessFailed | ErrorKind::Revoked) {
+            bufs.iter_mut().for_each(|b| b.leak());
+        }
+    }
+    result
+}
+
+/// A buffer MPI may still use after its request failed: forgotten, never freed.
+trait Leak {
+    fn leak(&mut self);
+}
+
+impl<T> Leak for Vec<T> {
+    fn leak(&mut self) {
+        std::mem::forget(std::mem::take(self));
+    }
+}
+
 impl<T: Pod> SendRequest<T> {
     /// Blocks until the send completes and returns the buffer for reuse.
     ///
@@ -67,7 +95,7 @@ impl<T: Pod> SendRequest<T> {
     #[doc(alias = "MPI_Wait")]
     pub fn wait(mut self) -> Result<Vec<T>> {
         let (res, _) = ffi::wait(&mut self.req, "isend.wait", self.rank);
-        res?;
+        keep_on_failure(res, &mut [&mut self.buf])?;
         Ok(std::mem::take(&mut self.buf))
     }
 
@@ -80,7 +108,8 @@ impl<T: Pod> SendRequest<T> {
         if done(self.req) {
             return Ok(true);
         }
-        ffi::test(&mut self.req, "isend.test", self.rank).0
+        let res = ffi::test(&mut self.req, "isend.test", self.rank).0;
+        keep_on_failure(res, &mut [&mut self.buf])
     }
 }
 
@@ -113,6 +142,7 @@ impl<T: Pod> RecvRequest<'_, T> {
             Some(done) => done,
             None => ffi::wait(&mut self.req, "irecv.wait", self.comm.rank),
         };
+        let res = keep_on_failure(res, &mut [&mut self.buf]);
         let status = self.comm.finish_recv::<T>(res, &st, self.buf.len(), "irecv")?;
         let mut buf = std::mem::take(&mut self.buf);
         buf.truncate(status.count);
@@ -148,7 +178,8 @@ impl<T: Pod> Drop for RecvRequest<'_, T> {
         if !done(self.req) && !ffi::finalized() {
             // Nobody wants the message any more: cancel, then wait so MPI is done with the buffer.
             ffi::cancel(&mut self.req);
-            let _ = ffi::wait(&mut self.req, "irecv.drop", self.comm.rank);
+            let (res, _) = ffi::wait(&mut self.req, "irecv.drop", self.comm.rank);
+            let _ = keep_on_failure(res, &mut [&mut self.buf]);
         }
     }
 }
@@ -161,7 +192,7 @@ impl<T: Pod> AllreduceRequest<T> {
     #[doc(alias = "MPI_Wait")]
     pub fn wait(mut self) -> Result<Vec<T>> {
         let (res, _) = ffi::wait(&mut self.req, "iallreduce.wait", self.rank);
-        res?;
+        keep_on_failure(res, &mut [&mut self._send, &mut self.recv])?;
         Ok(std::mem::take(&mut self.recv))
     }
 
@@ -176,7 +207,8 @@ impl<T: Pod> AllreduceRequest<T> {
         if done(self.req) {
             return Ok(true);
         }
-        ffi::test(&mut self.req, "iallreduce.test", self.rank).0
+        let res = ffi::test(&mut self.req, "iallreduce.test", self.rank).0;
+        keep_on_failure(res, &mut [&mut self._send, &mut self.recv])
     }
 }
 
@@ -184,7 +216,8 @@ impl<T: Pod> Drop for AllreduceRequest<T> {
     fn drop(&mut self) {
         if !done(self.req) && !ffi::finalized() {
             // Collectives cannot be cancelled; the buffers must outlive the operation.
-            let _ = ffi::wait(&mut self.req, "iallreduce.drop", self.rank);
+            let (res, _) = ffi::wait(&mut self.req, "iallreduce.drop", self.rank);
+            let _ = keep_on_failure(res, &mut [&mut self._send, &mut self.recv]);
         }
     }
 }

@@ -17,6 +17,9 @@ use mpi::ffi as sys;
 
 pub(crate) use sys::{MPI_Comm, MPI_Datatype, MPI_Message, MPI_Op, MPI_Request, MPI_Status};
 
+/// The error class `MPI_ERR_OTHER`.
+pub(crate) const ERR_OTHER: i32 = sys::MPI_ERR_OTHER as i32;
+
 use crate::error::{Error, ErrorKind, Result};
 use crate::runtime::activity;
 
@@ -791,8 +794,10 @@ pub(crate) fn test_quiet(req: &mut MPI_Request) -> bool {
 }
 
 /// The pauses of a wait that polls and may last long (a spare rank waits for the whole run): none
-/// for the first 2 ms, then sleeps of 50 us doubling up to 2 ms, so that the waiting rank leaves its
-/// core to the ranks computing. A long wait ends at most about 2 ms late; a short one as before.
+/// for the first 2 ms, then sleeps of 50 us doubling up to 1 ms, so that the waiting rank leaves its
+/// core to the ranks computing. A sleeping rank answers a message up to 1 ms late: an agreement or
+/// barrier whose messages pass through sleeping ranks ends up to about 1 ms per hop late (a few
+/// hops per doubling of the ranks); a short wait ends as before.
 pub(crate) struct Idle {
     start: std::time::Instant,
     nap: std::time::Duration,
@@ -800,7 +805,7 @@ pub(crate) struct Idle {
 
 impl Idle {
     const SPIN: std::time::Duration = std::time::Duration::from_millis(2);
-    const MAX_NAP: std::time::Duration = std::time::Duration::from_millis(2);
+    const MAX_NAP: std::time::Duration = std::time::Duration::from_millis(1);
 
     pub(crate) fn new() -> Idle {
         Idle { start: std::time::Instant::now(), nap: std::time::Duration::from_micros(50) }

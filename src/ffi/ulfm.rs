@@ -174,11 +174,11 @@ pub(crate) fn shrink(comm: MPI_Comm, rank: i32) -> Result<MPI_Comm> {
 /// is returned with the error code rather than as a `Result`.
 ///
 /// Where the library has `MPIX_Comm_iagree` (Open MPI 5), the agreement is started with it and
-/// polled as [`super::Idle`] says (without pause for 2 ms, then sleeping up to 2 ms between
-/// polls): a rank that waits long here (a spare rank waits for the whole run, a worker that
-/// finished early for the others) leaves its core to the ones computing, instead of spinning in
+/// polled as [`super::Idle`] says (without pause for 2 ms, then sleeping up to 1 ms between polls):
+/// a rank that waits long here (a spare rank waits for the whole run, a worker that finished early
+/// for the others) leaves its core to the ranks computing, instead of spinning in
 /// `MPIX_Comm_agree` (Open MPI's blocking agreement polls without yielding). The cost is up to
-/// 2 ms more before a long wait ends; a short wait ends as before.
+/// about 1 ms per hop of the agreement through sleeping ranks; a short wait ends as before.
 pub(crate) fn agree(comm: MPI_Comm, flag: i32, rank: i32) -> (i32, Result<()>) {
     #[cfg(phalanx_ulfm)]
     {

@@ -578,20 +578,42 @@ fn rows(start: &[usize], len: &[usize], ghost: &[usize], shape: &[usize]) -> Vec
     out
 }
 
-/// Whether an MPI error of another class than a failure was caused by one: Open MPI 5.0.11 reports
-/// `MPI_ERR_OTHER` from `MPI_Cart_create` (its nonblocking context-id agreement) when a member
-/// fails during the call. An error MPI reported ([`ErrorKind::Mpi`]) while this rank knows of a
-/// failed process in the attempt's communicators is taken for the failure; the program's own
-/// errors (every other kind) still end the run.
+/// Whether an `MPI_ERR_OTHER` was caused by a process failure: Open MPI 5.0.11 reports that class
+/// from `MPI_Cart_create` (its nonblocking context-id agreement) when a member fails during the
+/// call. Such an error, returned while this rank knows of a failed process or a revoked
+/// communicator among the attempt's, is taken for the failure. The rank may get the error before
+/// its MPI has noticed the failure, so the check is repeated (driving MPI's progress) for up to
+/// [`NOTICE`]; an `MPI_ERR_OTHER` with no failure behind it ends the run that much later. Every other
+/// error of the program's still ends the run at once.
 fn failure_behind(at: &Attempt, e: &Error) -> bool {
-    if e.kind() != ErrorKind::Mpi {
+    if e.kind() != ErrorKind::Mpi || e.mpi_class() != Some(ffi::ERR_OTHER) {
         return false;
     }
-    [at.all(), at.comm()].iter().any(|c| matches!(ffi::ulfm::broken(c.raw, OP, c.rank()), Ok(Some(_))))
+    let comms = [at.all(), at.comm()];
+    let start = std::time::Instant::now();
+    let mut idle = ffi::Idle::new();
+    loop {
+        if comms.iter().any(|c| matches!(ffi::ulfm::broken(c.raw, OP, c.rank()), Ok(Some(_)))) {
+            return true;
+        }
+        if start.elapsed() >= NOTICE {
+            return false;
+        }
+        // A probe that receives nothing: MPI notices failures inside its progress engine (an
+        // error here is the failure or a revocation showing, seen by the check above).
+        let c = at.comm();
+        let _ = ffi::iprobe(c.rank(), 0, c.raw, OP, c.rank());
+        idle.pause();
+    }
 }
 
+/// How long [`failure_behind`] waits for this rank's MPI to notice a failure behind an
+/// `MPI_ERR_OTHER` (failures are noticed within milliseconds here; 2 s leaves room on a busy node).
+const NOTICE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A barrier whose wait may be long (spare ranks wait here for the whole run), waited for without
-/// keeping a core busy (`ffi::Idle`), as `MPIX_Comm_agree` is in fault-tolerant mode. It is
+/// keeping a core busy (`ffi::Idle`), as the agreement is in fault-tolerant mode
+/// (`MPIX_Comm_iagree`, where the library has it). It is
 /// started unchecked: checked mode's agreement on the operation would itself be a blocking
 /// collective, spun in.
 fn barrier_idle(comm: &Comm) -> Result<()> {
@@ -648,9 +670,9 @@ impl<'a> Recovery<'a> {
     /// # Errors
     /// [`ErrorKind::InvalidArgument`] (on every rank) when there are as many spares as ranks; what
     /// the body returns, except [`ErrorKind::ProcessFailed`] and [`ErrorKind::Revoked`] in
-    /// fault-tolerant mode, and except an [`ErrorKind::Mpi`] error returned while this rank knows
-    /// of a failed process in the attempt's communicators (taken for the failure: Open MPI reports
-    /// some failures as `MPI_ERR_OTHER`); [`ErrorKind::ProcessFailed`] on every survivor when a failed rank's
+    /// fault-tolerant mode, and except an `MPI_ERR_OTHER` returned while this rank knows (within
+    /// 2 s) of a failed process in the attempt's communicators (taken for the failure: Open MPI
+    /// reports some failures so); [`ErrorKind::ProcessFailed`] on every survivor when a failed rank's
     /// state is in no survivor's copy (a rank and its partner both failed) and no disk checkpoint
     /// was found; MPI errors of the recovery.
     pub fn run<T>(&self, comm: &Comm, mut body: impl FnMut(&Attempt) -> Result<T>) -> Result<Option<T>> {
