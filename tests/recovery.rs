@@ -201,6 +201,18 @@ struct Case {
     idle: bool,
 }
 
+/// What is wrong with a run that should have succeeded with the uninterrupted run's hash.
+fn ended_as_uninterrupted(o: &std::process::Output, out: &str, reference: &Option<String>) -> Vec<String> {
+    let mut why = Vec::new();
+    if !o.status.success() {
+        why.push(format!("exit {:?}", o.status));
+    }
+    if hash_of(out) != *reference || reference.is_none() {
+        why.push(format!("hash {:?}, uninterrupted {reference:?}", hash_of(out)));
+    }
+    why
+}
+
 fn hash_of(out: &str) -> Option<String> {
     out.lines().find_map(|l| l.strip_prefix("result hash ")).and_then(|l| l.split_whitespace().next()).map(String::from)
 }
@@ -503,13 +515,7 @@ fn main() -> std::process::ExitCode {
         let fault = format!("kill:2:{OTHER_STEP}");
         let (o, took) = launch(4, true, &fault, 0, None, &[(OTHER_ENV, "1".into())]);
         let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        let mut why = Vec::new();
-        if !o.status.success() {
-            why.push(format!("exit {:?}", o.status));
-        }
-        if hash_of(&out) != reference || reference.is_none() {
-            why.push(format!("hash {:?}, uninterrupted {reference:?}", hash_of(&out)));
-        }
+        let mut why = ended_as_uninterrupted(&o, &out, &reference);
         if !out.contains("rank(s) [2] of 4 failed (cartesian on rank") {
             why.push("no recovery from rank 2's failure reported as the MPI_ERR_OTHER of \"cartesian\"".into());
         }
@@ -542,13 +548,7 @@ fn main() -> std::process::ExitCode {
         {
             let (o, took) = launch(4, true, fault, 0, None, &[(BIG_ENV, "1".into())]);
             let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-            let mut why = Vec::new();
-            if !o.status.success() {
-                why.push(format!("exit {:?}", o.status));
-            }
-            if hash_of(&out) != reference || reference.is_none() {
-                why.push(format!("hash {:?}, uninterrupted {reference:?}", hash_of(&out)));
-            }
+            let why = ended_as_uninterrupted(&o, &out, &reference);
             let line = out.lines().find(|l| l.contains("phalanx recovery:")).unwrap_or("").to_string();
             let name = format!("own isend/irecv and sendrecv of {BIG} values, {fault}, run {} of {reps}", i + 1);
             report(&name, why, format!("{took:.1?}; {line}"), &out);

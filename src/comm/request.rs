@@ -166,7 +166,8 @@ impl<T: Pod> RecvRequest<'_, T> {
                 Ok(true)
             }
             Err(e) => {
-                self.completed = Some((Err(e), st));
+                let res = keep_on_failure::<()>(Err(e), &mut [&mut self.buf]);
+                self.completed = Some((res, st));
                 Ok(true)
             }
         }
