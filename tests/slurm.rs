@@ -154,21 +154,29 @@ fn checkpoint_job(conf: &std::path::Path, bin: &std::path::Path, out: &std::path
     };
     let log = std::fs::read_to_string(out.join(format!("heat-checkpoint-{id}.out"))).unwrap_or_default();
     assert!(state.contains("JobState=COMPLETED") && state.contains("ExitCode=0:0"), "{state}\n{log}");
-    let j: serde_json::Value =
-        serde_json::from_str(log.lines().last().unwrap_or("")).unwrap_or_else(|_| panic!("{log}"));
+    let j = last_json(&log);
     let steps = j["steps"].as_u64().unwrap();
     assert!(j["stopped_by"] == "SIGUSR1" && log.contains(&format!("stopped: checkpoint of step {steps}")), "{log}");
     let more = steps + 10;
     let id2 = submit(&format!("--n 65 --steps {more}"), true);
     let log2 = std::fs::read_to_string(out.join(format!("heat-checkpoint-{id2}.out"))).unwrap_or_default();
-    let j2: serde_json::Value =
-        serde_json::from_str(log2.lines().last().unwrap_or("")).unwrap_or_else(|_| panic!("{log2}"));
+    let j2 = last_json(&log2);
     assert_eq!(j2["restarted_from"], steps, "{log2}");
     assert_eq!(j2["field_hash"], heat_hash(bin, &format!("--n 65 --steps {more}")).as_str(), "{log2}");
     println!(
         "slurm: heat-checkpoint.sbatch as jobs {id} and {id2} ... ok (SIGUSR1 after {:.1} s of running: checkpoint of step {steps}, exit 0; resubmitted: continued to step {more} with the uninterrupted hash)",
         signalled.duration_since(start).as_secs_f64()
     );
+}
+
+/// The last JSON object line of a job's output. Slurm writes the job's standard output and error
+/// to one file, so a line heat prints on standard error at the end ("heat: SIGUSR1 received:
+/// stopping after step N") can land after the JSON line (seen once in CI).
+fn last_json(log: &str) -> serde_json::Value {
+    log.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok().filter(serde_json::Value::is_object))
+        .unwrap_or_else(|| panic!("no JSON line in the job's output:\n{log}"))
 }
 
 fn unsafe_uid() -> u32 {
