@@ -42,11 +42,6 @@ pub mod runtime;
 pub mod services;
 
 pub use error::{Error, ErrorKind, Result};
-
-/// docs/GUIDE.md's code blocks, compiled (and the ones that need no `mpirun`, run) as doctests.
-#[doc = include_str!("../docs/GUIDE.md")]
-#[cfg(doctest)]
-pub struct GuideDoctests;
 pub use runtime::{init, run, Runtime, RuntimeBuilder, ThreadLevel};
 
 /// The `bytemuck` phalanx is built with: element types of messages and arrays are its [`Pod`](bytemuck::Pod).
@@ -73,3 +68,8 @@ pub use bytemuck;
 pub use ndarray;
 /// The `rayon` phalanx's threads run on ([`comm::ThreadConfig`] sizes its pool).
 pub use rayon;
+
+/// docs/GUIDE.md's code blocks, compiled (and the ones that need no `mpirun`, run) as doctests.
+#[doc = include_str!("../docs/GUIDE.md")]
+#[cfg(doctest)]
+pub struct GuideDoctests;

@@ -105,12 +105,8 @@ impl<O> CollectiveRequest<O> {
     /// buffers `finish` owns are leaked, never freed: MPI may still use them (see
     /// `request::keep_on_failure`).
     fn keep_on_failure<R>(&mut self, res: Result<R>) -> Result<R> {
-        if let Err(e) = &res {
-            if crate::runtime::ft::fault_tolerant()
-                && matches!(e.kind(), crate::ErrorKind::ProcessFailed | crate::ErrorKind::Revoked)
-            {
-                std::mem::forget(self.finish.take());
-            }
+        if res.as_ref().is_err_and(crate::runtime::ft::failure) {
+            std::mem::forget(self.finish.take());
         }
         res
     }

@@ -23,7 +23,7 @@ use bytemuck::Pod;
 use super::check::Signature;
 use super::p2p::{Source, Status, Tag};
 use super::{Comm, Op};
-use crate::error::{ErrorKind, Result};
+use crate::error::Result;
 use crate::ffi::{self, MPI_Request};
 
 /// An in-flight nonblocking send; owns the data until it completes.
@@ -68,10 +68,8 @@ fn done(req: MPI_Request) -> bool {
 /// `ffi::ulfm::waitall_keep`). The buffer is then leaked rather than freed or handed back.
 /// Returns `result` unchanged.
 fn keep_on_failure<R>(result: Result<R>, bufs: &mut [&mut dyn Leak]) -> Result<R> {
-    if let Err(e) = &result {
-        if crate::runtime::ft::fault_tolerant() && matches!(e.kind(), ErrorKind::ProcessFailed | ErrorKind::Revoked) {
-            bufs.iter_mut().for_each(|b| b.leak());
-        }
+    if result.as_ref().is_err_and(crate::runtime::ft::failure) {
+        bufs.iter_mut().for_each(|b| b.leak());
     }
     result
 }

@@ -820,6 +820,17 @@ impl Idle {
     }
 }
 
+/// `MPI_Wait` for a wait that may last long, polling with [`Idle`]'s pauses instead of blocking in
+/// MPI (which spins). On an error `req` is left as `MPI_Test` left it: `MPI_REQUEST_NULL` when
+/// the request completed with the error, else still MPI's.
+pub(crate) fn wait_idle(req: &mut MPI_Request, op: &'static str, rank: i32) -> Result<()> {
+    let mut idle = Idle::new();
+    while !test(req, op, rank).0? {
+        idle.pause();
+    }
+    Ok(())
+}
+
 /// Waits for all requests; statuses are written into `statuses` (same length as `reqs`).
 pub(crate) fn waitall(
     reqs: &mut [MPI_Request],

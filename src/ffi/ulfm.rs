@@ -200,24 +200,19 @@ pub(crate) fn agree(comm: MPI_Comm, flag: i32, rank: i32) -> (i32, Result<()>) {
         if let Err(e) = check(unsafe { iagree(comm, &mut *f, &mut req) }, "agree", rank) {
             return (*f, Err(e));
         }
-        let mut idle = super::Idle::new();
-        loop {
-            // The agreement completes on every survivor, failures or not; releasing its request
-            // once it has (also with an error) is safe, unlike a send's (see `waitall_keep`).
-            match super::test(&mut req, "agree", rank) {
-                (Ok(false), _) => {}
-                (Ok(true), _) => return (*f, Ok(())),
-                (Err(e), _) => {
-                    let value = *f;
-                    if req != super::request_null() {
-                        // Not completed (an error of the call itself): the request stays MPI's,
-                        // and so does the flag it may still write.
-                        Box::leak(f);
-                    }
-                    return (value, Err(e));
+        // The agreement completes on every survivor, failures or not; releasing its request
+        // once it has (also with an error) is safe, unlike a send's (see `waitall_keep`).
+        match super::wait_idle(&mut req, "agree", rank) {
+            Ok(()) => (*f, Ok(())),
+            Err(e) => {
+                let value = *f;
+                if req != super::request_null() {
+                    // Not completed (an error of the call itself): the request stays MPI's, and so
+                    // does the flag it may still write.
+                    Box::leak(f);
                 }
+                (value, Err(e))
             }
-            idle.pause();
         }
     }
     #[cfg(not(phalanx_ulfm))]

@@ -25,6 +25,12 @@ pub fn fault_tolerant() -> bool {
     ON.load(Ordering::Relaxed)
 }
 
+/// Whether `e` is a process failure or a revocation met in fault-tolerant mode: the run goes on,
+/// and what MPI may still use (a failed request's buffers) is left to it.
+pub(crate) fn failure(e: &crate::Error) -> bool {
+    fault_tolerant() && matches!(e.kind(), crate::ErrorKind::ProcessFailed | crate::ErrorKind::Revoked)
+}
+
 /// Before `MPI_Init`, in a job started with fault tolerance (Open MPI's `--with-ft ulfm`, which
 /// sets `OMPI_MCA_mpi_ft_enable`): leaves out Open MPI's hierarchical collectives (`coll/han`,
 /// used when a job spans several nodes) unless the user chose the collective components

@@ -394,7 +394,7 @@ impl Runtime {
     /// the run (the program recovered from them): the survivors agree instead (revoke, so that
     /// every survivor's barrier ends too, then `MPIX_Comm_agree`, which does not wait for the dead).
     fn survivors_ended(&self, e: &Error) -> bool {
-        if !ft::fault_tolerant() || !matches!(e.kind(), ErrorKind::ProcessFailed | ErrorKind::Revoked) {
+        if !ft::failure(e) {
             return false;
         }
         // MPIX_Comm_agree has no deadline: a rank that never gets here would hold the others. The

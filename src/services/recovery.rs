@@ -620,11 +620,7 @@ fn barrier_idle(comm: &Comm) -> Result<()> {
     const OP: &str = "recovery: the spares' barrier";
     let _busy = comm.begin(OP)?;
     let mut req = ffi::ibarrier(comm.raw, OP, comm.rank())?;
-    let mut idle = ffi::Idle::new();
-    while !ffi::test(&mut req, OP, comm.rank()).0? {
-        idle.pause();
-    }
-    Ok(())
+    ffi::wait_idle(&mut req, OP, comm.rank())
 }
 
 /// How a run recovers: spare ranks, and a disk checkpoint to fall back to. [`run`] is
