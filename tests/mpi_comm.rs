@@ -345,7 +345,8 @@ fn gathers(c: &Comm) {
         let b = c.gatherv(&mine, root).unwrap();
         if c.rank() == root {
             let b = b.unwrap();
-            assert_eq!(b.counts, (0..c.size()).map(count).collect::<Vec<_>>());
+            assert_eq!(b.counts().collect::<Vec<_>>(), (0..c.size()).map(count).collect::<Vec<_>>());
+            assert_eq!(b.len(), size);
             for r in 0..size {
                 assert!(b.block(r).iter().enumerate().all(|(i, p)| *p == particle(r as i32, i)));
             }
@@ -361,7 +362,8 @@ fn gathers(c: &Comm) {
         assert_eq!(blk, vec![r as f32; r].as_slice());
     }
     let empty = c.allgatherv::<u8>(&[]).unwrap();
-    assert!(empty.data.is_empty() && empty.counts == vec![0; size]);
+    assert!(empty.data.is_empty() && empty.counts().eq(std::iter::repeat_n(0, size)));
+    assert_eq!(empty.offsets(), vec![0; size + 1]);
 }
 
 fn scatters(c: &Comm) {
@@ -398,7 +400,8 @@ fn alltoalls(c: &Comm) {
     let send: Vec<[u16; 2]> = (0..size).flat_map(|d| vec![[r as u16, d as u16]; (r + d) % 3]).collect();
     let b = c.alltoallv(&send, &counts).unwrap();
     for s in 0..size {
-        assert_eq!(b.counts[s], (s + r) % 3);
+        assert_eq!(b.count(s), (s + r) % 3);
+        assert_eq!(b.offset(s), b.offsets()[s]);
         assert!(b.block(s).iter().all(|&x| x == [s as u16, r as u16]));
     }
     let empty = c.alltoall::<f64>(&[]).unwrap();

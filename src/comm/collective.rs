@@ -11,6 +11,7 @@
 use bytemuck::Pod;
 
 use super::check::Signature;
+use super::counts::INLINE;
 use super::op::{with_closure, Loc, PackedLoc};
 use super::{Comm, Op};
 use crate::error::{Error, ErrorKind, Result};
@@ -20,47 +21,129 @@ use crate::runtime::activity::Busy;
 /// A root's "I failed" marker in a count message.
 const ROOT_FAILED: u64 = u64::MAX;
 
-/// Data gathered from every rank, with each rank's block boundaries.
-#[derive(Clone, Debug, PartialEq)]
+/// Data gathered from every rank (or neighbour), with each block's bounds.
+///
+/// The bounds of up to 8 blocks are kept inline, so a v-collective on up to 8 ranks or neighbours
+/// allocates the data alone, as plain MPI code does.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blocks<T> {
     /// All blocks, concatenated in rank order.
     pub data: Vec<T>,
-    /// Elements from each rank.
-    pub counts: Vec<usize>,
-    /// Offset of each rank's block in `data`.
-    pub displs: Vec<usize>,
+    bounds: Bounds,
+}
+
+/// The `n + 1` offsets of `n` blocks (0, then each block's end): inline for up to `INLINE` blocks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Bounds {
+    Inline(u8, [usize; INLINE + 1]),
+    Heap(Vec<usize>),
+}
+
+impl Bounds {
+    #[inline]
+    fn of(counts: &[usize]) -> Bounds {
+        let mut acc = 0;
+        if counts.len() <= INLINE {
+            let mut a = [0; INLINE + 1];
+            for (o, &c) in a[1..].iter_mut().zip(counts) {
+                acc += c;
+                *o = acc;
+            }
+            Bounds::Inline(counts.len() as u8, a)
+        } else {
+            let mut v = Vec::with_capacity(counts.len() + 1);
+            v.push(0);
+            v.extend(counts.iter().map(|&c| {
+                acc += c;
+                acc
+            }));
+            Bounds::Heap(v)
+        }
+    }
+
+    #[inline]
+    fn offsets(&self) -> &[usize] {
+        match self {
+            Bounds::Inline(n, a) => &a[..*n as usize + 1],
+            Bounds::Heap(v) => v,
+        }
+    }
 }
 
 impl<T> Blocks<T> {
-    pub(super) fn new(data: Vec<T>, counts: Vec<usize>) -> Self {
-        let displs = exclusive_prefix(&counts);
-        Blocks { data, counts, displs }
+    /// `data` cut into blocks of `counts[i]` elements (their sum is `data.len()`).
+    #[inline]
+    pub(super) fn new(data: Vec<T>, counts: &[usize]) -> Self {
+        let bounds = Bounds::of(counts);
+        debug_assert_eq!(bounds.offsets().last().copied(), Some(data.len()));
+        Blocks { data, bounds }
+    }
+
+    /// The number of blocks: one per rank (or per source of a neighbourhood collective).
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.offsets().len() - 1
+    }
+
+    /// Whether there are no blocks at all (not: whether every block is empty).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The block that came from (or goes to) `rank`.
     ///
     /// # Panics
     /// If `rank` is not a rank of the communicator the blocks were gathered on.
+    #[inline]
     pub fn block(&self, rank: usize) -> &[T] {
-        &self.data[self.displs[rank]..self.displs[rank] + self.counts[rank]]
+        let o = self.offsets();
+        &self.data[o[rank]..o[rank + 1]]
+    }
+
+    /// The number of elements from `rank`.
+    ///
+    /// # Panics
+    /// As [`block`](Blocks::block).
+    #[inline]
+    pub fn count(&self, rank: usize) -> usize {
+        let o = self.offsets();
+        o[rank + 1] - o[rank]
+    }
+
+    /// Where `rank`'s block starts in `data`.
+    ///
+    /// # Panics
+    /// As [`block`](Blocks::block).
+    #[inline]
+    pub fn offset(&self, rank: usize) -> usize {
+        let o = self.offsets();
+        assert!(rank + 1 < o.len(), "rank {rank} of {} blocks", o.len() - 1);
+        o[rank]
+    }
+
+    /// The block bounds: `len() + 1` offsets into `data`, from 0 to `data.len()`; block r is
+    /// `data[offsets[r]..offsets[r + 1]]`.
+    #[inline]
+    pub fn offsets(&self) -> &[usize] {
+        self.bounds.offsets()
+    }
+
+    /// The element count of each block, in rank order.
+    pub fn counts(&self) -> impl ExactSizeIterator<Item = usize> + '_ {
+        self.offsets().windows(2).map(|w| w[1] - w[0])
     }
 
     /// Iterates over the blocks in rank order.
-    pub fn iter(&self) -> impl Iterator<Item = &[T]> + '_ {
-        (0..self.counts.len()).map(move |r| self.block(r))
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[T]> + '_ {
+        self.offsets().windows(2).map(move |w| &self.data[w[0]..w[1]])
     }
-}
 
-fn exclusive_prefix(counts: &[usize]) -> Vec<usize> {
-    let mut acc = 0;
-    counts
-        .iter()
-        .map(|&c| {
-            let d = acc;
-            acc += c;
-            d
-        })
-        .collect()
+    /// The data, all blocks concatenated in rank order.
+    #[inline]
+    pub fn into_data(self) -> Vec<T> {
+        self.data
+    }
 }
 
 pub(super) fn elem_size<T>() -> Option<i64> {
@@ -544,7 +627,7 @@ impl Comm {
         let c = self.list_counts::<T>(&counts, OP)?;
         let mut data = if self.rank == root { vec![T::zeroed(); c.total] } else { Vec::new() };
         ffi::gatherv(send, &mut data, c.mpi(), c.displs(), root, self.raw, OP, self.rank)?;
-        Ok((self.rank == root).then(|| Blocks::new(data, counts)))
+        Ok((self.rank == root).then(|| Blocks::new(data, &counts)))
     }
 
     /// Every rank's count, known on every rank (one `MPI_Allgather`). Also validates that the total
@@ -588,7 +671,7 @@ impl Comm {
         let c = self.list_counts::<T>(&counts, OP)?;
         let mut data = vec![T::zeroed(); c.total];
         ffi::allgatherv(send, &mut data, c.mpi(), c.displs(), self.raw, OP, self.rank)?;
-        Ok(Blocks::new(data, counts))
+        Ok(Blocks::new(data, &counts))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -794,6 +877,41 @@ impl Comm {
         let rm = recv_mpi?;
         let mut data = vec![T::zeroed(); rm.total];
         ffi::alltoallv(send, sm.mpi(), sm.displs(), &mut data, rm.mpi(), rm.displs(), self.raw, OP, self.rank)?;
-        Ok(Blocks::new(data, rcounts))
+        Ok(Blocks::new(data, &rcounts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Blocks, INLINE};
+
+    #[test]
+    fn blocks_bounds_inline_and_on_the_heap() {
+        for n in [0, 1, 3, INLINE, INLINE + 1, 20] {
+            let counts: Vec<usize> = (0..n).map(|i| (i * 7) % 4).collect();
+            let total: usize = counts.iter().sum();
+            let b = Blocks::new((0..total as u32).collect(), &counts);
+            assert_eq!(b.len(), n);
+            assert_eq!(b.is_empty(), n == 0);
+            assert_eq!(b.counts().collect::<Vec<_>>(), counts);
+            assert_eq!(b.offsets().len(), n + 1);
+            assert_eq!(*b.offsets().last().unwrap(), total);
+            let mut at = 0;
+            for (r, blk) in b.iter().enumerate() {
+                assert_eq!(b.offset(r), at);
+                assert_eq!(b.count(r), counts[r]);
+                assert_eq!(blk, &(at as u32..(at + counts[r]) as u32).collect::<Vec<_>>()[..]);
+                assert_eq!(blk, b.block(r));
+                at += counts[r];
+            }
+            assert_eq!(b.clone(), b);
+            assert_eq!(b.into_data().len(), total);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "rank 3 of 3 blocks")]
+    fn blocks_offset_past_the_last_rank_panics() {
+        Blocks::new(vec![1u8, 2, 3], &[1, 1, 1]).offset(3);
     }
 }

@@ -302,7 +302,7 @@ impl Comm {
     pub fn gatherv_counts<T: Pod>(&self, send: &[T], counts: &[usize], root: i32) -> Result<Option<Blocks<T>>> {
         let mut data = RecvBuf::New(Vec::new());
         self.gatherv_in(send, &mut data, counts, root)?;
-        Ok((self.rank == root).then(|| Blocks::new(data.into_vec(), counts.to_vec())))
+        Ok((self.rank == root).then(|| Blocks::new(data.into_vec(), counts)))
     }
 
     /// [`gatherv_counts`](Comm::gatherv_counts) into the root's `recv` (as long as the counts' sum;
@@ -341,7 +341,7 @@ impl Comm {
     pub fn allgatherv_counts<T: Pod>(&self, send: &[T], counts: &[usize]) -> Result<Blocks<T>> {
         let mut data = RecvBuf::New(Vec::new());
         self.allgatherv_in(send, &mut data, counts)?;
-        Ok(Blocks::new(data.into_vec(), counts.to_vec()))
+        Ok(Blocks::new(data.into_vec(), counts))
     }
 
     /// [`allgatherv_counts`](Comm::allgatherv_counts) into `recv` (as long as the counts' sum):
@@ -385,7 +385,7 @@ impl Comm {
     ) -> Result<Blocks<T>> {
         let mut data = RecvBuf::New(Vec::new());
         self.alltoallv_in(send, send_counts, &mut data, recv_counts)?;
-        Ok(Blocks::new(data.into_vec(), recv_counts.to_vec()))
+        Ok(Blocks::new(data.into_vec(), recv_counts))
     }
 
     /// [`alltoallv_counts`](Comm::alltoallv_counts) into `recv` (as long as the receive counts'

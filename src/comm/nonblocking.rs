@@ -363,7 +363,7 @@ impl Comm {
             self.rank,
             Box::new(move || {
                 drop((send, keep));
-                elems.map(|e| Blocks::new(recv, e))
+                elems.map(|e| Blocks::new(recv, &e))
             }),
         ))
     }
@@ -389,7 +389,7 @@ impl Comm {
             self.rank,
             Box::new(move || {
                 drop((send, keep));
-                Blocks::new(recv, elems)
+                Blocks::new(recv, &elems)
             }),
         ))
     }
@@ -444,7 +444,7 @@ impl Comm {
             self.rank,
             Box::new(move || {
                 drop((send, keep));
-                Blocks::new(recv, elems)
+                Blocks::new(recv, &elems)
             }),
         ))
     }

@@ -440,12 +440,9 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
         send_counts: &[usize],
         recv_counts: &[usize],
     ) -> Result<Blocks<T>> {
-        const OP: &str = "neighbour_alltoallv";
-        let c: &Comm = self;
-        let _busy = c.begin(OP)?;
         let mut data = RecvBuf::New(Vec::new());
         neighbour_alltoallv_in(self, send, send_counts, &mut data, recv_counts)?;
-        Ok(Blocks::new(data.into_vec(), recv_counts.to_vec()))
+        Ok(Blocks::new(data.into_vec(), recv_counts))
     }
 
     /// [`neighbour_alltoallv`](Neighbourhood::neighbour_alltoallv) into `recv` (as long as the
@@ -581,7 +578,7 @@ fn exchange_into<T: Pod, N: Neighbourhood + ?Sized>(
         // As MPI does: the blocks of missing sources stay as they were.
         for (i, src) in n.sources().iter().enumerate() {
             if src.is_some() {
-                let at = got.displs[i];
+                let at = got.offset(i);
                 recv[at..at + re[i]].copy_from_slice(got.block(i));
             }
         }
@@ -615,7 +612,7 @@ fn exchange<T: Pod, N: Neighbourhood + ?Sized>(
 ) -> Result<Blocks<T>> {
     let mut data = vec![T::zeroed(); r.total];
     exchange_into(n, send, (s, se), &mut data, (r, re), op)?;
-    Ok(Blocks::new(data, re.to_vec()))
+    Ok(Blocks::new(data, re))
 }
 
 /// A blocking neighbour all-gather of `send` into blocks of `r`.
@@ -647,7 +644,7 @@ fn allgather<T: Pod, N: Neighbourhood + ?Sized>(
             c.rank,
         )?
     };
-    Ok(Blocks::new(data, re.to_vec()))
+    Ok(Blocks::new(data, re))
 }
 
 /// Starts a neighbour all-to-all on validated counts: MPI's, or phalanx's own messages where the
@@ -687,7 +684,7 @@ fn start<T: Pod, N: Neighbourhood + ?Sized>(
             c.rank,
             Box::new(move || {
                 drop((send, counts));
-                Blocks::new(data, elems)
+                Blocks::new(data, &elems)
             }),
         ));
     };
@@ -733,7 +730,7 @@ fn start<T: Pod, N: Neighbourhood + ?Sized>(
         rank,
         Box::new(move || {
             drop(send);
-            Blocks::new(data, elems)
+            Blocks::new(data, &elems)
         }),
     );
     // On an error the request is dropped, which waits for what was posted (the peers post theirs).
