@@ -133,23 +133,34 @@ impl Comm {
     /// [`list_counts`](Comm::list_counts) into `out` where it stays: on the paths where every call
     /// counts, the arrays are written in place, not moved (a copy of a just-written inline array
     /// stalls on store forwarding, several times per call).
-    #[inline]
+    #[inline(always)]
     pub(super) fn fill_counts<T: Pod>(&self, counts: &[usize], out: &mut Counts, op: &'static str) -> Result<()> {
         let per = ffi::layout::<T>().per_elem;
         match out.convert(counts, per) {
             Ok(()) => Ok(()),
-            Err(None) => Err(self.err(ErrorKind::CountOverflow, op, "the counts sum past usize::MAX")),
-            Err(Some(t)) => {
-                // Names the first count or displacement that overflows, else the total.
-                let mut acc = 0usize;
-                for &c in counts {
-                    ffi::to_count(c, per, op, self.rank)?;
-                    ffi::to_count(acc, per, op, self.rank)?;
-                    acc += c;
-                }
-                Err(ffi::to_count(t, per, op, self.rank).expect_err("the total exceeds MPI's count limit"))
-            }
+            Err(total) => Err(self.counts_overflow(counts, per, total, op)),
         }
+    }
+
+    /// The error of counts MPI cannot count (out of line: the calls that pass are the ones that
+    /// matter).
+    #[cold]
+    #[inline(never)]
+    fn counts_overflow(&self, counts: &[usize], per: usize, total: Option<usize>, op: &'static str) -> crate::Error {
+        let Some(t) = total else {
+            return self.err(ErrorKind::CountOverflow, op, "the counts sum past usize::MAX");
+        };
+        // Names the first count or displacement that overflows, else the total.
+        let mut acc = 0usize;
+        for &c in counts {
+            for x in [c, acc] {
+                if let Err(e) = ffi::to_count(x, per, op, self.rank) {
+                    return e;
+                }
+            }
+            acc += c;
+        }
+        ffi::to_count(t, per, op, self.rank).expect_err("the total exceeds MPI's count limit")
     }
 
     /// The receive counts of a gather to `root` as given by the caller (read on the root only),

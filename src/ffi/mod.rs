@@ -530,9 +530,40 @@ pub(crate) fn status_count<T: Pod>(status: &MPI_Status) -> Option<usize> {
     }
 }
 
-/// Number of bytes described by `status` (`MPI_Get_elements_x`: an `MPI_Count`, so messages over
-/// 2 GiB are counted too).
+/// Number of bytes described by `status`, whole (messages over 2 GiB are counted too).
+///
+/// Open MPI and MPICH keep the byte count in the status itself (Open MPI's `_ucount`, a `size_t`;
+/// MPICH's `count_lo` and the upper bits of `count_hi_and_cancelled`), which is what their
+/// `MPI_Get_elements_x` reads back; reading it here saves that call on every receive (about 1 ns of
+/// a 0.1 us one-way message on Open MPI 4.1 here, for each receive). Debug builds check the value
+/// against `MPI_Get_elements_x` on every call, so the test programs run under each MPI verify it.
+/// Another MPI is asked.
+#[inline]
 pub(crate) fn status_bytes(status: &MPI_Status) -> usize {
+    #[cfg(phalanx_mpi = "openmpi")]
+    let bytes = status._ucount;
+    #[cfg(phalanx_mpi = "mpich")]
+    let bytes = mpich_count(status.count_lo, status.count_hi_and_cancelled);
+    #[cfg(not(any(phalanx_mpi = "openmpi", phalanx_mpi = "mpich")))]
+    let bytes = status_bytes_asked(status);
+    #[cfg(any(phalanx_mpi = "openmpi", phalanx_mpi = "mpich"))]
+    debug_assert_eq!(bytes, status_bytes_asked(status), "the byte count read from the status");
+    bytes
+}
+
+/// MPICH's `MPIR_STATUS_GET_COUNT`: the low 32 bits of the count in `count_lo`, the high bits in
+/// `count_hi_and_cancelled` above its lowest bit (the cancelled flag).
+#[cfg_attr(not(phalanx_mpi = "mpich"), allow(dead_code))]
+#[inline]
+fn mpich_count(count_lo: c_int, count_hi_and_cancelled: c_int) -> usize {
+    let lo = u64::from(count_lo as u32);
+    let hi = u64::from(count_hi_and_cancelled as u32 >> 1);
+    (lo | (hi << 32)) as usize
+}
+
+/// [`status_bytes`] as MPI reports it (`MPI_Get_elements_x`: an `MPI_Count`).
+#[cfg_attr(any(phalanx_mpi = "openmpi", phalanx_mpi = "mpich"), allow(dead_code))]
+fn status_bytes_asked(status: &MPI_Status) -> usize {
     let mut count: sys::MPI_Count = 0;
     // SAFETY: `status` was filled by a completed receive or probe; `count` is a valid out-pointer;
     // counting in bytes is defined for any message.
@@ -1201,6 +1232,26 @@ impl Drop for OwnedOp {
         if !finalized() {
             // SAFETY: created by this handle, freed once.
             unsafe { sys::MPI_Op_free(&mut self.0) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mpich_count;
+
+    /// The count as MPICH's `MPIR_STATUS_SET_COUNT` stores it.
+    fn mpich_fields(count: u64, cancelled: bool) -> (i32, i32) {
+        (count as u32 as i32, (((count >> 32) << 1) as u32 | u32::from(cancelled)) as i32)
+    }
+
+    #[test]
+    fn mpich_status_counts_decode_past_32_bits() {
+        for count in [0u64, 8, (1 << 31) - 1, 1 << 31, (1 << 32) - 1, 1 << 32, (5 << 30) + 3, (1 << 40) + 7] {
+            for cancelled in [false, true] {
+                let (lo, hi) = mpich_fields(count, cancelled);
+                assert_eq!(mpich_count(lo, hi) as u64, count, "count {count}, cancelled {cancelled}");
+            }
         }
     }
 }
