@@ -103,7 +103,7 @@ fn given_counts(c: &Comm) {
         // Into a buffer of the caller's: the root's holds every block, the others' nothing.
         let mut into = vec![cell(99, 99); if c.rank() == root { counts.iter().sum() } else { 0 }];
         c.gatherv_into(&mine, &mut into, given, root).unwrap();
-        assert_eq!(into, b.as_ref().map_or(Vec::new(), |b| b.data.clone()));
+        assert_eq!(into, b.as_ref().map_or(Vec::new(), |b| b.data().to_vec()));
         if c.rank() == root {
             let b = b.unwrap();
             for s in 0..size {
@@ -115,7 +115,7 @@ fn given_counts(c: &Comm) {
     assert_eq!(b, c.allgatherv(&mine).unwrap());
     let mut into = vec![cell(99, 99); counts.iter().sum()];
     c.allgatherv_into(&mine, &mut into, &counts).unwrap();
-    assert_eq!(into, b.data);
+    assert_eq!(into, b.data());
     // Rank r sends (r + d) % 3 elements to rank d.
     let scounts: Vec<usize> = (0..size).map(|d| (r + d) % 3).collect();
     let rcounts: Vec<usize> = (0..size).map(|s| (s + r) % 3).collect();
@@ -124,7 +124,7 @@ fn given_counts(c: &Comm) {
     assert_eq!(b, c.alltoallv(&send, &scounts).unwrap());
     let mut into = vec![[9u16; 2]; rcounts.iter().sum()];
     c.alltoallv_into(&send, &scounts, &mut into, &rcounts).unwrap();
-    assert_eq!(into, b.data);
+    assert_eq!(into, b.data());
 }
 
 fn reduce_scatters(c: &Comm) {
@@ -297,7 +297,7 @@ fn nonblocking_owning(c: &Comm) {
     let bar = c.ibarrier().unwrap();
     bar.wait().unwrap();
     assert_eq!(b.wait().unwrap(), vec![0; 3]);
-    assert_eq!(a.wait().unwrap().data, (0..size as u64).collect::<Vec<_>>());
+    assert_eq!(a.wait().unwrap().data(), (0..size as u64).collect::<Vec<_>>());
     // Dropping unfinished requests waits for them; the communicator goes on.
     drop(c.ialltoall(vec![1u8; size]).unwrap());
     drop(c.ibarrier().unwrap());
@@ -334,14 +334,14 @@ fn nonblocking_scoped(c: &Comm) {
         red.wait()
     })
     .unwrap();
-    assert_eq!(all, c.allgatherv(&mine).unwrap().data);
+    assert_eq!(all, c.allgatherv(&mine).unwrap().data());
     if r == 0 {
         assert_eq!(at_root, all);
     }
     assert_eq!(bcast, vec![5.5; 64]);
     assert_eq!(sum_out, vec![(size * (size + 1) / 2) as i64; 8]);
     assert_eq!(a2a_recv, c.alltoall(&a2a_send).unwrap());
-    assert_eq!(v_recv, c.alltoallv(&v_send, &scounts).unwrap().data);
+    assert_eq!(v_recv, c.alltoallv(&v_send, &scounts).unwrap().data());
 }
 
 fn misuse_nonblocking(c: &Comm) {
@@ -546,9 +546,9 @@ fn dist_graphs(c: &Comm) {
         .dist_graph(&[(r + size - 1) % size].map(|x| x as i32), &[(r + 1) % size].map(|x| x as i32), false)
         .unwrap();
     let got = g.neighbour_alltoallv(&[r as u64; 2], &[2], &[2]).unwrap();
-    assert_eq!(got.data, vec![((r + size - 1) % size) as u64; 2]);
+    assert_eq!(got.data(), vec![((r + size - 1) % size) as u64; 2]);
     let got = g.ineighbour_alltoallv(vec![r as u64; 2], &[2], &[2]).unwrap().wait().unwrap();
-    assert_eq!(got.data, vec![((r + size - 1) % size) as u64; 2]);
+    assert_eq!(got.data(), vec![((r + size - 1) % size) as u64; 2]);
     // A rank with no neighbours at all.
     let g = c.dist_graph(&[], &[], false).unwrap();
     assert!(g.neighbour_alltoall::<u8>(&[], 0).unwrap().is_empty());

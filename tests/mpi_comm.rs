@@ -357,12 +357,12 @@ fn gathers(c: &Comm) {
     assert_eq!(c.allgather(c.rank() as u16).unwrap(), (0..c.size() as u16).collect::<Vec<_>>());
     let mine: Vec<f32> = vec![c.rank() as f32; c.rank() as usize];
     let b = c.allgatherv(&mine).unwrap();
-    assert_eq!(b.data.len(), size * (size - 1) / 2);
+    assert_eq!(b.data().len(), size * (size - 1) / 2);
     for (r, blk) in b.iter().enumerate() {
         assert_eq!(blk, vec![r as f32; r].as_slice());
     }
     let empty = c.allgatherv::<u8>(&[]).unwrap();
-    assert!(empty.data.is_empty() && empty.counts().eq(std::iter::repeat_n(0, size)));
+    assert!(empty.data().is_empty() && empty.counts().eq(std::iter::repeat_n(0, size)));
     assert_eq!(empty.offsets(), vec![0; size + 1]);
 }
 

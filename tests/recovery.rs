@@ -124,7 +124,7 @@ fn simulate(at: &recovery::Attempt, disk: Option<&CheckpointStore>) -> Result<(u
         step += 1;
     }
     let all = comm.gatherv(&x, 0)?;
-    let hash = all.map_or(0, |b| xxhash_rust::xxh3::xxh3_64(bytemuck::cast_slice(&b.data)));
+    let hash = all.map_or(0, |b| xxhash_rust::xxh3::xxh3_64(bytemuck::cast_slice(b.data())));
     Ok((hash, at.recoveries()))
 }
 

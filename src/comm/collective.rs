@@ -25,23 +25,27 @@ const ROOT_FAILED: u64 = u64::MAX;
 ///
 /// The bounds of up to 8 blocks are kept inline, so a v-collective on up to 8 ranks or neighbours
 /// allocates the data alone, as plain MPI code does.
+///
+/// The data is read with [`data`](Blocks::data) (all blocks concatenated in rank order) or
+/// [`block`](Blocks::block), written in place with [`data_mut`](Blocks::data_mut), and taken with
+/// [`into_data`](Blocks::into_data); its length stays the blocks' total, so the bounds stay true.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blocks<T> {
-    /// All blocks, concatenated in rank order.
-    pub data: Vec<T>,
+    data: Vec<T>,
     bounds: Bounds,
 }
 
 /// The `n + 1` offsets of `n` blocks (0, then each block's end): inline for up to `INLINE` blocks.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Bounds {
+pub(super) enum Bounds {
     Inline(u8, [usize; INLINE + 1]),
     Heap(Vec<usize>),
 }
 
 impl Bounds {
+    /// The bounds of blocks of `counts[i]` elements.
     #[inline]
-    fn of(counts: &[usize]) -> Bounds {
+    pub(super) fn of(counts: &[usize]) -> Bounds {
         let mut acc = 0;
         if counts.len() <= INLINE {
             let mut a = [0; INLINE + 1];
@@ -74,9 +78,27 @@ impl<T> Blocks<T> {
     /// `data` cut into blocks of `counts[i]` elements (their sum is `data.len()`).
     #[inline]
     pub(super) fn new(data: Vec<T>, counts: &[usize]) -> Self {
-        let bounds = Bounds::of(counts);
+        Blocks::from_parts(data, Bounds::of(counts))
+    }
+
+    /// `data` cut at `bounds` (computed when a nonblocking operation started, so that completing
+    /// it allocates nothing).
+    #[inline]
+    pub(super) fn from_parts(data: Vec<T>, bounds: Bounds) -> Self {
         debug_assert_eq!(bounds.offsets().last().copied(), Some(data.len()));
         Blocks { data, bounds }
+    }
+
+    /// All blocks, concatenated in rank order.
+    #[inline]
+    pub fn data(&self) -> &[T] {
+        &self.data
+    }
+
+    /// All blocks, concatenated in rank order, to write in place.
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [T] {
+        &mut self.data
     }
 
     /// The number of blocks: one per rank (or per source of a neighbourhood collective).
@@ -609,7 +631,7 @@ impl Comm {
     /// [`ErrorKind::InvalidRoot`]; mismatches in checked mode.
     #[doc(alias = "MPI_Gather")]
     pub fn gather<T: Pod>(&self, value: T, root: i32) -> Result<Option<Vec<T>>> {
-        Ok(self.gatherv(std::slice::from_ref(&value), root)?.map(|b| b.data))
+        Ok(self.gatherv(std::slice::from_ref(&value), root)?.map(Blocks::into_data))
     }
 
     /// Collects a slice of any length from every rank on `root`; counts are found automatically.
@@ -905,6 +927,10 @@ mod tests {
                 at += counts[r];
             }
             assert_eq!(b.clone(), b);
+            let mut b = b;
+            b.data_mut().iter_mut().for_each(|x| *x += 1);
+            assert_eq!(b.data(), &(1..=total as u32).collect::<Vec<_>>()[..]);
+            assert_eq!(b.offsets().last(), Some(&total));
             assert_eq!(b.into_data().len(), total);
         }
     }

@@ -22,7 +22,7 @@ use bytemuck::Pod;
 use smallvec::SmallVec;
 
 use super::check::Signature;
-use super::collective::{elem_size, Blocks};
+use super::collective::{elem_size, Blocks, Bounds};
 use super::counts::{Counts, RecvBuf};
 use super::scope::{Scope, ScopedCollective};
 use super::{Comm, Op};
@@ -356,14 +356,14 @@ impl Comm {
         let req = unsafe { self.start_igatherv(&send, &mut recv, counts, root, &mut keep)? };
         let recv = recv.into_vec();
         // Checked on the root to be this list (as MPI received it).
-        let elems = (self.rank == root).then(|| counts.to_vec());
+        let bounds = (self.rank == root).then(|| Bounds::of(counts));
         Ok(CollectiveRequest::new(
             req,
             "igatherv",
             self.rank,
             Box::new(move || {
                 drop((send, keep));
-                elems.map(|e| Blocks::new(recv, &e))
+                bounds.map(|b| Blocks::from_parts(recv, b))
             }),
         ))
     }
@@ -382,14 +382,14 @@ impl Comm {
         // SAFETY: as in `igatherv`.
         let req = unsafe { self.start_iallgatherv(&send, &mut recv, counts, &mut keep)? };
         let recv = recv.into_vec();
-        let elems = counts.to_vec();
+        let bounds = Bounds::of(counts);
         Ok(CollectiveRequest::new(
             req,
             "iallgatherv",
             self.rank,
             Box::new(move || {
                 drop((send, keep));
-                Blocks::new(recv, &elems)
+                Blocks::from_parts(recv, bounds)
             }),
         ))
     }
@@ -437,14 +437,14 @@ impl Comm {
         // SAFETY: as in `igatherv`.
         let req = unsafe { self.start_ialltoallv(&send, send_counts, &mut recv, recv_counts, &mut keep)? };
         let recv = recv.into_vec();
-        let elems = recv_counts.to_vec();
+        let bounds = Bounds::of(recv_counts);
         Ok(CollectiveRequest::new(
             req,
             "ialltoallv",
             self.rank,
             Box::new(move || {
                 drop((send, keep));
-                Blocks::new(recv, &elems)
+                Blocks::from_parts(recv, bounds)
             }),
         ))
     }

@@ -21,7 +21,7 @@ use std::ops::Deref;
 use bytemuck::Pod;
 
 use super::check::Signature;
-use super::collective::{elem_size, Blocks};
+use super::collective::{elem_size, Blocks, Bounds};
 use super::counts::{digest, Counts, RecvBuf};
 use super::nonblocking::{CollectiveRequest, Reqs};
 use super::Comm;
@@ -413,7 +413,7 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
         if self.repeated().is_some() {
             let (se, re) = (vec![per; nd], vec![per; ns]);
             let (s, r) = (c.list_counts::<T>(&se, OP)?, c.list_counts::<T>(&re, OP)?);
-            return Ok(exchange(self, send, (&s, &se), (&r, &re), OP)?.data);
+            return Ok(exchange(self, send, (&s, &se), (&r, &re), OP)?.into_data());
         }
         let mut out = vec![T::zeroed(); per * ns];
         // SAFETY: blocking; `send` holds `per` elements per destination (checked above) and `out`
@@ -514,7 +514,7 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
         if self.repeated().is_some() {
             let re = vec![send.len(); self.sources().len()];
             let r = c.list_counts::<T>(&re, OP)?;
-            return Ok(allgather(self, send, (&r, &re), OP)?.data);
+            return Ok(allgather(self, send, (&r, &re), OP)?.into_data());
         }
         let mut out = vec![T::zeroed(); send.len() * self.sources().len()];
         // SAFETY: blocking; `out` holds `send.len()` elements per source.
@@ -677,14 +677,14 @@ fn start<T: Pod, N: Neighbourhood + ?Sized>(
                 c.rank,
             )?
         };
-        let elems = re.to_vec();
+        let bounds = Bounds::of(re);
         return Ok(CollectiveRequest::new(
             req,
             op,
             c.rank,
             Box::new(move || {
                 drop((send, counts));
-                Blocks::new(data, &elems)
+                Blocks::from_parts(data, bounds)
             }),
         ));
     };
@@ -723,14 +723,14 @@ fn start<T: Pod, N: Neighbourhood + ?Sized>(
             Err(e) => failed = Err(e),
         }
     }
-    let elems = re.to_vec();
+    let bounds = Bounds::of(re);
     let req = CollectiveRequest::with_requests(
         reqs,
         op,
         rank,
         Box::new(move || {
             drop(send);
-            Blocks::new(data, &elems)
+            Blocks::from_parts(data, bounds)
         }),
     );
     // On an error the request is dropped, which waits for what was posted (the peers post theirs).
@@ -806,7 +806,7 @@ fn neighbour_counts<T: Pod, N: Neighbourhood + ?Sized>(
         let wire: Vec<u64> = send_counts.iter().map(|&x| x as u64).collect();
         let (oe, ie) = (vec![1; nd], vec![1; ns]);
         let (so, ro) = (c.list_counts::<u64>(&oe, op)?, c.list_counts::<u64>(&ie, op)?);
-        let incoming = exchange(n, &wire, (&so, &oe), (&ro, &ie), op)?.data;
+        let incoming = exchange(n, &wire, (&so, &oe), (&ro, &ie), op)?.into_data();
         let bad = (0..ns).find(|&i| n.sources()[i].is_some() && incoming[i] != recv_counts[i] as u64);
         let check = match bad {
             None => Ok(()),

@@ -17,7 +17,7 @@
 
 use rayon::prelude::*;
 
-use crate::comm::{Comm, Op};
+use crate::comm::{Blocks, Comm, Op};
 use crate::decomp::Partition;
 use crate::error::Result;
 use crate::services::checkpoint::{Checkpoint, Generation};
@@ -671,7 +671,7 @@ impl NBody {
     /// MPI errors.
     pub fn gather_all(&self, comm: &Comm) -> Result<Bodies> {
         let b = &self.bodies;
-        let pick = |v: &Vec<f64>| comm.allgatherv(v).map(|g| g.data);
+        let pick = |v: &Vec<f64>| comm.allgatherv(v).map(Blocks::into_data);
         Ok(Bodies {
             x: pick(&b.x)?,
             y: pick(&b.y)?,
