@@ -3,7 +3,7 @@
 
 mod harness;
 
-use harness::{Case, Expect};
+use harness::{Case, Expect, OnRank};
 use phalanx::comm::{Comm, ThreadConfig, Threads};
 use phalanx::runtime::pin::current_affinity;
 use phalanx::runtime::{PinPlan, PinPolicy};
@@ -83,29 +83,32 @@ fn pin_none_leaves_placement_alone(world: &Comm) {
     assert!(worker_affinities(&t).iter().all(|a| *a == before));
 }
 
-/// A mistyped `PHALANX_THREADS` on one rank, and an unknown `PHALANX_PIN` on another: errors on every
-/// rank (before, the thread product overflowed, or the rank returned alone while the others waited in
-/// the next collective of `start_threads`).
-fn bad_thread_settings_are_errors_on_every_rank(world: &Comm) {
+/// A mistyped `PHALANX_THREADS` on the last rank: an error there, and on every other rank (before,
+/// the thread product overflowed, or the rank returned alone while the others waited in the next
+/// collective of `start_threads`). The variable is set before MPI starts (`Case::env_on`).
+fn bad_threads_env_is_an_error_on_every_rank(world: &Comm) {
     let last = world.size() - 1;
-    if world.rank() == last {
-        std::env::set_var("PHALANX_THREADS", "1000000000000");
-    }
     let e = world.start_threads(ThreadConfig::new()).map(|_| ()).unwrap_err();
     if world.rank() == last {
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
         assert!(e.to_string().contains("1000000000000 threads per rank"), "{e}");
-        std::env::remove_var("PHALANX_THREADS");
     } else {
         assert_eq!(e.kind(), ErrorKind::PeerFailed, "{e}");
         assert!(e.to_string().contains(&format!("rank {last} failed")), "{e}");
     }
-    if world.rank() == 0 {
-        std::env::set_var("PHALANX_PIN", "sideways");
-    }
+    // An explicit count does not read the variable: it works everywhere.
+    world.start_threads(ThreadConfig::new().threads(1)).unwrap();
+}
+
+/// An unknown `PHALANX_PIN` on rank 0: an error on every rank.
+fn bad_pin_env_is_an_error_on_every_rank(world: &Comm) {
     let e = world.start_threads(ThreadConfig::new().threads(1)).map(|_| ()).unwrap_err();
-    assert!(matches!(e.kind(), ErrorKind::InvalidArgument | ErrorKind::PeerFailed), "{e}");
-    std::env::remove_var("PHALANX_PIN");
+    if world.rank() == 0 {
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        assert!(e.to_string().contains("sideways"), "{e}");
+    } else {
+        assert_eq!(e.kind(), ErrorKind::PeerFailed, "{e}");
+    }
     world.barrier().unwrap();
 }
 
@@ -121,7 +124,16 @@ fn main() {
             Case::new("under_taskset_cpu_1", &[1, 2], under_taskset_everything_stays_on_cpu_1)
                 .under(&["taskset", "-c", "1"]),
             Case::new("pin_none", &[1, 2], pin_none_leaves_placement_alone).alone(),
-            Case::new("bad_thread_settings", &[1, 2, 3], bad_thread_settings_are_errors_on_every_rank),
+            Case::new("bad_threads_env", &[1, 2, 3], bad_threads_env_is_an_error_on_every_rank).env_on(
+                OnRank::Last,
+                "PHALANX_THREADS",
+                "1000000000000",
+            ),
+            Case::new("bad_pin_env", &[1, 2, 3], bad_pin_env_is_an_error_on_every_rank).env_on(
+                OnRank::First,
+                "PHALANX_PIN",
+                "sideways",
+            ),
         ],
     );
 }

@@ -68,12 +68,30 @@ pub(crate) struct Case {
     pub(crate) alone: bool,
     /// A command that wraps `mpirun` (for example `taskset -c 1`); implies `alone`.
     pub(crate) prefix: &'static [&'static str],
+    /// A variable set on one rank before MPI starts (see [`Case::env_on`]); implies `alone`.
+    pub(crate) env: Option<(OnRank, &'static str, &'static str)>,
+}
+
+/// Which rank of a job a [`Case::env_on`] variable is set on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum OnRank {
+    First,
+    Last,
 }
 
 impl Case {
     /// A case that must pass at every rank count in `ranks`.
     pub(crate) const fn new(name: &'static str, ranks: &'static [usize], run: fn(&Comm)) -> Case {
-        Case { name, ranks, run, expect: Expect::Pass, alone: false, prefix: &[] }
+        Case { name, ranks, run, expect: Expect::Pass, alone: false, prefix: &[], env: None }
+    }
+
+    /// Sets `var` to `value` in the process of one rank before it initialises MPI (so the case runs
+    /// alone). A variable set with `std::env::set_var` inside the job would change the environment
+    /// while the MPI library's own threads may read it (`getenv` takes no lock in glibc).
+    pub(crate) const fn env_on(mut self, rank: OnRank, var: &'static str, value: &'static str) -> Case {
+        self.env = Some((rank, var, value));
+        self.alone = true;
+        self
     }
 
     /// The same case, run in a job of its own.
@@ -117,9 +135,28 @@ pub(crate) fn main(program: &str, cases: &[Case]) {
 // ---------------------------------------------------------------------------------------------
 
 fn run_child(cases: &[Case], names: &str) {
+    // Variables for one rank, set while this process has no other thread (before MPI starts its
+    // own); the rank is the launcher's (Open MPI: OMPI_COMM_WORLD_*, MPICH's hydra: PMI_*).
+    let mut env_rank = None;
+    for case in cases.iter().filter(|c| names.split(',').any(|n| n == c.name)) {
+        let Some((on, var, value)) = case.env else { continue };
+        let launcher = |a: &str, b: &str| -> usize {
+            std::env::var(a).or_else(|_| std::env::var(b)).ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                panic!("case {}: neither {a} nor {b} is set: cannot tell this rank before MPI starts", case.name)
+            })
+        };
+        let (rank, size) = (launcher("OMPI_COMM_WORLD_RANK", "PMI_RANK"), launcher("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"));
+        env_rank = Some(rank);
+        if rank == if on == OnRank::First { 0 } else { size - 1 } {
+            std::env::set_var(var, value);
+        }
+    }
     let rt = phalanx::init().expect("phalanx::init");
     let world = rt.world();
     let size = world.size() as usize;
+    if let Some(r) = env_rank {
+        assert_eq!(r, world.rank() as usize, "the launcher's rank variable and MPI's rank differ");
+    }
     for name in names.split(',').filter(|n| !n.is_empty()) {
         let case = cases.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("unknown case {name}"));
         assert!(
