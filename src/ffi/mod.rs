@@ -534,8 +534,8 @@ pub(crate) fn status_count<T: Pod>(status: &MPI_Status) -> Option<usize> {
 ///
 /// Open MPI and MPICH keep the byte count in the status itself (Open MPI's `_ucount`, a `size_t`;
 /// MPICH's `count_lo` and the upper bits of `count_hi_and_cancelled`), which is what their
-/// `MPI_Get_elements_x` reads back; reading it here saves that call on every receive (about 1 ns of
-/// a 0.1 us one-way message on Open MPI 4.1 here, for each receive). Debug builds check the value
+/// `MPI_Get_elements_x` reads back; reading it here saves that call on every receive (2.8 ns per
+/// call in a C loop with Open MPI 4.1 here, against a 0.15-0.2 us one-way message). Debug builds check the value
 /// against `MPI_Get_elements_x` on every call, so the test programs run under each MPI verify it.
 /// Another MPI is asked.
 #[inline]
