@@ -191,17 +191,22 @@ impl Comm {
             Signature { root: Some(root as i64), elem_size: elem_size::<T>(), ..Default::default() },
         )?;
         if verify && self.size > 1 {
-            let (ones, displs): (Vec<c_int>, Vec<c_int>) = if is_root {
-                (vec![1; self.size as usize], (0..self.size).collect())
-            } else {
-                (Vec::new(), Vec::new())
-            };
-            let mut lens = if is_root { vec![0u64; self.size as usize] } else { Vec::new() };
-            ffi::gatherv(&[mine as u64], &mut lens, &ones, &displs, root, self.raw, op, self.rank)?;
-            let check = if is_root { self.compare_counts(counts, &lens, "sends", op) } else { Ok(()) };
-            self.agree_errors(op, check)?;
+            self.verify_gather_counts(mine, counts, root, op)?;
         }
         Ok(())
+    }
+
+    /// The checked-mode part of [`gather_counts`](Comm::gather_counts): the root gathers every
+    /// rank's send length and compares. Out of line: sampled calls only.
+    #[inline(never)]
+    fn verify_gather_counts(&self, mine: usize, counts: &[usize], root: i32, op: &'static str) -> Result<()> {
+        let is_root = self.rank == root;
+        let (ones, displs): (Vec<c_int>, Vec<c_int>) =
+            if is_root { (vec![1; self.size as usize], (0..self.size).collect()) } else { (Vec::new(), Vec::new()) };
+        let mut lens = if is_root { vec![0u64; self.size as usize] } else { Vec::new() };
+        ffi::gatherv(&[mine as u64], &mut lens, &ones, &displs, root, self.raw, op, self.rank)?;
+        let check = if is_root { self.compare_counts(counts, &lens, "sends", op) } else { Ok(()) };
+        self.agree_errors(op, check)
     }
 
     /// The counts of an all-gather as given by the caller (the same list on every rank), checked
@@ -247,23 +252,29 @@ impl Comm {
         let verify = self.will_check();
         let local = self.given_counts::<T>(send_counts, "send counts", send_out, op).and_then(|_| {
             if send_out.total > send_len {
-                return Err(self.err(
-                    ErrorKind::InvalidArgument,
-                    op,
-                    format!("send counts sum to {} but send has {send_len} elements", send_out.total),
-                ));
+                let total = send_out.total;
+                return Err(self.cold_err(ErrorKind::InvalidArgument, op, || {
+                    format!("send counts sum to {total} but send has {send_len} elements")
+                }));
             }
             self.given_counts::<T>(recv_counts, "receive counts", recv_out, op)?;
             self.recv_len(recv_have, recv_out.total, op)
         });
         self.agree(op, local, Signature { elem_size: elem_size::<T>(), ..Default::default() })?;
         if verify {
-            let wire: Vec<u64> = send_counts.iter().map(|&c| c as u64).collect();
-            let mut incoming = vec![0u64; self.size as usize];
-            ffi::alltoall(&wire, &mut incoming, 1, self.raw, op, self.rank)?;
-            self.agree_errors(op, self.compare_counts(recv_counts, &incoming, "sends this rank", op))?;
+            self.verify_alltoall_counts(send_counts, recv_counts, op)?;
         }
         Ok(())
+    }
+
+    /// The checked-mode part of [`alltoall_counts`](Comm::alltoall_counts): an all-to-all of the
+    /// send counts, compared with the receive counts. Out of line: sampled calls only.
+    #[inline(never)]
+    fn verify_alltoall_counts(&self, send_counts: &[usize], recv_counts: &[usize], op: &'static str) -> Result<()> {
+        let wire: Vec<u64> = send_counts.iter().map(|&c| c as u64).collect();
+        let mut incoming = vec![0u64; self.size as usize];
+        ffi::alltoall(&wire, &mut incoming, 1, self.raw, op, self.rank)?;
+        self.agree_errors(op, self.compare_counts(recv_counts, &incoming, "sends this rank", op))
     }
 
     /// A caller's receive buffer (`None`: phalanx allocates it) must hold exactly the counts' sum.

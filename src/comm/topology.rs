@@ -573,16 +573,7 @@ fn exchange_into<T: Pod, N: Neighbourhood + ?Sized>(
     op: &'static str,
 ) -> Result<()> {
     if n.repeated().is_some() {
-        let counts = Box::new((s.clone(), r.clone()));
-        let got = start(n, send[..s.total].to_vec(), counts, (se, re), op)?.wait()?;
-        // As MPI does: the blocks of missing sources stay as they were.
-        for (i, src) in n.sources().iter().enumerate() {
-            if src.is_some() {
-                let at = got.offset(i);
-                recv[at..at + re[i]].copy_from_slice(got.block(i));
-            }
-        }
-        return Ok(());
+        return exchange_repeated(n, send, (s, se), recv, (r, re), op);
     }
     let c: &Comm = n;
     // SAFETY: blocking; every block lies inside its buffer (validated counts), and both buffers
@@ -600,6 +591,30 @@ fn exchange_into<T: Pod, N: Neighbourhood + ?Sized>(
             c.rank,
         )
     }
+}
+
+/// [`exchange_into`] where the neighbour lists repeat a rank: phalanx's own messages (the rare
+/// fallback of periodic dimensions of one or two ranks), out of line.
+#[cold]
+#[inline(never)]
+fn exchange_repeated<T: Pod, N: Neighbourhood + ?Sized>(
+    n: &N,
+    send: &[T],
+    (s, se): (&Counts, &[usize]),
+    recv: &mut [T],
+    (r, re): (&Counts, &[usize]),
+    op: &'static str,
+) -> Result<()> {
+    let counts = Box::new((s.clone(), r.clone()));
+    let got = start(n, send[..s.total].to_vec(), counts, (se, re), op)?.wait()?;
+    // As MPI does: the blocks of missing sources stay as they were.
+    for (i, src) in n.sources().iter().enumerate() {
+        if src.is_some() {
+            let at = got.offset(i);
+            recv[at..at + re[i]].copy_from_slice(got.block(i));
+        }
+    }
+    Ok(())
 }
 
 /// [`exchange_into`] a new buffer, as blocks.
@@ -783,45 +798,56 @@ fn neighbour_counts<T: Pod, N: Neighbourhood + ?Sized>(
     let local = (|| {
         for (what, list, want) in [("send counts", send_counts, nd), ("receive counts", recv_counts, ns)] {
             if list.len() != want {
-                return Err(c.err(
-                    ErrorKind::InvalidArgument,
-                    op,
-                    format!("{} {what} for {want} neighbours", list.len()),
-                ));
+                return Err(c.cold_err(ErrorKind::InvalidArgument, op, || {
+                    format!("{} {what} for {want} neighbours", list.len())
+                }));
             }
         }
         c.fill_counts::<T>(send_counts, s, op)?;
         if s.total > send_len {
-            return Err(c.err(
-                ErrorKind::InvalidArgument,
-                op,
-                format!("send counts sum to {} but send has {send_len} elements", s.total),
-            ));
+            let total = s.total;
+            return Err(c.cold_err(ErrorKind::InvalidArgument, op, || {
+                format!("send counts sum to {total} but send has {send_len} elements")
+            }));
         }
         c.fill_counts::<T>(recv_counts, r, op)?;
         c.recv_len(recv_have, r.total, op)
     })();
     c.agree(op, local, Signature { elem_size: elem_size::<T>(), ..Default::default() })?;
     if verify {
-        let wire: Vec<u64> = send_counts.iter().map(|&x| x as u64).collect();
-        let (oe, ie) = (vec![1; nd], vec![1; ns]);
-        let (so, ro) = (c.list_counts::<u64>(&oe, op)?, c.list_counts::<u64>(&ie, op)?);
-        let incoming = exchange(n, &wire, (&so, &oe), (&ro, &ie), op)?.into_data();
-        let bad = (0..ns).find(|&i| n.sources()[i].is_some() && incoming[i] != recv_counts[i] as u64);
-        let check = match bad {
-            None => Ok(()),
-            Some(i) => Err(c.err(
-                ErrorKind::CollectiveMismatch,
-                op,
-                format!(
-                    "the receive count from neighbour {i} (rank {}) is {} but it sends {} elements",
-                    n.sources()[i].unwrap_or(-1),
-                    recv_counts[i],
-                    incoming[i]
-                ),
-            )),
-        };
-        c.agree_errors(op, check)?;
+        verify_neighbour_counts(n, send_counts, recv_counts, op)?;
     }
     Ok(())
+}
+
+/// The checked-mode part of [`neighbour_counts`]: a neighbour all-to-all of the send counts,
+/// compared with the receive counts. Out of line: sampled calls only.
+#[inline(never)]
+fn verify_neighbour_counts<N: Neighbourhood + ?Sized>(
+    n: &N,
+    send_counts: &[usize],
+    recv_counts: &[usize],
+    op: &'static str,
+) -> Result<()> {
+    let c: &Comm = n;
+    let (nd, ns) = (n.destinations().len(), n.sources().len());
+    let wire: Vec<u64> = send_counts.iter().map(|&x| x as u64).collect();
+    let (oe, ie) = (vec![1; nd], vec![1; ns]);
+    let (so, ro) = (c.list_counts::<u64>(&oe, op)?, c.list_counts::<u64>(&ie, op)?);
+    let incoming = exchange(n, &wire, (&so, &oe), (&ro, &ie), op)?.into_data();
+    let bad = (0..ns).find(|&i| n.sources()[i].is_some() && incoming[i] != recv_counts[i] as u64);
+    let check = match bad {
+        None => Ok(()),
+        Some(i) => Err(c.err(
+            ErrorKind::CollectiveMismatch,
+            op,
+            format!(
+                "the receive count from neighbour {i} (rank {}) is {} but it sends {} elements",
+                n.sources()[i].unwrap_or(-1),
+                recv_counts[i],
+                incoming[i]
+            ),
+        )),
+    };
+    c.agree_errors(op, check)
 }
