@@ -714,7 +714,10 @@ def across_runs(runs):
 
 
 def vm_mode(latency_8b_us):
-    """This VM's mode from raw rsmpi's own 8 B latency (fast about 0.2-0.3 us, slow 0.5 us and more)."""
+    """This VM's mode from a reference's own 8 B round trip without phalanx (raw rsmpi's latency, or a
+    one-neighbour exchange): fast about 0.2-0.3 us, slow 0.5 us and more; "unknown" without one."""
+    if latency_8b_us is None:
+        return "unknown"
     return "fast" if latency_8b_us < 0.4 else "slow"
 
 
@@ -775,8 +778,8 @@ def api_section(blocks=7):
     rr = runs_of(2, "api", API_RUNS, blocks)
     api = across_runs(rr)
     # A one-neighbour exchange of 8 B is a round trip's worth of latency: it tells the VM's mode.
-    modes = [vm_mode(next(x["rsmpi"] for x in rows if x["bench"] == "neighbour_alltoall" and x["bytes"] == 8))
-             for rows in rr]
+    modes = [vm_mode(next((x["rsmpi"] for x in rows if x["bench"] == "neighbour_alltoall" and x["bytes"] == 8),
+                          None)) for rows in rr]
     log("api: commbench --only api, 1 rank (the cost phalanx adds, without a peer's noise)")
     one = across_runs(runs_of(1, "api", 3, blocks, "--max-size", 8))
     halo = {}
@@ -812,12 +815,15 @@ def render_api(a):
       "caller's buffer (the reference's kept too), `allgatherv_inferred` lets phalanx learn the counts (one "
       "extra all-gather); neighbourhood collectives run on a non-periodic 1-D Cartesian communicator. "
       "Added at 1 rank: phalanx's time minus the reference's at 8 B on one rank, where no peer adds noise "
-      "(median of 3 runs): the cost of phalanx's own work per call. Goal ([api]): at most 1.05 at 8 B.")
+      "(median of 3 runs): the cost of phalanx's own work per call. Goal ([api]): at most 1.05 at 8 B, "
+      "except `allgatherv_inferred`, whose extra all-gather is the point of the row.")
     if "modes" in a:
-        nf, ns = a["modes"].count("fast"), a["modes"].count("slow")
-        w(f"The VM was in its fast mode in {nf} of the runs and in its slow mode in {ns} (told by the reference's "
-          "8 B `neighbour_alltoall`, a one-neighbour exchange: below 0.4 us fast). The slow mode doubles MPI's "
-          "time per call but not phalanx's added nanoseconds, so its ratios are nearer 1.")
+        nf, ns, nu = (a["modes"].count(m) for m in ("fast", "slow", "unknown"))
+        w(f"The VM was in its fast mode in {nf} of the runs and in its slow mode in {ns}"
+          + (f" ({nu} could not tell)" if nu else "")
+          + " (told by the reference's 8 B `neighbour_alltoall`, a one-neighbour exchange: below 0.4 us fast). "
+          "The slow mode raises MPI's time per call (up to about 2x) but not phalanx's added nanoseconds, so "
+          "its ratios are nearer 1 than the fast mode's.")
     w("")
     w("```sh\nbenches/regenerate --api-table\nmpirun -n 2 target/release/examples/commbench --only api\n```\n")
     w("| operation | 8 B phalanx | 8 B reference | ratio (best) | 4 KiB ratio | 64 KiB ratio | added at 1 rank |")
@@ -1153,7 +1159,8 @@ def machine():
 
 def render(r):
     cpu, mem, ompi, rustc = machine()
-    today = datetime.date.today().isoformat()
+    # The day of the full run (--render-only keeps it), today for results saved before it was kept.
+    today = r.get("date") or datetime.date.today().isoformat()
     L = []
     w = L.append
     w("# Performance\n")
@@ -1388,7 +1395,37 @@ def render(r):
     w("  row of 256 repeated, a scratch microbenchmark) reached 2.2-2.7 G updates/s with AVX2 and 2.8-3.6 G")
     w("  with AVX-512, so 2.5x of K = 1 (about 2.9 G) needs the 3-D pass tiled to keep its planes in L1")
     w("  and 512-bit vectors; AVX-512 in today's fused pass, whose planes stream from L2, was slower")
-    w("  (1.5-1.9 against 2.0-2.1 G).\n")
+    w("  (1.5-1.9 against 2.0-2.1 G).")
+    w("- 3-D temporal blocking tiled over rows (2026-12-04, same VM in its fast mode, 256^3, 48 steps, one")
+    w("  core): the wavefront over planes run once per tile of rows, skewed by one row per level so that")
+    w("  two arrays still suffice (the same bits: a unit test against single sweeps passed with tiles down")
+    w("  to one row). The tiles made it slower, not faster: K = 8 ran 1.70-1.79 G updates/s with 4-row")
+    w("  tiles, 1.77-1.87 G with 8, 1.88-2.09 G with 18 (the tile's live planes sized for a 1 MiB L2),")
+    w("  2.16-2.19 G with 32, against 2.38-2.42 G untiled (K = 1: 1.32-1.33 G; two rounds). The untiled")
+    w("  pass's planes come from L3, and that alone is not what limits it (the whole arrays' size does")
+    w("  matter, see the next note); the change was not kept. The")
+    w("  same day, the untiled pass's row loop compiled for AVX-512 (512-bit vectors, the same bits) ran")
+    w("  K = 8 at 1716 and 1739 M updates/s against 1655 and 1759 with AVX2 (two rounds, the VM in its slow")
+    w("  mode: K = 1 at 925-926): no gain either; K = 12 was slower than K = 8 (1630-1665).")
+    w("- The same 3-D wavefront written in C (2026-12-04, a scratch program, not kept: the pass above,")
+    w("  optionally over skewed row tiles; `gcc -O3 -mavx2 -mfma`, or `-march=native` for 512-bit vectors;")
+    w("  one core, rows of 256 cells, K = 8 unless said; the VM's mode was not told: C's own K = 1 ran")
+    w("  1.43 G, 2.5x of which is 3.6 G) reproduces all of it. The rate falls once the whole arrays")
+    w("  outgrow L3, with the planes the pass works on unchanged: with y and z of 64 cells (two arrays of")
+    w("  9 MB, which stay in L3 between passes) it ran 2.95-3.13 G updates/s with 512-bit vectors, untiled")
+    w("  or in 16-row tiles; with y of 64 and z of 256 (arrays of 35 MB) 2.36-2.42 G; at 256^3 2.04-2.14 G")
+    w("  (2.31-2.37 G with AVX2). At 256^3 nothing tried recovered it: 16-row tiles 2.07-2.26 G, 8-row")
+    w("  1.91-1.95 G, 32-row 1.95-2.17 G; 16-row tiles at K = 12, 16 and 24 2.01-2.26 G (at K = 24 a third")
+    w("  of K = 8's memory traffic, the same rate); software prefetch of the next plane's level 0 input and")
+    w("  level 1 output (into L2, one position ahead) 2.20-2.26 G against 2.13-2.20 G; transparent huge")
+    w("  pages (266 MB of AnonHugePages seen during the run) 2.09 G tiled, 1.75 G untiled; streaming")
+    w("  stores for the last level 2.05-2.06 G against 2.07-2.08 G; planes padded by 64 to 520 doubles (a")
+    w("  cell and the cells above and below it then fall in different L1 sets) 1.97-2.13 G against")
+    w("  2.09-2.12 G; levels 1 to K - 1 in three-plane ring buffers, so that one array streams from memory,")
+    w("  2.03 G untiled. The row kernel alone, on operands in L1 or L2 (a scratch loop over a few rows),")
+    w("  ran 2.6-3.1 G with AVX2 and 3.6-4.6 G with 512-bit vectors: 2.5x of K = 1 is within its reach")
+    w("  only while the data stay in cache. Why the large arrays cost this much, with a tile's working")
+    w("  set in L2 and a third of the memory traffic, was not found (this VM has no hardware counters).\n")
 
     t = r["timers"]
     w("## Metrics: the cost of the phase timers\n")
@@ -1490,6 +1527,7 @@ def main():
     r["model_rounds"] = model_rounds()
     r["model"] = model(r["criterion"], r["commbench_shm"], r["commbench_tcp"], r["model_rounds"])
     r["elapsed"] = time.time() - t0
+    r["date"] = datetime.date.today().isoformat()
     json.dump(r, open(os.path.join(OUT, "results.json"), "w"), indent=1, default=str)
     doc = render(json.loads(json.dumps(r, default=str)))
     open(os.path.join(ROOT, "docs", "PERFORMANCE.md"), "w").write(doc + "\n")
