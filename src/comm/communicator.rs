@@ -61,6 +61,7 @@ unsafe impl Sync for SharedComm {}
 
 impl std::ops::Deref for SharedComm {
     type Target = Comm;
+    #[inline]
     fn deref(&self) -> &Comm {
         &self.0
     }

@@ -451,6 +451,7 @@ impl Comm {
 }
 
 impl<'scope, 'env> Scope<'scope, 'env> {
+    #[inline]
     fn started(&'scope self, req: MPI_Request, op: &'static str) -> ScopedCollective<'scope> {
         let idx = self.push_collective(req);
         self.collective_handle(idx, op)

@@ -62,6 +62,7 @@ impl CountSlots {
     }
 
     /// A pair no one else has been given, initialised empty.
+    #[inline]
     fn take(&self) -> *mut (Counts, Counts) {
         let i = self.used.get();
         if i < SLOTS {
@@ -231,16 +232,19 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     }
 
     /// Registers a nonblocking collective.
+    #[inline]
     pub(super) fn push_collective(&'scope self, req: MPI_Request) -> usize {
         self.push(req, false)
     }
 
     /// A new, empty pair of count arrays that stays at its address, and is touched by nobody else,
     /// until the scope is dropped (after it has waited for every request).
+    #[inline]
     pub(super) fn count_slot(&'scope self) -> *mut (Counts, Counts) {
         self.counts.take()
     }
 
+    #[inline]
     pub(super) fn collective_handle(&'scope self, idx: usize, op: &'static str) -> ScopedCollective<'scope> {
         ScopedCollective { idx, reqs: &self.reqs, done: &self.done, op, rank: self.comm.rank }
     }
@@ -338,6 +342,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     /// # Errors
     /// The first MPI error reported by any of them.
     #[doc(alias = "MPI_Waitall")]
+    #[inline]
     pub fn wait_all(&self) -> Result<()> {
         let mut reqs = self.reqs.borrow_mut();
         // Each handle waited for already (the usual end of a scope): nothing for MPI to do.
@@ -369,6 +374,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         }
     }
 
+    #[inline]
     fn wait_all_inner(&self) {
         // Errors here would already have been reported to anyone who waited; the point is only that
         // MPI is done with every borrowed buffer: after an error (`MPI_ERR_PENDING` leaves requests
@@ -382,6 +388,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     }
 }
 
+#[inline]
 fn wait_one(
     reqs: &RefCell<Reqs>,
     done: &RefCell<Done>,
@@ -402,6 +409,7 @@ impl ScopedSend<'_> {
     /// # Errors
     /// An MPI error reported at completion.
     #[doc(alias = "MPI_Wait")]
+    #[inline]
     pub fn wait(self) -> Result<()> {
         wait_one(self.reqs, self.done, self.idx, "isend.wait", self.rank).0
     }
@@ -414,6 +422,7 @@ impl ScopedCollective<'_> {
     /// # Errors
     /// An MPI error reported at completion.
     #[doc(alias = "MPI_Wait")]
+    #[inline]
     pub fn wait(self) -> Result<()> {
         wait_one(self.reqs, self.done, self.idx, self.op, self.rank).0
     }
@@ -426,6 +435,7 @@ impl<T: Pod> ScopedRecv<'_, T> {
     /// [`ErrorKind::Truncated`](crate::ErrorKind::Truncated),
     /// [`ErrorKind::TypeMismatch`](crate::ErrorKind::TypeMismatch), MPI errors.
     #[doc(alias = "MPI_Wait")]
+    #[inline]
     pub fn wait(self) -> Result<Status> {
         let (res, st) = wait_one(self.reqs, self.done, self.idx, "irecv.wait", self.comm.rank);
         self.comm.finish_recv::<T>(res, &st, self.capacity, "irecv")

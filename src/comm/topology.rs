@@ -50,6 +50,7 @@ pub struct GraphComm {
 
 impl Deref for CartComm {
     type Target = Comm;
+    #[inline]
     fn deref(&self) -> &Comm {
         &self.comm
     }
@@ -57,6 +58,7 @@ impl Deref for CartComm {
 
 impl Deref for GraphComm {
     type Target = Comm;
+    #[inline]
     fn deref(&self) -> &Comm {
         &self.comm
     }
@@ -753,30 +755,36 @@ fn start<T: Pod, N: Neighbourhood + ?Sized>(
 }
 
 impl sealed::Topology for CartComm {
+    #[inline]
     fn repeated(&self) -> Option<&Repeated> {
         self.repeated.as_ref()
     }
 }
 
 impl sealed::Topology for GraphComm {
+    #[inline]
     fn repeated(&self) -> Option<&Repeated> {
         self.repeated.as_ref()
     }
 }
 
 impl Neighbourhood for CartComm {
+    #[inline]
     fn sources(&self) -> &[Option<i32>] {
         &self.neighbours
     }
+    #[inline]
     fn destinations(&self) -> &[Option<i32>] {
         &self.neighbours
     }
 }
 
 impl Neighbourhood for GraphComm {
+    #[inline]
     fn sources(&self) -> &[Option<i32>] {
         &self.sources
     }
+    #[inline]
     fn destinations(&self) -> &[Option<i32>] {
         &self.destinations
     }

@@ -513,6 +513,7 @@ pub(crate) fn tag_ub(comm: MPI_Comm) -> c_int {
 // Point-to-point
 // ---------------------------------------------------------------------------------------------
 
+#[inline]
 pub(crate) fn new_status() -> MPI_Status {
     // SAFETY: MPI_Status is a plain C struct of integers; all-zero is a valid value.
     unsafe { std::mem::zeroed() }
@@ -795,6 +796,7 @@ pub(crate) fn iprobe(
     Ok((flag != 0).then_some(status))
 }
 
+#[inline]
 pub(crate) fn wait(req: &mut MPI_Request, op: &'static str, rank: i32) -> (Result<()>, MPI_Status) {
     let _busy = activity::enter(op, -1);
     let mut status = new_status();
