@@ -58,6 +58,7 @@ pub struct AllreduceRequest<T: Pod> {
     _not_send: PhantomData<*const ()>,
 }
 
+#[inline]
 fn done(req: MPI_Request) -> bool {
     req == ffi::request_null()
 }
