@@ -5,6 +5,7 @@
 #include <mpi.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <unistd.h>
 
 static pthread_t main_thread;
 static int provided_level = -1;
@@ -32,5 +33,9 @@ int MPI_Abort(MPI_Comm comm, int code) {
         fprintf(stderr, "PMPI-SHIM: MPI_Abort called (main thread: %s, thread level %d, multiple is %d)\n",
                 main ? "yes" : "no", provided_level, MPI_THREAD_MULTIPLE);
     fflush(stderr);
+    /* MPI_Abort makes MPICH's hydra kill every rank at once and drop what it has not yet forwarded
+     * from their pipes: this line was lost in 2 of 25 runs of worker-panic-multiple. phalanx waits
+     * as long before its own MPI_Abort (ABORT_FLUSH in src/runtime/mod.rs) for the same reason. */
+    usleep(200 * 1000);
     return PMPI_Abort(comm, code);
 }
