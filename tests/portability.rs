@@ -7,6 +7,8 @@
 //! - programs built for one implementation and started by another's launcher, or with another
 //!   library first on the library path: every rank exits non-zero with the mismatch message naming
 //!   both, instead of a segfault, a hang in `MPI_Init`, or N silent single-rank jobs.
+//! - an Open MPI 5 launch that gets the pid of an earlier, killed launcher, whose session directory
+//!   is still there: `ci/mpi run` removes it and the job runs (it failed to start before).
 //!
 //! It uses the `heat` example as built by `ci/mpi cargo` for each implementation (ci/test builds
 //! them first); a case whose build or implementation is missing prints SKIPPED with the reason.
@@ -167,6 +169,76 @@ fn decoy_dir(soname: &str) -> Result<PathBuf, String> {
 
 type Case = (&'static str, fn() -> Result<String, String>);
 
+/// Open MPI 5's launcher (prterun, which `mpiexec` and `ci/mpi run` exec, so it keeps their pid)
+/// keeps its session in `TMPDIR/ompi.PID`; one killed with SIGKILL leaves that directory behind, and
+/// a later launch that gets the same pid (pid_max is 32768 here, and a long CI run starts thousands
+/// of processes) failed at once: "The PMIx server's listener thread failed to start", exit status
+/// 213 (the fresh-clone CI run at 7459dc3 lost 9 `mpi_decomp` cases so). This kills a real launcher
+/// to get a real leftover, gives it the pid of a launch to come (a shell that creates it and then
+/// execs `ci/mpi run`), and expects that launch to run `heat`.
+fn killed_launcher_leftover() -> Result<String, String> {
+    let heat = built("openmpi5")?;
+    let tmp = std::env::temp_dir().join(format!("phalanx-leftover-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let result = leftover_in(&tmp, &heat);
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+fn leftover_in(tmp: &Path, heat: &Path) -> Result<String, String> {
+    use std::process::Stdio;
+    use std::time::Instant;
+    // A launcher of a job that sleeps, killed once its session directory holds its PMIx files.
+    let rank_pid = tmp.join("rank.pid");
+    let mut c = launched_by("openmpi5", 1);
+    c.env("TMPDIR", tmp).args(["/bin/sh", "-c", "echo $$ > \"$0\"; exec sleep 60"]).arg(&rank_pid);
+    let mut launcher =
+        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
+    let pid = launcher.id();
+    let session = tmp.join(format!("ompi.{pid}"));
+    let start = Instant::now();
+    let ready = || {
+        rank_pid.exists()
+            && std::fs::read_dir(&session)
+                .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("pmix.")))
+                .unwrap_or(false)
+    };
+    while !ready() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let was_ready = ready();
+    let _ = launcher.kill(); // SIGKILL: prterun cannot clean up
+    let _ = launcher.wait();
+    if let Some(rank) = std::fs::read_to_string(&rank_pid).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+        // SAFETY: kill(2) on the pid our job's rank wrote; no memory is involved.
+        unsafe { libc::kill(rank, libc::SIGKILL) };
+    }
+    if !was_ready {
+        return Err(format!(
+            "the launcher (pid {pid}) did not start its job within 30 s (no PMIx files in {})",
+            session.display()
+        ));
+    }
+    if !session.is_dir() {
+        return Err(format!("the premise does not hold: the killed launcher left no {}", session.display()));
+    }
+    // The same leftover under the pid of the next launch: the shell's, which exec keeps.
+    let script = r#"d="$TMPDIR/ompi.$$"; mkdir "$d" && cp -a "$1/." "$d/" || exit 90
+        for f in "$d"/*; do n="${f//$2/$$}"; [ "$f" = "$n" ] || mv "$f" "$n"; done
+        shift 2; exec "$@""#;
+    let mut c = Command::new("bash");
+    c.env("TMPDIR", tmp).env("PHALANX_MPI", "openmpi5").args(["-c", script, "bash"]).arg(&session).arg(pid.to_string());
+    c.args(common::launcher_args(1, &[])).arg(heat).args(HEAT);
+    let o = run(&mut c, Duration::from_secs(60));
+    let out = text(&o);
+    if o.status.success() && out.contains("field hash") && out.contains("left behind by a killed Open MPI 5 launcher") {
+        Ok(format!("the leftover of killed launcher {pid}, given the next launch's pid, was removed; heat ran"))
+    } else {
+        Err(format!("a launch over a killed launcher's leftover: {}:\n{out}", o.status))
+    }
+}
+
 /// The `heat` built for `build`, started at 2 ranks by `launcher`'s launcher: refused on every rank
 /// with a message holding each of `needles`.
 fn under(build: &str, launcher: &str, needles: &[&str]) -> Result<String, String> {
@@ -185,6 +257,7 @@ fn built(name: &str) -> Result<PathBuf, String> {
 fn cases() -> Vec<Case> {
     vec![
         ("user crate built for MPICH as the README says", user_crate),
+        ("Open MPI 5 launch whose pid a killed launcher had", killed_launcher_leftover),
         ("MPICH build under Open MPI 4's mpirun", || {
             under("mpich", "system", &["launcher mismatch", "Open MPI 4's mpirun (ORTE)", "MPICH"])
         }),
