@@ -85,14 +85,40 @@ impl Fault {
 /// recover from the first death before the second.
 fn rendezvous(me: usize, step: u64, count: usize) {
     let Ok(job) = std::env::var("PMIX_NAMESPACE") else { return };
+    let dir = rendezvous_dir(&std::env::temp_dir(), &job, &launcher_started(), step);
+    wait_for_peers(&dir, me, count, std::time::Duration::from_secs(10));
+}
+
+/// The directory of a rendezvous. The dying ranks cannot remove it, and the job's name holds the
+/// launcher's pid (Open MPI 5: `prterun-HOST-PID@1`), which comes round again (pid_max is 32768 on
+/// many systems): the launcher's start time, `started`, tells this job from an earlier one whose
+/// files would otherwise count as ranks that arrived.
+fn rendezvous_dir(base: &std::path::Path, job: &str, started: &str, step: u64) -> std::path::PathBuf {
     let job: String = job.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    let dir = std::env::temp_dir().join(format!("phalanx-fault-{job}-{step}"));
-    let _ = std::fs::create_dir_all(&dir);
+    base.join(format!("phalanx-fault-{job}-{started}-{step}"))
+}
+
+/// The start time (clock ticks since boot, from `/proc`) of this process's parent: the launcher's
+/// daemon that started the job's ranks on this node. Empty when it cannot be read.
+fn launcher_started() -> String {
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    let stat = std::fs::read_to_string(format!("/proc/{parent}/stat")).unwrap_or_default();
+    // Field 22 (starttime); the fields after the command's closing parenthesis begin at field 3.
+    stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(19)).unwrap_or_default().to_string()
+}
+
+/// Marks `me` as arrived in `dir` and waits until `count` ranks have (true) or `limit` passed.
+fn wait_for_peers(dir: &std::path::Path, me: usize, count: usize, limit: std::time::Duration) -> bool {
+    let _ = std::fs::create_dir_all(dir);
     let _ = std::fs::write(dir.join(me.to_string()), b"");
     let start = std::time::Instant::now();
-    while start.elapsed() < std::time::Duration::from_secs(10) {
-        if std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0) >= count {
-            break;
+    loop {
+        if std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0) >= count {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
         }
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
@@ -179,5 +205,31 @@ mod tests {
         assert_eq!(parse("slow:1:0.5"), None);
         assert_eq!(parse_all("kill:1:5,kill:3:12"), vec![Fault::AtStep(1, 5), Fault::AtStep(3, 12)]);
         assert_eq!(parse_all("kill:1:5,oops"), vec![]);
+    }
+
+    /// An earlier job whose launcher had the same pid (so the same `PMIX_NAMESPACE`) left the files
+    /// of its ranks that died together at the same step: they must not count as this job's ranks.
+    #[test]
+    fn rendezvous_ignores_an_earlier_job_with_the_same_name() {
+        use std::time::{Duration, Instant};
+        let base = std::env::temp_dir().join(format!("phalanx-fault-unit-{}", std::process::id()));
+        let job = "prterun-vm-4242@1";
+        let earlier = rendezvous_dir(&base, job, "1000", 12);
+        std::fs::create_dir_all(&earlier).unwrap();
+        for r in 0..4 {
+            std::fs::write(earlier.join(r.to_string()), b"").unwrap();
+        }
+        let now = rendezvous_dir(&base, job, "2000", 12);
+        // Alone, rank 0 waits the whole limit for rank 2.
+        let t = Instant::now();
+        let alone = wait_for_peers(&now, 0, 2, Duration::from_millis(300));
+        let waited = t.elapsed();
+        // With rank 2 arriving (already arrived here, as rank 0 marked itself), it does not.
+        std::fs::write(now.join("2"), b"").unwrap();
+        let together = wait_for_peers(&now, 0, 2, Duration::from_secs(5));
+        let _ = std::fs::remove_dir_all(&base);
+        assert!(!alone && waited >= Duration::from_millis(300), "rank 0 did not wait for rank 2: {waited:?}");
+        assert!(together);
+        assert!(!launcher_started().is_empty(), "the parent's start time is readable on Linux");
     }
 }
