@@ -143,8 +143,11 @@ fn user_crate() -> Result<String, String> {
     )?;
     check("as a plain ./program", Command::new(&exe), 1)?;
     let mut c = Command::new(&exe);
-    c.env("LD_LIBRARY_PATH", decoy_dir("libmpi.so.12")?);
-    check("with another libmpi.so.12 first on LD_LIBRARY_PATH", c, 1)?;
+    let decoy = decoy_dir("libmpi.so.12")?;
+    c.env("LD_LIBRARY_PATH", &decoy);
+    let decoyed = check("with another libmpi.so.12 first on LD_LIBRARY_PATH", c, 1);
+    let _ = std::fs::remove_dir_all(&decoy);
+    decoyed?;
     Ok("links libmpi.so.12 with DT_RPATH; 2 ranks under MPICH's mpiexec, a plain start, and a decoy libmpi.so.12 on LD_LIBRARY_PATH all load MPICH".into())
 }
 
@@ -286,8 +289,10 @@ fn cases() -> Vec<Case> {
         ("Open MPI 5 build with the system libmpi.so.40 first on LD_LIBRARY_PATH: DT_RPATH wins", || {
             let heat = built("openmpi5")?;
             let mut c = Command::new(&heat);
-            c.args(HEAT).env("LD_LIBRARY_PATH", decoy_dir("libmpi.so.40")?);
+            let decoy = decoy_dir("libmpi.so.40")?;
+            c.args(HEAT).env("LD_LIBRARY_PATH", &decoy);
             let o = run(&mut c, Duration::from_secs(60));
+            let _ = std::fs::remove_dir_all(&decoy);
             // Had the decoy (Open MPI 4.1) been loaded, init would refuse it with exit status 3.
             if o.status.success() && text(&o).contains("field hash") {
                 Ok("ran on its own Open MPI 5.0.11, a plain start".into())
