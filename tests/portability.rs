@@ -184,9 +184,15 @@ fn killed_launcher_leftover() -> Result<String, String> {
     let tmp = std::env::temp_dir().join(format!("phalanx-leftover-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let result = leftover_in(&tmp, &heat);
-    let _ = std::fs::remove_dir_all(&tmp);
-    result
+    // Removed however the case ends (a timeout panics).
+    struct Remove<'a>(&'a Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _remove = Remove(&tmp);
+    leftover_in(&tmp, &heat)
 }
 
 fn leftover_in(tmp: &Path, heat: &Path) -> Result<String, String> {
@@ -195,14 +201,16 @@ fn leftover_in(tmp: &Path, heat: &Path) -> Result<String, String> {
     // A launcher of a job that sleeps, killed once its session directory holds its PMIx files.
     let rank_pid = tmp.join("rank.pid");
     let mut c = launched_by("openmpi5", 1);
-    c.env("TMPDIR", tmp).args(["/bin/sh", "-c", "echo $$ > \"$0\"; exec sleep 60"]).arg(&rank_pid);
+    c.env("TMPDIR", tmp).env_remove("PRTE_MCA_prte_tmpdir_base");
+    c.args(["/bin/sh", "-c", "echo $$ > \"$0.new\" && mv \"$0.new\" \"$0\"; exec sleep 60"]).arg(&rank_pid);
     let mut launcher =
         c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
     let pid = launcher.id();
     let session = tmp.join(format!("ompi.{pid}"));
     let start = Instant::now();
+    let rank = || std::fs::read_to_string(&rank_pid).ok().and_then(|s| s.trim().parse::<i32>().ok());
     let ready = || {
-        rank_pid.exists()
+        rank().is_some()
             && std::fs::read_dir(&session)
                 .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("pmix.")))
                 .unwrap_or(false)
@@ -213,7 +221,7 @@ fn leftover_in(tmp: &Path, heat: &Path) -> Result<String, String> {
     let was_ready = ready();
     let _ = launcher.kill(); // SIGKILL: prterun cannot clean up
     let _ = launcher.wait();
-    if let Some(rank) = std::fs::read_to_string(&rank_pid).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+    if let Some(rank) = rank() {
         // SAFETY: kill(2) on the pid our job's rank wrote; no memory is involved.
         unsafe { libc::kill(rank, libc::SIGKILL) };
     }
@@ -228,10 +236,11 @@ fn leftover_in(tmp: &Path, heat: &Path) -> Result<String, String> {
     }
     // The same leftover under the pid of the next launch: the shell's, which exec keeps.
     let script = r#"d="$TMPDIR/ompi.$$"; mkdir "$d" && cp -a "$1/." "$d/" || exit 90
-        for f in "$d"/*; do n="${f//$2/$$}"; [ "$f" = "$n" ] || mv "$f" "$n"; done
+        for f in "$d"/*; do b="${f##*/}"; n="${b//$2/$$}"; [ "$b" = "$n" ] || mv "$f" "$d/$n"; done
         shift 2; exec "$@""#;
     let mut c = Command::new("bash");
-    c.env("TMPDIR", tmp).env("PHALANX_MPI", "openmpi5").args(["-c", script, "bash"]).arg(&session).arg(pid.to_string());
+    c.env("TMPDIR", tmp).env_remove("PRTE_MCA_prte_tmpdir_base").env("PHALANX_MPI", "openmpi5");
+    c.args(["-c", script, "bash"]).arg(&session).arg(pid.to_string());
     c.args(common::launcher_args(1, &[])).arg(heat).args(HEAT);
     let o = run(&mut c, Duration::from_secs(60));
     let out = text(&o);

@@ -80,12 +80,14 @@ impl Fault {
 
 /// Ranks that are to die at the same step die together, as on a node that fails: each waits (at
 /// most 10 s) until all of them reached the step, through files in a directory named after the
-/// job (Open MPI's `PMIX_NAMESPACE`; without it, no wait). Otherwise a rank that is late could
+/// job (Open MPI's `PMIX_NAMESPACE`; without it, no wait) in the temporary directory, so ranks on
+/// one machine (the emulated nodes of `ci/cluster` too) wait for each other, ranks on machines with
+/// other temporary directories do not. Otherwise a rank that is late could
 /// still be inside the previous step's collective when the others died, and the survivors would
 /// recover from the first death before the second.
 fn rendezvous(me: usize, step: u64, count: usize) {
     let Ok(job) = std::env::var("PMIX_NAMESPACE") else { return };
-    let dir = rendezvous_dir(&std::env::temp_dir(), &job, &launcher_started(), step);
+    let dir = rendezvous_dir(&std::env::temp_dir(), &job, &launcher_started(&job), step);
     wait_for_peers(&dir, me, count, std::time::Duration::from_secs(10));
 }
 
@@ -98,14 +100,25 @@ fn rendezvous_dir(base: &std::path::Path, job: &str, started: &str, step: u64) -
     base.join(format!("phalanx-fault-{job}-{started}-{step}"))
 }
 
-/// The start time (clock ticks since boot, from `/proc`) of this process's parent: the launcher's
-/// daemon that started the job's ranks on this node. Empty when it cannot be read.
-fn launcher_started() -> String {
+/// The start time of the job's launcher: of the process whose pid Open MPI 5 puts in the job's
+/// name, `job`, when that is a launcher visible from here (every rank of a job on one machine, the
+/// emulated nodes of `ci/cluster` too, then agree), else of this process's parent (the launcher's
+/// daemon on this node, as under Slurm). Empty when neither can be read.
+fn launcher_started(job: &str) -> String {
+    let named = job.split('@').next().and_then(|s| s.rsplit('-').next()).and_then(|p| p.parse::<i32>().ok());
+    let launcher =
+        named.filter(|&p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("prte")));
     // SAFETY: getppid has no preconditions.
-    let parent = unsafe { libc::getppid() };
-    let stat = std::fs::read_to_string(format!("/proc/{parent}/stat")).unwrap_or_default();
-    // Field 22 (starttime); the fields after the command's closing parenthesis begin at field 3.
-    stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(19)).unwrap_or_default().to_string()
+    let pid = launcher.unwrap_or_else(|| unsafe { libc::getppid() });
+    start_time(pid).unwrap_or_default()
+}
+
+/// The start time of process `pid` in clock ticks since boot (`/proc/PID/stat`, field 22).
+fn start_time(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command's closing parenthesis begin at field 3.
+    let field = stat.rsplit(')').next()?.split_whitespace().nth(19)?;
+    field.parse::<u64>().ok().map(|t| t.to_string())
 }
 
 /// Marks `me` as arrived in `dir` and waits until `count` ranks have (true) or `limit` passed.
@@ -230,6 +243,24 @@ mod tests {
         let _ = std::fs::remove_dir_all(&base);
         assert!(!alone && waited >= Duration::from_millis(300), "rank 0 did not wait for rank 2: {waited:?}");
         assert!(together);
-        assert!(!launcher_started().is_empty(), "the parent's start time is readable on Linux");
+    }
+
+    /// The start time read from `/proc` is the process's: a child started later has a later one,
+    /// and the launcher's key falls back to the parent's when the job's name names no launcher.
+    #[test]
+    fn start_times() {
+        let me = std::process::id() as i32;
+        let mine: u64 = start_time(me).expect("our own start time").parse().unwrap();
+        assert_eq!(start_time(me).unwrap(), mine.to_string(), "it does not change");
+        std::thread::sleep(std::time::Duration::from_millis(50)); // more than a clock tick
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().expect("spawn sleep");
+        let theirs: u64 = start_time(child.id() as i32).expect("the child's start time").parse().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(theirs > mine, "a child started 50 ms later: {theirs} against our {mine}");
+        // SAFETY: getppid has no preconditions.
+        let parent = start_time(unsafe { libc::getppid() }).unwrap();
+        assert_eq!(launcher_started(&format!("prterun-vm-{me}@1")), parent, "we are not a launcher");
+        assert_eq!(launcher_started("slurm.pmix.12.0"), parent);
     }
 }
