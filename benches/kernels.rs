@@ -45,6 +45,16 @@ fn heat(c: &mut Criterion) {
             b.iter(|| sweep_grid_blocked(&mut u, &mut out, 2, n, k, &pool))
         });
     }
+    // The same in 3-D at 256^3, the size of the 3-D rows of the temporal-blocking table.
+    let n = 256usize;
+    let mut u: Vec<f64> = (0..(n + 2).pow(3)).map(|i| (i % 97) as f64 * 0.01).collect();
+    let mut out = u.clone();
+    for k in [2usize, 8] {
+        g.throughput(Throughput::Elements((k * n * n * n) as u64));
+        g.bench_with_input(BenchmarkId::new(format!("3d_1thread_k{k}"), n), &n, |b, &n| {
+            b.iter(|| sweep_grid_blocked(&mut u, &mut out, 3, n, k, &pool))
+        });
+    }
     g.finish();
 }
 

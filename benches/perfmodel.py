@@ -18,14 +18,15 @@ The model, per time step:
   when that is larger (one NIC per node); the worst rank counts. The process grid is the
   surface-minimising factorisation phalanx's ProcessGrid::auto picks; ranks fill nodes in order.
   No overlap of halo and interior is assumed (Open MPI 4.1 has no asynchronous progress).
-- heat with temporal blocking (`--time-block K`, 2-D): per block of K steps, one exchange of a
-  K-deep halo (a message per face, K x face x 8 B, and per diagonal neighbour, K x K x 8 B), then
+- heat with temporal blocking (`--time-block K`, 2-D and 3-D): per block of K steps, one exchange
+  of a K-deep halo with every neighbour of the box stencil (a message per face, K x face x 8 B; per
+  edge in 3-D, K x K x edge x 8 B; per corner, K^dims x 8 B), then
   sum over levels j = 1..K of the cells of the block widened by K - j on every side that has a
   neighbour (the ghost layers recomputed instead of received), at the blocked kernel's rate; the
   worst rank counts, and a step costs the block's time / K. The blocked rate per core at K is
   1 / (a + b / K), a and b fitted to the criterion benchmarks of the blocked pass at K = 2 and
   K = 8 (a: arithmetic and cache time per update; b / K: the memory traffic, spread over K
-  levels). Busy cores share it like the one-step sweep (the same measured share): on this
+  levels), 2-D 4000^2 and 3-D 256^3 fitted apart. Busy cores share it like the one-step sweep (the same measured share): on this
   machine's two vCPUs the blocked runs slowed by the same factor as the memory-bound sweep.
 - nbody: a ring of P steps; each computes n_local^2 interactions at threads x r_nbody, while the
   next block (32 B per body) travels: t = t_c + (P - 1) x max(t_c, alpha + 32 n_local / beta).
@@ -34,6 +35,7 @@ The model, per time step:
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -93,9 +95,11 @@ def grid_dims(p, shape):
 class Machine:
     """Per-core kernel rates, memory-bandwidth sharing and link parameters."""
 
-    def __init__(self, r_heat, r_heat3, r_nbody, share, cores_per_node, links, r_blocked=None, r_md=None):
+    def __init__(self, r_heat, r_heat3, r_nbody, share, cores_per_node, links, r_blocked=None, r_md=None,
+                 r_blocked3=None):
         self.r_heat = r_heat  # 2-D cell updates/s per core
         self.r_blocked = r_blocked or {}  # {K: 2-D blocked-pass cell updates/s per core}
+        self.r_blocked3 = r_blocked3 or {}  # {K: 3-D blocked-pass cell updates/s per core}
         self.r_heat3 = r_heat3  # 3-D cell updates/s per core
         self.r_nbody = r_nbody  # interactions/s per core
         self.r_md = r_md  # LJ atom-steps/s per core (examples/md at one rank)
@@ -111,9 +115,10 @@ class Machine:
         return self.share[k] if k in self.share else self.share[ks[-1] if k > ks[-1] else ks[0]]
 
 
-    def blocked_rate(self, k):
+    def blocked_rate(self, k, dims=2):
         """Blocked-pass updates/s per core at K: 1 / (a + b / K) through the two measured K."""
-        (k1, r1), (k2, r2) = sorted(self.r_blocked.items())[:2]
+        table = self.r_blocked if dims == 2 else self.r_blocked3
+        (k1, r1), (k2, r2) = sorted((int(a), b) for a, b in table.items())[:2]
         b = (1 / r1 - 1 / r2) / (1 / k1 - 1 / k2)
         a = 1 / r1 - b / k1
         return 1 / (a + b / k)
@@ -131,27 +136,28 @@ def placement(m, shape, ranks, threads, nodes):
     return per_node, g, ext, threads * min(1.0, m.share_at(min(busy, m.cores))) / over
 
 
-def heat_block_step(m, n, ranks, threads, nodes, net, k):
-    """Seconds per step of 2-D heat with K steps per exchange of a K-deep halo (see above)."""
-    per_node, g, ext, scale = placement(m, [n, n], ranks, threads, nodes)
-    rate = m.blocked_rate(k) * scale
+def heat_block_step(m, n, ranks, threads, nodes, net, k, dims=2):
+    """Seconds per step of heat (2-D or 3-D) with K steps per exchange of a K-deep halo (see above)."""
+    per_node, g, ext, scale = placement(m, [n] * dims, ranks, threads, nodes)
+    rate = m.blocked_rate(k, dims) * scale
     shm, far = m.links["shm"], m.links[net]
+    strides = [math.prod(g[i + 1:]) for i in range(dims)]
     worst, node_bytes = (0.0, 0.0, 0.0), {}
     for r in range(ranks):
-        c = (r // g[1], r % g[1])
-        has = [[0 <= c[i] + s < g[i] for s in (-1, 1)] for i in range(2)]
-        cells = sum(math.prod(ext[i] + (k - j) * sum(has[i]) for i in range(2)) for j in range(1, k + 1))
+        c = [(r // strides[i]) % g[i] for i in range(dims)]
+        has = [[0 <= c[i] + s < g[i] for s in (-1, 1)] for i in range(dims)]
+        cells = sum(math.prod(ext[i] + (k - j) * sum(has[i]) for i in range(dims)) for j in range(1, k + 1))
         t_halo = 0.0
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                if (dy, dx) == (0, 0) or (dy and not has[0][(dy + 1) // 2]) or (dx and not has[1][(dx + 1) // 2]):
-                    continue
-                q = r + dy * g[1] + dx
-                nbytes = 8 * k * (ext[1] if dy and not dx else ext[0] if dx and not dy else k)
-                link = shm if q // per_node == r // per_node else far
-                t_halo += link["alpha"] + nbytes / link["beta"]
-                if link is far:
-                    node_bytes[r // per_node] = node_bytes.get(r // per_node, 0) + nbytes
+        for off in itertools.product((-1, 0, 1), repeat=dims):
+            if not any(off) or any(o and not has[i][(o + 1) // 2] for i, o in enumerate(off)):
+                continue
+            q = r + sum(o * strides[i] for i, o in enumerate(off))
+            # K layers across each offset dimension, the block's extent along the others.
+            nbytes = 8 * math.prod(k if o else ext[i] for i, o in enumerate(off))
+            link = shm if q // per_node == r // per_node else far
+            t_halo += link["alpha"] + nbytes / link["beta"]
+            if link is far:
+                node_bytes[r // per_node] = node_bytes.get(r // per_node, 0) + nbytes
         t = cells / rate + t_halo
         if t > worst[0]:
             worst = (t, cells / rate, t_halo)
@@ -317,7 +323,8 @@ def main():
     links = dict(inp["links"], **PUBLISHED)
     m = Machine(inp["r_heat"], inp["r_heat3"], inp["r_nbody"], {int(k): v for k, v in inp["share"].items()},
                 args.cores_per_node or inp["cores_per_node"], links,
-                {int(k): v for k, v in inp.get("r_blocked", {}).items()})
+                {int(k): v for k, v in inp.get("r_blocked", {}).items()},
+                r_blocked3={int(k): v for k, v in inp.get("r_blocked3", {}).items()})
     nodes = [2 ** k for k in range(11)]
     tables = scaling_tables(m, [n for n in ("tcp", "hdr", "ndr") if n in links], nodes, args.heat_n,
                             args.heat_weak_n, args.bodies, args.bodies_weak)

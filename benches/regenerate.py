@@ -1061,6 +1061,8 @@ MODEL_KERNELS = [
     ("heat2", "heat_sweep/2d_2thread/4000", 4000**2),
     ("k2", "heat_blocked/2d_1thread_k2/4000", 2 * 4000**2),
     ("k8", "heat_blocked/2d_1thread_k8/4000", 8 * 4000**2),
+    ("k2_3d", "heat_blocked/3d_1thread_k2/256", 2 * 256**3),
+    ("k8_3d", "heat_blocked/3d_1thread_k8/256", 8 * 256**3),
     ("nbody", "nbody_forces/4096", 4096**2),
 ]
 
@@ -1071,12 +1073,12 @@ def model_rounds(rounds=3):
     at 1-4 ranks. This VM's speed drifts by 10 % and more over minutes (the same nbody run gave
     85 ms per step in one part of a regeneration and 73 ms in another), so inputs measured at
     other moments than the runs they predict would compare the drift, not the model."""
-    log(f"model inputs and validation: criterion kernels, then heat 4000^2 (also --time-block {perfmodel.BLOCK_K}) "
-        f"and nbody 8192 at 1-4 ranks, {rounds} rounds")
+    log(f"model inputs and validation: criterion kernels, then heat 4000^2 (also --time-block {perfmodel.BLOCK_K}), "
+        f"heat 3-D 256^3 --time-block {perfmodel.BLOCK_K} and nbody 8192 at 1-4 ranks, {rounds} rounds")
     base = os.path.join(ROOT, "target", "criterion")
     pattern = "^(" + "|".join(path for _, path, _ in MODEL_KERNELS) + ")$"
     rates = {name: [] for name, _, _ in MODEL_KERNELS}
-    out = {"heat": {}, "heat_k": {}, "nbody": {}}
+    out = {"heat": {}, "heat_k": {}, "heat3_k": {}, "nbody": {}}
     for _ in range(rounds):
         sh(["cargo", "bench", "--bench", "kernels", "--", pattern, "--warm-up-time", "1", "--measurement-time", "3"],
            timeout=900)
@@ -1088,6 +1090,8 @@ def model_rounds(rounds=3):
             out["heat"].setdefault(ranks, []).append(h["seconds"] / h["steps"])
             h = heat(ranks, "--n", 4000, "--steps", 64, "--threads", 1, "--time-block", perfmodel.BLOCK_K)
             out["heat_k"].setdefault(ranks, []).append(h["seconds"] / h["steps"])
+            h = heat(ranks, "--dims", 3, "--n", 256, "--steps", 48, "--threads", 1, "--time-block", perfmodel.BLOCK_K)
+            out["heat3_k"].setdefault(ranks, []).append(h["seconds"] / h["steps"])
             b = last_json(sh(mpirun(ranks, f"{EX}/nbody", "--bodies", 8192, "--steps", 4, "--threads", 1, "--json")))
             out["nbody"].setdefault(ranks, []).append(b["seconds"] / b["steps"])
     share = med([b / (2 * a) for a, b in zip(rates["heat1"], rates["heat2"])])
@@ -1103,10 +1107,12 @@ def model(crit, shm, tcp, mr):
         "share": {1: 1.0, 2: mr["share"]}, "cores_per_node": NPROC,
         "r_blocked": {2: rates["k2"], 8: rates["k8"]},
     }
+    if "k2_3d" in rates:  # results from before the 3-D blocked model have none
+        inputs["r_blocked3"] = {2: rates["k2_3d"], 8: rates["k8_3d"]}
     json.dump(inputs, open(os.path.join(OUT, "model_inputs.json"), "w"), indent=1)
     links = dict(inputs["links"], **perfmodel.PUBLISHED)
     m = perfmodel.Machine(inputs["r_heat"], inputs["r_heat3"], inputs["r_nbody"], inputs["share"], NPROC, links,
-                          inputs["r_blocked"])
+                          inputs["r_blocked"], r_blocked3=inputs.get("r_blocked3"))
     checks = []
     for ranks in (1, 2, 3, 4):
         ph = perfmodel.heat_step(m, 4000, 2, ranks, 1, 1, "shm")[0]
@@ -1115,6 +1121,9 @@ def model(crit, shm, tcp, mr):
         checks.append({"ranks": ranks, "heat_pred": ph, "heat_meas": valid["heat"][ranks],
                        "heat_k_pred": pk, "heat_k_meas": valid["heat_k"][ranks],
                        "nbody_pred": pn, "nbody_meas": valid["nbody"][ranks]})
+        if m.r_blocked3 and ranks in valid.get("heat3_k", {}):
+            checks[-1]["heat3_k_pred"] = perfmodel.heat_block_step(m, 256, ranks, 1, 1, "shm", perfmodel.BLOCK_K, dims=3)[0]
+            checks[-1]["heat3_k_meas"] = valid["heat3_k"][ranks]
     nodes = [2**k for k in range(11)]
     tables = perfmodel.scaling_tables(m, ["tcp", "hdr", "ndr"], nodes, 8192, 8192, 65536, 65536)
     tables64 = perfmodel.scaling_tables(
@@ -1295,7 +1304,7 @@ def render(r):
     w("`benches/perfmodel.py` (its docstring has the equations) predicts the time per step of heat and")
     w("nbody from measured inputs alone: kernel rates per core from criterion (the memory-bound heat")
     w("sweep also on 2 threads, for how cores share the node's memory bandwidth; the blocked pass at two")
-    w("K, for `--time-block`), and link latency and bandwidth fitted to commbench's ping-pong over message")
+    w("K, 2-D and 3-D, for `--time-block`), and link latency and bandwidth fitted to commbench's ping-pong over message")
     w("sizes. InfiniBand profiles are published figures, not measurements. The criterion runs behind the")
     w("kernel rates alternate with the runs they are checked against (rounds of both), because this VM's")
     w("speed drifts by 10 % and more over minutes.\n")
@@ -1306,30 +1315,54 @@ def render(r):
     w(f"| heat 3-D rate per core | {inp['r_heat3']:.3e} cell updates/s | criterion heat 3-D 160^3 |")
     for k, rate in sorted(inp["r_blocked"].items(), key=lambda x: int(x[0])):
         w(f"| heat 2-D blocked pass, K = {k}, rate per core | {rate:.3e} cell updates/s | criterion heat 2-D 4000^2, {k} steps per pass, median of {sp} rounds |")
+    for k, rate in sorted(inp.get("r_blocked3", {}).items(), key=lambda x: int(x[0])):
+        w(f"| heat 3-D blocked pass, K = {k}, rate per core | {rate:.3e} cell updates/s | criterion heat 3-D 256^3, {k} steps per pass, median of {sp} rounds |")
     w(f"| nbody rate per core | {inp['r_nbody']:.3e} interactions/s | criterion nbody 4096, median of {sp} rounds |")
     w(f"| memory-bandwidth share, 2 busy cores | {f(inp['share']['2'])} | criterion heat 2-D 4000^2, 2 threads / (2 x 1 thread): median of {sp} rounds |")
     for k, lk in links.items():
         src = lk.get("source", f"fit to {lk.get('points', '?')} commbench ping-pong sizes")
         w(f"| link `{k}` | alpha {lk['alpha'] * 1e6:.2f} us, beta {lk['beta'] / 1e9:.2f} GB/s | {src} |")
+    # The blocked rate 1 / (a + b / K) bounds what deeper blocking can give: 1 / a, (a + b) / a times K = 1.
+    for name, key in (("2-D", "r_blocked"), ("3-D", "r_blocked3")):
+        if key not in inp:
+            continue
+        (k1, r1), (k2, r2) = sorted((int(k), v) for k, v in inp[key].items())[:2]
+        b = (1 / r1 - 1 / r2) / (1 / k1 - 1 / k2)
+        a = 1 / r1 - b / k1
+        gain = (a + b) / a
+        w(f"\nThe {name} blocked pass, fitted: a = {a * 1e9:.3f} ns per update in cache, b = {b * 1e9:.3f} ns of memory")
+        w(f"traffic per update and pass, so {1 / (a + b) / 1e9:.2f} G updates/s at K = 1 and, in this form, at most")
+        w(f"{1 / a / 1e9:.2f} G at any K, {gain:.2f}x of K = 1." + (
+            " [perf]'s 2.5x of K = 1 for 3-D blocking is past that bound: it needs the cost per update in cache"
+            " (a) lowered, which deeper blocking does not do." if name == "3-D" and gain < 2.5 else ""))
     w("\n### Predicted against measured, this machine (one node, shared memory)\n")
+    three = all("heat3_k_pred" in x for x in checks)
     w("```sh\nmpirun -n P --bind-to none target/release/examples/heat --n 4000 --steps 60 --threads 1 --json\n"
       f"mpirun -n P --bind-to none target/release/examples/heat --n 4000 --steps 64 --threads 1 --time-block {perfmodel.BLOCK_K} --json\n"
+      + (f"mpirun -n P --bind-to none target/release/examples/heat --dims 3 --n 256 --steps 48 --threads 1 --time-block {perfmodel.BLOCK_K} --json\n"
+         if three else "") +
       "mpirun -n P --bind-to none target/release/examples/nbody --bodies 8192 --steps 4 --threads 1 --json\n"
       f"# P = 1..4 (3 and 4 oversubscribe the 2 cores), {sp} rounds, median seconds per step; each round\n"
       "# first runs the criterion benchmarks behind the inputs above\n```\n")
     kk = perfmodel.BLOCK_K
     w(f"| ranks | heat predicted | heat measured | predicted / measured | heat K = {kk} predicted | heat K = {kk} measured "
-      "| predicted / measured | nbody predicted | nbody measured | predicted / measured |")
-    w("|---|---|---|---|---|---|---|---|---|---|")
+      "| predicted / measured | nbody predicted | nbody measured | predicted / measured |"
+      + (f" heat 3-D K = {kk} predicted | heat 3-D K = {kk} measured | predicted / measured |" if three else ""))
+    w("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if three else ""))
     within = 0
     for x in checks:
         rh, rk, rn = (x["heat_pred"] / x["heat_meas"], x["heat_k_pred"] / x["heat_k_meas"],
                       x["nbody_pred"] / x["nbody_meas"])
         within += (abs(rh - 1) <= 0.2) + (abs(rk - 1) <= 0.2) + (abs(rn - 1) <= 0.2)
-        w(f"| {x['ranks']} | {x['heat_pred'] * 1e3:.2f} ms | {x['heat_meas'] * 1e3:.2f} ms | **{f(rh)}** | "
-          f"{x['heat_k_pred'] * 1e3:.2f} ms | {x['heat_k_meas'] * 1e3:.2f} ms | **{f(rk)}** | "
-          f"{x['nbody_pred'] * 1e3:.1f} ms | {x['nbody_meas'] * 1e3:.1f} ms | **{f(rn)}** |")
-    w(f"\n{within} of {3 * len(checks)} predictions are within 20 % of the measurement. Times are per step")
+        row = (f"| {x['ranks']} | {x['heat_pred'] * 1e3:.2f} ms | {x['heat_meas'] * 1e3:.2f} ms | **{f(rh)}** | "
+               f"{x['heat_k_pred'] * 1e3:.2f} ms | {x['heat_k_meas'] * 1e3:.2f} ms | **{f(rk)}** | "
+               f"{x['nbody_pred'] * 1e3:.1f} ms | {x['nbody_meas'] * 1e3:.1f} ms | **{f(rn)}** |")
+        if three:
+            r3 = x["heat3_k_pred"] / x["heat3_k_meas"]
+            within += abs(r3 - 1) <= 0.2
+            row += f" {x['heat3_k_pred'] * 1e3:.1f} ms | {x['heat3_k_meas'] * 1e3:.1f} ms | **{f(r3)}** |"
+        w(row)
+    w(f"\n{within} of {(4 if three else 3) * len(checks)} predictions are within 20 % of the measurement. Times are per step")
     w(f"(with K = {kk}, a block's time / {kk}).\n")
     w("### Predicted scaling efficiency, 1 to 1024 nodes\n")
     w(f"One rank per core, nodes like this one ({NPROC} cores, the measured kernel rates and bandwidth")
@@ -1495,6 +1528,18 @@ def main():
             r[key] = value
             json.dump(r, open(res, "w"), indent=1, default=str)
         log(f"rewrote the {what} section of docs/PERFORMANCE.md")
+        return
+    if "--model-table" in sys.argv:
+        # Measure the model's inputs and the runs it is checked against again, then rewrite the
+        # document from the last run's results with them.
+        res = os.path.join(OUT, "results.json")
+        r = json.load(open(res))
+        r["model_rounds"] = json.loads(json.dumps(model_rounds()))
+        json.dump(r, open(res, "w"), indent=1, default=str)
+        r["model"] = json.loads(json.dumps(model(r["criterion"], r["commbench_shm"], r["commbench_tcp"],
+                                                 r["model_rounds"])))
+        open(os.path.join(ROOT, "docs", "PERFORMANCE.md"), "w").write(render(r) + "\n")
+        log("rewrote the performance model section of docs/PERFORMANCE.md (and the document from results.json)")
         return
     if "--render-only" in sys.argv:
         # Rewrite the document from the last run's results (after editing the text only).
