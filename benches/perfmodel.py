@@ -26,8 +26,9 @@ The model, per time step:
   worst rank counts, and a step costs the block's time / K. The blocked rate per core at K is
   1 / (a + b / K), a and b fitted to the criterion benchmarks of the blocked pass at K = 2 and
   K = 8 (a: arithmetic and cache time per update; b / K: the memory traffic, spread over K
-  levels), 2-D 4000^2 and 3-D 256^3 fitted apart. Busy cores share it like the one-step sweep (the same measured share): on this
-  machine's two vCPUs the blocked runs slowed by the same factor as the memory-bound sweep.
+  levels), 2-D 4000^2 and 3-D 256^3 fitted apart. Busy cores share it like the one-step sweep (the
+  same measured share): on this machine's two vCPUs the 2-D blocked runs slowed by the same factor
+  as the memory-bound sweep (assumed, not measured, in 3-D).
 - nbody: a ring of P steps; each computes n_local^2 interactions at threads x r_nbody, while the
   next block (32 B per body) travels: t = t_c + (P - 1) x max(t_c, alpha + 32 n_local / beta).
 - oversubscription (more busy threads than cores on a node): the busiest core time-shares
