@@ -9,6 +9,8 @@
 //!   both, instead of a segfault, a hang in `MPI_Init`, or N silent single-rank jobs.
 //! - an Open MPI 5 launch that gets the pid of an earlier, killed launcher, whose session directory
 //!   is still there: `ci/mpi run` removes it and the job runs (it failed to start before).
+//! - `ci/mpi clean` removes unused MPI shared-memory segments and stale Open MPI 5 session
+//!   directories, and keeps what is in use.
 //!
 //! It uses the `heat` example as built by `ci/mpi cargo` for each implementation (ci/test builds
 //! them first); a case whose build or implementation is missing prints SKIPPED with the reason.
@@ -251,6 +253,97 @@ fn leftover_in(tmp: &Path, heat: &Path) -> Result<String, String> {
     }
 }
 
+/// `ci/mpi clean` (which ci/test runs first and last) removes what killed jobs leave, and nothing
+/// else: an old shared-memory segment no process uses goes, a young one and one a process holds open
+/// stay; an Open MPI 5 session directory goes when its pid is gone or is no launcher, and stays
+/// while a launcher (a process named prterun) has that pid.
+fn clean_leftovers() -> Result<String, String> {
+    use std::process::Stdio;
+    let me = std::process::id();
+    let tmp = std::env::temp_dir().join(format!("phalanx-clean-{me}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let shm = |what: &str| PathBuf::from(format!("/dev/shm/mpich_shm_phalanx_test_{me}_{what}"));
+    let (old, young, held) = (shm("old"), shm("young"), shm("held"));
+    // Everything planted goes however the case ends; the children are killed.
+    struct Planted(Vec<PathBuf>, Vec<std::process::Child>);
+    impl Drop for Planted {
+        fn drop(&mut self) {
+            for c in &mut self.1 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            for p in &self.0 {
+                let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
+            }
+        }
+    }
+    let mut planted = Planted(vec![tmp.clone(), old.clone(), young.clone(), held.clone()], vec![]);
+    for f in [&old, &young, &held] {
+        std::fs::write(f, vec![7u8; 65536]).map_err(|e| format!("{}: {e}", f.display()))?;
+    }
+    for f in [&old, &held] {
+        let ok = Command::new("touch").args(["-d", "2 minutes ago"]).arg(f).status().is_ok_and(|s| s.success());
+        if !ok {
+            return Err(format!("touch -d could not age {}", f.display()));
+        }
+    }
+    // A process holding `held` open, and one named like Open MPI 5's launcher.
+    let holder = Command::new("sh")
+        .args(["-c", "exec 3<\"$0\"; exec sleep 60"])
+        .arg(&held)
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let holder_pid = holder.id();
+    planted.1.push(holder);
+    let fake = tmp.join("prterun");
+    std::fs::copy("/bin/sleep", &fake).map_err(|e| format!("copy /bin/sleep: {e}"))?;
+    let launcher = Command::new(&fake).arg("60").stdin(Stdio::null()).spawn().map_err(|e| e.to_string())?;
+    let launcher_pid = launcher.id();
+    planted.1.push(launcher);
+    let mut gone = Command::new("true").spawn().map_err(|e| e.to_string())?;
+    let gone_pid = gone.id();
+    let _ = gone.wait();
+    let session = |pid: u32| tmp.join(format!("ompi.{pid}"));
+    for pid in [gone_pid, holder_pid, launcher_pid] {
+        std::fs::create_dir_all(session(pid)).map_err(|e| e.to_string())?;
+        std::fs::write(session(pid).join("pmix.host.tool"), b"").map_err(|e| e.to_string())?;
+    }
+    // The holder's shell must have opened the file before the clean looks.
+    let t = std::time::Instant::now();
+    while std::fs::read_link(format!("/proc/{holder_pid}/fd/3")).map_or(true, |l| l != held)
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = Command::new(root().join("ci/mpi"));
+    c.arg("clean").env("TMPDIR", &tmp).env_remove("PRTE_MCA_prte_tmpdir_base").env("PHALANX_MPI", "system");
+    let o = run(&mut c, Duration::from_secs(60));
+    let out = text(&o);
+    let mut why = Vec::new();
+    if !o.status.success() || !out.contains("ci/mpi clean: removed") {
+        why.push(format!("ci/mpi clean: {}", o.status));
+    }
+    for (path, stays, what) in [
+        (&old, false, "an old unused segment"),
+        (&young, true, "a segment younger than a minute"),
+        (&held, true, "a segment a process holds open"),
+        (&session(gone_pid), false, "the session directory of a finished process"),
+        (&session(holder_pid), false, "a session directory whose pid is no launcher"),
+        (&session(launcher_pid), true, "the session directory of a running launcher"),
+    ] {
+        if path.exists() != stays {
+            why.push(format!("{what} ({}) was {}", path.display(), if stays { "removed" } else { "kept" }));
+        }
+    }
+    if why.is_empty() {
+        Ok(out.trim().to_string())
+    } else {
+        Err(format!("{}\n{out}", why.join("\n")))
+    }
+}
+
 /// The `heat` built for `build`, started at 2 ranks by `launcher`'s launcher: refused on every rank
 /// with a message holding each of `needles`.
 fn under(build: &str, launcher: &str, needles: &[&str]) -> Result<String, String> {
@@ -270,6 +363,7 @@ fn cases() -> Vec<Case> {
     vec![
         ("user crate built for MPICH as the README says", user_crate),
         ("Open MPI 5 launch whose pid a killed launcher had", killed_launcher_leftover),
+        ("ci/mpi clean removes killed jobs' leftovers only", clean_leftovers),
         ("MPICH build under Open MPI 4's mpirun", || {
             under("mpich", "system", &["launcher mismatch", "Open MPI 4's mpirun (ORTE)", "MPICH"])
         }),
