@@ -254,17 +254,23 @@ fn leftover_in(tmp: &Path, heat: &Path) -> Result<String, String> {
 }
 
 /// `ci/mpi clean` (which ci/test runs first and last) removes what killed jobs leave, and nothing
-/// else: an old shared-memory segment no process uses goes, a young one and one a process holds open
-/// stay; an Open MPI 5 session directory goes when its pid is gone or is no launcher, and stays
-/// while a launcher (a process named prterun) has that pid.
+/// else: an old shared-memory segment no process uses goes; a young one, one a process holds open
+/// and one a process has mapped (its descriptor closed, as MPI libraries leave them) stay. An old
+/// Open MPI 5 session directory goes when its pid is gone or is no launcher, and stays while a
+/// launcher (a process named prterun) has that pid; a young one stays.
 fn clean_leftovers() -> Result<String, String> {
+    use std::os::unix::process::CommandExt;
     use std::process::Stdio;
+    use std::time::{Instant, SystemTime};
+    if !Path::new("/dev/shm").is_dir() {
+        return Err("SKIP no /dev/shm on this machine".into());
+    }
     let me = std::process::id();
     let tmp = std::env::temp_dir().join(format!("phalanx-clean-{me}"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     let shm = |what: &str| PathBuf::from(format!("/dev/shm/mpich_shm_phalanx_test_{me}_{what}"));
-    let (old, young, held) = (shm("old"), shm("young"), shm("held"));
+    let (old, young, held, mapped) = (shm("old"), shm("young"), shm("held"), shm("mapped"));
     // Everything planted goes however the case ends; the children are killed.
     struct Planted(Vec<PathBuf>, Vec<std::process::Child>);
     impl Drop for Planted {
@@ -278,48 +284,77 @@ fn clean_leftovers() -> Result<String, String> {
             }
         }
     }
-    let mut planted = Planted(vec![tmp.clone(), old.clone(), young.clone(), held.clone()], vec![]);
-    for f in [&old, &young, &held] {
+    let mut planted = Planted(vec![tmp.clone(), old.clone(), young.clone(), held.clone(), mapped.clone()], vec![]);
+    let two_minutes_ago = SystemTime::now() - Duration::from_secs(120);
+    let age = |p: &Path| -> Result<(), String> {
+        std::fs::File::open(p)
+            .and_then(|f| f.set_modified(two_minutes_ago))
+            .map_err(|e| format!("age {}: {e}", p.display()))
+    };
+    for f in [&old, &young, &held, &mapped] {
         std::fs::write(f, vec![7u8; 65536]).map_err(|e| format!("{}: {e}", f.display()))?;
     }
-    for f in [&old, &held] {
-        let ok = Command::new("touch").args(["-d", "2 minutes ago"]).arg(f).status().is_ok_and(|s| s.success());
-        if !ok {
-            return Err(format!("touch -d could not age {}", f.display()));
-        }
+    for f in [&old, &held, &mapped] {
+        age(f)?;
     }
-    // A process holding `held` open, and one named like Open MPI 5's launcher.
-    let holder = Command::new("sh")
-        .args(["-c", "exec 3<\"$0\"; exec sleep 60"])
-        .arg(&held)
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+    let spawn = |c: &mut Command| c.stdin(Stdio::null()).spawn().map_err(|e| format!("{c:?}: {e}"));
+    // A process holding `held` open, one with `mapped` mapped and its descriptor closed, and one
+    // named like Open MPI 5's launcher (a link named prterun to sleep, started as sleep).
+    let holder = spawn(Command::new("sh").args(["-c", "exec 3<\"$0\"; exec sleep 60"]).arg(&held))?;
     let holder_pid = holder.id();
     planted.1.push(holder);
+    // This process maps `mapped` and closes the file, as MPI libraries leave their segments.
+    struct Mapping(*mut libc::c_void, usize);
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // SAFETY: unmaps exactly the mapping made below, which nothing else refers to.
+            unsafe { libc::munmap(self.0, self.1) };
+        }
+    }
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&mapped).map_err(|e| e.to_string())?;
+    // SAFETY: a new shared mapping of a 64 KiB file this test created; it is only unmapped, never
+    // read through a reference, and the file stays as long as the mapping.
+    let at = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::mmap(std::ptr::null_mut(), 65536, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0)
+    };
+    if at == libc::MAP_FAILED {
+        return Err(format!("mmap {}: {}", mapped.display(), std::io::Error::last_os_error()));
+    }
+    let _mapping = Mapping(at, 65536);
+    drop(file);
     let fake = tmp.join("prterun");
-    std::fs::copy("/bin/sleep", &fake).map_err(|e| format!("copy /bin/sleep: {e}"))?;
-    let launcher = Command::new(&fake).arg("60").stdin(Stdio::null()).spawn().map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink("/bin/sleep", &fake).map_err(|e| format!("link /bin/sleep: {e}"))?;
+    let launcher = spawn(Command::new(&fake).arg0("sleep").arg("60"))?;
     let launcher_pid = launcher.id();
     planted.1.push(launcher);
     let mut gone = Command::new("true").spawn().map_err(|e| e.to_string())?;
     let gone_pid = gone.id();
     let _ = gone.wait();
     let session = |pid: u32| tmp.join(format!("ompi.{pid}"));
-    for pid in [gone_pid, holder_pid, launcher_pid] {
-        std::fs::create_dir_all(session(pid)).map_err(|e| e.to_string())?;
-        std::fs::write(session(pid).join("pmix.host.tool"), b"").map_err(|e| e.to_string())?;
+    let young_session = tmp.join(format!("ompi.{}", gone_pid + 1_000_000));
+    for d in [session(gone_pid), session(holder_pid), session(launcher_pid), young_session.clone()] {
+        std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+        std::fs::write(d.join("pmix.host.tool"), b"").map_err(|e| e.to_string())?;
     }
-    // The holder's shell must have opened the file before the clean looks.
-    let t = std::time::Instant::now();
-    while std::fs::read_link(format!("/proc/{holder_pid}/fd/3")).map_or(true, |l| l != held)
-        && t.elapsed() < Duration::from_secs(10)
-    {
+    for pid in [gone_pid, holder_pid, launcher_pid] {
+        age(&session(pid))?;
+    }
+    // The holder's shell must have opened the file, and the link must run as prterun.
+    let t = Instant::now();
+    let ready = || {
+        std::fs::read_link(format!("/proc/{holder_pid}/fd/3")).is_ok_and(|l| l == held)
+            && std::fs::read_to_string(format!("/proc/{launcher_pid}/comm")).is_ok_and(|c| c.trim() == "prterun")
+    };
+    while !ready() && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
+    }
+    if !ready() {
+        return Err("the holder did not open its segment, or the link did not run as prterun, within 10 s".into());
     }
     let mut c = Command::new(root().join("ci/mpi"));
     c.arg("clean").env("TMPDIR", &tmp).env_remove("PRTE_MCA_prte_tmpdir_base").env("PHALANX_MPI", "system");
-    let o = run(&mut c, Duration::from_secs(60));
+    let o = run(&mut c, Duration::from_secs(120));
     let out = text(&o);
     let mut why = Vec::new();
     if !o.status.success() || !out.contains("ci/mpi clean: removed") {
@@ -329,9 +364,11 @@ fn clean_leftovers() -> Result<String, String> {
         (&old, false, "an old unused segment"),
         (&young, true, "a segment younger than a minute"),
         (&held, true, "a segment a process holds open"),
+        (&mapped, true, "a segment a process has mapped"),
         (&session(gone_pid), false, "the session directory of a finished process"),
         (&session(holder_pid), false, "a session directory whose pid is no launcher"),
         (&session(launcher_pid), true, "the session directory of a running launcher"),
+        (&young_session, true, "a session directory younger than a minute"),
     ] {
         if path.exists() != stays {
             why.push(format!("{what} ({}) was {}", path.display(), if stays { "removed" } else { "kept" }));
