@@ -118,11 +118,16 @@ class Machine:
 
     def blocked_rate(self, k, dims=2):
         """Blocked-pass updates/s per core at K: 1 / (a + b / K) through the two measured K."""
-        table = self.r_blocked if dims == 2 else self.r_blocked3
-        (k1, r1), (k2, r2) = sorted((int(a), b) for a, b in table.items())[:2]
-        b = (1 / r1 - 1 / r2) / (1 / k1 - 1 / k2)
-        a = 1 / r1 - b / k1
+        a, b = blocked_fit(self.r_blocked if dims == 2 else self.r_blocked3)
         return 1 / (a + b / k)
+
+
+def blocked_fit(rates):
+    """(a, b) in seconds per update of the blocked rate 1 / (a + b / K), through the two lowest K of
+    `rates` ({K: updates/s}; K may be a string, as read back from JSON)."""
+    (k1, r1), (k2, r2) = sorted((int(k), r) for k, r in rates.items())[:2]
+    b = (1 / r1 - 1 / r2) / (1 / k1 - 1 / k2)
+    return 1 / r1 - b / k1, b
 
 
 def placement(m, shape, ranks, threads, nodes):

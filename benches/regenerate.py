@@ -1327,9 +1327,7 @@ def render(r):
     for name, key in (("2-D", "r_blocked"), ("3-D", "r_blocked3")):
         if key not in inp:
             continue
-        (k1, r1), (k2, r2) = sorted((int(k), v) for k, v in inp[key].items())[:2]
-        b = (1 / r1 - 1 / r2) / (1 / k1 - 1 / k2)
-        a = 1 / r1 - b / k1
+        a, b = perfmodel.blocked_fit(inp[key])
         if a <= 0 or b <= 0:
             continue  # noise put the two rates the wrong way round: no bound to state
         w(f"\nThe {name} blocked pass, fitted: a = {a * 1e9:.3f} ns per update in cache, b = {b * 1e9:.3f} ns of memory")
@@ -1543,25 +1541,19 @@ def main():
             json.dump(r, open(res, "w"), indent=1, default=str)
         log(f"rewrote the {what} section of docs/PERFORMANCE.md")
         return
-    if "--model-table" in sys.argv:
-        # Measure the model's inputs and the runs it is checked against again, then rewrite the
-        # document from the last run's results with them.
+    if "--model-table" in sys.argv or "--render-only" in sys.argv:
+        # Rewrite the document from the last run's results (after editing the text only), with the
+        # model's inputs and the runs it is checked against measured again for --model-table.
         res = os.path.join(OUT, "results.json")
         r = json.load(open(res))
-        r["model_rounds"] = json.loads(json.dumps(model_rounds()))
+        if "--model-table" in sys.argv:
+            r["model_rounds"] = json.loads(json.dumps(model_rounds()))
         r["model"] = json.loads(json.dumps(model(r["criterion"], r["commbench_shm"], r["commbench_tcp"],
                                                  r["model_rounds"])))
-        json.dump(r, open(res, "w"), indent=1, default=str)
+        if "--model-table" in sys.argv:
+            json.dump(r, open(res, "w"), indent=1, default=str)
         open(os.path.join(ROOT, "docs", "PERFORMANCE.md"), "w").write(render(r) + "\n")
-        log("rewrote the performance model section of docs/PERFORMANCE.md (and the document from results.json)")
-        return
-    if "--render-only" in sys.argv:
-        # Rewrite the document from the last run's results (after editing the text only).
-        r = json.load(open(os.path.join(OUT, "results.json")))
-        r["model"] = json.loads(json.dumps(model(r["criterion"], r["commbench_shm"], r["commbench_tcp"],
-                                                 r["model_rounds"])))
-        open(os.path.join(ROOT, "docs", "PERFORMANCE.md"), "w").write(render(r) + "\n")
-        log("rewrote docs/PERFORMANCE.md from target/perf/results.json")
+        log(f"rewrote docs/PERFORMANCE.md from {res}")
         return
     t0 = time.time()
     r = {}

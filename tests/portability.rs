@@ -183,18 +183,31 @@ type Case = (&'static str, fn() -> Result<String, String>);
 /// execs `ci/mpi run`), and expects that launch to run `heat`.
 fn killed_launcher_leftover() -> Result<String, String> {
     let heat = built("openmpi5")?;
-    let tmp = std::env::temp_dir().join(format!("phalanx-leftover-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    // Removed however the case ends (a timeout panics).
-    struct Remove<'a>(&'a Path);
-    impl Drop for Remove<'_> {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(self.0);
+    let (tmp, _planted) = scratch_dir("leftover")?;
+    leftover_in(&tmp, &heat)
+}
+
+/// Paths removed and child processes killed when dropped, however a case ends (a timeout panics).
+struct Planted(Vec<PathBuf>, Vec<std::process::Child>);
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        for c in &mut self.1 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for p in &self.0 {
+            let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
         }
     }
-    let _remove = Remove(&tmp);
-    leftover_in(&tmp, &heat)
+}
+
+/// A new empty directory `phalanx-NAME-PID` in the temporary directory, removed with the guard.
+fn scratch_dir(name: &str) -> Result<(PathBuf, Planted), String> {
+    let dir = std::env::temp_dir().join(format!("phalanx-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok((dir.clone(), Planted(vec![dir], vec![])))
 }
 
 fn leftover_in(tmp: &Path, heat: &Path) -> Result<String, String> {
@@ -266,25 +279,10 @@ fn clean_leftovers() -> Result<String, String> {
         return Err("SKIP no /dev/shm on this machine".into());
     }
     let me = std::process::id();
-    let tmp = std::env::temp_dir().join(format!("phalanx-clean-{me}"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let (tmp, mut planted) = scratch_dir("clean")?;
     let shm = |what: &str| PathBuf::from(format!("/dev/shm/mpich_shm_phalanx_test_{me}_{what}"));
     let (old, young, held, mapped) = (shm("old"), shm("young"), shm("held"), shm("mapped"));
-    // Everything planted goes however the case ends; the children are killed.
-    struct Planted(Vec<PathBuf>, Vec<std::process::Child>);
-    impl Drop for Planted {
-        fn drop(&mut self) {
-            for c in &mut self.1 {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            for p in &self.0 {
-                let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
-            }
-        }
-    }
-    let mut planted = Planted(vec![tmp.clone(), old.clone(), young.clone(), held.clone(), mapped.clone()], vec![]);
+    planted.0.extend([old.clone(), young.clone(), held.clone(), mapped.clone()]);
     let two_minutes_ago = SystemTime::now() - Duration::from_secs(120);
     let age = |p: &Path| -> Result<(), String> {
         std::fs::File::open(p)
