@@ -338,6 +338,15 @@ fn clean_leftovers() -> Result<String, String> {
     for pid in [gone_pid, holder_pid, launcher_pid] {
         age(&session(pid))?;
     }
+    // PHALANX_FAULT's rendezvous directories (named as services::fault names them): a finished one
+    // and one that ranks may be arriving in.
+    let rendezvous = |what: &str| tmp.join(format!("phalanx-fault-prterun_vm_{me}_1-{what}-14"));
+    let (done_rv, live_rv) = (rendezvous("1000"), rendezvous("2000"));
+    for d in [&done_rv, &live_rv] {
+        std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+        std::fs::write(d.join("3"), b"").map_err(|e| e.to_string())?;
+    }
+    age(&done_rv)?;
     // The holder's shell must have opened the file, and the link must run as prterun.
     let t = Instant::now();
     let ready = || {
@@ -367,6 +376,8 @@ fn clean_leftovers() -> Result<String, String> {
         (&session(holder_pid), false, "a session directory whose pid is no launcher"),
         (&session(launcher_pid), true, "the session directory of a running launcher"),
         (&young_session, true, "a session directory younger than a minute"),
+        (&done_rv, false, "a fault-injection rendezvous directory older than a minute"),
+        (&live_rv, true, "a fault-injection rendezvous directory younger than a minute"),
     ] {
         if path.exists() != stays {
             why.push(format!("{what} ({}) was {}", path.display(), if stays { "removed" } else { "kept" }));
