@@ -9,8 +9,8 @@
 //!   both, instead of a segfault, a hang in `MPI_Init`, or N silent single-rank jobs.
 //! - an Open MPI 5 launch that gets the pid of an earlier, killed launcher, whose session directory
 //!   is still there: `ci/mpi run` removes it and the job runs (it failed to start before).
-//! - `ci/mpi clean` removes unused MPI shared-memory segments and stale Open MPI 5 session
-//!   directories, and keeps what is in use.
+//! - `ci/mpi clean` removes unused MPI shared-memory segments, stale Open MPI 5 session
+//!   directories and finished fault-injection rendezvous directories, and keeps what is in use.
 //!
 //! It uses the `heat` example as built by `ci/mpi cargo` for each implementation (ci/test builds
 //! them first); a case whose build or implementation is missing prints SKIPPED with the reason.
@@ -270,7 +270,8 @@ fn leftover_in(tmp: &Path, heat: &Path) -> Result<String, String> {
 /// else: an old shared-memory segment no process uses goes; a young one, one a process holds open
 /// and one a process has mapped (its descriptor closed, as MPI libraries leave them) stay. An old
 /// Open MPI 5 session directory goes when its pid is gone or is no launcher, and stays while a
-/// launcher (a process named prterun) has that pid; a young one stays.
+/// launcher (a process named prterun) has that pid; a young one stays. A fault-injection
+/// rendezvous directory goes when older than a minute, and stays while ranks may be arriving.
 fn clean_leftovers() -> Result<String, String> {
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;
