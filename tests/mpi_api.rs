@@ -554,6 +554,99 @@ fn dist_graphs(c: &Comm) {
     assert!(g.neighbour_alltoall::<u8>(&[], 0).unwrap().is_empty());
 }
 
+/// Neighbour v-collectives in calls that are not checked (`CheckMode::Off`, and `Sampled` past its
+/// first calls), which take phalanx's short path on up to 8 neighbours none of them repeated (see
+/// `comm::topology`): the same blocks as checked calls, on open and periodic grids (repeated
+/// neighbours at 1 and 2 ranks per dimension), a 5-D grid (10 neighbours) and a ring graph; and
+/// arguments that fail a local check still get their error, on every rank alike.
+fn unchecked_neighbour_exchanges(c: &Comm) {
+    let size = c.size() as usize;
+    for dims in grids(size).into_iter().chain([vec![1, 1, 1, 1, size]]) {
+        for periodic in [false, true] {
+            let cart = c.cartesian(&dims, &vec![periodic; dims.len()], false).unwrap().unwrap();
+            cart.run(&format!("grid {dims:?}, periodic {periodic}"));
+        }
+    }
+    let (prev, next) = ((c.rank() + c.size() - 1) % c.size(), (c.rank() + 1) % c.size());
+    c.dist_graph(&[prev], &[next], false).unwrap().run("ring graph");
+}
+
+/// A communicator with neighbours, for [`unchecked_neighbour_exchanges`].
+trait UncheckedCase {
+    fn run(&self, what: &str);
+}
+
+impl<N: Neighbourhood> UncheckedCase for N {
+    fn run(&self, what: &str) {
+        let me = self.rank() as usize;
+        let nd = self.destinations().len();
+        // Towards destination i: i + 1 elements, one more from odd ranks; what source i sent
+        // towards this rank likewise, from its block i ^ 1 on a grid, its block 0 on the ring.
+        let grid = what.starts_with("grid");
+        let scounts: Vec<usize> = (0..nd).map(|i| i + 1 + me % 2).collect();
+        let rcounts: Vec<usize> = (0..self.sources().len())
+            .map(|i| {
+                let theirs = if grid { i ^ 1 } else { 0 };
+                theirs + 1 + self.sources()[i].map_or(0, |s| s as usize % 2)
+            })
+            .collect();
+        let send: Vec<u32> = (0..nd).flat_map(|i| vec![me as u32 * 100 + i as u32; scounts[i]]).collect();
+        self.set_check_mode(CheckMode::Always);
+        let want = self.neighbour_alltoallv(&send, &scounts, &rcounts).unwrap();
+        let total: usize = rcounts.iter().sum();
+        for mode in [CheckMode::Off, CheckMode::Sampled] {
+            self.set_check_mode(mode);
+            // Past the first 32 calls a sampled communicator checks one in 256: both kinds run.
+            for k in 0..300 {
+                let got = self.neighbour_alltoallv(&send, &scounts, &rcounts).unwrap();
+                assert_eq!(got, want, "{what}, {mode:?}, call {k}, rank {me}");
+                let mut into = vec![u32::MAX; total];
+                self.neighbour_alltoallv_into(&send, &scounts, &mut into, &rcounts).unwrap();
+                let expect: Vec<u32> = (0..rcounts.len())
+                    .flat_map(|i| {
+                        let keep = self.sources()[i].is_none();
+                        want.block(i).iter().map(move |&x| if keep { u32::MAX } else { x })
+                    })
+                    .collect();
+                assert_eq!(into, expect, "{what}, {mode:?}, call {k}, rank {me}: into");
+            }
+        }
+        // Local errors in unchecked calls (every rank errs alike: one that did not would wait in
+        // the collective for the others).
+        self.set_check_mode(CheckMode::Off);
+        let e = self.neighbour_alltoallv(&send, &scounts[..nd.saturating_sub(1)], &rcounts);
+        if nd > 0 {
+            expect_err(self, e, ErrorKind::InvalidArgument, &[&format!("{} send counts for {nd} neighbours", nd - 1)]);
+        }
+        let e = self.neighbour_alltoallv(&send[..send.len().saturating_sub(1)], &scounts, &rcounts);
+        if nd > 0 {
+            expect_err(self, e, ErrorKind::InvalidArgument, &["send counts sum to", "but send has"]);
+        }
+        let mut short = vec![0u32; total + 1];
+        let e = self.neighbour_alltoallv_into(&send, &scounts, &mut short, &rcounts);
+        expect_err(
+            self,
+            e,
+            ErrorKind::InvalidArgument,
+            &[&format!("has {} elements but the counts sum to {total}", total + 1)],
+        );
+        if nd > 0 {
+            let mut huge = scounts.clone();
+            huge[0] = i32::MAX as usize + 1;
+            let e = self.neighbour_alltoallv(&send, &huge, &rcounts);
+            expect_err(self, e, ErrorKind::CountOverflow, &["exceed MPI's count limit"]);
+            huge[0] = usize::MAX;
+            let e = self.neighbour_alltoallv(&send, &huge, &rcounts);
+            let words = if nd > 1 { "the counts sum past usize::MAX" } else { "exceed MPI's count limit" };
+            expect_err(self, e, ErrorKind::CountOverflow, &[words]);
+        }
+        // And the communicator still exchanges.
+        assert_eq!(self.neighbour_alltoallv(&send, &scounts, &rcounts).unwrap(), want, "{what}: after the errors");
+        self.set_check_mode(CheckMode::Always);
+        still_works(self);
+    }
+}
+
 fn misuse_topologies(c: &Comm) {
     c.set_check_mode(CheckMode::Always);
     let (size, r) = (c.size() as usize, c.rank());
@@ -787,6 +880,7 @@ fn main() {
             Case::new("cartesian", RANKS_1_TO_4, cartesian),
             Case::new("dist_graphs", RANKS_1_TO_4, dist_graphs),
             Case::new("dropped_neighbour_exchange", RANKS_1_TO_4, dropped_neighbour_exchange),
+            Case::new("unchecked_neighbour_exchanges", RANKS_1_TO_4, unchecked_neighbour_exchanges),
             Case::new("misuse_topologies", RANKS_1_TO_4, misuse_topologies),
             Case::new("persistent_ring", RANKS_1_TO_4, persistent_ring),
             Case::new("misuse_persistent", RANKS_1_TO_4, misuse_persistent),

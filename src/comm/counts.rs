@@ -42,25 +42,19 @@ pub(super) struct Counts {
 }
 
 impl Counts {
-    /// Converts element counts of `per` MPI items each. When the total fits MPI's count, so does
-    /// every count and displacement (each is at most the total), so no element needs its own
-    /// check. Else `Err(Some(total))`, or `Err(None)` if the counts sum past `usize::MAX`.
+    /// Converts element counts of `per` MPI items each ([`fill_mpi`]). Past MPI's count limit
+    /// `Err(Some(total))`, or `Err(None)` if the counts sum past `usize::MAX`.
     #[inline]
     fn convert(&mut self, counts: &[usize], per: usize) -> std::result::Result<(), Option<usize>> {
         let n = counts.len();
-        let total = counts.iter().try_fold(0usize, |a, &c| a.checked_add(c)).ok_or(None)?;
-        if total.checked_mul(per).is_none_or(|b| b > c_int::MAX as usize) {
-            return Err(Some(total));
-        }
         let (mpi, displs) = self.arrays_mut(n).split_at_mut(n);
-        let mut acc = 0;
-        for ((m, d), &c) in mpi.iter_mut().zip(displs.iter_mut()).zip(counts) {
-            *m = (c * per) as c_int;
-            *d = (acc * per) as c_int;
-            acc += c;
+        match fill_mpi(counts, per, mpi, displs) {
+            Some(total) => {
+                self.total = total;
+                Ok(())
+            }
+            None => Err(counts.iter().try_fold(0usize, |a, &c| a.checked_add(c))),
         }
-        self.total = total;
-        Ok(())
     }
 
     /// Room for `n` counts and `n` displacements.
@@ -95,6 +89,23 @@ impl Counts {
     pub(super) fn displs(&self) -> &[c_int] {
         &self.arrays()[self.n..]
     }
+}
+
+/// Writes element counts of `per` MPI items each, and their displacements, into the first
+/// `counts.len()` entries of `mpi` and `displs` as MPI's `int`s, and returns the counts' sum in
+/// elements; `None` if the sum does not fit MPI's count (then what was written means nothing).
+/// When the sum fits, so does every count and displacement (each is at most the sum), so no
+/// element needs its own check.
+#[inline(always)]
+pub(super) fn fill_mpi(counts: &[usize], per: usize, mpi: &mut [c_int], displs: &mut [c_int]) -> Option<usize> {
+    let mut acc = 0usize;
+    for ((m, d), &c) in mpi.iter_mut().zip(displs.iter_mut()).zip(counts) {
+        // Wrapping: meaningless only when the sum turns out too large, and then not used.
+        *m = c.wrapping_mul(per) as c_int;
+        *d = acc.wrapping_mul(per) as c_int;
+        acc = acc.checked_add(c)?;
+    }
+    acc.checked_mul(per).filter(|&b| b <= c_int::MAX as usize).map(|_| acc)
 }
 
 /// A 62-bit digest of a count list, so that ranks can agree on a whole list in one signature field.
