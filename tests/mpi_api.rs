@@ -709,6 +709,7 @@ fn persistent_ring(c: &Comm) {
         expect_err(c, send.data_mut().map(|_| ()), ErrorKind::InvalidArgument, &["active"]);
         expect_err(c, recv.data().map(|_| ()), ErrorKind::InvalidArgument, &["active"]);
         expect_err(c, recv.start(), ErrorKind::InvalidArgument, &["active"]);
+        expect_err(c, send.start(), ErrorKind::InvalidArgument, &["active"]);
         assert_eq!(send.data()[0], step * 1000 + r as u64 * 10);
         while !recv.test().unwrap() {}
         let st = recv.wait().unwrap();

@@ -104,7 +104,7 @@ impl<T: Pod> PersistentSend<'_, T> {
     /// [`ErrorKind::InvalidArgument`] if a run is still active; MPI errors.
     #[doc(alias = "MPI_Start")]
     pub fn start(&mut self) -> Result<()> {
-        start_all(&mut [self])
+        start_one(&mut self.req, &mut self.active, self.comm)
     }
 
     /// Blocks until the active run (if any) has completed.
@@ -114,7 +114,7 @@ impl<T: Pod> PersistentSend<'_, T> {
     #[doc(alias = "MPI_Wait")]
     pub fn wait(&mut self) -> Result<()> {
         if self.active {
-            let (res, _) = ffi::wait(&mut self.req, "persistent send wait", self.comm.rank);
+            let res = ffi::wait_no_status(&mut self.req, "persistent send wait", self.comm.rank);
             self.active = false;
             res?;
         }
@@ -167,7 +167,7 @@ impl<T: Pod> PersistentRecv<'_, T> {
     /// [`ErrorKind::InvalidArgument`] if a run is still active; MPI errors.
     #[doc(alias = "MPI_Start")]
     pub fn start(&mut self) -> Result<()> {
-        start_all(&mut [self])
+        start_one(&mut self.req, &mut self.active, self.comm)
     }
 
     /// Blocks until the active run has completed and returns its status (the last run's status if
@@ -261,6 +261,19 @@ impl<T: Pod> Persistent for PersistentRecv<'_, T> {
     fn handle(&mut self, _: sealed::Token) -> (&mut MPI_Request, &mut bool, &Comm) {
         (&mut self.req, &mut self.active, self.comm)
     }
+}
+
+/// `start` of one request: [`start_all`] of it, without the loops over a list.
+#[inline]
+fn start_one(req: &mut MPI_Request, active: &mut bool, comm: &Comm) -> Result<()> {
+    const OP: &str = "start_all";
+    let _busy = comm.begin(OP)?;
+    if *active {
+        return Err(already_active(comm, OP));
+    }
+    topo::start(req, OP, comm.rank)?;
+    *active = true;
+    Ok(())
 }
 
 /// Starts a run of every request in `reqs`, in order (receives first is the usual order: a

@@ -345,6 +345,14 @@ pub(crate) unsafe fn recv_init<T: Pod>(
     Ok(req)
 }
 
+/// `MPI_Start` on an inactive persistent request.
+#[inline]
+pub(crate) fn start(req: &mut MPI_Request, op: &'static str, rank: i32) -> Result<()> {
+    // SAFETY: `req` is an inactive persistent request whose buffer its owner keeps valid (see
+    // `send_init`/`recv_init`).
+    check(unsafe { sys::MPI_Start(req) }, op, rank)
+}
+
 /// `MPI_Startall` on inactive persistent requests.
 pub(crate) fn startall(reqs: &mut [MPI_Request], op: &'static str, rank: i32) -> Result<()> {
     if reqs.is_empty() {
