@@ -213,6 +213,24 @@ impl Comm {
         }
     }
 
+    /// For a collective whose local checks have passed: `false` if this call is to be checked (it
+    /// then goes through `agree`, which counts it), else counts it as `agree` would and returns
+    /// `true`. [`will_check`](Comm::will_check) and [`count_collective`](Comm::count_collective)
+    /// in one read of the counter.
+    #[inline]
+    pub(crate) fn count_unchecked(&self) -> bool {
+        let n = self.calls.load(Ordering::Relaxed);
+        let check = match self.check_mode() {
+            CheckMode::Off => false,
+            CheckMode::Always => true,
+            CheckMode::Sampled => n < SAMPLED_FIRST || n.is_multiple_of(SAMPLED_EVERY),
+        };
+        if !check {
+            self.calls.store(n.wrapping_add(1), Ordering::Relaxed);
+        }
+        !check
+    }
+
     /// Counts a collective entered (see `will_check`). A load and a store, not a locked
     /// read-modify-write: collectives on one communicator are never concurrent in a correct MPI
     /// program, and this runs on every collective.

@@ -560,23 +560,36 @@ fn neighbour_alltoallv_in<T: Pod, N: Neighbourhood + ?Sized>(
     const OP: &str = "neighbour_alltoallv";
     let c: &Comm = n;
     let _busy = c.begin(OP)?;
-    if let Some(done) = unchecked_inline(n, send, send_counts, recv, recv_counts, OP) {
-        return done;
+    match unchecked_inline(n, send, send_counts, recv, recv_counts, OP) {
+        Some(done) => done,
+        None => neighbour_alltoallv_checked(n, send, send_counts, recv, recv_counts, OP),
     }
+}
+
+/// [`neighbour_alltoallv_in`]'s general path: every check, the checked calls, more neighbours,
+/// repeated ones. Out of line, so that its count structures do not weigh on the short path.
+#[inline(never)]
+fn neighbour_alltoallv_checked<T: Pod, N: Neighbourhood + ?Sized>(
+    n: &N,
+    send: &[T],
+    send_counts: &[usize],
+    recv: &mut RecvBuf<T>,
+    recv_counts: &[usize],
+    op: &'static str,
+) -> Result<()> {
     let (mut s, mut r) = (Counts::default(), Counts::default());
-    neighbour_counts::<T, _>(n, (send.len(), recv.have()), send_counts, recv_counts, (&mut s, &mut r), OP)?;
-    exchange_into(n, send, (&s, send_counts), recv.slice(r.total), (&r, recv_counts), OP)
+    neighbour_counts::<T, _>(n, (send.len(), recv.have()), send_counts, recv_counts, (&mut s, &mut r), op)?;
+    exchange_into(n, send, (&s, send_counts), recv.slice(r.total), (&r, recv_counts), op)
 }
 
 /// [`neighbour_alltoallv_in`]'s common case, on a short path: a call that is not checked (see
 /// [`CheckMode`](super::CheckMode)) on a communicator with up to [`INLINE`] neighbours each way,
 /// none repeated (the MPI library's collective), whose arguments pass the local checks: one pass
-/// over each count list into one array on the stack. Measured at 1 rank, 8 B, Open MPI 4.1 (a
-/// loop calling `neighbour_alltoallv_into` through a function): 4.3-4.6 ns over the raw MPI call
-/// here against 10.6 ns on the general path, whose count arrays live in structures that also serve
-/// the heap and the checks; at 2 ranks that difference was 3-4 % of an 8 B call. `None` for every
-/// other call, and for arguments that fail a check, before anything is counted or sent: the
-/// general path then checks them again and reports the error.
+/// over each count list into one array on the stack, then MPI. At 1 rank and 8 B (Open MPI 4.1, a
+/// loop calling `neighbour_alltoallv_into` through a function) it adds 3.6-4.6 ns to the raw call
+/// where the general path added 10.6 ns. `None` for every other call, and for arguments that fail
+/// a check, before anything is counted or sent: the general path then checks them again and
+/// reports the error.
 #[inline(always)]
 fn unchecked_inline<T: Pod, N: Neighbourhood + ?Sized>(
     n: &N,
@@ -591,9 +604,6 @@ fn unchecked_inline<T: Pod, N: Neighbourhood + ?Sized>(
     if send_counts.len() != nd || recv_counts.len() != ns || nd.max(ns) > INLINE || n.repeated().is_some() {
         return None;
     }
-    if c.will_check() {
-        return None;
-    }
     let per = ffi::layout::<T>().per_elem;
     // Send counts and displacements, then receive counts and displacements.
     let mut arrays = [0 as c_int; 4 * INLINE];
@@ -601,11 +611,9 @@ fn unchecked_inline<T: Pod, N: Neighbourhood + ?Sized>(
     let ((sc, sd), (rc, rd)) = (s.split_at_mut(INLINE), r.split_at_mut(INLINE));
     let send_total = fill_mpi(send_counts, per, sc, sd)?;
     let recv_total = fill_mpi(recv_counts, per, rc, rd)?;
-    if send_total > send.len() || recv.have().is_some_and(|have| have != recv_total) {
+    if send_total > send.len() || recv.have().is_some_and(|have| have != recv_total) || !c.count_unchecked() {
         return None;
     }
-    // What `agree` does for a call it does not check.
-    c.count_collective();
     let out = recv.slice(recv_total);
     // SAFETY: blocking; every block lies inside its buffer (the totals are checked above against
     // `send` and `out`), and the arrays hold one entry per neighbour.
