@@ -571,6 +571,42 @@ fn unchecked_neighbour_exchanges(c: &Comm) {
     c.dist_graph(&[prev], &[next], false).unwrap().run("ring graph");
 }
 
+/// `n`'s `neighbour_alltoallv` and `_into`, unchecked (off, then sampled: 300 calls each), give
+/// what a checked call gives; `elem(sender, destination index)` fills the blocks, `marker` the
+/// receive buffer (left in the blocks of missing sources). Returns what this rank sends.
+fn unchecked_equals_checked<N: Neighbourhood, T: Pod + PartialEq + std::fmt::Debug>(
+    n: &N,
+    what: &str,
+    scounts: &[usize],
+    rcounts: &[usize],
+    elem: impl Fn(usize, usize) -> T,
+    marker: T,
+) -> Vec<T> {
+    let me = n.rank() as usize;
+    let send: Vec<T> = scounts.iter().enumerate().flat_map(|(i, &k)| vec![elem(me, i); k]).collect();
+    n.set_check_mode(CheckMode::Always);
+    let want = n.neighbour_alltoallv(&send, scounts, rcounts).unwrap();
+    let total: usize = rcounts.iter().sum();
+    let expect: Vec<T> = (0..rcounts.len())
+        .flat_map(|i| {
+            let keep = n.sources()[i].is_none();
+            want.block(i).iter().map(move |&x| if keep { marker } else { x })
+        })
+        .collect();
+    for mode in [CheckMode::Off, CheckMode::Sampled] {
+        n.set_check_mode(mode);
+        // Past the first 32 calls a sampled communicator checks one in 256: both kinds run.
+        for k in 0..300 {
+            let got = n.neighbour_alltoallv(&send, scounts, rcounts).unwrap();
+            assert_eq!(got, want, "{what}, {mode:?}, call {k}, rank {me}");
+            let mut into = vec![marker; total];
+            n.neighbour_alltoallv_into(&send, scounts, &mut into, rcounts).unwrap();
+            assert_eq!(into, expect, "{what}, {mode:?}, call {k}, rank {me}: into");
+        }
+    }
+    send
+}
+
 /// A communicator with neighbours, for [`unchecked_neighbour_exchanges`].
 trait UncheckedCase {
     fn run(&self, what: &str);
@@ -590,27 +626,12 @@ impl<N: Neighbourhood> UncheckedCase for N {
                 theirs + 1 + self.sources()[i].map_or(0, |s| s as usize % 2)
             })
             .collect();
-        let send: Vec<u32> = (0..nd).flat_map(|i| vec![me as u32 * 100 + i as u32; scounts[i]]).collect();
-        self.set_check_mode(CheckMode::Always);
-        let want = self.neighbour_alltoallv(&send, &scounts, &rcounts).unwrap();
+        let send =
+            unchecked_equals_checked(self, what, &scounts, &rcounts, |from, i| (from * 100 + i) as u32, u32::MAX);
+        // A Pod struct, sent as bytes (16 MPI items per element).
+        let marker = Cell { value: -1.0, from: u32::MAX, index: u32::MAX };
+        unchecked_equals_checked(self, what, &scounts, &rcounts, cell, marker);
         let total: usize = rcounts.iter().sum();
-        for mode in [CheckMode::Off, CheckMode::Sampled] {
-            self.set_check_mode(mode);
-            // Past the first 32 calls a sampled communicator checks one in 256: both kinds run.
-            for k in 0..300 {
-                let got = self.neighbour_alltoallv(&send, &scounts, &rcounts).unwrap();
-                assert_eq!(got, want, "{what}, {mode:?}, call {k}, rank {me}");
-                let mut into = vec![u32::MAX; total];
-                self.neighbour_alltoallv_into(&send, &scounts, &mut into, &rcounts).unwrap();
-                let expect: Vec<u32> = (0..rcounts.len())
-                    .flat_map(|i| {
-                        let keep = self.sources()[i].is_none();
-                        want.block(i).iter().map(move |&x| if keep { u32::MAX } else { x })
-                    })
-                    .collect();
-                assert_eq!(into, expect, "{what}, {mode:?}, call {k}, rank {me}: into");
-            }
-        }
         // Local errors in unchecked calls (every rank errs alike: one that did not would wait in
         // the collective for the others).
         self.set_check_mode(CheckMode::Off);
@@ -641,8 +662,9 @@ impl<N: Neighbourhood> UncheckedCase for N {
             expect_err(self, e, ErrorKind::CountOverflow, &[words]);
         }
         // And the communicator still exchanges.
-        assert_eq!(self.neighbour_alltoallv(&send, &scounts, &rcounts).unwrap(), want, "{what}: after the errors");
+        let after = self.neighbour_alltoallv(&send, &scounts, &rcounts).unwrap();
         self.set_check_mode(CheckMode::Always);
+        assert_eq!(after, self.neighbour_alltoallv(&send, &scounts, &rcounts).unwrap(), "{what}: after the errors");
         still_works(self);
     }
 }

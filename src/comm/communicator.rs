@@ -97,6 +97,13 @@ pub const SAMPLED_FIRST: u64 = 32;
 /// After those, one collective in this many is checked in [`CheckMode::Sampled`].
 pub const SAMPLED_EVERY: u64 = 256;
 
+/// Whether [`CheckMode::Sampled`] checks the collective that `n` collectives on the communicator
+/// preceded.
+#[inline]
+fn sampled(n: u64) -> bool {
+    n < SAMPLED_FIRST || n.is_multiple_of(SAMPLED_EVERY)
+}
+
 fn default_mode() -> CheckMode {
     match std::env::var("PHALANX_CHECK").as_deref() {
         Ok("0") | Ok("off") | Ok("false") => CheckMode::Off,
@@ -206,10 +213,7 @@ impl Comm {
         match self.check_mode() {
             CheckMode::Off => false,
             CheckMode::Always => true,
-            CheckMode::Sampled => {
-                let n = self.calls.load(Ordering::Relaxed);
-                n < SAMPLED_FIRST || n.is_multiple_of(SAMPLED_EVERY)
-            }
+            CheckMode::Sampled => sampled(self.calls.load(Ordering::Relaxed)),
         }
     }
 
@@ -223,7 +227,7 @@ impl Comm {
         let check = match self.check_mode() {
             CheckMode::Off => false,
             CheckMode::Always => true,
-            CheckMode::Sampled => n < SAMPLED_FIRST || n.is_multiple_of(SAMPLED_EVERY),
+            CheckMode::Sampled => sampled(n),
         };
         if !check {
             self.calls.store(n.wrapping_add(1), Ordering::Relaxed);

@@ -43,7 +43,8 @@ pub(super) struct Counts {
 
 impl Counts {
     /// Converts element counts of `per` MPI items each ([`fill_mpi`]). Past MPI's count limit
-    /// `Err(Some(total))`, or `Err(None)` if the counts sum past `usize::MAX`.
+    /// `Err(Some(total))`, or `Err(None)` if the counts sum past `usize::MAX`; after an error the
+    /// arrays hold nothing meaningful (the callers return the error and drop them).
     #[inline]
     fn convert(&mut self, counts: &[usize], per: usize) -> std::result::Result<(), Option<usize>> {
         let n = counts.len();
@@ -92,12 +93,13 @@ impl Counts {
 }
 
 /// Writes element counts of `per` MPI items each, and their displacements, into the first
-/// `counts.len()` entries of `mpi` and `displs` as MPI's `int`s, and returns the counts' sum in
-/// elements; `None` if the sum does not fit MPI's count (then what was written means nothing).
-/// When the sum fits, so does every count and displacement (each is at most the sum), so no
-/// element needs its own check.
+/// `counts.len()` entries of `mpi` and `displs` (at least that long) as MPI's `int`s, and returns
+/// the counts' sum in elements; `None` if the sum does not fit MPI's count or even `usize` (then
+/// what was written means nothing). When the sum fits, so does every count and displacement (each
+/// is at most the sum), so no element needs its own check.
 #[inline(always)]
 pub(super) fn fill_mpi(counts: &[usize], per: usize, mpi: &mut [c_int], displs: &mut [c_int]) -> Option<usize> {
+    debug_assert!(mpi.len() >= counts.len() && displs.len() >= counts.len(), "count arrays too short");
     let mut acc = 0usize;
     for ((m, d), &c) in mpi.iter_mut().zip(displs.iter_mut()).zip(counts) {
         // Wrapping: meaningless only when the sum turns out too large, and then not used.

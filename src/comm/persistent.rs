@@ -271,7 +271,9 @@ fn start_one(req: &mut MPI_Request, active: &mut bool, comm: &Comm) -> Result<()
     if *active {
         return Err(already_active(comm, OP));
     }
-    topo::start(req, OP, comm.rank)?;
+    // SAFETY: the request is inactive (checked above) and its owner keeps its buffer for its whole
+    // life, refusing access while a run is active (see `send_init`/`recv_init`).
+    unsafe { topo::start(req, OP, comm.rank)? };
     *active = true;
     Ok(())
 }
@@ -299,7 +301,9 @@ pub fn start_all(reqs: &mut [&mut dyn Persistent]) -> Result<()> {
     }
     for r in reqs.iter_mut() {
         let (req, active, comm) = r.handle(token);
-        topo::startall(std::slice::from_mut(req), OP, comm.rank)?;
+        // SAFETY: as in `start_one`: every request is inactive (checked above) and its owner keeps
+        // its buffer.
+        unsafe { topo::start(req, OP, comm.rank)? };
         *active = true;
     }
     Ok(())

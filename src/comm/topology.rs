@@ -609,8 +609,8 @@ fn unchecked_inline<T: Pod, N: Neighbourhood + ?Sized>(
     let mut arrays = [0 as c_int; 4 * INLINE];
     let (s, r) = arrays.split_at_mut(2 * INLINE);
     let ((sc, sd), (rc, rd)) = (s.split_at_mut(INLINE), r.split_at_mut(INLINE));
-    let send_total = fill_mpi(send_counts, per, sc, sd)?;
-    let recv_total = fill_mpi(recv_counts, per, rc, rd)?;
+    let send_total = fill_mpi(send_counts, per, &mut sc[..nd], &mut sd[..nd])?;
+    let recv_total = fill_mpi(recv_counts, per, &mut rc[..ns], &mut rd[..ns])?;
     if send_total > send.len() || recv.have().is_some_and(|have| have != recv_total) || !c.count_unchecked() {
         return None;
     }

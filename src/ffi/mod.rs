@@ -809,8 +809,8 @@ pub(crate) fn wait(req: &mut MPI_Request, op: &'static str, rank: i32) -> (Resul
 /// [`wait`] for a request whose status nobody reads (a send's): `MPI_STATUS_IGNORE`.
 pub(crate) fn wait_no_status(req: &mut MPI_Request, op: &'static str, rank: i32) -> Result<()> {
     let _busy = activity::enter(op, -1);
-    // SAFETY: as in `wait`; MPI_STATUS_IGNORE is rsmpi's constant for the predefined handle,
-    // initialised from the MPI header and never written.
+    // SAFETY: as in `wait`; rsmpi's RSMPI_STATUS_IGNORE holds the header's MPI_STATUS_IGNORE (a
+    // special pointer MPI never writes through), set once and never written.
     let code = unsafe { sys::MPI_Wait(req, sys::RSMPI_STATUS_IGNORE) };
     check(code, op, rank)
 }

@@ -346,10 +346,13 @@ pub(crate) unsafe fn recv_init<T: Pod>(
 }
 
 /// `MPI_Start` on an inactive persistent request.
+///
+/// # Safety
+/// `req` is an inactive persistent request whose buffer stays valid (and, for a receive,
+/// untouched) until the run completes.
 #[inline]
-pub(crate) fn start(req: &mut MPI_Request, op: &'static str, rank: i32) -> Result<()> {
-    // SAFETY: `req` is an inactive persistent request whose buffer its owner keeps valid (see
-    // `send_init`/`recv_init`).
+pub(crate) unsafe fn start(req: &mut MPI_Request, op: &'static str, rank: i32) -> Result<()> {
+    // SAFETY: forwarded from the caller's contract.
     check(unsafe { sys::MPI_Start(req) }, op, rank)
 }
 
