@@ -557,8 +557,9 @@ fn dist_graphs(c: &Comm) {
 /// Neighbour v-collectives in calls that are not checked (`CheckMode::Off`, and `Sampled` past its
 /// first calls), which take phalanx's short path on up to 8 neighbours none of them repeated (see
 /// `comm::topology`): the same blocks as checked calls, on open and periodic grids (repeated
-/// neighbours at 1 and 2 ranks per dimension), a 5-D grid (10 neighbours) and a ring graph; and
-/// arguments that fail a local check still get their error, on every rank alike.
+/// neighbours at 1 and 2 ranks per dimension, which take the general path), a 5-D grid (10
+/// neighbours: the general path, unchecked) and a ring graph; and arguments that fail a local check
+/// still get their error, on every rank alike.
 fn unchecked_neighbour_exchanges(c: &Comm) {
     let size = c.size() as usize;
     for dims in grids(size).into_iter().chain([vec![1, 1, 1, 1, size]]) {
