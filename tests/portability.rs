@@ -332,22 +332,18 @@ fn clean_leftovers() -> Result<String, String> {
     let _ = gone.wait();
     let session = |pid: u32| tmp.join(format!("ompi.{pid}"));
     let young_session = tmp.join(format!("ompi.{}", gone_pid + 1_000_000));
-    for d in [session(gone_pid), session(holder_pid), session(launcher_pid), young_session.clone()] {
-        std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
-        std::fs::write(d.join("pmix.host.tool"), b"").map_err(|e| e.to_string())?;
-    }
-    for pid in [gone_pid, holder_pid, launcher_pid] {
-        age(&session(pid))?;
-    }
-    // PHALANX_FAULT's rendezvous directories (named as services::fault names them): a finished one
-    // and one that ranks may be arriving in.
+    // And PHALANX_FAULT's rendezvous directories (named as services::fault names them): a finished
+    // one and one that ranks may be arriving in.
     let rendezvous = |what: &str| tmp.join(format!("phalanx-fault-prterun_vm_{me}_1-{what}-14"));
     let (done_rv, live_rv) = (rendezvous("1000"), rendezvous("2000"));
-    for d in [&done_rv, &live_rv] {
+    let sessions = [session(gone_pid), session(holder_pid), session(launcher_pid), young_session.clone()];
+    for (d, file) in sessions.iter().map(|d| (d, "pmix.host.tool")).chain([(&done_rv, "3"), (&live_rv, "3")]) {
         std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
-        std::fs::write(d.join("3"), b"").map_err(|e| e.to_string())?;
+        std::fs::write(d.join(file), b"").map_err(|e| e.to_string())?;
     }
-    age(&done_rv)?;
+    for d in [session(gone_pid), session(holder_pid), session(launcher_pid), done_rv.clone()] {
+        age(&d)?;
+    }
     // The holder's shell must have opened the file, and the link must run as prterun.
     let t = Instant::now();
     let ready = || {

@@ -42,11 +42,10 @@ impl Comm {
     /// Collective (in checked mode).
     #[inline]
     pub(crate) fn agree(&self, op: &'static str, local: Result<()>, sig: Signature) -> Result<()> {
-        let check = self.will_check();
-        self.count_collective();
-        if !check {
+        if self.count_unchecked() {
             return local;
         }
+        self.count_collective();
         self.agree_checked(op, local, sig)
     }
 

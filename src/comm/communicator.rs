@@ -217,10 +217,10 @@ impl Comm {
         }
     }
 
-    /// For a collective whose local checks have passed: `false` if this call is to be checked (it
-    /// then goes through `agree`, which counts it), else counts it as `agree` would and returns
-    /// `true`. [`will_check`](Comm::will_check) and [`count_collective`](Comm::count_collective)
-    /// in one read of the counter.
+    /// Counts a collective that is not checked and returns `true`; `false` (uncounted) for one that
+    /// is, which the caller counts when it checks it (`agree`). [`will_check`](Comm::will_check)
+    /// and [`count_collective`](Comm::count_collective) in one read of the counter, for `agree`
+    /// and for the short paths that skip it.
     #[inline]
     pub(crate) fn count_unchecked(&self) -> bool {
         let n = self.calls.load(Ordering::Relaxed);

@@ -615,21 +615,41 @@ fn unchecked_inline<T: Pod, N: Neighbourhood + ?Sized>(
         return None;
     }
     let out = recv.slice(recv_total);
-    // SAFETY: blocking; every block lies inside its buffer (the totals are checked above against
-    // `send` and `out`), and the arrays hold one entry per neighbour.
-    Some(unsafe {
+    // SAFETY: every block lies inside its buffer (the totals are checked above against `send` and
+    // `out`), and the arrays hold one entry per neighbour.
+    Some(unsafe { mpi_alltoallv(c, send, (sc, sd), out, (rc, rd), op) })
+}
+
+/// `MPI_Neighbor_alltoallv` of `send` into `recv`, with MPI's counts and displacements of each
+/// side; blocking.
+///
+/// # Safety
+/// The arrays hold an entry per neighbour (destinations for the send side, sources for the
+/// receive side), and every block they describe lies inside its buffer.
+#[inline(always)]
+unsafe fn mpi_alltoallv<T: Pod>(
+    c: &Comm,
+    send: &[T],
+    (sc, sd): (&[c_int], &[c_int]),
+    recv: &mut [T],
+    (rc, rd): (&[c_int], &[c_int]),
+    op: &'static str,
+) -> Result<()> {
+    // SAFETY: forwarded from the caller's contract; both buffers and arrays are borrowed for the
+    // blocking call.
+    unsafe {
         topo::neighbor_alltoallv(
             ffi::send_ptr(send),
             sc.as_ptr(),
             sd.as_ptr(),
-            ffi::recv_ptr(out),
+            ffi::recv_ptr(recv),
             rc.as_ptr(),
             rd.as_ptr(),
             c.raw,
             op,
             c.rank,
         )
-    })
+    }
 }
 
 /// A blocking neighbour all-to-all on validated counts, into `recv` (as long as `r`'s total).
@@ -644,22 +664,8 @@ fn exchange_into<T: Pod, N: Neighbourhood + ?Sized>(
     if n.repeated().is_some() {
         return exchange_repeated(n, send, (s, se), recv, (r, re), op);
     }
-    let c: &Comm = n;
-    // SAFETY: blocking; every block lies inside its buffer (validated counts), and both buffers
-    // are valid for the call.
-    unsafe {
-        topo::neighbor_alltoallv(
-            ffi::send_ptr(send),
-            s.mpi().as_ptr(),
-            s.displs().as_ptr(),
-            ffi::recv_ptr(recv),
-            r.mpi().as_ptr(),
-            r.displs().as_ptr(),
-            c.raw,
-            op,
-            c.rank,
-        )
-    }
+    // SAFETY: every block lies inside its buffer (validated counts), one entry per neighbour.
+    unsafe { mpi_alltoallv(n, send, (s.mpi(), s.displs()), recv, (r.mpi(), r.displs()), op) }
 }
 
 /// [`exchange_into`] where the neighbour lists repeat a rank: phalanx's own messages (the rare
