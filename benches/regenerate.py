@@ -770,18 +770,19 @@ API_END = "<!-- /api -->"
 
 
 API_RUNS = 4  # separate commbench runs at 2 ranks for the wider API table
+API_ITERS = 20000  # calls per block at 8 B (fewer for larger messages: about 32 MiB per block)
 
 
 def api_section(blocks=7):
     """The wider API against rsmpi or raw MPI (commbench --only api, 2 ranks), and the halo exchange
     through each transport against the point-to-point plan at 1-4 ranks and on the emulated cluster."""
-    rr = runs_of(2, "api", API_RUNS, blocks)
+    rr = runs_of(2, "api", API_RUNS, blocks, "--iters", API_ITERS)
     api = across_runs(rr)
     # A one-neighbour exchange of 8 B is a round trip's worth of latency: it tells the VM's mode.
     modes = [vm_mode(next((x["rsmpi"] for x in rows if x["bench"] == "neighbour_alltoall" and x["bytes"] == 8),
                           None)) for rows in rr]
     log("api: commbench --only api, 1 rank (the cost phalanx adds, without a peer's noise)")
-    one = across_runs(runs_of(1, "api", 3, blocks, "--max-size", 8))
+    one = across_runs(runs_of(1, "api", 3, blocks, "--max-size", 8, "--iters", API_ITERS))
     halo = {}
     grid = ["--n2", 2048, "--n3", 128]
     for n in (1, 2, 3, 4):
@@ -798,7 +799,7 @@ def api_section(blocks=7):
                                     "--blocks", str(blocks)] + [str(x) for x in grid]))
         finally:
             subprocess.run([cl, "down"], capture_output=True)
-    return {"blocks": blocks, "runs": API_RUNS, "modes": modes, "api": api, "one": one, "halo": {k: v["rows"] for k, v in halo.items()},
+    return {"blocks": blocks, "runs": API_RUNS, "iters": API_ITERS, "modes": modes, "api": api, "one": one, "halo": {k: v["rows"] for k, v in halo.items()},
             "cluster": cluster["rows"] if cluster else None, "grid": grid}
 
 
@@ -808,7 +809,8 @@ def render_api(a):
     w(f"`commbench --only api` at 2 ranks: each operation through phalanx against the same operation in the same "
       f"run, rsmpi where rsmpi 0.8.2 has it and raw `mpi::ffi` where it has not (`MPI_Reduce_scatter`, neighbourhood "
       f"collectives, persistent requests), microseconds per call (the slowest rank's mean). {a.get('runs', API_RUNS)} separate runs of "
-      f"{a['blocks']} alternating pairs of blocks: the median over the runs of each run's median pair ratio, and "
+      f"{a['blocks']} alternating pairs of blocks ({a.get('iters', 2000)} calls each at 8 B; fewer for larger "
+      "messages, about 32 MiB per block): the median over the runs of each run's median pair ratio, and "
       "the ratio of the best runs. Nonblocking operations are started and waited for at once (scoped forms, the "
       "receive buffers kept); `allgatherv_counts` passes the counts and returns blocks (allocated per call, as "
       "the reference's receive buffer is), `allgatherv_into` and `neighbour_alltoallv_into` write into the "
@@ -825,7 +827,7 @@ def render_api(a):
           "The slow mode raises MPI's time per call (up to about 2x) but not phalanx's added nanoseconds, so "
           "its ratios are nearer 1 than the fast mode's.")
     w("")
-    w("```sh\nbenches/regenerate --api-table\nmpirun -n 2 target/release/examples/commbench --only api\n```\n")
+    w(f"```sh\nbenches/regenerate --api-table\nmpirun -n 2 target/release/examples/commbench --only api --iters {a.get('iters', 2000)}\n```\n")
     w("| operation | 8 B phalanx | 8 B reference | ratio (best) | 4 KiB ratio | 64 KiB ratio | added at 1 rank |")
     w("|---|---|---|---|---|---|---|")
     rows = {}
@@ -1434,6 +1436,15 @@ def render(r):
     w("  `neighbour_alltoallv`) and 1.033-1.080 (median 1.056, `_into`). Persistent requests: `start`")
     w("  through `MPI_Start` instead of a one-element `start_all`, and the send's wait without a status,")
     w("  took a loop of two starts and two waits to this rank itself from 17-19 to 8-14 ns over raw.")
+    w("  Later that day: in `commbench` the short path had run in one out-of-line copy shared by the two")
+    w("  methods, which called `RecvBuf::slice` and the MPI wrapper out of line too. Inlined into each")
+    w("  method (and one conversion when both sides are given the same list), 6 alternating fast-mode runs")
+    w("  of `commbench --only api --max-size 8 --blocks 7 --iters 50000` gave `_into` 1.006-1.051 (median")
+    w("  1.032) against 1.045-1.073 (median 1.054) before, and `neighbour_alltoallv` 1.026-1.047 (median")
+    w("  1.029) against 1.034-1.048 (1.046). Since then the api rows time 20000 calls per block at 8 B")
+    w("  (2000 before, blocks of about 0.5 ms). In the first regeneration so (2026-12-04) the references of")
+    w("  `ibcast` and `igatherv` ran slower than phalanx in three of the four runs (pair-ratio medians")
+    w("  0.86-0.92); six single runs right after gave 1.016-1.021 and 1.006-1.043: not reproduced.")
     w("- The heat update before it fused its multiply-adds (2026-12-03, AMD EPYC Zen 5 VM, 2-D 4000^2, one")
     w("  core, four alternating rounds): phalanx unfused 1431-1654, fused 1644-1727, C `-mavx2 -mfma` 1588-1766")
     w("  M updates/s; C `-mavx2` without FMA ran 1421-1633, about as fast as unfused phalanx. Peeling every")

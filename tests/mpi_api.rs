@@ -632,6 +632,11 @@ impl<N: Neighbourhood> UncheckedCase for N {
         // A Pod struct, sent as bytes (16 MPI items per element).
         let marker = Cell { value: -1.0, from: u32::MAX, index: u32::MAX };
         unchecked_equals_checked(self, what, &scounts, &rcounts, cell, marker);
+        // One list for both sides, as a symmetric exchange passes it (the short path converts it
+        // once): the same count towards and from every neighbour.
+        assert_eq!(nd, self.sources().len(), "{what}: a symmetric case needs as many sources as destinations");
+        let both = vec![3usize; nd];
+        unchecked_equals_checked(self, what, &both, &both, |from, i| (from * 100 + i) as u32, u32::MAX);
         let total: usize = rcounts.iter().sum();
         // Local errors in unchecked calls (every rank errs alike: one that did not would wait in
         // the collective for the others).

@@ -16,11 +16,12 @@ use crate::{slowest_mean_us, timed};
 
 type R = phalanx::Result<f64>;
 
-/// One operation's phalanx and reference implementations at `n` f64 per block.
+/// One operation's phalanx and reference implementations at `n` f64 per block, timed over `iters`
+/// calls: `(n, iters)`.
 pub(crate) struct Case<'a> {
     pub(crate) name: &'static str,
-    pub(crate) phalanx: Box<dyn FnMut(usize) -> R + 'a>,
-    pub(crate) reference: Box<dyn FnMut(usize) -> R + 'a>,
+    pub(crate) phalanx: Box<dyn FnMut(usize, usize) -> R + 'a>,
+    pub(crate) reference: Box<dyn FnMut(usize, usize) -> R + 'a>,
 }
 
 fn counts_displs(size: usize, n: usize) -> (Vec<i32>, Vec<i32>) {
@@ -33,13 +34,13 @@ fn mean(w: &Comm, iters: usize, body: impl FnMut() -> phalanx::Result<()>) -> R 
     slowest_mean_us(w, t, iters)
 }
 
-pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a CartComm, iters: usize) -> Vec<Case<'a>> {
+pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a CartComm) -> Vec<Case<'a>> {
     let size = w.size() as usize;
     let mut v: Vec<Case<'a>> = Vec::new();
     v.push(Case {
         name: "ibarrier",
-        phalanx: Box::new(move |_| mean(w, iters, || w.ibarrier()?.wait())),
-        reference: Box::new(move |_| {
+        phalanx: Box::new(move |_, iters| mean(w, iters, || w.ibarrier()?.wait())),
+        reference: Box::new(move |_, iters| {
             mean(w, iters, || {
                 raw.immediate_barrier().wait();
                 Ok(())
@@ -48,14 +49,14 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "ibcast",
-        phalanx: Box::new(move |n| {
+        phalanx: Box::new(move |n, iters| {
             let mut buf = vec![1.0f64; n];
             mean(w, iters, || {
                 buf = w.ibroadcast(std::mem::take(&mut buf), 0)?.wait()?;
                 Ok(())
             })
         }),
-        reference: Box::new(move |n| {
+        reference: Box::new(move |n, iters| {
             let mut buf = vec![1.0f64; n];
             mean(w, iters, || {
                 mpi::request::scope(|s| raw.process_at_rank(0).immediate_broadcast_into(s, &mut buf[..]).wait());
@@ -65,14 +66,14 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "igatherv",
-        phalanx: Box::new(move |n| {
+        phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             let mut recv = vec![0.0f64; if w.rank() == 0 { n * size } else { 0 }];
             let counts = vec![n; size];
             let given: &[usize] = if w.rank() == 0 { &counts } else { &[] };
             mean(w, iters, || w.scope(|s| s.igatherv(&send, &mut recv, given, 0)?.wait()))
         }),
-        reference: Box::new(move |n| {
+        reference: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             let mut recv = vec![0.0f64; n * size];
             let (c, d) = counts_displs(size, n);
@@ -92,13 +93,13 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "iallgatherv",
-        phalanx: Box::new(move |n| {
+        phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             let mut recv = vec![0.0f64; n * size];
             let counts = vec![n; size];
             mean(w, iters, || w.scope(|s| s.iallgatherv(&send, &mut recv, &counts)?.wait()))
         }),
-        reference: Box::new(move |n| {
+        reference: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             let mut recv = vec![0.0f64; n * size];
             let (c, d) = counts_displs(size, n);
@@ -113,12 +114,12 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "ialltoall",
-        phalanx: Box::new(move |n| {
+        phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * size];
             let mut recv = vec![0.0f64; n * size];
             mean(w, iters, || w.scope(|s| s.ialltoall(&send, &mut recv)?.wait()))
         }),
-        reference: Box::new(move |n| {
+        reference: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * size];
             let mut recv = vec![0.0f64; n * size];
             mean(w, iters, || {
@@ -129,13 +130,13 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "ialltoallv",
-        phalanx: Box::new(move |n| {
+        phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * size];
             let mut recv = vec![0.0f64; n * size];
             let counts = vec![n; size];
             mean(w, iters, || w.scope(|s| s.ialltoallv(&send, &counts, &mut recv, &counts)?.wait()))
         }),
-        reference: Box::new(move |n| {
+        reference: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * size];
             let mut recv = vec![0.0f64; n * size];
             let (c, d) = counts_displs(size, n);
@@ -151,12 +152,12 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "allgatherv_counts",
-        phalanx: Box::new(move |n| {
+        phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             let counts = vec![n; size];
             mean(w, iters, || w.allgatherv_counts(&send, &counts).map(|_| ()))
         }),
-        reference: Box::new(move |n| {
+        reference: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             let (c, d) = counts_displs(size, n);
             mean(w, iters, || {
@@ -170,13 +171,13 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "allgatherv_into",
-        phalanx: Box::new(move |n| {
+        phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             let mut recv = vec![0.0f64; n * size];
             let counts = vec![n; size];
             mean(w, iters, || w.allgatherv_into(&send, &mut recv, &counts))
         }),
-        reference: Box::new(move |n| {
+        reference: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             let mut recv = vec![0.0f64; n * size];
             let (c, d) = counts_displs(size, n);
@@ -189,11 +190,11 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "allgatherv_inferred",
-        phalanx: Box::new(move |n| {
+        phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             mean(w, iters, || w.allgatherv(&send).map(|_| ()))
         }),
-        reference: Box::new(move |n| {
+        reference: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             let (c, d) = counts_displs(size, n);
             mean(w, iters, || {
@@ -206,11 +207,11 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "reduce_scatter_block",
-        phalanx: Box::new(move |n| {
+        phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * size];
             mean(w, iters, || w.reduce_scatter_block(&send, Op::Sum).map(|_| ()))
         }),
-        reference: Box::new(move |n| {
+        reference: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * size];
             mean(w, iters, || {
                 let mut recv = vec![0.0f64; n];
@@ -221,12 +222,12 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "reduce_scatter",
-        phalanx: Box::new(move |n| {
+        phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * size];
             let counts = vec![n; size];
             mean(w, iters, || w.reduce_scatter(&send, &counts, Op::Sum).map(|_| ()))
         }),
-        reference: Box::new(move |n| {
+        reference: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * size];
             let (c, _) = counts_displs(size, n);
             mean(w, iters, || {
@@ -250,11 +251,11 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     let nbrs = cart.destinations().len();
     v.push(Case {
         name: "neighbour_alltoall",
-        phalanx: Box::new(move |n| {
+        phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * nbrs];
             mean(w, iters, || cart.neighbour_alltoall(&send, n).map(|_| ()))
         }),
-        reference: Box::new(move |n| {
+        reference: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * nbrs];
             mean(w, iters, || {
                 let mut recv = vec![0.0f64; n * nbrs];
@@ -276,12 +277,12 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "neighbour_alltoallv",
-        phalanx: Box::new(move |n| {
+        phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * nbrs];
             let counts = vec![n; nbrs];
             mean(w, iters, || cart.neighbour_alltoallv(&send, &counts, &counts).map(|_| ()))
         }),
-        reference: Box::new(move |n| {
+        reference: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * nbrs];
             let (c, d) = counts_displs(nbrs, n);
             mean(w, iters, || {
@@ -293,13 +294,13 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "neighbour_alltoallv_into",
-        phalanx: Box::new(move |n| {
+        phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * nbrs];
             let mut recv = vec![0.0f64; n * nbrs];
             let counts = vec![n; nbrs];
             mean(w, iters, || cart.neighbour_alltoallv_into(&send, &counts, &mut recv, &counts))
         }),
-        reference: Box::new(move |n| {
+        reference: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * nbrs];
             let mut recv = vec![0.0f64; n * nbrs];
             let (c, d) = counts_displs(nbrs, n);
@@ -311,11 +312,11 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "neighbour_allgather",
-        phalanx: Box::new(move |n| {
+        phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             mean(w, iters, || cart.neighbour_allgather(&send).map(|_| ()))
         }),
-        reference: Box::new(move |n| {
+        reference: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             mean(w, iters, || {
                 let mut recv = vec![0.0f64; n * nbrs];
@@ -338,7 +339,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     if size >= 2 {
         v.push(Case {
             name: "persistent_pingpong",
-            phalanx: Box::new(move |n| {
+            phalanx: Box::new(move |n, iters| {
                 let me = w.rank();
                 let peer = if me < 2 { 1 - me } else { me };
                 let mut s = w.send_init(vec![1.0f64; n], peer, 7)?;
@@ -363,7 +364,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
                 })?;
                 w.broadcast(t / (2 * iters) as f64 * 1e6, 0)
             }),
-            reference: Box::new(move |n| {
+            reference: Box::new(move |n, iters| {
                 let me = w.rank();
                 let peer = if me < 2 { 1 - me } else { me };
                 let sbuf = vec![1.0f64; n];

@@ -60,7 +60,7 @@ struct Args {
     /// bcast, alltoall, halo2d, halo3d, api, halo_transports].
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Largest message size in bytes.
+    /// Largest message size in bytes (the api rows' 8 B, 4 KiB and 64 KiB too).
     #[arg(long, default_value_t = 4 << 20)]
     max_size: usize,
     /// Timed blocks of each implementation per figure (alternating).
@@ -394,10 +394,10 @@ fn run(args: &Args, w: &Comm) -> phalanx::Result<Vec<Row>> {
     }
     if want("api") {
         let cart = w.cartesian(&[w.size() as usize], &[false], false)?.expect("every rank is in the grid");
-        for mut case in api::cases(w, &raw, &cart, args.iters) {
-            for bytes in [8usize, 4096, 65536] {
-                let n = (bytes / 8).max(1);
-                let v = compare(args.blocks, || (case.phalanx)(n), || (case.reference)(n))?;
+        for mut case in api::cases(w, &raw, &cart) {
+            for bytes in [8usize, 4096, 65536].into_iter().filter(|&b| b <= max) {
+                let (n, it) = (bytes / 8, iters_for(bytes, args.iters));
+                let v = compare(args.blocks, || (case.phalanx)(n, it), || (case.reference)(n, it))?;
                 push(case.name, bytes, "us", v);
             }
         }

@@ -468,6 +468,7 @@ pub(super) enum RecvBuf<'a, T> {
 
 impl<T: Pod> RecvBuf<'_, T> {
     /// The length to check against the counts' sum: the caller's buffer's.
+    #[inline]
     pub(super) fn have(&self) -> Option<usize> {
         match self {
             RecvBuf::Given(b) => Some(b.len()),
@@ -476,6 +477,7 @@ impl<T: Pod> RecvBuf<'_, T> {
     }
 
     /// The buffer to receive `total` elements into, allocated now for a new one.
+    #[inline]
     pub(super) fn slice(&mut self, total: usize) -> &mut [T] {
         match self {
             RecvBuf::Given(b) => b,

@@ -155,6 +155,7 @@ pub(crate) fn dist_graph_neighbors(
 /// # Safety
 /// Every block lies inside its buffer; the arrays have the communicator's in/out degree entries.
 #[allow(clippy::too_many_arguments)]
+#[inline]
 pub(crate) unsafe fn neighbor_alltoallv<T: Pod>(
     send: *const T,
     scounts: *const c_int,
