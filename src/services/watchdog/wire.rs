@@ -170,6 +170,32 @@ pub(super) struct Channel {
     pub(super) rejected: u64,
 }
 
+/// What `poll` reports for a connection its other end has closed, beside `POLLHUP` and `POLLERR`
+/// (always reported): on Linux the peer's shutdown of its side (`POLLRDHUP`), which a killed
+/// process's kernel does at once. Elsewhere only `POLLHUP` (both sides shut).
+#[cfg(target_os = "linux")]
+const CLOSED_EVENTS: libc::c_short = libc::POLLRDHUP;
+#[cfg(not(target_os = "linux"))]
+const CLOSED_EVENTS: libc::c_short = 0;
+
+/// Blocks until the other end of one of `chans` closes its connection or `wake` becomes readable
+/// (`true`), or for `timeout` (`false`, also when a signal interrupts the wait). Reads nothing:
+/// lines still queued stay for [`Channel::recv`], and lines arriving do not end the wait.
+pub(super) fn wait_for_close<'a>(
+    chans: impl Iterator<Item = &'a Channel>,
+    wake: &impl std::os::fd::AsRawFd,
+    timeout: Duration,
+) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fds: Vec<libc::pollfd> =
+        chans.map(|c| libc::pollfd { fd: c.s.as_raw_fd(), events: CLOSED_EVENTS, revents: 0 }).collect();
+    fds.push(libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+    let ms = timeout.as_millis().clamp(1, libc::c_int::MAX as u128) as libc::c_int;
+    // SAFETY: `fds` is an array of `fds.len()` initialised pollfds of descriptors that stay open
+    // for the call (borrowed from `chans` and `wake`).
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) > 0 }
+}
+
 impl Channel {
     fn new(s: TcpStream, key: [u8; 32], me: End) -> std::io::Result<Channel> {
         s.set_nonblocking(true)?;
@@ -649,6 +675,54 @@ mod tests {
         drop(c2);
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(s2.recv(&mut got), Got::Closed);
+    }
+
+    /// The watchdog's wait between ticks ends as soon as the other end of a connection closes it,
+    /// not on lines arriving, and leaves the line still queued for `recv`; and at once on `halt`.
+    #[test]
+    fn a_closed_end_ends_the_wait() {
+        use super::super::{nap, Stop};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (l, a) = listener();
+        let k = Secret::random().unwrap();
+        let rx = serve(l, 2, k.clone(), Duration::from_secs(10));
+        let mut c1 = connect(a, &k, 1, 11, "h", far()).unwrap();
+        let (r, _, _) = rx.recv().unwrap();
+        let mut s1 = r.unwrap()[1].take().unwrap().chan;
+        let (wake, mut waker) = std::io::pipe().unwrap();
+        let stop = Stop { done: AtomicBool::new(false), wake };
+        c1.send("ok");
+        let t = Instant::now();
+        nap([&s1].into_iter(), Duration::from_millis(300), &stop);
+        assert!(t.elapsed() >= Duration::from_millis(300), "a wait with a line queued ended after {:?}", t.elapsed());
+        // The other end's process ends 100 ms into a wait of 20 s.
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(c1);
+        });
+        let t = Instant::now();
+        nap([&s1].into_iter(), Duration::from_secs(20), &stop);
+        let took = t.elapsed();
+        closer.join().unwrap();
+        assert!(took < Duration::from_secs(2), "the wait ended {took:?} after it began (the end came at 100 ms)");
+        let mut got = Vec::new();
+        assert_eq!(s1.recv(&mut got), Got::Closed);
+        assert_eq!(got, ["ok"], "the line sent before the end");
+        // `halt`: the flag, then a byte down the pipe, 100 ms into a wait of 20 s on nothing.
+        let halter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            std::io::Write::write_all(&mut waker, &[1]).unwrap();
+            waker
+        });
+        let t = Instant::now();
+        stop.done.store(true, Ordering::Relaxed);
+        nap(std::iter::empty(), Duration::from_secs(20), &stop);
+        assert!(t.elapsed() < Duration::from_millis(50), "a wait after the flag took {:?}", t.elapsed());
+        stop.done.store(false, Ordering::Relaxed);
+        let t = Instant::now();
+        assert!(wait_for_close(std::iter::empty(), &stop.wake, Duration::from_secs(20)));
+        assert!(t.elapsed() < Duration::from_secs(2), "the wake-up came after {:?}", t.elapsed());
+        drop(halter.join().unwrap());
     }
 
     /// Strangers during start-up (garbage, a slow trickle of bytes, a replayed handshake, a forged
