@@ -465,6 +465,9 @@ pub fn world_rank() -> Option<i32> {
 /// [`crate::services::recovery`]); an error every survivor reaches (a lost partner copy) ends them all.
 pub fn abort_job(code: i32) -> ! {
     use std::io::Write;
+    if let Some(f) = BEFORE_ABORT.get() {
+        f();
+    }
     let _ = std::io::stdout().flush();
     let running = ffi::initialized() && !ffi::finalized();
     // In fault-tolerant mode the launcher does not reliably end the job on MPI_Abort (Open MPI
@@ -516,6 +519,14 @@ pub(crate) fn may_call_mpi_here() -> bool {
 }
 
 /// How long [`abort_job`] waits for the launcher to forward this rank's last output.
+/// What [`abort_job`] runs first: the watchdog's goodbye (a service, so registered from above).
+static BEFORE_ABORT: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Registers `f` to run at the start of [`abort_job`]; once per process, later calls are ignored.
+pub(crate) fn before_abort(f: fn()) {
+    let _ = BEFORE_ABORT.set(f);
+}
+
 const ABORT_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn install_abort_hook() {

@@ -6,7 +6,8 @@
 //! writing its file of the checkpoint generation of step STEP), `kill-in-copy:RANK:STEP` (it dies
 //! half-way through the in-memory partner copy of step STEP, see [`crate::services::recovery`]),
 //! `slow:RANK:FACTOR` (its computation takes FACTOR times as long, as on a throttled core: see
-//! [`slow_down`]; for load-balancing tests), or
+//! [`slow_down`]; for load-balancing tests), `panic:RANK:STEP` (it panics at the start of step
+//! STEP, as a bug would: phalanx then aborts the job), or
 //! several of them separated by commas (successive failures in one run, for in-job recovery). When `PHALANX_FAULT_STAMP` names a
 //! file, the dying rank first writes the Unix time in seconds to it, so that a test can measure how
 //! long the rest of the job takes to end.
@@ -17,6 +18,7 @@ use std::sync::OnceLock;
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Fault {
     AtStep(usize, u64),
+    Panic(usize, u64),
     InCheckpoint(usize, u64),
     InCopy(usize, u64),
     Slow(usize, f64),
@@ -42,6 +44,7 @@ fn parse(spec: &str) -> Option<Fault> {
     let step = arg.parse().ok()?;
     match kind {
         "kill" => Some(Fault::AtStep(rank, step)),
+        "panic" => Some(Fault::Panic(rank, step)),
         "kill-in-checkpoint" => Some(Fault::InCheckpoint(rank, step)),
         "kill-in-copy" => Some(Fault::InCopy(rank, step)),
         _ => None,
@@ -52,11 +55,12 @@ fn world_rank() -> usize {
     crate::runtime::world_rank().unwrap_or(0) as usize
 }
 
-/// Kills this process with `SIGKILL` if `PHALANX_FAULT` asks for it at `step`.
+/// Kills this process with `SIGKILL` (or panics) if `PHALANX_FAULT` asks for it at `step`.
 ///
 /// Local.
 pub fn at_step(step: u64) {
     let me = world_rank();
+    assert!(!configured().contains(&Fault::Panic(me, step)), "PHALANX_FAULT: rank {me} panics at step {step}");
     if configured().contains(&Fault::AtStep(me, step)) {
         let together: Vec<usize> = configured()
             .iter()
@@ -72,7 +76,7 @@ pub fn at_step(step: u64) {
 impl Fault {
     fn rank(self) -> usize {
         match self {
-            Fault::AtStep(r, _) | Fault::InCheckpoint(r, _) | Fault::InCopy(r, _) => r,
+            Fault::AtStep(r, _) | Fault::Panic(r, _) | Fault::InCheckpoint(r, _) | Fault::InCopy(r, _) => r,
             Fault::Slow(r, _) => r,
         }
     }

@@ -21,8 +21,10 @@
 //! time `mpirun` takes to tear the job down). When rank 0 is the one stopped or gone, a single
 //! *deputy* reports it (the first rank on another host), so that a large job prints one report.
 //! A rank that ends the job, or was told by rank 0 that the job is ending, leaves by itself when
-//! the MPI library has not taken it down within [`ABORT_GRACE`]: on a node cut off from the
-//! network, `MPI_Abort` cannot reach the launcher. A watchdog thread that did not run for more than
+//! the MPI library has not taken it down within [`ABORT_GRACE`] (on a node cut off from the
+//! network, `MPI_Abort` cannot reach the launcher), or as soon as rank 0's process is gone after
+//! it said so. A process that aborts on purpose (a panic, `Runtime::abort`) stops its watchdog
+//! first, so that its end is not reported as a kill. A watchdog thread that did not run for more than
 //! half the limit (its own process stopped and continued, or starved of CPU) forgets what it did
 //! not hear meanwhile instead of blaming the others.
 //!
@@ -77,6 +79,41 @@ pub struct Watchdog {
     wake: std::io::PipeWriter,
     thread: Option<JoinHandle<()>>,
     limit: Duration,
+}
+
+/// The read end, the write end and a second handle on the write end of a new pipe.
+fn wake_pipe() -> std::io::Result<(std::io::PipeReader, std::io::PipeWriter, std::io::PipeWriter)> {
+    let (rx, tx) = std::io::pipe()?;
+    let tx2 = tx.try_clone()?;
+    Ok((rx, tx, tx2))
+}
+
+/// This process's running watchdogs, each with a handle on its wake-up pipe, for [`before_abort`].
+type Running = Vec<(Arc<Stop>, std::io::PipeWriter)>;
+
+static RUNNING: std::sync::Mutex<Running> = std::sync::Mutex::new(Vec::new());
+
+fn running() -> std::sync::MutexGuard<'static, Running> {
+    RUNNING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Run by [`crate::runtime::abort_job`] first (a panic, [`Runtime::abort`](crate::runtime::Runtime::abort),
+/// an error returned from `run`'s body): this process's watchdogs stop as [`Watchdog::stop`] would
+/// stop them, saying goodbye, so that the ranks watching this one do not report its end as a kill
+/// or a crash (its connection closes when the MPI library ends the job). Does not wait for the
+/// threads: `abort_job` lets a moment pass before it ends the job. A watchdog thread that is the
+/// one aborting (after its report) is not in its wait and says nothing more.
+fn before_abort() {
+    // Not `lock`: the abort may come from a panic while this thread holds it.
+    let mut running = match RUNNING.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    for (stop, wake) in running.iter_mut() {
+        stop.done.store(true, Ordering::SeqCst);
+        let _ = std::io::Write::write(wake, &[1]);
+    }
 }
 
 /// What the watchdog thread is stopped with: the flag it reads after each wait, and the read end
@@ -136,13 +173,22 @@ impl Watchdog {
         } else {
             Ok(())
         };
+        // The wake-up pipe (see `Stop`), with a second handle on its write end for `before_abort`;
+        // agreed like the limit.
+        let pipe = local
+            .and_then(|()| wake_pipe().map_err(|e| err(rank, format!("cannot make the watchdog's wake-up pipe: {e}"))));
+        let (local, pipe) = match pipe {
+            Ok(p) => (Ok(()), Some(p)),
+            Err(e) => (Err(e), None),
+        };
         comm.agree_result("watchdog start", local)?;
+        let (wake_rx, wake, wake_on_abort) = pipe.expect("every rank has its pipe: agreed above");
         let (conn, peers) = handshake(comm)?;
         crate::runtime::activity::set_watched(true);
-        let (wake_rx, wake) =
-            std::io::pipe().map_err(|e| err(rank, format!("cannot make the watchdog's wake-up pipe: {e}")))?;
         let stop = Arc::new(Stop { done: AtomicBool::new(false), wake: wake_rx });
         let d = stop.clone();
+        running().push((stop.clone(), wake_on_abort));
+        crate::runtime::before_abort(before_abort);
         let thread = if rank == 0 {
             let host = hostname();
             std::thread::Builder::new()
@@ -175,6 +221,7 @@ impl Watchdog {
     }
 
     fn halt(&mut self) {
+        running().retain(|(s, _)| !Arc::ptr_eq(s, &self.stop));
         self.stop.done.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             // The thread waits an eighth of the limit between checks (minutes, for long limits):
@@ -421,7 +468,7 @@ fn beat(mut s: Channel, rank: i32, limit: Duration, stop: &Stop) {
                 // at once before, which ended the job first under a launcher that tears it down on
                 // any exit, often before the deputy's report was out).
                 watching = false;
-                leave_at = Some(now + (limit / 4).max(Duration::from_secs(1)));
+                leave_at = Some(now + (limit / 4).clamp(Duration::from_secs(1), ABORT_GRACE));
             }
             let wait = if rank == deputy { limit } else { limit * 2 };
             if watching && now - heard > wait {

@@ -172,15 +172,17 @@ pub(super) struct Channel {
 
 /// What `poll` reports for a connection its other end has closed, beside `POLLHUP` and `POLLERR`
 /// (always reported): on Linux the peer's shutdown of its side (`POLLRDHUP`), which a killed
-/// process's kernel does at once. Elsewhere only `POLLHUP` (both sides shut).
+/// process's kernel does at once. Elsewhere nothing more: a peer's end then generally shows only
+/// at the next tick, as before the wait watched for it.
 #[cfg(target_os = "linux")]
 const CLOSED_EVENTS: libc::c_short = libc::POLLRDHUP;
 #[cfg(not(target_os = "linux"))]
 const CLOSED_EVENTS: libc::c_short = 0;
 
 /// Blocks until the other end of one of `chans` closes its connection or `wake` becomes readable
-/// (`true`), or for `timeout` (`false`, also when a signal interrupts the wait). Reads nothing:
-/// lines still queued stay for [`Channel::recv`], and lines arriving do not end the wait.
+/// (`true`), or for `timeout` (`false`; also when a signal interrupts the wait, and after sleeping
+/// out `timeout` when `poll` fails otherwise). Reads nothing: lines still queued stay for
+/// [`Channel::recv`], and lines arriving do not end the wait.
 pub(super) fn wait_for_close<'a>(
     chans: impl Iterator<Item = &'a Channel>,
     wake: &impl std::os::fd::AsRawFd,
@@ -193,7 +195,11 @@ pub(super) fn wait_for_close<'a>(
     let ms = timeout.as_millis().clamp(1, libc::c_int::MAX as u128) as libc::c_int;
     // SAFETY: `fds` is an array of `fds.len()` initialised pollfds of descriptors that stay open
     // for the call (borrowed from `chans` and `wake`).
-    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) > 0 }
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if n < 0 && std::io::Error::last_os_error().kind() != IoKind::Interrupted {
+        std::thread::sleep(timeout); // not a loop of failing calls
+    }
+    n > 0
 }
 
 impl Channel {
@@ -680,6 +686,7 @@ mod tests {
     /// The watchdog's wait between ticks ends as soon as the other end of a connection closes it,
     /// not on lines arriving, and leaves the line still queued for `recv`; and at once on `halt`.
     #[test]
+    #[cfg(target_os = "linux")] // elsewhere the end shows at the next tick (see `CLOSED_EVENTS`)
     fn a_closed_end_ends_the_wait() {
         use super::super::{nap, Stop};
         use std::sync::atomic::{AtomicBool, Ordering};
@@ -717,7 +724,7 @@ mod tests {
         let t = Instant::now();
         stop.done.store(true, Ordering::Relaxed);
         nap(std::iter::empty(), Duration::from_secs(20), &stop);
-        assert!(t.elapsed() < Duration::from_millis(50), "a wait after the flag took {:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(1), "a wait after the flag took {:?}", t.elapsed());
         stop.done.store(false, Ordering::Relaxed);
         let t = Instant::now();
         assert!(wait_for_close(std::iter::empty(), &stop.wake, Duration::from_secs(20)));
