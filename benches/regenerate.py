@@ -771,6 +771,7 @@ API_END = "<!-- /api -->"
 
 API_RUNS = 4  # separate commbench runs at 2 ranks for the wider API table
 API_ITERS = 20000  # calls per block at 8 B (fewer for larger messages: about 32 MiB per block)
+API_ITERS_BEFORE = 2000  # what results without "iters" used, at every size
 
 
 def api_section(blocks=7):
@@ -809,8 +810,10 @@ def render_api(a):
     w(f"`commbench --only api` at 2 ranks: each operation through phalanx against the same operation in the same "
       f"run, rsmpi where rsmpi 0.8.2 has it and raw `mpi::ffi` where it has not (`MPI_Reduce_scatter`, neighbourhood "
       f"collectives, persistent requests), microseconds per call (the slowest rank's mean). {a.get('runs', API_RUNS)} separate runs of "
-      f"{a['blocks']} alternating pairs of blocks ({a.get('iters', 2000)} calls each at 8 B; fewer for larger "
-      "messages, about 32 MiB per block): the median over the runs of each run's median pair ratio, and "
+      f"{a['blocks']} alternating pairs of blocks "
+      + (f"({a['iters']} calls each at 8 B; fewer for larger messages, about 32 MiB per block on the busiest "
+         "rank)" if "iters" in a else f"({API_ITERS_BEFORE} calls each)")
+      + ": the median over the runs of each run's median pair ratio, and "
       "the ratio of the best runs. Nonblocking operations are started and waited for at once (scoped forms, the "
       "receive buffers kept); `allgatherv_counts` passes the counts and returns blocks (allocated per call, as "
       "the reference's receive buffer is), `allgatherv_into` and `neighbour_alltoallv_into` write into the "
@@ -827,13 +830,15 @@ def render_api(a):
           "The slow mode raises MPI's time per call (up to about 2x) but not phalanx's added nanoseconds, so "
           "its ratios are nearer 1 than the fast mode's.")
     w("")
-    w(f"```sh\nbenches/regenerate --api-table\nmpirun -n 2 target/release/examples/commbench --only api --iters {a.get('iters', 2000)}\n```\n")
+    w(f"```sh\nbenches/regenerate --api-table\nmpirun -n 2 target/release/examples/commbench --only api --iters "
+      f"{a.get('iters', API_ITERS_BEFORE)}\n```\n")
     w("| operation | 8 B phalanx | 8 B reference | ratio (best) | 4 KiB ratio | 64 KiB ratio | added at 1 rank |")
     w("|---|---|---|---|---|---|---|")
     rows = {}
     for r in a["api"]:
         rows.setdefault(r["bench"], {})[r["bytes"]] = r
-    one = {r["bench"]: r for r in a["one"]}
+    # 8 B only: results from before commbench's api rows honoured --max-size hold every size.
+    one = {r["bench"]: r for r in a["one"] if r["bytes"] == 8}
     for name, by in rows.items():
         small = by.get(8)
         # A ping-pong has no run at one rank.
@@ -1442,9 +1447,12 @@ def render(r):
     w("  of `commbench --only api --max-size 8 --blocks 7 --iters 50000` gave `_into` 1.006-1.051 (median")
     w("  1.032) against 1.045-1.073 (median 1.054) before, and `neighbour_alltoallv` 1.026-1.047 (median")
     w("  1.029) against 1.034-1.048 (1.046). Since then the api rows time 20000 calls per block at 8 B")
-    w("  (2000 before, blocks of about 0.5 ms). In the first regeneration so (2026-12-04) the references of")
-    w("  `ibcast` and `igatherv` ran slower than phalanx in three of the four runs (pair-ratio medians")
-    w("  0.86-0.92); six single runs right after gave 1.016-1.021 and 1.006-1.043: not reproduced.")
+    w("  (2000 before, blocks of about 0.5 ms). The table's column \"added at 1 rank\" showed the 64 KiB")
+    w("  difference until then, not the 8 B one (commbench's api rows ignored `--max-size 8` and the last")
+    w("  size won); `neighbour_alltoallv_into` was 7 ns there. The rooted nonblocking rows (`ibcast`,")
+    w("  `igatherv`) move from run to run with unbound ranks, as this table runs them (`--no-bind`): 0.73-")
+    w("  1.05 in three single runs of `ci/mpi run -n 2 --no-bind`, against 1.016-1.021 and 1.006-1.043")
+    w("  with `--bind-to core` (2026-12-04); their references, not phalanx's calls, were the slower side.")
     w("- The heat update before it fused its multiply-adds (2026-12-03, AMD EPYC Zen 5 VM, 2-D 4000^2, one")
     w("  core, four alternating rounds): phalanx unfused 1431-1654, fused 1644-1727, C `-mavx2 -mfma` 1588-1766")
     w("  M updates/s; C `-mavx2` without FMA ran 1421-1633, about as fast as unfused phalanx. Peeling every")

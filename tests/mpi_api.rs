@@ -633,9 +633,10 @@ impl<N: Neighbourhood> UncheckedCase for N {
         let marker = Cell { value: -1.0, from: u32::MAX, index: u32::MAX };
         unchecked_equals_checked(self, what, &scounts, &rcounts, cell, marker);
         // One list for both sides, as a symmetric exchange passes it (the short path converts it
-        // once): the same count towards and from every neighbour.
+        // once): blocks of unequal lengths, each as long as the one its neighbour sends back (a
+        // grid's blocks i and i ^ 1 face each other; the ring has one).
         assert_eq!(nd, self.sources().len(), "{what}: a symmetric case needs as many sources as destinations");
-        let both = vec![3usize; nd];
+        let both: Vec<usize> = (0..nd).map(|i| i / 2 + 1).collect();
         unchecked_equals_checked(self, what, &both, &both, |from, i| (from * 100 + i) as u32, u32::MAX);
         let total: usize = rcounts.iter().sum();
         // Local errors in unchecked calls (every rank errs alike: one that did not would wait in

@@ -20,6 +20,9 @@ type R = phalanx::Result<f64>;
 /// calls: `(n, iters)`.
 pub(crate) struct Case<'a> {
     pub(crate) name: &'static str,
+    /// Blocks of `n` f64 one call moves on the busiest rank (sent or received), which sets how
+    /// many calls make a block of time: 0 for `ibarrier` (the full `--iters` at every size).
+    pub(crate) blocks: usize,
     pub(crate) phalanx: Box<dyn FnMut(usize, usize) -> R + 'a>,
     pub(crate) reference: Box<dyn FnMut(usize, usize) -> R + 'a>,
 }
@@ -39,6 +42,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     let mut v: Vec<Case<'a>> = Vec::new();
     v.push(Case {
         name: "ibarrier",
+        blocks: 0,
         phalanx: Box::new(move |_, iters| mean(w, iters, || w.ibarrier()?.wait())),
         reference: Box::new(move |_, iters| {
             mean(w, iters, || {
@@ -49,6 +53,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "ibcast",
+        blocks: 1,
         phalanx: Box::new(move |n, iters| {
             let mut buf = vec![1.0f64; n];
             mean(w, iters, || {
@@ -66,6 +71,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "igatherv",
+        blocks: size,
         phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             let mut recv = vec![0.0f64; if w.rank() == 0 { n * size } else { 0 }];
@@ -93,6 +99,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "iallgatherv",
+        blocks: size,
         phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             let mut recv = vec![0.0f64; n * size];
@@ -114,6 +121,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "ialltoall",
+        blocks: size,
         phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * size];
             let mut recv = vec![0.0f64; n * size];
@@ -130,6 +138,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "ialltoallv",
+        blocks: size,
         phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * size];
             let mut recv = vec![0.0f64; n * size];
@@ -152,6 +161,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "allgatherv_counts",
+        blocks: size,
         phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             let counts = vec![n; size];
@@ -171,6 +181,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "allgatherv_into",
+        blocks: size,
         phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             let mut recv = vec![0.0f64; n * size];
@@ -190,6 +201,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "allgatherv_inferred",
+        blocks: size,
         phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             mean(w, iters, || w.allgatherv(&send).map(|_| ()))
@@ -207,6 +219,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "reduce_scatter_block",
+        blocks: size,
         phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * size];
             mean(w, iters, || w.reduce_scatter_block(&send, Op::Sum).map(|_| ()))
@@ -222,6 +235,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "reduce_scatter",
+        blocks: size,
         phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * size];
             let counts = vec![n; size];
@@ -251,6 +265,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     let nbrs = cart.destinations().len();
     v.push(Case {
         name: "neighbour_alltoall",
+        blocks: nbrs,
         phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * nbrs];
             mean(w, iters, || cart.neighbour_alltoall(&send, n).map(|_| ()))
@@ -277,6 +292,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "neighbour_alltoallv",
+        blocks: nbrs,
         phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * nbrs];
             let counts = vec![n; nbrs];
@@ -294,6 +310,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "neighbour_alltoallv_into",
+        blocks: nbrs,
         phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n * nbrs];
             let mut recv = vec![0.0f64; n * nbrs];
@@ -312,6 +329,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     });
     v.push(Case {
         name: "neighbour_allgather",
+        blocks: nbrs,
         phalanx: Box::new(move |n, iters| {
             let send = vec![1.0f64; n];
             mean(w, iters, || cart.neighbour_allgather(&send).map(|_| ()))
@@ -339,6 +357,7 @@ pub(crate) fn cases<'a>(w: &'a Comm, raw: &'a SimpleCommunicator, cart: &'a Cart
     if size >= 2 {
         v.push(Case {
             name: "persistent_pingpong",
+            blocks: 2,
             phalanx: Box::new(move |n, iters| {
                 let me = w.rank();
                 let peer = if me < 2 { 1 - me } else { me };

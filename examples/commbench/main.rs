@@ -25,7 +25,8 @@
 //!   point to point, so the open grids are where it runs);
 //! - `api`: nonblocking and v-collectives, reduce-scatter, neighbourhood collectives (on a
 //!   non-periodic 1-D Cartesian communicator) and persistent ping-pong at 8 B, 4 KiB and 64 KiB
-//!   per block, against rsmpi or, where rsmpi lacks the call, raw `mpi::ffi` (`api.rs`).
+//!   per block (up to `--max-size`), against rsmpi or, where rsmpi lacks the call, raw `mpi::ffi`
+//!   (`api.rs`).
 //!
 //! Each figure alternates timed blocks of phalanx and rsmpi (A B A B ...); it reports the median
 //! of each and the median of the per-block ratios phalanx / rsmpi (lower is better for times,
@@ -396,7 +397,7 @@ fn run(args: &Args, w: &Comm) -> phalanx::Result<Vec<Row>> {
         let cart = w.cartesian(&[w.size() as usize], &[false], false)?.expect("every rank is in the grid");
         for mut case in api::cases(w, &raw, &cart) {
             for bytes in [8usize, 4096, 65536].into_iter().filter(|&b| b <= max) {
-                let (n, it) = (bytes / 8, iters_for(bytes, args.iters));
+                let (n, it) = (bytes / 8, iters_for(bytes * case.blocks, args.iters));
                 let v = compare(args.blocks, || (case.phalanx)(n, it), || (case.reference)(n, it))?;
                 push(case.name, bytes, "us", v);
             }

@@ -550,8 +550,8 @@ pub trait Neighbourhood: sealed::Topology + Deref<Target = Comm> {
 
 /// [`Neighbourhood::neighbour_alltoallv_into`], or into a buffer allocated once the counts have
 /// passed their checks. Inlined into each of the two, so that the short path knows which buffer
-/// it has (a shared copy called `RecvBuf::slice` and the MPI wrapper out of line: 10-15 ns more at
-/// 2 ranks).
+/// it has (a shared copy called `RecvBuf::slice` and the MPI wrapper out of line: `_into` at 2
+/// ranks, 8 B, took 1.054 of the raw call's time where it now takes 1.032, medians of 6 runs).
 #[inline(always)]
 fn neighbour_alltoallv_in<T: Pod, N: Neighbourhood + ?Sized>(
     n: &N,
