@@ -518,7 +518,6 @@ pub(crate) fn may_call_mpi_here() -> bool {
         || MPI_MAIN.try_with(std::cell::Cell::get).unwrap_or(false)
 }
 
-/// How long [`abort_job`] waits for the launcher to forward this rank's last output.
 /// What [`abort_job`] runs first: the watchdog's goodbye (a service, so registered from above).
 static BEFORE_ABORT: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
@@ -527,6 +526,7 @@ pub(crate) fn before_abort(f: fn()) {
     let _ = BEFORE_ABORT.set(f);
 }
 
+/// How long [`abort_job`] waits for the launcher to forward this rank's last output.
 const ABORT_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn install_abort_hook() {

@@ -111,6 +111,7 @@ fn before_abort() {
         Err(std::sync::TryLockError::WouldBlock) => return,
     };
     for (stop, wake) in running.iter_mut() {
+        stop.aborting.store(true, Ordering::SeqCst);
         stop.done.store(true, Ordering::SeqCst);
         let _ = std::io::Write::write(wake, &[1]);
     }
@@ -122,6 +123,8 @@ fn before_abort() {
 #[derive(Debug)]
 struct Stop {
     done: AtomicBool,
+    /// Set with `done` by [`before_abort`]: the goodbye is "aborting", not "bye".
+    aborting: AtomicBool,
     wake: std::io::PipeReader,
 }
 
@@ -185,10 +188,8 @@ impl Watchdog {
         let (wake_rx, wake, wake_on_abort) = pipe.expect("every rank has its pipe: agreed above");
         let (conn, peers) = handshake(comm)?;
         crate::runtime::activity::set_watched(true);
-        let stop = Arc::new(Stop { done: AtomicBool::new(false), wake: wake_rx });
+        let stop = Arc::new(Stop { done: AtomicBool::new(false), aborting: AtomicBool::new(false), wake: wake_rx });
         let d = stop.clone();
-        running().push((stop.clone(), wake_on_abort));
-        crate::runtime::before_abort(before_abort);
         let thread = if rank == 0 {
             let host = hostname();
             std::thread::Builder::new()
@@ -198,7 +199,12 @@ impl Watchdog {
             let s = conn.expect("connected");
             std::thread::Builder::new().name("phalanx-watchdog".into()).spawn(move || beat(s, rank, limit, &d))
         }
-        .map_err(|e| err(rank, format!("cannot start the watchdog thread: {e}")))?;
+        .map_err(|e| {
+            crate::runtime::activity::set_watched(false);
+            err(rank, format!("cannot start the watchdog thread: {e}"))
+        })?;
+        running().push((stop.clone(), wake_on_abort));
+        crate::runtime::before_abort(before_abort);
         Ok(Watchdog { stop, wake, thread: Some(thread), limit })
     }
 
@@ -431,6 +437,12 @@ fn beat(mut s: Channel, rank: i32, limit: Duration, stop: &Stop) {
                 let f: Vec<&str> = line.split_whitespace().collect();
                 match f.as_slice() {
                     ["bye"] => watching = false,
+                    ["aborting"] => {
+                        // Rank 0's process aborts on purpose (its own error says why): wait for
+                        // the MPI library to end the job, and leave if it does not.
+                        watching = false;
+                        leave_at = Some(now + ABORT_GRACE);
+                    }
                     ["abort"] => {
                         // Rank 0 reported and is ending the job. In fault-tolerant mode the MPI
                         // library does not take this process down: it leaves at once.
@@ -488,7 +500,7 @@ fn beat(mut s: Channel, rank: i32, limit: Duration, stop: &Stop) {
         s.send(&format!("{} {} {}", a.count, a.peer.unwrap_or(-1), a.op));
     }
     // Still non-blocking: a coordinator that is not reading must not hold up `halt`.
-    s.send("bye");
+    s.send(goodbye(stop));
 }
 
 /// Says, once per connection and then at every tenfold, that lines which failed their check were
@@ -551,6 +563,9 @@ fn coordinate(accepted: Vec<Option<Joined>>, host: String, limit: Duration, stop
     let mut told = vec![0u64; conns.len()];
     let mut lines = Vec::new();
     let mut clock = Clock { last: now, limit };
+    // Set when a rank said it aborts on purpose; `forward`: tell the others so.
+    let mut leave_at: Option<Instant> = None;
+    let mut forward = false;
     loop {
         // Woken early by `halt`, and by a rank's end (its connection is then dropped below).
         nap(conns.iter().flatten(), tick(limit), stop);
@@ -574,6 +589,15 @@ fn coordinate(accepted: Vec<Option<Joined>>, host: String, limit: Duration, stop
                     peers[r].gone = true;
                     continue;
                 }
+                if line == "aborting" {
+                    // Rank r's process aborts on purpose: the job is ending, so no rank's end is
+                    // reported from here on, nor anyone stuck; this rank leaves if the MPI
+                    // library has not ended the job after the grace.
+                    peers[r].gone = true;
+                    forward |= leave_at.is_none();
+                    leave_at.get_or_insert(now + ABORT_GRACE);
+                    continue;
+                }
                 if line == "abort" {
                     // Rank r reported this rank (stopped, and now continued) and is ending the job.
                     leave();
@@ -585,6 +609,9 @@ fn coordinate(accepted: Vec<Option<Joined>>, host: String, limit: Duration, stop
             }
             if matches!(got, Got::Closed) {
                 *c = None;
+                if leave_at.is_some() {
+                    peers[r].gone = true;
+                }
                 if !peers[r].gone && crate::runtime::ft::fault_tolerant() {
                     // As above: the recovery's to handle.
                     eprintln!(
@@ -601,13 +628,36 @@ fn coordinate(accepted: Vec<Option<Joined>>, host: String, limit: Duration, stop
                 s.send("ok");
             }
         }
-        let stuck = peers.iter().any(|p| !p.gone && (now - p.changed > limit || now - p.heard > limit));
+        if std::mem::take(&mut forward) {
+            // The others wait for the job's end too, instead of reporting rank 0's when the MPI
+            // library takes this process down first.
+            for s in conns.iter_mut().flatten() {
+                s.send("aborting");
+            }
+        }
+        if leave_at.is_some_and(|t| now >= t) {
+            leave(); // as the ranks do after rank 0's abort
+        }
+        let stuck =
+            leave_at.is_none() && peers.iter().any(|p| !p.gone && (now - p.changed > limit || now - p.heard > limit));
         if stuck {
             end_all(&mut conns, &stuck_report(&peers, now, limit), false);
         }
     }
     for s in conns.iter_mut().flatten() {
-        s.send("bye"); // non-blocking, as above
+        s.send(goodbye(stop)); // non-blocking, as above
+    }
+}
+
+/// What a watchdog thread says as it stops: "bye" (stopped on purpose, nothing to watch), or
+/// "aborting" when its process aborts on purpose ([`before_abort`]): the others then wait for the
+/// MPI library to end the job and leave after [`ABORT_GRACE`] if it does not, without reporting
+/// anyone's end. In fault-tolerant mode a process's end is the recovery's, so "bye".
+fn goodbye(stop: &Stop) -> &'static str {
+    if stop.aborting.load(Ordering::SeqCst) && !crate::runtime::ft::fault_tolerant() {
+        "aborting"
+    } else {
+        "bye"
     }
 }
 

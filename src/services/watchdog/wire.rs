@@ -697,7 +697,7 @@ mod tests {
         let (r, _, _) = rx.recv().unwrap();
         let mut s1 = r.unwrap()[1].take().unwrap().chan;
         let (wake, mut waker) = std::io::pipe().unwrap();
-        let stop = Stop { done: AtomicBool::new(false), wake };
+        let stop = Stop { done: AtomicBool::new(false), aborting: AtomicBool::new(false), wake };
         c1.send("ok");
         let t = Instant::now();
         nap([&s1].into_iter(), Duration::from_millis(300), &stop);
