@@ -210,10 +210,16 @@ impl Comm {
     /// Whether the next collective verifies its arguments (the same answer on every rank).
     #[inline]
     pub(crate) fn will_check(&self) -> bool {
+        self.checks(self.calls.load(Ordering::Relaxed))
+    }
+
+    /// Whether the collective that `n` collectives preceded on this communicator is checked.
+    #[inline]
+    fn checks(&self, n: u64) -> bool {
         match self.check_mode() {
             CheckMode::Off => false,
             CheckMode::Always => true,
-            CheckMode::Sampled => sampled(self.calls.load(Ordering::Relaxed)),
+            CheckMode::Sampled => sampled(n),
         }
     }
 
@@ -224,11 +230,7 @@ impl Comm {
     #[inline]
     pub(crate) fn count_unchecked(&self) -> bool {
         let n = self.calls.load(Ordering::Relaxed);
-        let check = match self.check_mode() {
-            CheckMode::Off => false,
-            CheckMode::Always => true,
-            CheckMode::Sampled => sampled(n),
-        };
+        let check = self.checks(n);
         if !check {
             self.calls.store(n.wrapping_add(1), Ordering::Relaxed);
         }

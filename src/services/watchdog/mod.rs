@@ -75,20 +75,12 @@ pub const EXIT_CODE: i32 = 124;
 #[derive(Debug)]
 pub struct Watchdog {
     stop: Arc<Stop>,
-    /// `halt` writes to it: the thread's wait watches the other end.
-    wake: std::io::PipeWriter,
     thread: Option<JoinHandle<()>>,
     limit: Duration,
 }
 
-/// The read end, the write end and a second handle on the write end of a new pipe.
-fn wake_pipe() -> std::io::Result<(std::io::PipeReader, std::io::PipeWriter, std::io::PipeWriter)> {
-    let (rx, tx) = std::io::pipe()?;
-    let tx2 = tx.try_clone()?;
-    Ok((rx, tx, tx2))
-}
-
-/// This process's running watchdogs, each with a handle on its wake-up pipe, for [`before_abort`].
+/// This process's running watchdogs, each with the write end of its wake-up pipe: for `halt`,
+/// which takes its own out, and for [`before_abort`].
 type Running = Vec<(Arc<Stop>, std::io::PipeWriter)>;
 
 static RUNNING: std::sync::Mutex<Running> = std::sync::Mutex::new(Vec::new());
@@ -176,16 +168,12 @@ impl Watchdog {
         } else {
             Ok(())
         };
-        // The wake-up pipe (see `Stop`), with a second handle on its write end for `before_abort`;
-        // agreed like the limit.
-        let pipe = local
-            .and_then(|()| wake_pipe().map_err(|e| err(rank, format!("cannot make the watchdog's wake-up pipe: {e}"))));
-        let (local, pipe) = match pipe {
-            Ok(p) => (Ok(()), Some(p)),
-            Err(e) => (Err(e), None),
-        };
-        comm.agree_result("watchdog start", local)?;
-        let (wake_rx, wake, wake_on_abort) = pipe.expect("every rank has its pipe: agreed above");
+        // The wake-up pipe (see `Stop`), agreed like the limit.
+        let pipe = local.and_then(|()| {
+            std::io::pipe().map_err(|e| err(rank, format!("cannot make the watchdog's wake-up pipe: {e}")))
+        });
+        comm.agree_result("watchdog start", pipe.as_ref().map(|_| ()).map_err(Error::clone))?;
+        let (wake_rx, wake) = pipe?;
         let (conn, peers) = handshake(comm)?;
         crate::runtime::activity::set_watched(true);
         let stop = Arc::new(Stop { done: AtomicBool::new(false), aborting: AtomicBool::new(false), wake: wake_rx });
@@ -203,9 +191,9 @@ impl Watchdog {
             crate::runtime::activity::set_watched(false);
             err(rank, format!("cannot start the watchdog thread: {e}"))
         })?;
-        running().push((stop.clone(), wake_on_abort));
+        running().push((stop.clone(), wake));
         crate::runtime::before_abort(before_abort);
-        Ok(Watchdog { stop, wake, thread: Some(thread), limit })
+        Ok(Watchdog { stop, thread: Some(thread), limit })
     }
 
     /// The limit.
@@ -227,12 +215,17 @@ impl Watchdog {
     }
 
     fn halt(&mut self) {
-        running().retain(|(s, _)| !Arc::ptr_eq(s, &self.stop));
+        let wake = {
+            let mut r = running();
+            r.iter().position(|(s, _)| Arc::ptr_eq(s, &self.stop)).map(|i| r.swap_remove(i).1)
+        };
         self.stop.done.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             // The thread waits an eighth of the limit between checks (minutes, for long limits):
             // wake it so that stopping is immediate.
-            let _ = std::io::Write::write(&mut self.wake, &[1]);
+            if let Some(mut w) = wake {
+                let _ = std::io::Write::write(&mut w, &[1]);
+            }
             let _ = t.join();
             crate::runtime::activity::set_watched(false);
         }
